@@ -145,6 +145,7 @@ def request_fingerprint(request: Request, model_identity: dict[str, Any]) -> str
         for m in request.messages
     ]
     payload = {
+        "alias": request.model,  # two aliases may share weights but not answers' meaning
         "model": model_identity,
         "messages": messages,
         "generation": request.generation.as_dict(),
