@@ -1,0 +1,81 @@
+"""Can this model be used here, and if not, why? Answered without loading anything.
+
+The app's Models tab and the CLI's `models` command show these reasons, so a user sees
+"gated: set HF_TOKEN" or "offline and not cached" before pressing Run, not a traceback after.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from .presets import ModelSpec
+
+# Rough weight sizes (GB at 16 bits) of the study models; used to warn before loading.
+_KNOWN_SIZES_GB = {
+    "llava-hf/llava-v1.6-mistral-7b-hf": 15.1,
+    "wnkh/llava-med-v1.5-mistral-7b-hf": 15.1,
+    "chaoyinshe/llava-med-v1.5-mistral-7b-hf": 15.1,
+    "google/gemma-3-4b-it": 8.6,
+    "google/medgemma-4b-it": 8.6,
+}
+
+
+@dataclass(frozen=True)
+class Availability:
+    alias: str
+    state: str  # "loaded", "loadable", "unavailable"
+    reason: str  # one line a user can act on
+    source: Optional[str] = None  # hf id, endpoint, or "built locally (random weights)"
+    size_gb: Optional[float] = None
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def has_hf_token() -> bool:
+    return bool(os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
+
+
+def cached_repo_id(spec: ModelSpec) -> Optional[str]:
+    """The first of the model's ids whose config is already in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo_id in (spec.hf_id, *spec.alt_ids):
+        if not repo_id:
+            continue
+        try:
+            hit = try_to_load_from_cache(repo_id, "config.json", revision=spec.revision)
+        except Exception:  # a malformed cache must not break a status page
+            hit = None
+        if isinstance(hit, str):
+            return repo_id
+    return None
+
+
+def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional[str] = None) -> Availability:
+    if loaded:
+        return Availability(spec.alias, "loaded", "in memory", spec.hf_id or "random weights")
+    if endpoint:
+        return Availability(spec.alias, "loadable", f"served by {endpoint}", endpoint)
+    if spec.is_demo:
+        return Availability(
+            spec.alias, "loadable", "offline demo: random weights, answers are noise",
+            "built locally (random weights)",
+        )
+    size = _KNOWN_SIZES_GB.get(spec.hf_id or "")
+    cached = cached_repo_id(spec)
+    if cached:
+        return Availability(spec.alias, "loadable", "in the local Hugging Face cache", cached, size)
+    if hub_offline():
+        return Availability(
+            spec.alias, "unavailable",
+            f"offline and {spec.hf_id} is not in the local Hugging Face cache", spec.hf_id, size,
+        )
+    if spec.gated and not has_hf_token():
+        return Availability(
+            spec.alias, "unavailable",
+            f"gated: accept the licence of {spec.hf_id} on huggingface.co and set HF_TOKEN", spec.hf_id, size,
+        )
+    return Availability(spec.alias, "loadable", f"downloads {spec.hf_id} on first use", spec.hf_id, size)

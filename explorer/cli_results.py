@@ -1,0 +1,241 @@
+"""CLI commands over the results store: sweep, metrics, export, import."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
+
+
+def _split(text):
+    return [t.strip() for t in (text or "").split(",") if t.strip()] or None
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _store_arg(p) -> None:
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"results store, an SQLite file (default: {DEFAULT_STORE})")
+
+
+# ------------------------------------------------------------------ sweep
+def add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="run models x tasks x prompts x images into the results store (resumable)",
+        description="Run the study's cross product (or part of it) and store every answer as it finishes. "
+        "Re-running the same command resumes: finished answers are served from the store. "
+        "demo-* models have random weights: their answers are noise.",
+    )
+    p.add_argument("--preset", default="demo", help="study preset: demo (offline, random weights) or paper")
+    p.add_argument("--models", help="comma-separated model aliases (default: the preset's)")
+    p.add_argument("--tasks", help="comma-separated task keys (default: the preset's)")
+    p.add_argument("--prompts", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
+    p.add_argument("--describe", action="store_true", help="also run the two description prompts")
+    p.add_argument("--per-class", type=int, help="images per class (the study: 50)")
+    p.add_argument("--seed", type=int, help="sampling seed (the study: 42)")
+    p.add_argument("--samples", help="folder with one subfolder per task, each with negative/ and positive/ "
+                   "(default for the demo preset: ../shared/samples when present)")
+    p.add_argument("--prompt-style", choices=("paper", "official"), help="LLaVA-1.6 prompt format")
+    p.add_argument("--original-defects", action="store_true",
+                   help="reproduce the original code's prompt defects (brain and IDC prompt 6)")
+    p.add_argument("--max-new-tokens", type=int, help="cap each model's generation limit")
+    p.add_argument("--batch-size", type=int, default=8, help="requests per generate() call")
+    p.add_argument("--judge", dest="judge", action="store_true", default=None,
+                   help="judge answers with the preset's LLM judge (needs an endpoint and key)")
+    p.add_argument("--no-judge", dest="judge", action="store_false", help="rule-based verdicts only")
+    p.add_argument("--endpoints", help="YAML of OpenAI-compatible endpoints per model alias "
+                   "(default: $EXPLORER_ENDPOINTS)")
+    p.add_argument("--retry-errors", action="store_true", help="re-run only the items whose answer is an error")
+    p.add_argument("--unload-after", action="store_true", help="unload each model when its items are done")
+    _store_arg(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from tqdm import tqdm
+
+    from .backends.base import BackendError
+    from .backends.registry import load_endpoints
+    from .presets import PresetError
+    from .service import Explorer, default_samples_dir
+
+    try:
+        endpoints = load_endpoints(args.endpoints)
+        samples = args.samples or (default_samples_dir() if args.preset == "demo" else None)
+        ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples,
+                      endpoints=endpoints, batch_size=args.batch_size)
+        selection = ex.preset.prompts.model_copy(update={"original_code_defects": True}) if args.original_defects else None
+        spec = ex.sweep_spec(
+            models=_split(args.models), tasks=_split(args.tasks), prompt_ids=_split(args.prompts),
+            describe=args.describe or None, per_class=args.per_class, seed=args.seed,
+            prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, judge=args.judge,
+            selection=selection,
+        )
+    except (PresetError, BackendError, ValueError) as exc:
+        return _fail(str(exc))
+    if ex.any_random_weights(spec.models):
+        print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise.", file=sys.stderr)
+    bar = tqdm(total=None, unit="answer", dynamic_ncols=True)
+
+    def progress(done, total, info):
+        bar.total = total
+        bar.n = done
+        bar.set_postfix({k: info.get(k) for k in ("model", "task", "cached", "errors") if k in info}, refresh=False)
+        bar.refresh()
+
+    cancel = threading.Event()
+    try:
+        summary = ex.sweep(spec, progress=progress, cancel=cancel, retry_errors=args.retry_errors,
+                           unload_after=args.unload_after)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        return _fail("interrupted: finished answers are stored; run the same command again to resume", 130)
+    except (PresetError, BackendError, ValueError) as exc:
+        bar.close()
+        return _fail(str(exc))
+    bar.close()
+    print(f"run {summary.run_id}: {summary.planned} planned, {summary.cached} from the store, "
+          f"{summary.computed} generated, {summary.errors} errors, {summary.elapsed_s:.1f} s ({summary.status})")
+    for model, why in summary.failures.items():
+        print(f"  {model}: {why}", file=sys.stderr)
+    _print_metrics(ex.store, summary.run_id, ex.catalog)
+    ex.close()
+    return 0 if not summary.failures else 1
+
+
+# ------------------------------------------------------------------ metrics
+def add_metrics(sub) -> None:
+    p = sub.add_parser("metrics", help="print the study's metrics from a results store",
+                       description="Per (model, task): mean accuracy and F1_all over prompts, prompt variance "
+                       "(std of accuracy), refusal rate, flip rate, Fleiss' kappa; and the paper's headline.")
+    _store_arg(p)
+    p.add_argument("--run", help="one run's items only (default: the newest run)")
+    p.add_argument("--all", action="store_true", help="every answer in the store, not one run")
+    p.add_argument("--cells", action="store_true", help="also print per-prompt metrics")
+    p.add_argument("--paired", action="store_true", help="also print McNemar base-vs-medical tests")
+    p.set_defaults(func=cmd_metrics)
+
+
+def _latest_run(store):
+    runs = store.runs_frame()
+    return None if runs.empty else runs["run_id"].iloc[-1]
+
+
+def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
+    import pandas as pd
+
+    from . import metrics
+    from .exports import metric_tables
+
+    answers = store.answers_frame(catalog=catalog, run_id=run_id)
+    tables = metric_tables(answers, n_boot=300)
+    summary = tables["metrics_summary"]
+    if summary.empty:
+        print("no closed-form answers with verdicts yet")
+        return
+    cols = [c for c in ("model", "task", "n_prompts", "accuracy_mean", "accuracy_std", "f1_all_mean",
+                        "refusal_rate_mean", "flip_rate", "fleiss_kappa") if c in summary.columns]
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print("\nPer model and task (mean over prompts; accuracy_std = prompt variance):")
+        print(summary[cols].to_string(index=False))
+        head = tables["metrics_headline"]
+        if not head.empty:
+            print("\nHeadline: F1_all per task, base vs medical, averaged over prompts:")
+            print(head.to_string(index=False))
+        if cells:
+            c = tables["metrics_cells"]
+            keep = [k for k in ("model", "task", "prompt_id", "n", "accuracy", "f1_nr", "f1_all", "refusal_rate",
+                                "hedge_rate", "sensitivity", "specificity") if k in c.columns]
+            print("\nPer prompt:")
+            print(c[keep].to_string(index=False))
+        if paired:
+            closed = answers[answers["verdict"].notna()]
+            print("\nMcNemar, base vs medical (Holm-corrected):")
+            print(metrics.paired_tests(closed).to_string(index=False))
+
+
+def cmd_metrics(args) -> int:
+    from .presets import load_catalog
+    from .store import Store, StoreError
+
+    if not Path(args.store).exists():
+        return _fail(f"no results store at {args.store}; run `python -m explorer sweep` first")
+    try:
+        store = Store(args.store)
+    except StoreError as exc:
+        return _fail(str(exc))
+    run_id = None if args.all else (args.run or _latest_run(store))
+    print(f"store {args.store}" + (f", run {run_id}" if run_id else ", all answers"))
+    _print_metrics(store, run_id, load_catalog(), cells=args.cells, paired=args.paired)
+    return 0
+
+
+# ------------------------------------------------------------------ export / import
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write answers, metrics and a run manifest to files",
+                       description="Write answers.<fmt>, metrics_cells/summary/headline.<fmt> and manifest.json.")
+    _store_arg(p)
+    p.add_argument("--run", help="one run's items (default: the newest run); --all for everything")
+    p.add_argument("--all", action="store_true", help="every answer in the store")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--formats", default="csv,parquet", help="comma-separated: csv, parquet, json")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .exports import export_results
+    from .store import Store, StoreError
+
+    if not Path(args.store).exists():
+        return _fail(f"no results store at {args.store}")
+    try:
+        store = Store(args.store)
+        run_id = None if args.all else (args.run or _latest_run(store))
+        files = export_results(store, args.out, run_id=run_id, formats=_split(args.formats) or ["csv"])
+    except (StoreError, ValueError, OSError) as exc:
+        return _fail(str(exc))
+    for f in files:
+        print(f)
+    return 0
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser("import", help="bring result files into a store (the study's CSVs or our exports)",
+                       description="Import {model}_{task}_vqa_results.csv files of the study's code, or "
+                       "answers.csv/.parquet/.json exported by this tool, so they can be browsed and measured.")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    _store_arg(p)
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from .exports import import_answers
+    from .store import Store, StoreError
+    from .study_import import ResultFileError, import_study_results, read_answers_file
+
+    try:
+        store = Store(args.store)
+    except StoreError as exc:
+        return _fail(str(exc))
+    total_added = 0
+    for raw in args.paths:
+        path = Path(raw)
+        try:
+            if path.is_dir() or path.name.endswith("_vqa_results.csv"):
+                frame = import_study_results(path)
+            else:
+                frame = read_answers_file(path)
+            added, existing = import_answers(store, frame, origin=str(path.resolve()))
+        except (ResultFileError, ValueError, OSError) as exc:
+            return _fail(str(exc))
+        total_added += added
+        print(f"{path}: {added} answers added, {existing} already in the store")
+    print(f"store {args.store}: {total_added} answers added; see `python -m explorer metrics --all --store {args.store}`")
+    return 0
+
+
+REGISTER = [add_sweep, add_metrics, add_export, add_import]

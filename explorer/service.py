@@ -1,0 +1,303 @@
+"""The engine facade that the app and the CLI both call.
+
+It holds what is shared across users (the catalog, the results store, loaded models) and turns
+single-case questions into tiny sweeps, so a live compare, a variant grid and a full study all
+go through one code path: plan -> backend -> verdict -> store. Per-user state lives in the caller.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import pandas as pd
+
+from . import datasets, prompts
+from .availability import Availability, model_availability
+from .backends.registry import BackendRegistry, load_endpoints
+from .presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
+from .schema import Case, GenerationSettings, PromptVariant
+from .store import Store
+from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep
+
+DEFAULT_STORE = Path("runs") / "explorer.sqlite"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_samples_dir() -> Optional[Path]:
+    """The sample images beside a checkout (../shared/samples), when they are there."""
+    candidate = REPO_ROOT.parent / "shared" / "samples"
+    return candidate if candidate.is_dir() else None
+
+
+@dataclass(frozen=True)
+class AnswerView:
+    """One model's answer to one prompt on one case, as a person reads it."""
+
+    model: str
+    title: str
+    pair: str
+    role: str
+    prompt_id: str
+    prompt_text: str
+    answer: str
+    verdict: str
+    evidence: str
+    span: Optional[tuple[int, int]]
+    correct: Optional[bool]
+    label: Optional[str]
+    latency_s: Optional[float]
+    cached: bool
+    error: Optional[str]
+    p_positive: Optional[float]
+    random_weights: bool
+    verdict_detail: str = ""
+
+
+class Explorer:
+    def __init__(
+        self,
+        preset: str | StudyPreset = "demo",
+        store_path: str | Path = DEFAULT_STORE,
+        samples_dir: Optional[str | Path] = None,
+        public: bool = False,
+        catalog: Optional[Catalog] = None,
+        endpoints: Optional[dict] = None,
+        batch_size: int = 8,
+    ):
+        self.catalog = catalog or load_catalog()
+        self.preset = preset if isinstance(preset, StudyPreset) else self.catalog.study(preset)
+        self.samples_dir = Path(samples_dir) if samples_dir else None
+        self.public = public
+        self.batch_size = batch_size
+        self.store = Store(store_path)
+        self.registry = BackendRegistry(self.catalog, endpoints if endpoints is not None else load_endpoints())
+        # Models are shared by every session; one generation at a time keeps memory bounded and
+        # answers deterministic. Gradio's queue limits concurrency above this too.
+        self._generate_lock = threading.Lock()
+        self._examples: dict[str, list[Case]] = {}
+
+    # ------------------------------------------------------------ models
+    def model_specs(self) -> list[ModelSpec]:
+        return [self.catalog.model(a) for a in self.preset.models]
+
+    def models_in_pairs(self) -> list[tuple[ModelSpec, ...]]:
+        pairs: dict[str, list[ModelSpec]] = {}
+        for spec in self.model_specs():
+            pairs.setdefault(spec.pair, []).append(spec)
+        return [tuple(sorted(p, key=lambda m: m.role != "base")) for p in pairs.values()]
+
+    def model_status(self, aliases: Optional[Iterable[str]] = None) -> list[Availability]:
+        loaded = set(self.registry.loaded_aliases())
+        names = list(aliases) if aliases is not None else list(self.preset.models)
+        return [
+            model_availability(self.catalog.model(a), a in loaded, self.registry.endpoint_label(a))
+            for a in names
+        ]
+
+    def any_random_weights(self, aliases: Iterable[str]) -> bool:
+        return any(self.catalog.model(a).is_demo for a in aliases)
+
+    def load_model(self, alias: str) -> None:
+        backend = self.registry.for_model(alias)
+        with self._generate_lock:
+            if hasattr(backend, "load"):
+                backend.load(alias)
+
+    def unload_model(self, alias: str) -> None:
+        backend = self.registry.for_model(alias)
+        if hasattr(backend, "unload"):
+            backend.unload(alias)
+
+    # ------------------------------------------------------------ cases and prompts
+    def task_choices(self) -> list[tuple[str, str]]:
+        return [(self.catalog.task(k).title, k) for k in self.preset.tasks]
+
+    def variants(self, task: str) -> list[PromptVariant]:
+        return prompts.all_variants(self.catalog, task, self.preset.prompts)
+
+    def variant(self, task: str, prompt_id: str) -> PromptVariant:
+        for v in self.variants(task):
+            if v.prompt_id == prompt_id:
+                return v
+        raise PresetError(f"task {task!r} has no prompt {prompt_id!r}")
+
+    def custom_variant(self, task: str, text: str, based_on_id: Optional[str] = None) -> PromptVariant:
+        """The preset's variant when the text is unchanged, else a user variant with inferred polarity."""
+        based_on = self.variant(task, based_on_id) if based_on_id else None
+        cleaned = prompts.validate_prompt_text(text)
+        for v in self.variants(task):
+            if v.text.strip() == cleaned:
+                return v
+        return prompts.custom_variant(cleaned, self.catalog.task(task), based_on)
+
+    def case_from_upload(self, source, task: str, label: Optional[str] = None, name: Optional[str] = None) -> Case:
+        return datasets.upload_case(source, task, label=label, name=name)
+
+    def example_cases(self, task: str) -> list[Case]:
+        """The sample images for a task (a folder of class subfolders given at start-up)."""
+        if self.samples_dir is None:
+            return []
+        if task not in self._examples:
+            folder = self._task_folder(task)
+            self._examples[task] = list(datasets.folder_cases(folder, task).cases) if folder else []
+        return self._examples[task]
+
+    def _task_folder(self, task: str) -> Optional[Path]:
+        assert self.samples_dir is not None
+        names = [task, *(alias for alias, key in datasets.TASK_ALIASES.items() if key == task)]
+        for name in names:
+            if (self.samples_dir / name).is_dir():
+                return self.samples_dir / name
+        # A folder given directly for one task has class subfolders itself.
+        return self.samples_dir if any(
+            (self.samples_dir / c).is_dir() for c in ("positive", "negative")
+        ) else None
+
+    # ------------------------------------------------------------ asking
+    def generation_for(self, alias: str) -> GenerationSettings:
+        return self.catalog.model(alias).generation.settings()
+
+    def ask(
+        self,
+        case: Case,
+        variant: PromptVariant,
+        models: Sequence[str],
+        prompt_style: Optional[str] = None,
+        on_text: Optional[Callable[[str, str], None]] = None,
+        generation: Optional[GenerationSettings] = None,
+    ) -> list[AnswerView]:
+        """Every chosen model's answer to one prompt on one case, cached answers first."""
+        return self.grid(case, [variant], models, prompt_style, on_text=on_text, generation=generation)
+
+    def grid(
+        self,
+        case: Case,
+        variants: Sequence[PromptVariant],
+        models: Sequence[str],
+        prompt_style: Optional[str] = None,
+        on_cell: Optional[Callable[[AnswerView], None]] = None,
+        on_text: Optional[Callable[[str, str], None]] = None,
+        generation: Optional[GenerationSettings] = None,
+    ) -> list[AnswerView]:
+        if not models:
+            raise ValueError("Choose at least one model.")
+        if not variants:
+            raise ValueError("Choose at least one prompt.")
+        style = prompt_style or self.preset.prompt_format
+        plan = plan_sweep(
+            self.catalog, list(models), [case.task], {case.task: [case]}, {case.task: list(variants)},
+            style, generation_override=generation,
+        )
+        views: list[AnswerView] = []
+
+        def finished(item, row) -> None:
+            view = self._view(row)
+            views.append(view)
+            if on_cell:
+                on_cell(view)
+
+        with self._generate_lock:
+            run_sweep(
+                plan, self.registry.for_model, self.store, batch_size=self.batch_size,
+                on_item=finished, on_text=on_text,
+            )
+        order = {(v.prompt_id, m): i for i, (v, m) in enumerate((v, m) for v in variants for m in models)}
+        return sorted(views, key=lambda v: order.get((v.prompt_id, v.model), 0))
+
+    @staticmethod
+    def flip_counts(views: Iterable[AnswerView]) -> dict[str, int]:
+        """Per model: how many variants disagree with that model's most common reading of the case."""
+        readings: dict[str, list[str]] = {}
+        for v in views:
+            if v.prompt_id.startswith("describe"):
+                continue
+            reading = v.verdict if v.verdict in ("positive", "negative") else "non-answer"
+            readings.setdefault(v.model, []).append(reading)
+        counts = {}
+        for model, rs in readings.items():
+            majority = max(set(rs), key=rs.count)
+            counts[model] = sum(r != majority for r in rs)
+        return counts
+
+    def _view(self, row: dict) -> AnswerView:
+        spec = self.catalog.models.get(row["model"])
+        span = None
+        if row.get("evidence_start") is not None and row.get("evidence_end") is not None:
+            span = (int(row["evidence_start"]), int(row["evidence_end"]))
+        label = row.get("label")
+        verdict = row.get("verdict") or "unclear"
+        correct = None
+        if label in ("positive", "negative") and verdict in ("positive", "negative"):
+            correct = verdict == label
+        return AnswerView(
+            model=row["model"],
+            title=spec.title if spec else row["model"],
+            pair=spec.pair if spec else "",
+            role=spec.role if spec else "",
+            prompt_id=row["prompt_id"],
+            prompt_text=row["prompt_text"],
+            answer=row.get("answer") or "",
+            verdict=verdict,
+            evidence=row.get("evidence") or "",
+            span=span,
+            correct=correct,
+            label=label,
+            latency_s=row.get("latency_s"),
+            cached=bool(row.get("cached")),
+            error=row.get("error"),
+            p_positive=row.get("p_positive"),
+            random_weights=bool(spec and spec.is_demo),
+            verdict_detail=row.get("verdict_detail") or "",
+        )
+
+    # ------------------------------------------------------------ sweeps and results
+    def sweep_spec(self, **overrides) -> SweepSpec:
+        return SweepSpec.from_preset(self.preset, **overrides)
+
+    def sweep(
+        self, spec: SweepSpec, progress=None, cancel=None, retry_errors: bool = False, unload_after: bool = False
+    ) -> SweepSummary:
+        plan = plan_from_spec(self.catalog, spec, self._case_loader)
+        judge = self.make_judge() if spec.judge else None
+        with self._generate_lock:
+            return run_sweep(
+                plan, self.registry.for_model, self.store, batch_size=self.batch_size,
+                progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
+                unload_after=unload_after,
+            )
+
+    def make_judge(self):
+        """The preset's LLM judge: an endpoint named after the judge model, else OpenAI's API."""
+        from .backends.openai_backend import EndpointConfig, OpenAIBackend
+        from .judge import LLMJudge
+
+        spec = self.preset.judge
+        endpoint = self.registry.endpoints.get(spec.model) or EndpointConfig(
+            base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+            model=spec.model, api_key_env="OPENAI_API_KEY", send_temperature=spec.send_temperature,
+        )
+        if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
+            raise ValueError(
+                f"The LLM judge ({spec.model}) needs the environment variable {endpoint.api_key_env}; "
+                "set it, or run with rule-based verdicts (--no-judge)."
+            )
+        tokens = {key: task.judge_tokens for key, task in self.catalog.tasks.items()}
+        return LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens)
+
+    def _case_loader(self, task: str, per_class: int, seed: int) -> list[Case]:
+        if self.preset.cases.source == "folder" or self.samples_dir is not None:
+            folder = self._task_folder(task) if self.samples_dir else None
+            if folder is None:
+                raise ValueError(f"No sample folder for task {task!r}: start with --samples DIR.")
+            return list(datasets.folder_cases(folder, task, per_class=per_class, seed=seed).cases)
+        return list(datasets.hf_cases(task, per_class=per_class, seed=seed).cases)
+
+    def answers_frame(self, **filters) -> pd.DataFrame:
+        return self.store.answers_frame(catalog=self.catalog, **filters)
+
+    def close(self) -> None:
+        self.registry.close()
+        self.store.close()
