@@ -1,0 +1,70 @@
+"""The whole app: header, the random-weights banner (above the tabs, so it is on every tab), the tabs.
+
+Building it is cheap (YAML presets only); the Explorer and any model are created on first use.
+"""
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+import gradio as gr
+
+from explorer.presets import load_catalog
+
+from . import compare, grid, models_tab, render, results, sweep_tab, theme
+from .context import AppSettings, SharedExplorer
+
+TITLE = "Medical VLM prompt-sensitivity explorer"
+
+
+def header(preset) -> str:
+    return (
+        f'<div id="app-title"><h1>{TITLE}</h1><p>Base vs medically fine-tuned vision-language models: '
+        f"how much do answers move when only the wording changes? Preset <b>{escape(preset.name)}</b>.</p></div>"
+    )
+
+
+def build_demo(settings: AppSettings) -> gr.Blocks:
+    catalog = load_catalog()
+    preset = catalog.study(settings.preset)
+    shared = SharedExplorer(settings)
+    noise = any(catalog.model(a).is_demo for a in preset.models)
+    with gr.Blocks(title=TITLE) as demo:
+        gr.HTML(header(preset), js_on_load=None)
+        gr.HTML(render.banner(noise), js_on_load=None, elem_id="banner-box")
+        case_state = gr.State(None)  # the image the Compare and Grid tabs work on, per session
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                c = compare.build(shared, catalog, preset, case_state)
+            with gr.Tab("Variant grid", id="grid", elem_id="tab-grid") as grid_tab:
+                g = grid.build(shared, catalog, preset, case_state, c["style"])
+            with gr.Tab("Sweep", id="sweep", elem_id="tab-sweep"):
+                sweep_tab.build(shared, catalog, preset)
+            with gr.Tab("Results", id="results", elem_id="tab-results") as results_tab:
+                r = results.build(shared, catalog, preset)
+            with gr.Tab("Models & settings", id="models", elem_id="tab-models") as models_page:
+                m = models_tab.build(shared, catalog, preset)
+        # One queue slot: the examples of the page load and of each task change arrive in order.
+        gr.on([demo.load, c["task_input"]], c["load"], [c["task"]], [c["examples"]], api_visibility="private",
+              concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
+        grid_tab.select(g["shown"], [case_state], [g["caption"]], api_visibility="private")
+        results_tab.select(r["shown"], r["inputs"], r["outputs"], api_visibility="private")
+        models_page.select(m["refresh"], None, m["outputs"], api_visibility="private")
+    demo.queue(default_concurrency_limit=settings.gpu_concurrency * 4, max_size=64)
+    return demo
+
+
+def launch_kwargs(settings: AppSettings) -> dict[str, Any]:
+    """What Gradio 6 takes at launch rather than in Blocks(): look, served folders, upload limits."""
+    from explorer.public import current_policy
+
+    allowed = [str(settings.samples_dir)] if settings.samples_dir else []
+    policy = current_policy()
+    return {
+        "theme": theme.theme(),
+        "css": theme.css(),
+        "allowed_paths": allowed,
+        # Gradio refuses bigger uploads before they reach us; the policy's own check stays the authority.
+        "max_file_size": policy.max_upload_bytes if settings.public else "1gb",
+        "show_error": True,
+    }

@@ -1,0 +1,230 @@
+"""HTML for the app's custom views: answer cards, the variant grid, flip counts, progress, notices.
+
+Pure functions of engine values (AnswerView, ModelSpec, Availability); no gradio here, so they can be
+tested and reused. Every piece of user or model text goes through html.escape.
+"""
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+VERDICT_HELP = {
+    "positive": "the answer reads as the finding being present",
+    "negative": "the answer reads as the finding being absent",
+    "refusal": "the model declined to answer",
+    "hedge": "the model gave both readings or would not commit",
+    "unclear": "no reading could be found in the answer",
+}
+
+
+def notice(message: str, kind: str = "error") -> str:
+    """An inline box next to the control the user just used (kind: error, info, ok)."""
+    if not message:
+        return ""
+    return f'<div class="vx-notice vx-notice-{kind}" role="status">{escape(message)}</div>'
+
+
+def banner(show: bool) -> str:
+    if not show:
+        return ""
+    return (
+        '<div id="noise-banner" class="vx-banner" role="alert"><b>Offline demo models with random weights: '
+        "their answers are noise.</b> Use them to see how the explorer works, not what the models know. "
+        "Start with <code>--preset paper</code> on a machine that reaches the Hugging Face Hub for the study's models.</div>"
+    )
+
+
+def highlighted(answer: str, span: Optional[Sequence[int]]) -> str:
+    """The answer with the evidence span that decided the verdict wrapped in <mark>."""
+    if not span or span[1] <= span[0] or span[1] > len(answer):
+        return escape(answer)
+    a, b = int(span[0]), int(span[1])
+    return f"{escape(answer[:a])}<mark class='vx-evidence'>{escape(answer[a:b])}</mark>{escape(answer[b:])}"
+
+
+def verdict_badge(verdict: Optional[str]) -> str:
+    v = verdict or "pending"
+    tip = VERDICT_HELP.get(v, "")
+    return f'<span class="vx-badge vx-v-{escape(v)}" data-verdict="{escape(v)}" title="{escape(tip)}">{escape(v)}</span>'
+
+
+def correctness(correct: Optional[bool], label: Optional[str]) -> str:
+    if correct is None:
+        why = "label unknown" if not label else "no answer to score"
+        return f'<span class="vx-mark vx-unscored" title="{why}">not scored</span>'
+    if correct:
+        return f'<span class="vx-mark vx-right" title="truth: {escape(label or "")}">&#10003; correct</span>'
+    return f'<span class="vx-mark vx-wrong" title="truth: {escape(label or "")}">&#10007; wrong</span>'
+
+
+def _get(view: Any, name: str, default: Any = None) -> Any:
+    return getattr(view, name, default) if view is not None else default
+
+
+def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Optional[str] = None,
+                describe: bool = False) -> str:
+    """One model's card: finished (view), streaming (partial text) or waiting (neither)."""
+    head = (
+        f'<div class="vx-card-head"><span class="vx-title">{escape(title)}</span>'
+        f'<span class="vx-role vx-role-{escape(role)}">{escape(role)}</span></div>'
+    )
+    if view is None:
+        state = "streaming" if partial else "waiting"
+        body = escape(partial) if partial else "waiting for the model&hellip;"
+        return (
+            f'<div class="vx-card vx-{state}" id="card-{escape(alias)}" data-alias="{escape(alias)}">{head}'
+            f'<div class="vx-badges"><span class="vx-badge vx-v-pending">{state}</span></div>'
+            f'<div class="vx-answer">{body}</div></div>'
+        )
+    error = _get(view, "error")
+    verdict = None if describe else _get(view, "verdict")
+    if error:
+        badges = [verdict_badge("error")]
+    elif describe:
+        badges = ['<span class="vx-badge vx-v-describe" data-verdict="describe">description</span>']
+    else:
+        badges = [verdict_badge(verdict)]
+    if not describe and not error:
+        badges.append(correctness(_get(view, "correct"), _get(view, "label")))
+    badges.append(f'<span class="vx-latency">{float(_get(view, "latency_s") or 0):.2f} s</span>')
+    if _get(view, "cached"):
+        badges.append('<span class="vx-cached" title="from the results store: not generated again">cached</span>')
+    p_pos = _get(view, "p_positive")
+    if p_pos is not None and not describe:
+        badges.append(f'<span class="vx-ppos" title="probability of the positive reading from the first '
+                      f'answer token">p(pos) {float(p_pos):.2f}</span>')
+    answer = _get(view, "answer") or ""
+    text = escape(error) if error else highlighted(answer, _get(view, "span"))
+    evidence = _get(view, "evidence")
+    foot = ""
+    if evidence and not describe and not error:
+        foot = f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;</div>'
+    cls = "vx-error" if error else "vx-done"
+    return (
+        f'<div class="vx-card {cls}" id="card-{escape(alias)}" data-alias="{escape(alias)}" '
+        f'data-verdict="{escape("error" if error else str(verdict or ""))}">{head}<div class="vx-badges">{"".join(badges)}</div>'
+        f'<div class="vx-answer">{text or "<i>(empty answer)</i>"}</div>{foot}</div>'
+    )
+
+
+def cards(pairs: Iterable[tuple[Any, Any]], selected: Sequence[str], views: Mapping[str, Any],
+          partial: Mapping[str, str] | None = None, heading: str = "", describe: bool = False) -> str:
+    """All selected models' cards, grouped by base/medical pair, base first."""
+    partial = partial or {}
+    groups = []
+    for base, medical in pairs:
+        members = [m for m in (base, medical) if m.alias in selected]
+        if not members:
+            continue
+        inner = "".join(
+            answer_card(m.alias, m.title, m.role, views.get(m.alias), partial.get(m.alias), describe) for m in members
+        )
+        groups.append(f'<div class="vx-pair" data-pair="{escape(base.pair)}">{inner}</div>')
+    if not groups:
+        return '<div class="vx-empty">Choose at least one model and press Run.</div>'
+    head = f'<div class="vx-cards-heading">{escape(heading)}</div>' if heading else ""
+    return f'<div id="answer-cards">{head}<div class="vx-pairs">{"".join(groups)}</div></div>'
+
+
+def grid(variants: Sequence[Any], models: Sequence[Any], views: Mapping[tuple[str, str], Any],
+         running: Optional[set] = None) -> str:
+    """Prompt variants (rows) x models (columns); each cell coloured by verdict, marked right/wrong."""
+    if not variants or not models:
+        return '<div class="vx-empty">Pick an image in Compare, then press Run grid.</div>'
+    running = running or set()
+    head = "".join(
+        f'<th class="vx-col" title="{escape(m.title)}">{escape(m.alias)}<br><small>{escape(m.role)}</small></th>'
+        for m in models
+    )
+    rows = []
+    for v in variants:
+        tag = ' <span class="vx-custom">edited</span>' if getattr(v, "custom", False) else ""
+        cells = []
+        for m in models:
+            view = views.get((v.prompt_id, m.alias))
+            key = escape(f"{v.prompt_id}|{m.alias}")
+            if view is None:
+                label = "running&hellip;" if (v.prompt_id, m.alias) in running else "&middot;"
+                cells.append(f'<td class="vx-cell vx-v-pending" data-cell="{key}">{label}</td>')
+                continue
+            verdict = "error" if _get(view, "error") else (_get(view, "verdict") or "unclear")
+            mark = {True: " &#10003;", False: " &#10007;"}.get(_get(view, "correct"), "")
+            cells.append(
+                f'<td class="vx-cell vx-v-{escape(verdict)}" data-cell="{key}" data-verdict="{escape(verdict)}" '
+                f'title="click for the full answer">{escape(verdict)}{mark}</td>'
+            )
+        rows.append(
+            f'<tr><th class="vx-row" title="{escape(v.text)}"><code>{escape(v.prompt_id)}</code>{tag}'
+            f'<div class="vx-row-text">{escape(v.text)}</div></th>{"".join(cells)}</tr>'
+        )
+    return (
+        f'<table class="vx-grid" id="variant-grid"><thead><tr><th>prompt variant</th>{head}</tr></thead>'
+        f'<tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def flips(counts: Mapping[str, int], n_variants: int) -> str:
+    if not counts:
+        return ""
+    items = "".join(
+        f'<div class="vx-flip" data-alias="{escape(a)}"><span class="vx-flip-n">{int(n)}</span>'
+        f'<span class="vx-flip-a">{escape(a)}</span></div>'
+        for a, n in counts.items()
+    )
+    return (
+        f'<div id="flip-counts"><div class="vx-flip-title">Flips on this image (of {n_variants} variants)</div>'
+        f'<div class="vx-flips">{items}</div></div>'
+    )
+
+
+def progress(done: int, total: int, detail: str = "", state: str = "running") -> str:
+    pct = 100.0 * done / total if total else 0.0
+    return (
+        f'<div id="sweep-progress" class="vx-progress vx-{escape(state)}" data-done="{done}" data-total="{total}" '
+        f'data-state="{escape(state)}"><div class="vx-bar" style="width:{pct:.1f}%"></div>'
+        f'<div class="vx-progress-text">{escape(state)}: {done} / {total}{" &middot; " + escape(detail) if detail else ""}</div></div>'
+    )
+
+
+def model_table(statuses: Iterable[Any], titles: Mapping[str, str]) -> str:
+    rows = "".join(
+        f'<tr data-alias="{escape(s.alias)}"><td><code>{escape(s.alias)}</code></td>'
+        f'<td>{escape(titles.get(s.alias, ""))}</td>'
+        f'<td><span class="vx-state vx-state-{escape(s.state)}">{escape(s.state)}</span></td>'
+        f'<td>{escape(s.reason)}</td><td>{escape(s.source or "")}</td>'
+        f'<td>{"" if s.size_gb is None else f"{s.size_gb:.1f} GB"}</td></tr>'
+        for s in statuses
+    )
+    return (
+        '<table class="vx-table" id="model-status"><thead><tr><th>alias</th><th>model</th><th>state</th>'
+        f"<th>why</th><th>source</th><th>size</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def case_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every answer stored for one case: prompts (rows) x models (columns), verdict-coloured; hover for text."""
+    if not rows:
+        return '<div class="vx-empty">Select a row of the table to see every answer for its case.</div>'
+    models = list(dict.fromkeys(str(r["model"]) for r in rows))
+    prompts = list(dict.fromkeys(str(r["prompt_id"]) for r in rows))
+    text_of = {str(r["prompt_id"]): str(r.get("prompt_text") or "") for r in rows}
+    cell = {(str(r["prompt_id"]), str(r["model"])): r for r in rows}
+    head = "".join(f'<th class="vx-col">{escape(m)}</th>' for m in models)
+    body = []
+    for p in prompts:
+        tds = []
+        for m in models:
+            r = cell.get((p, m))
+            if r is None:
+                tds.append('<td class="vx-cell vx-v-pending">&middot;</td>')
+                continue
+            verdict = "error" if r.get("error") else str(r.get("verdict") or "unclear")
+            label, answered = r.get("label"), verdict in ("positive", "negative")
+            mark = (" &#10003;" if verdict == label else " &#10007;") if label in ("positive", "negative") and answered else ""
+            tip = str(r.get("error") or r.get("answer") or "")
+            tds.append(f'<td class="vx-cell vx-v-{escape(verdict)}" data-verdict="{escape(verdict)}" '
+                       f'title="{escape(tip[:600])}">{escape(verdict)}{mark}</td>')
+        body.append(f'<tr><th class="vx-row" title="{escape(text_of[p])}"><code>{escape(p)}</code>'
+                    f'<div class="vx-row-text">{escape(text_of[p])}</div></th>{"".join(tds)}</tr>')
+    return (f'<table class="vx-grid" id="case-answers"><thead><tr><th>prompt</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')

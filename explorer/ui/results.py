@@ -1,0 +1,186 @@
+"""Results tab: open a store, an export or the study's CSVs; filter; drill down to one case; see the cases
+where base and medical models disagree or where the wording flips the answer. No model is needed."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gradio as gr
+import pandas as pd
+
+from . import render
+from .context import SharedExplorer, user_message
+
+FILTERS = ("model", "task", "prompt_id", "verdict")
+SHOW = ["model", "task", "case_id", "label", "prompt_id", "verdict", "answer"]
+MAX_ROWS = 5000  # the table shows this many; filters narrow it, downloads of the Sweep tab carry all
+GALLERY_MAX = 24
+
+
+def _choices(frame: pd.DataFrame, col: str) -> list[str]:
+    if col not in frame.columns:
+        return []
+    return sorted(str(v) for v in frame[col].dropna().unique())
+
+
+def _filtered(frame: pd.DataFrame, picks: dict[str, list[str]]) -> pd.DataFrame:
+    for col, values in picks.items():
+        if values and col in frame.columns:
+            frame = frame[frame[col].astype(str).isin(values)]
+    return frame
+
+
+def _shown(view: pd.DataFrame) -> pd.DataFrame:
+    out = view.reindex(columns=SHOW).head(MAX_ROWS).copy()
+    out["answer"] = out["answer"].fillna("").astype(str).str.slice(0, 160)
+    return out
+
+
+class ResultsHandlers:
+    def __init__(self, shared: SharedExplorer):
+        self.shared = shared
+
+    def _image(self, ex, task: str, image_hash: Optional[str]):
+        """The case's image when this app can find it (the sample folder), else None."""
+        if not image_hash:
+            return None
+        finder = getattr(ex, "case_image", None)
+        if finder is not None:
+            return finder(task, image_hash)
+        for case in ex.example_cases(task) if task in ex.preset.tasks else []:
+            if case.image_hash == image_hash:
+                return case.image
+        return None
+
+    def _loaded(self, ex, frame: pd.DataFrame, source: str):
+        gallery, note, keys = self._gallery(ex, frame)
+        state = {"frame": frame, "view": frame, "source": source, "gallery_cases": keys}
+        filters = [gr.update(choices=_choices(frame, c), value=[]) for c in FILTERS]
+        status = render.notice(f"{len(frame):,} answers from {source}.", "ok" if len(frame) else "info")
+        return (state, *filters, _shown(frame), status, gallery, note, render.case_table([]), None)
+
+    def _fail(self, exc: BaseException):
+        msg = user_message(exc)
+        gr.Warning(msg)
+        return (gr.skip(),) * 5 + (gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+
+    def open_store(self):
+        ex = self.shared.get()
+        try:
+            return self._loaded(ex, ex.answers_frame(), f"this app's store ({ex.store.path})")
+        except Exception as exc:
+            return self._fail(exc)
+
+    def open_path(self, path: Optional[str]):
+        ex = self.shared.get()
+        try:
+            if not path or not str(path).strip():
+                raise ValueError("Choose a file first: a results store (.sqlite), an export (.csv, .parquet, "
+                                 ".jsonl) or the study's *_vqa_results.csv.")
+            if self.shared.settings.public and not str(path).startswith(gr.utils.get_upload_folder()):
+                raise PermissionError("This is a public deployment: only uploaded files can be opened.")
+            return self._loaded(ex, ex.open_results(str(path).strip()), str(path))
+        except Exception as exc:
+            return self._fail(exc)
+
+    def shown(self, state):
+        """On entering the tab: the app's own store, unless the user opened something else."""
+        if state and state.get("frame") is not None and not state["source"].startswith("this app's store"):
+            return (gr.skip(),) * 11
+        return self.open_store()
+
+    def refilter(self, models, tasks, prompt_ids, verdicts, state):
+        if not state or state.get("frame") is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        view = _filtered(state["frame"], dict(zip(FILTERS, (models, tasks, prompt_ids, verdicts))))
+        state = dict(state, view=view)
+        note = render.notice(f"{len(view):,} of {len(state['frame']):,} answers match"
+                             + (f"; the first {MAX_ROWS:,} are shown" if len(view) > MAX_ROWS else "") + ".", "info")
+        return _shown(view), state, note
+
+    def drill(self, state, evt: gr.SelectData):
+        if not state or state.get("view") is None or evt.index is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        row = state["view"].iloc[evt.index[0]]
+        return self._case(row["task"], row["case_id"], state, row)
+
+    def drill_gallery(self, state, evt: gr.SelectData):
+        cases = (state or {}).get("gallery_cases") or []
+        if evt.index is None or evt.index >= len(cases):
+            return gr.skip(), gr.skip(), gr.skip()
+        task, case_id = cases[evt.index]
+        return self._case(task, case_id, state, None)
+
+    def _case(self, task: str, case_id: str, state, row):
+        ex = self.shared.get()
+        frame = state["frame"]
+        rows = frame[(frame["task"] == task) & (frame["case_id"] == case_id)]
+        first = rows.iloc[0]
+        image = self._image(ex, task, first.get("image_hash"))
+        head = (f'<div class="vx-cards-heading"><b>{render.escape(str(case_id))}</b> · task {render.escape(str(task))}'
+                f' · truth: {render.escape(str(first.get("label") if isinstance(first.get("label"), str) else "unknown"))}'
+                + ("" if image is not None else " · image not available here") + "</div>")
+        table = render.case_table(rows.to_dict("records"))
+        detail = ""
+        if row is not None:
+            detail = (f'<div class="vx-cards-heading">{render.escape(str(row.get("prompt_text") or row["prompt_id"]))}</div>'
+                      f'<div class="vx-card"><div class="vx-badges">{render.verdict_badge(row.get("verdict"))}'
+                      f'<span class="vx-title">{render.escape(str(row["model"]))}</span></div>'
+                      f'<div class="vx-answer">{render.escape(str(row.get("error") or row.get("answer") or ""))}</div></div>')
+        return image, head + table, detail
+
+    def _gallery(self, ex, frame: pd.DataFrame):
+        finder = getattr(ex, "disagreements", None)
+        if finder is None:
+            return [], render.notice("The disagreement gallery needs Explorer.disagreements (engine), not available yet.", "info"), []
+        cases = finder(frame)
+        items, keys = [], []
+        for rec in cases.head(GALLERY_MAX).to_dict("records"):
+            image = self._image(ex, rec["task"], rec.get("image_hash"))
+            if image is not None:
+                items.append((image, f"{rec['kind']}: {rec.get('models') or rec['case_id']}"))
+                keys.append((rec["task"], rec["case_id"]))
+        note = render.notice(f"{len(cases)} cases where base and medical disagree or the wording flips the answer; "
+                             f"{len(items)} shown (at most {GALLERY_MAX}, those whose image this app can find). "
+                             "Click one to open it above.", "info")
+        return items, note, keys
+
+
+def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
+    h = ResultsHandlers(shared)
+    state = gr.State(None)
+    gr.Markdown("Open a results store (`.sqlite`), an export (`.csv`, `.parquet`, `.jsonl`) or the study code's "
+                "`*_vqa_results.csv`; this app's own store opens by itself. No model is needed here.")
+    with gr.Row(equal_height=True):
+        upload = gr.UploadButton("Open a file…", file_types=[".sqlite", ".db", ".csv", ".parquet", ".jsonl", ".json"],
+                                 type="filepath", elem_id="results-upload", scale=1)
+        mine = gr.Button("This app's store", elem_id="results-mine", scale=1)
+        path = gr.Textbox(show_label=False, placeholder="…or a path on the server", visible=not shared.settings.public,
+                          elem_id="results-path", scale=2, container=False)
+        open_path = gr.Button("Open path", visible=not shared.settings.public, elem_id="results-open", scale=1)
+    status = gr.HTML("", elem_id="results-status", js_on_load=None)
+    with gr.Row():
+        filters = [gr.Dropdown([], value=[], multiselect=True, label=c.replace("_", " "), elem_id=f"filter-{c}")
+                   for c in FILTERS]
+    table = gr.Dataframe(pd.DataFrame(columns=SHOW), elem_id="results-table", interactive=False, max_height=300,
+                         wrap=False, label="Answers (select a row to open its case)",
+                         column_widths=["11%", "10%", "20%", "7%", "11%", "8%", "33%"])
+    with gr.Row(equal_height=False):
+        image = gr.Image(label="Case image", type="pil", interactive=False, height=240, elem_id="results-image", scale=1)
+        with gr.Column(scale=3):
+            case_html = gr.HTML(render.case_table([]), elem_id="results-case", js_on_load=None,
+                                apply_default_css=False)
+            detail = gr.HTML("", elem_id="results-detail", js_on_load=None)
+    gr.Markdown("#### Where base and medical models disagree, or the wording flips the answer")
+    gallery_note = gr.HTML("", elem_id="gallery-note", js_on_load=None)
+    gallery = gr.Gallery(label="Disagreements", columns=8, height=180, allow_preview=False, elem_id="disagreements",
+                         buttons=[])
+
+    loaded = [state, *filters, table, status, gallery, gallery_note, case_html, image]
+    mine.click(h.open_store, None, loaded, api_name="open_store")
+    upload.upload(h.open_path, [upload], loaded, api_visibility="private")
+    open_path.click(h.open_path, [path], loaded, api_name="open_results")
+    for f in filters:
+        f.input(h.refilter, [*filters, state], [table, state, status], api_visibility="private")
+    table.select(h.drill, [state], [image, case_html, detail], api_visibility="private")
+    gallery.select(h.drill_gallery, [state], [image, case_html, detail], api_visibility="private")
+    return {"shown": h.shown, "inputs": [state], "outputs": loaded}

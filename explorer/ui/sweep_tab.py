@@ -1,0 +1,190 @@
+"""Sweep tab: models x tasks x prompts x images into the store, with progress, cancel and resume;
+the metrics table fills in while it runs, then the study's figures and downloads."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from . import render
+from .context import Background, SharedExplorer, gpu, user_message
+
+METRIC_COLUMNS = ["model", "task", "prompt_id", "n", "accuracy", "accuracy_all", "f1_all", "refusal_rate",
+                  "sensitivity", "specificity"]
+REFRESH_S = 1.5  # how often the metrics table is recomputed while a sweep runs
+N_CHARTS = 6  # plots.study_figures: headline F1_all, accuracy by prompt, prompt spread, refusals, flips, ROC
+DOWNLOADS = (("Answers CSV", "dl-answers-csv", "answers.csv"), ("Answers Parquet", "dl-answers-parquet", "answers.parquet"),
+             ("Metrics CSV", "dl-metrics-csv", "metrics_cells.csv"),
+             ("Metrics Parquet", "dl-metrics-parquet", "metrics_cells.parquet"),
+             ("Per model and task CSV", "dl-summary-csv", "metrics_summary.csv"),
+             ("Manifest", "dl-manifest", "manifest.json"))
+N_FILES = len(DOWNLOADS)
+
+
+def metrics_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader scans first, rounded; the downloads carry every column."""
+    if cells is None or cells.empty:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    return cells[METRIC_COLUMNS].round(3)
+
+
+def write_exports(ex, run_id: str) -> list[str]:
+    """The run's export (answers, metrics, manifest) in a fresh temp folder, which Gradio may serve."""
+    from explorer.exports import export_results
+
+    folder = Path(tempfile.mkdtemp(prefix=f"explorer-{run_id}-"))
+    written = {p.name: str(p) for p in export_results(ex.store, folder, run_id=run_id, catalog=ex.catalog)}
+    return [written[name] for _, _, name in DOWNLOADS]
+
+
+class SweepHandlers:
+    def __init__(self, shared: SharedExplorer):
+        self.shared = shared
+
+    def _frame(self, ex, run_id: str) -> pd.DataFrame:
+        return ex.answers_frame(run_id=run_id)
+
+    def charts(self, ex, frame: pd.DataFrame, cells: pd.DataFrame) -> list:
+        from explorer import plots
+
+        return plots.study_figures(frame, catalog=ex.catalog, cells=cells)[:N_CHARTS]
+
+    def run(self, models, tasks, prompt_ids, per_class, style, state):
+        ex = self.shared.get()
+        try:
+            spec = ex.sweep_spec(models=list(models or []), tasks=list(tasks or []), prompt_ids=list(prompt_ids or []),
+                                 per_class=int(per_class), prompt_style=style)
+            if not spec.models or not spec.tasks:
+                raise ValueError("Choose at least one model and one task.")
+        except Exception as exc:
+            msg = user_message(exc)
+            gr.Warning(msg)
+            yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
+            return
+        yield from self._execute(ex, spec)
+
+    def resume(self, state):
+        ex = self.shared.get()
+        if not state or state.get("spec") is None:
+            msg = "Nothing to resume yet: run a sweep first."
+            gr.Warning(msg)
+            yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
+            return
+        yield from self._execute(ex, state["spec"])
+
+    def cancel(self, state):
+        if state and state.get("cancel") is not None and not state["cancel"].is_set():
+            state["cancel"].set()
+            return render.notice("Cancelling after the current batch; finished answers are kept. Resume picks up there.", "info")
+        return render.notice("No sweep is running.", "info")
+
+    def _execute(self, ex, spec):
+        cancel = threading.Event()
+        state = {"spec": spec, "cancel": cancel}
+        latest: dict[str, Any] = {"done": 0, "total": 0, "info": {}}
+        no_files = [gr.update(value=None, interactive=False)] * N_FILES
+        yield (render.progress(0, 0, "planning: loading images", "running"), render.notice(""), gr.skip(),
+               *[gr.skip()] * N_CHARTS, *no_files, state)
+
+        def job(emit):
+            return ex.sweep(spec, progress=lambda d, t, info: emit((d, t, info)), cancel=cancel)
+
+        bg = Background(job)
+        last_refresh = 0.0
+        for items in bg.updates(poll_s=0.25):
+            if not items:
+                continue
+            latest["done"], latest["total"], latest["info"] = items[-1]
+            info = latest["info"]
+            detail = f"{info.get('cached', 0)} cached, {info.get('errors', 0)} errors · {info.get('model', '')} on {info.get('task', '')}"
+            table = gr.skip()
+            if time.monotonic() - last_refresh > REFRESH_S and info.get("run_id"):
+                last_refresh = time.monotonic()
+                table = self._cells_table(self._frame(ex, info["run_id"]))
+            yield (render.progress(latest["done"], latest["total"], detail), gr.skip(), table,
+                   *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
+        try:
+            summary = bg.result()
+        except Exception as exc:
+            msg = user_message(exc)
+            gr.Warning(msg)
+            yield (render.progress(latest["done"], latest["total"], msg, "failed"), render.notice(msg), gr.skip(),
+                   *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
+            return
+        yield from self._finish(ex, summary, state)
+
+    def _cells_table(self, frame: pd.DataFrame) -> pd.DataFrame:
+        from explorer import metrics
+
+        return metrics_table(metrics.cell_metrics(frame, n_boot=0))
+
+    def _finish(self, ex, summary, state):
+        from explorer import metrics
+
+        frame = self._frame(ex, summary.run_id)
+        cells = metrics.cell_metrics(frame)
+        state = dict(state, cancel=None, run_id=summary.run_id)
+        done_state = "cancelled" if summary.cancelled else "done"
+        detail = (f"{summary.computed} generated, {summary.cached} cached, {summary.errors} errors "
+                  f"in {summary.elapsed_s:.1f} s · run {summary.run_id}")
+        note = render.notice("; ".join(f"{m}: {why}" for m, why in summary.failures.items()), "error") \
+            if summary.failures else render.notice(
+                "Cancelled: press Resume to finish it." if summary.cancelled else "Sweep finished.",
+                "info" if summary.cancelled else "ok")
+        try:
+            figures = self.charts(ex, frame, cells)
+        except Exception as exc:  # charts are a view; a failure must not hide the table
+            gr.Warning(f"Charts unavailable: {user_message(exc)}")
+            figures = []
+        figures = list(figures) + [None] * (N_CHARTS - len(figures))
+        files = [gr.update(value=p, interactive=True) for p in write_exports(ex, summary.run_id)]
+        yield (render.progress(summary.done, summary.planned, detail, done_state), note, metrics_table(cells),
+               *figures, *files, state)
+
+
+def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
+    from explorer import prompts
+
+    h = SweepHandlers(shared)
+    closed = prompts.closed_variants(catalog, preset.tasks[0], preset.prompts)
+    with gr.Row():
+        models = gr.CheckboxGroup([(f"{a} ({catalog.model(a).role})", a) for a in preset.models], value=list(preset.models),
+                                  label="Models", elem_id="sweep-models")
+        tasks = gr.CheckboxGroup([(catalog.task(k).title, k) for k in preset.tasks], value=list(preset.tasks),
+                                 label="Tasks", elem_id="sweep-tasks")
+    prompt_ids = gr.CheckboxGroup([v.prompt_id for v in closed], value=[v.prompt_id for v in closed],
+                                  label="Prompt variants (the same families for every task)", elem_id="sweep-prompts")
+    with gr.Row():
+        per_class = gr.Slider(1, max(50, preset.cases.per_class), value=preset.cases.per_class, step=1,
+                              label="Images per class (seeded sample)", elem_id="sweep-per-class")
+        style = gr.Radio([("as the study ran them", "paper"), ("each model's own template", "official")],
+                         value=preset.prompt_format, label="Prompt format", elem_id="sweep-style")
+    with gr.Row():
+        run = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-sweep")
+        resume = gr.Button("Resume", elem_id="resume-sweep")
+    progress = gr.HTML(render.progress(0, 0, "not started", "idle"), elem_id="sweep-progress-box", js_on_load=None)
+    status = gr.HTML("", elem_id="sweep-status", js_on_load=None)
+    table = gr.Dataframe(metrics_table(None), label="Metrics per model, task and prompt (fills in as answers land)",
+                         elem_id="sweep-metrics", interactive=False, max_height=320, wrap=False)
+    with gr.Row():
+        downloads = [gr.DownloadButton(label, value=None, interactive=False, elem_id=eid, size="sm")
+                     for label, eid, _ in DOWNLOADS]
+    charts = []
+    with gr.Column(elem_id="sweep-charts"):
+        for first in range(0, N_CHARTS, 2):
+            with gr.Row(equal_height=True):
+                charts += [gr.Plot(show_label=False, elem_id=f"sweep-chart-{i}") for i in (first, first + 1)]
+    state = gr.State(None)
+    outputs = [progress, status, table, *charts, *downloads, state]
+    running = run.click(gpu(600)(h.run), [models, tasks, prompt_ids, per_class, style, state], outputs,
+                        api_name="sweep", concurrency_id="gpu", concurrency_limit=shared.settings.gpu_concurrency)
+    resume.click(gpu(600)(h.resume), [state], outputs, api_name="resume_sweep", concurrency_id="gpu",
+                 concurrency_limit=shared.settings.gpu_concurrency)
+    cancel.click(h.cancel, [state], [status], queue=False, api_visibility="private")
+    return {"run_event": running}

@@ -1,0 +1,18 @@
+"""The app's look: a gradio theme with local fonts (nothing fetched from the web) and our stylesheet."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "explorer.css"
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate").set(
+        block_radius="10px", button_large_radius="8px",
+    )
+
+
+def css() -> str:
+    return CSS_PATH.read_text(encoding="utf-8")
