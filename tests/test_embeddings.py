@@ -1,0 +1,146 @@
+"""Vision embeddings on the three offline demo architectures, t-SNE, and the linear probe."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from explorer import cli_probes
+from explorer import embeddings as E
+from explorer.backends.transformers_backend import TransformersBackend
+from explorer.datasets import upload_case
+from explorer.presets import load_catalog
+
+ARCHITECTURES = {"demo-llava": "llava_next", "demo-llava-med": "llava", "demo-gemma": "gemma3"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # t-SNE's OpenMP threads spin against the other test processes on a 2-core box; one thread is faster here.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-models")
+
+
+@pytest.fixture(scope="module")
+def backend(demo_cache):
+    b = TransformersBackend(load_catalog(), demo_cache_dir=demo_cache)
+    yield b
+    b.close()
+
+
+def _image(w: int, h: int, seed: int) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy())
+
+
+# Mixed aspect ratios: LLaVA-NeXT gives these different numbers of AnyRes views, padded in a batch.
+SIZES = [(90, 60), (56, 56), (40, 120), (120, 40), (64, 64), (100, 70)] * 2
+CASES = [
+    upload_case(_image(w, h, i), "pneumonia", label="positive" if i % 2 else "negative", name=f"img{i}.png")
+    for i, (w, h) in enumerate(SIZES)
+]
+
+
+def _answers_frame(cases, model: str) -> pd.DataFrame:
+    """Closed-form answers as the store would give them: "evidence" always right, "normal" always wrong."""
+    rows = []
+    for c in cases:
+        wrong = "negative" if c.label == "positive" else "positive"
+        for prompt, verdict in (("evidence", c.label), ("normal", wrong)):
+            rows.append(dict(model=model, task="pneumonia", prompt_id=prompt, prompt_family=prompt, prompt_kind="closed",
+                             case_id=c.case_id, image_hash=c.image_hash, label=c.label, verdict=verdict))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("alias", list(ARCHITECTURES))
+def test_features_tsne_and_probe_on_each_architecture(backend, tmp_path, alias, monkeypatch):
+    lm = backend.load(alias)
+    assert lm.model.config.model_type == ARCHITECTURES[alias]
+    cache = E.FeatureCache(E.features_path_for(tmp_path / "store.sqlite"))
+    X = E.vision_features(backend, alias, CASES, cache=cache, batch_size=8)
+    # LLaVA pools the CLIP tower's hidden states; Gemma 3 pools features after the projector (text width).
+    width = lm.model.config.vision_config.hidden_size if alias != "demo-gemma" else lm.model.config.text_config.hidden_size
+    assert X.shape == (len(CASES), width) and np.isfinite(X).all()
+    assert len({tuple(np.round(r, 5)) for r in X}) == len(CASES)  # different images, different features
+    assert cache.count() == len(CASES)
+
+    # Batch composition must not change a vector (LLaVA-NeXT pads its view axis across a batch).
+    alone = E.vision_features(backend, alias, CASES[:3], batch_size=1)
+    np.testing.assert_allclose(alone, X[:3], rtol=1e-4, atol=1e-5)
+
+    # Served from the cache: the model is not run again.
+    monkeypatch.setattr(E, "pooled_batch", lambda *a, **k: pytest.fail("cached features were recomputed"))
+    np.testing.assert_array_equal(E.vision_features(backend, alias, CASES, cache=cache), X)
+
+    result = E.analyse(backend, [alias], "pneumonia", CASES, answers=_answers_frame(CASES, alias),
+                       verdict_prompt="evidence", cache=cache)
+    coords = result.coords
+    assert list(coords.columns) == E.COORD_COLUMNS and len(coords) == len(CASES)
+    assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
+    assert (coords["verdict"] == coords["label"]).all()  # the chosen prompt's verdicts, joined by image
+    assert any("perplexity lowered" in n for n in result.notices)
+    [probe] = result.probes.to_dict("records")
+    assert probe["n"] == len(CASES) and probe["folds"] == 5 and 0.0 <= probe["probe_accuracy"] <= 1.0
+    assert probe["closed_accuracy_mean"] == pytest.approx(0.5) and probe["closed_accuracy_best"] == 1.0
+    assert probe["closed_best_prompt"] == "evidence" and probe["closed_cases"] == len(CASES)
+    cache.close()
+
+
+def test_probe_separates_a_separable_set_and_not_shuffled_labels():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-2, 1, (100, 20)), rng.normal(2, 1, (100, 20))])
+    y = ["negative"] * 100 + ["positive"] * 100
+    good = E.linear_probe(X, y)
+    assert good.folds == 5 and good.accuracy > 0.97 and good.ci_lo <= good.accuracy <= good.ci_hi <= 1.0
+    assert good.chance == 0.5 and not good.notices
+    shuffled = E.linear_probe(X, list(rng.permutation(y)))
+    assert 0.3 < shuffled.accuracy < 0.7
+
+
+def test_probe_on_tiny_sets_lowers_folds_or_says_why():
+    rng = np.random.default_rng(1)
+    few = E.linear_probe(rng.normal(size=(6, 4)), ["positive", "negative"] * 3)
+    assert few.folds == 3 and any("3-fold" in n for n in few.notices)
+    one = E.linear_probe(rng.normal(size=(4, 4)), ["positive", "negative", "negative", "negative"])
+    assert np.isnan(one.accuracy) and one.folds == 0 and "at least 2" in one.notices[0]
+
+
+def test_tsne_is_deterministic_and_adapts_to_small_sets():
+    X = np.random.default_rng(2).normal(size=(40, 80))
+    a, notes = E.tsne_coordinates(X)
+    b, _ = E.tsne_coordinates(X)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (40, 2)
+    assert any("PCA to 40" in n for n in notes) and any("perplexity lowered" in n for n in notes)
+    _, wide = E.tsne_coordinates(np.random.default_rng(3).normal(size=(100, 60)), perplexity=30)
+    assert not wide  # 100 points, 60 dims: PCA to 50 and perplexity 30 as the study set them
+    with pytest.raises(ValueError, match="at least 3"):
+        E.tsne_coordinates(X[:2])
+
+
+def test_embed_cli_on_samples(samples_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    for register in cli_probes.REGISTER:
+        register(sub)
+    out = tmp_path / "tsne.csv"
+    args = parser.parse_args(["embed", "--models", "demo-llava-med", "--task", "pneumonia", "--samples",
+                              str(samples_dir), "--store", str(tmp_path / "s.sqlite"), "--out", str(out)])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "probe_accuracy" in printed and "demo-llava-med" in printed
+    coords = pd.read_csv(out)
+    assert len(coords) == 8 and set(coords["label"]) == {"negative", "positive"}
+    assert E.features_path_for(tmp_path / "s.sqlite").exists()
