@@ -1,39 +1,53 @@
 """Local models through transformers: the study's LLaVA-NeXT, LLaVA (LLaVA-Med) and Gemma 3 models,
 and their offline demo stand-ins, all loaded with the same from_pretrained path.
 
-One backend owns every loaded model (weights are shared by all sessions). A generate() call may mix
-models and settings; it groups requests into batches of one model and one generation setting, runs
-each batch with left padding, and never raises for a single bad request: a failed batch is retried
-one request at a time, and a CUDA out-of-memory batch is halved. Problems a user must fix (a gated or
-missing model, not enough memory) raise BackendError with a reason they can act on.
+One backend owns every loaded model (weights are shared by all sessions), kept within a memory
+budget by a ModelManager (least recently used unloaded first). A generate() call may mix models
+and settings; it groups requests into batches of one model and one generation setting and never
+raises for a single bad request: a failed batch is retried one request at a time, and a CUDA
+out-of-memory batch is halved. Problems a user must fix (a gated or missing model, not enough
+memory) raise BackendError with a reason they can act on.
+
+How a batch is run (constructor option `reuse`):
+* "prefix" (default): each image's shared prompt prefix (template + image tokens) goes through
+  the vision tower and the language model once; its KV cache is extended by every prompt's own
+  tokens in one batched pass and generation continues from it (see prefix_reuse.py);
+* "features": the vision tower + projector run once per image; prompts are read whole;
+* "none": the plain left-padded batch, every row encoding its own copy of its image.
+All three give the answers one-at-a-time generation gives, up to floating-point summation order.
 """
 from __future__ import annotations
 
 import gc
-import json
 import os
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from ..availability import cached_repo_id, has_hf_token, hub_offline
 from ..demo_models import BUILD_VERSION, DemoSize, config_hash, ensure_demo_model, read_marker
+from ..model_manager import (
+    QUANTIZATIONS,
+    MemoryBudgetError,
+    ModelManager,
+    ParamCounts,
+    free_bytes,
+    human_bytes,
+    known_params,
+    measured_bytes,
+    memory_available_bytes as _memory_available_bytes,
+    safetensors_params,
+    weight_bytes,
+)
 from ..presets import Catalog, ModelSpec, PresetError
+from ..readout import FirstLogits, answer_tokens, readout_from_logits
 from ..schema import GenerationSettings, ImagePart, Request, Response
+from . import prefix_reuse as reuse_lib
 from .base import BackendError, OnText
 
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# Weight sizes (GB at 16 bits) used when no weight file can be inspected before loading.
-_KNOWN_SIZES_GB = {
-    "llava-hf/llava-v1.6-mistral-7b-hf": 15.1,
-    "wnkh/llava-med-v1.5-mistral-7b-hf": 15.1,
-    "chaoyinshe/llava-med-v1.5-mistral-7b-hf": 15.1,
-    "google/gemma-3-4b-it": 8.6,
-    "google/medgemma-4b-it": 8.6,
-}
+REUSE_MODES = ("prefix", "features", "none")
 
 
 class RequestError(ValueError):
@@ -72,43 +86,7 @@ def _torch():
     return torch
 
 
-def _memory_available_bytes() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            info = dict(line.split(":", 1) for line in fh)
-        return int(info["MemAvailable"].split()[0]) * 1024
-
-
-def _safetensors_params(folder: Path) -> Optional[int]:
-    """Parameter count from the safetensors headers (8-byte length + JSON), without reading weights."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():  # a sharded model half downloaded would be undercounted
-        shards = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
-        if not all((folder / shard).is_file() for shard in shards):
-            return None
-    total = 0
-    for path in files:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                count = 1
-                for dim in entry["shape"]:
-                    count *= dim
-                total += count
-    return total
-
-
-def _human_gb(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:.1f} GB"
+Quantization = Union[None, str, Mapping[str, Optional[str]]]
 
 
 class TransformersBackend:
@@ -119,13 +97,25 @@ class TransformersBackend:
         catalog: Catalog,
         device: Optional[str] = None,
         dtype: Optional[str] = None,
-        batch_size: int = 8,
+        batch_size: int = 12,
         local_paths: Optional[dict[str, str | Path]] = None,
         demo_size: Optional[DemoSize] = None,
         demo_cache_dir: Optional[str | Path] = None,
+        reuse: str = "prefix",
+        memory_budget: Optional[int] = None,
+        quantization: Quantization = None,
+        image_memo: int = 2,
     ):
         """device: "cuda", "cuda:1", "cpu"... (default: CUDA when available); dtype overrides every
-        model's preset dtype; local_paths maps an alias (in the catalog or not) to a model folder."""
+        model's preset dtype; local_paths maps an alias (in the catalog or not) to a model folder.
+        batch_size: most requests per forward pass (12 = the study's prompts of one image).
+        reuse: "prefix" | "features" | "none" (see the module docstring).
+        memory_budget: bytes the loaded models may take together (default: 90% of free memory).
+        quantization: "8bit" | "4bit" for every non-demo model, or {alias: "8bit"|"4bit"|None};
+        bitsandbytes on CUDA only.
+        image_memo: how many images' prefix caches / features are kept between calls."""
+        if reuse not in REUSE_MODES:
+            raise ValueError(f"reuse must be one of {', '.join(REUSE_MODES)}")
         self.catalog = catalog
         self._device = device
         self.dtype_override = dtype
@@ -133,7 +123,16 @@ class TransformersBackend:
         self.local_paths = {alias: Path(p) for alias, p in (local_paths or {}).items()}
         self.demo_size = demo_size or DemoSize.tiny()
         self.demo_cache_dir = Path(demo_cache_dir) if demo_cache_dir else None
-        self._models: dict[str, LoadedModel] = {}
+        self.reuse = reuse
+        self.quantization = quantization
+        for value in (quantization.values() if isinstance(quantization, Mapping) else [quantization]):
+            if value is not None and value not in QUANTIZATIONS:
+                raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or None)")
+        self.memo = reuse_lib.ImageMemo(image_memo)
+        self.models = ModelManager(
+            budget_bytes=memory_budget, device=device or "cpu",  # the real device is known on first use
+            on_unload=self._release, free_memory=self._free_memory,
+        )
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ settings
@@ -141,7 +140,12 @@ class TransformersBackend:
     def device(self) -> str:
         if self._device is None:
             self._device = "cuda" if _torch().cuda.is_available() else "cpu"
+            self.models.device = self._device
         return self._device
+
+    def _free_memory(self) -> int:
+        """Free memory where this backend's models go (the default memory budget follows it)."""
+        return free_bytes(self.device) if self.device.startswith("cuda") else _memory_available_bytes()
 
     def _spec(self, alias: str) -> Optional[ModelSpec]:
         try:
@@ -163,6 +167,13 @@ class TransformersBackend:
             name = "bfloat16" if not on_cuda or _torch().cuda.is_bf16_supported() else "float32"
         return name
 
+    def _quantization_for(self, alias: str, spec: Optional[ModelSpec]) -> Optional[str]:
+        if isinstance(self.quantization, Mapping):
+            return self.quantization.get(alias)
+        if spec is not None and spec.is_demo:  # a blanket setting is meant for the real models
+            return None
+        return self.quantization
+
     # ------------------------------------------------------------ identity
     def identity(self, model_alias: str) -> dict[str, Any]:
         """What determines this model's outputs, computed without loading it."""
@@ -176,7 +187,10 @@ class TransformersBackend:
             "transformers": transformers.__version__,
             "torch": _torch().__version__,
         }
-        loaded = self._models.get(model_alias)
+        quantization = self._quantization_for(model_alias, spec)
+        if quantization:  # only when set, so unquantized fingerprints stay what they were
+            ident["quantization"] = f"bitsandbytes-{quantization}"
+        loaded = self.models.peek(model_alias)
         if model_alias in self.local_paths:
             path = self.local_paths[model_alias].expanduser().resolve()
             marker = read_marker(path) or {}
@@ -255,51 +269,92 @@ class TransformersBackend:
         hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         return Path(hit).parent if isinstance(hit, str) else None
 
-    def _check_memory(self, alias: str, source: _Source, dtype: str) -> None:
-        """Refuse, with numbers, a model whose weights cannot fit; loading it would crash or swap."""
-        params = _safetensors_params(source.weights_dir) if source.weights_dir else None
+    # ------------------------------------------------------------ memory
+    def _params(self, source: _Source) -> Optional[ParamCounts]:
+        """Parameter counts before loading: safetensors headers, the Hub's metadata, or the known table."""
+        params = safetensors_params(source.weights_dir) if source.weights_dir else None
         if params is None and not source.random_weights and not os.path.isdir(source.path):
             if not hub_offline():
                 try:
                     from huggingface_hub import HfApi
 
                     meta = HfApi().get_safetensors_metadata(source.path, revision=source.revision)
-                    params = sum(meta.parameter_count.values())
+                    total = sum(meta.parameter_count.values())
+                    known = known_params(source.path)
+                    params = ParamCounts(total, known.unquantized if known else 0)
                 except Exception:  # noqa: BLE001 - sizing is advisory; the table below is the fallback
                     params = None
-            if params is None and source.path in _KNOWN_SIZES_GB:
-                params = int(_KNOWN_SIZES_GB[source.path] * 1e9 / 2)
-        if not params:
-            return
-        need = params * _DTYPE_BYTES[dtype] * 1.1
+            if params is None:
+                params = known_params(source.path)
+        return params
+
+    def _check_memory(self, alias: str, need: int, dtype: str) -> None:
+        """Refuse, with numbers, a model whose weights cannot fit; loading it would crash or swap."""
         ram = _memory_available_bytes()
         if self.device.startswith("cuda"):
             torch = _torch()
             vram = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
             if need > vram + ram:
                 raise BackendError(
-                    f"{alias}: not enough memory: needs about {_human_gb(need)} in {dtype}; free: "
-                    f"{_human_gb(vram)} GPU + {_human_gb(ram)} RAM. Unload other models first."
+                    f"{alias}: not enough memory: needs about {human_bytes(need)} in {dtype}; free: "
+                    f"{human_bytes(vram)} GPU + {human_bytes(ram)} RAM. Unload other models first, or load it in 8-/4-bit."
                 )
         elif need > ram:
             raise BackendError(
-                f"{alias}: not enough memory: needs about {_human_gb(need)} in {dtype} on CPU, "
-                f"{_human_gb(ram)} RAM free. Unload other models, or use a GPU (bfloat16)."
+                f"{alias}: not enough memory: needs about {human_bytes(need)} in {dtype} on CPU, "
+                f"{human_bytes(ram)} RAM free. Unload other models, or use a GPU (bfloat16)."
             )
+
+    def _make_room(self, alias: str, need: int, dtype: str) -> None:
+        try:
+            unloaded = self.models.make_room(need, keep=(alias,))
+        except MemoryBudgetError as exc:
+            raise BackendError(
+                f"{alias}: not enough memory: {exc} in {dtype} ({human_bytes(self._free_memory())} "
+                f"{'GPU' if self.device.startswith('cuda') else 'RAM'} free). Raise the budget, or load it in 8-/4-bit."
+            ) from None
+        if unloaded:
+            self._free_released()
 
     # ------------------------------------------------------------ loading
     def load(self, alias: str) -> LoadedModel:
+        """The loaded model (loaded now if needed, after unloading least recently used models that
+        would not leave it room in the memory budget)."""
         with self._lock:
-            if alias in self._models:
-                return self._models[alias]
+            hit = self.models.get(alias)
+            if hit is not None:
+                return hit
             spec = self._spec(alias)
             source = self._resolve(alias, spec)
             dtype = self._dtype_name(spec)
-            self._check_memory(alias, source, dtype)
-            self._models[alias] = self._load(alias, source, dtype)
-            return self._models[alias]
+            quantization = self._quantization_for(alias, spec)
+            params = self._params(source)
+            need = int(weight_bytes(params, dtype, quantization) * 1.1) if params else 0
+            if need:
+                self._make_room(alias, need, dtype)
+                self._check_memory(alias, need, dtype)
+            return self.models.acquire(
+                alias, lambda: self._load(alias, source, dtype, quantization), need,
+                device=self.device, dtype=dtype, quantization=quantization, measure=lambda lm: measured_bytes(lm.model),
+            )
 
-    def _load(self, alias: str, source: _Source, dtype: str) -> LoadedModel:
+    def _quantization_config(self, alias: str, quantization: str, dtype: str) -> Any:
+        """bitsandbytes settings as the transformers docs give them (untested here: no GPU in CI)."""
+        if not self.device.startswith("cuda"):
+            raise BackendError(f"{alias}: 8-/4-bit loading (bitsandbytes) needs a CUDA GPU; this backend runs on {self.device}")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise BackendError(f"{alias}: {quantization} loading needs bitsandbytes: pip install bitsandbytes") from None
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(_torch(), dtype),
+        )
+
+    def _load(self, alias: str, source: _Source, dtype: str, quantization: Optional[str] = None) -> LoadedModel:
         import transformers
         from transformers import AutoConfig
 
@@ -311,6 +366,8 @@ class TransformersBackend:
             multimodal = getattr(config, "vision_config", None) is not None
             model_cls = transformers.AutoModelForImageTextToText if multimodal else transformers.AutoModelForCausalLM
             load_kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+            if quantization:
+                load_kwargs["quantization_config"] = self._quantization_config(alias, quantization, dtype)
             if self.device.startswith("cuda"):
                 load_kwargs["device_map"] = "auto" if self.device == "cuda" else {"": self.device}
             model = model_cls.from_pretrained(source.path, **kwargs, **load_kwargs)
@@ -335,30 +392,40 @@ class TransformersBackend:
         adds_bos = bool(tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id])
         return LoadedModel(
             alias=alias, model=model, processor=processor, tokenizer=tokenizer, source=source.path,
-            revision=source.revision, dtype=dtype, device=str(model.device), multimodal=multimodal,
+            revision=source.revision, dtype=dtype if not quantization else f"{dtype}+{quantization}",
+            device=str(model.device), multimodal=multimodal,
             random_weights=source.random_weights, load_s=time.perf_counter() - started,
             image_token=getattr(processor, "image_token", None) if multimodal else None,
             adds_bos=adds_bos, fixes=fixes,
         )
 
     def loaded(self) -> list[str]:
-        return list(self._models)
+        return self.models.aliases()
 
-    def unload(self, alias: str) -> bool:
-        with self._lock:
-            gone = self._models.pop(alias, None)
-        if gone is None:
-            return False
-        del gone
+    def loaded_table(self) -> list[dict[str, Any]]:
+        """What is loaded, most recently used first: alias, size, device, dtype, last used."""
+        return self.models.table()
+
+    def _release(self, alias: str, lm: Any) -> None:
+        self.memo.drop_model(alias)  # its remembered prefixes hold memory too
+
+    @staticmethod
+    def _free_released() -> None:
         gc.collect()
         torch = _torch()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def unload(self, alias: str) -> bool:
+        if not self.models.unload(alias):
+            return False
+        self._free_released()
         return True
 
     def close(self) -> None:
-        for alias in list(self._models):
+        for alias in self.models.aliases():
             self.unload(alias)
+        self.memo.clear()
 
     # ------------------------------------------------------------ generation
     def generate(self, requests: Sequence[Request], on_text: Optional[OnText] = None) -> list[Response]:
@@ -370,14 +437,19 @@ class TransformersBackend:
         return [r if r is not None else Response(error="no answer produced") for r in responses]
 
     def _plan_batches(self, requests: Sequence[Request]) -> list[list[int]]:
-        """Indices grouped by (model, generation settings, with/without images), in asked order, then
-        cut to batch_size. Models come one after another so each is loaded once per call.
-        (A later step can order a group by image hash here to reuse image features.)"""
+        """Indices grouped by (model, generation settings, with/without images), models one after
+        another so each is loaded once per call; inside a group the prompts of one image sit
+        together (in asked order), so a batch shares each image's work; then cut to batch_size."""
         groups: dict[tuple[str, GenerationSettings, bool], list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault((req.model, req.generation, bool(req.images())), []).append(i)
         batches = []
         for idx in groups.values():
+            if self.reuse != "none":
+                first_seen: dict[Any, int] = {}
+                for i in idx:
+                    first_seen.setdefault(_image_key(requests[i]), len(first_seen))
+                idx = sorted(idx, key=lambda i: first_seen[_image_key(requests[i])])
             batches += [idx[s : s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
         return batches
 
@@ -388,6 +460,7 @@ class TransformersBackend:
                 responses[i] = resp
             return
         except (torch.OutOfMemoryError, MemoryError) as exc:
+            self.memo.drop_model(lm.alias)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
@@ -404,28 +477,131 @@ class TransformersBackend:
                 self._run_with_fallback(lm, [item], responses, on_text)
 
     def _run_batch(self, lm: LoadedModel, items, on_text: Optional[OnText]) -> list[Response]:
-        """One forward-and-generate over requests of one model and one generation setting."""
+        """One generation over requests of one model and one generation setting, by the configured
+        reuse mode when the batch allows it (one image per request), else the plain way."""
         torch = _torch()
         texts = [self._prompt_text(lm, req) for _, req in items]
         images = [req.images() for _, req in items]
+        if not lm.multimodal and any(images):
+            raise RequestError(f"{lm.alias} is a text-only model and cannot take images")
+        started = time.perf_counter()
+        with torch.inference_mode():
+            if lm.multimodal and self.reuse != "none" and all(len(ims) == 1 for ims in images):
+                try:
+                    prepared = self._prepare_shared(lm, items, texts)
+                except torch.OutOfMemoryError:
+                    raise
+                except (reuse_lib.ReuseNotApplicable, RuntimeError, ValueError, TypeError, IndexError) as exc:
+                    # The plain path answers the same; say why the shared one was skipped.
+                    prepared = self._prepare_plain(lm, texts, images)
+                    prepared["info"]["reuse_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                prepared = self._prepare_plain(lm, texts, images)
+            return self._generate(lm, items, prepared, on_text, started)
+
+    # ------------------------------------------------------------ the three ways to prepare a batch
+    def _prepare_plain(self, lm: LoadedModel, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
+        """Left-padded rows, each with its own copy of its image (reuse="none")."""
         if lm.multimodal:
             inputs = lm.processor(
                 text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
             )
             inputs = inputs.to(lm.model.device, dtype=lm.model.dtype)
         else:
-            if any(images):
-                raise RequestError(f"{lm.alias} is a text-only model and cannot take images")
             inputs = lm.tokenizer(texts, padding=True, return_tensors="pt").to(lm.model.device)
+        return {"inputs": dict(inputs), "info": {"reuse": "none"}}
+
+    def _prepare_shared(self, lm: LoadedModel, items, texts: list[str]) -> dict[str, Any]:
+        """Each distinct image is resized/tiled, encoded (and, for "prefix", prefilled) once."""
+        keys = [_image_key(req) for _, req in items]
+        canonical: dict[Any, Any] = {}
+        images = [canonical.setdefault(key, req.images()[0]) for key, (_, req) in zip(keys, items)]
+        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images)
+        image_ids = [getattr(lm.model.config, "image_token_id", None)]
+        rows = reuse_lib.split_rows(inputs, image_ids)
+        if self.reuse == "prefix":
+            try:
+                return self._prepare_prefix(lm, keys, rows, items[0][1].generation.max_new_tokens)
+            except reuse_lib.ReuseNotApplicable as exc:
+                prepared = self._prepare_features(lm, keys, rows, inputs)
+                prepared["info"]["reuse_skipped"] = str(exc)[:300]
+                return prepared
+        return self._prepare_features(lm, keys, rows, inputs)
+
+    def _prepare_features(self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, inputs: Any) -> dict[str, Any]:
+        """Vision tower + projector once per image; the features go to generate as mm_encoder_outputs."""
+        per_row: list[Any] = []
+        computed: dict[Any, Any] = {}
+        hits = 0
+        for row, key in enumerate(keys):
+            if key not in computed:
+                memo_key = (lm.alias, "features", key)
+                found = self.memo.get(memo_key) if _memo_ok(key) else None
+                if found is None:
+                    found = reuse_lib.image_features(lm.model, reuse_lib.image_inputs_of_row(rows, row))
+                    if _memo_ok(key):
+                        self.memo.put(memo_key, found)
+                else:
+                    hits += 1
+                computed[key] = found
+            per_row.append(computed[key])
+        device = lm.model.device
+        gen_inputs = {"input_ids": inputs["input_ids"].to(device), "attention_mask": inputs["attention_mask"].to(device)}
+        for key in ("token_type_ids", "mm_token_type_ids"):
+            if key in inputs:  # Gemma 3: bidirectional attention among the image tokens
+                gen_inputs[key] = inputs[key].to(device)
+        gen_inputs["mm_encoder_outputs"] = {"image": reuse_lib.features_for_rows(per_row)}
+        return {"inputs": gen_inputs, "info": {"reuse": "features", "images_encoded": len(computed) - hits}}
+
+    def _prepare_prefix(self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, max_new_tokens: int) -> dict[str, Any]:
+        """Each image's prefix (the template up to the end of its image tokens) prefilled once,
+        extended with every prompt's own tokens, laid out as a left-padded batch."""
+        model = lm.model
+        ends = [reuse_lib.image_span_end(rows, i) for i in range(len(keys))]
+        if any(end == 0 or end >= len(ids) for end, ids in zip(ends, rows.ids)):
+            raise reuse_lib.ReuseNotApplicable("a prompt has no text after its image")
+        reuse_lib.check_prefix_applicable(model, max(ends) + max(len(ids) - end - 1 for ids, end in zip(rows.ids, ends)))
+        starts: dict[Any, set] = {}
+        for key, end, ids in zip(keys, ends, rows.ids):
+            starts.setdefault(key, set()).add(tuple(ids[:end]))
+        if any(len(s) > 1 for s in starts.values()):  # e.g. a template that puts the image after the question
+            raise reuse_lib.ReuseNotApplicable("the prompts of one image differ before its image tokens")
+        prefixes: list[Optional[reuse_lib.Prefix]] = [None] * len(keys)
+        computed: dict[Any, reuse_lib.Prefix] = {}
+        prefilled = 0
+        for row, (key, end) in enumerate(zip(keys, ends)):
+            ids = tuple(rows.ids[row][:end])
+            group = (key, ids)
+            if group not in computed:
+                memo_key = (lm.alias, "prefix", key, ids)
+                found = self.memo.get(memo_key) if _memo_ok(key) else None
+                if found is None:
+                    types = rows.token_types[row][:end] if rows.token_types is not None else None
+                    found = reuse_lib.prefill_prefix(model, ids, types, reuse_lib.image_inputs_of_row(rows, row))
+                    prefilled += 1
+                    if _memo_ok(key):
+                        self.memo.put(memo_key, found)
+                computed[group] = found
+            prefixes[row] = computed[group]
+        room = max_new_tokens + 1  # every answer token fits without moving the cache
+        batch = reuse_lib.continue_from_prefixes(model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room)
+        gen_inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "past_key_values": batch.cache}
+        info = {"reuse": "prefix", "prefix_tokens": max(p.length for p in computed.values()), "images_encoded": prefilled}
+        return {"inputs": gen_inputs, "info": info}
+
+    # ------------------------------------------------------------ generating
+    def _generate(self, lm: LoadedModel, items, prepared: dict[str, Any], on_text: Optional[OnText], started: float) -> list[Response]:
+        torch = _torch()
+        inputs, info = prepared["inputs"], prepared["info"]
         settings = items[0][1].generation
         gen_kwargs = self._generation_kwargs(lm, settings)
         prompt_len = inputs["input_ids"].shape[1]
         stream = on_text is not None and len(items) == 1
-        started = time.perf_counter()
+        wants_readout = any(req.readout is not None for _, req in items)
         first_token_s = None
-        with torch.inference_mode():
-            if settings.do_sample:
-                torch.manual_seed(settings.seed)
+        if settings.do_sample:
+            torch.manual_seed(settings.seed)
+        with FirstLogits(lm.model, enabled=wants_readout) as first:
             if stream:
                 output, first_token_s = self._generate_streaming(lm, inputs, gen_kwargs, items[0][0], on_text)
             else:
@@ -433,20 +609,27 @@ class TransformersBackend:
         wall = time.perf_counter() - started
         new_tokens = output[:, prompt_len:]
         eos_ids = self._eos_ids(lm)
+        tokens = answer_tokens(lm.tokenizer) if wants_readout and first.logits is not None else None
         responses = []
-        for row in range(len(items)):
+        for row, (_, req) in enumerate(items):
             ids = new_tokens[row].tolist()
             n_out = next((k + 1 for k, t in enumerate(ids) if t in eos_ids), len(ids))
             text = lm.tokenizer.decode(ids[:n_out], skip_special_tokens=True).strip()
-            extra = {"batch_wall_s": wall, "batch_size": len(items), "device": lm.device, "dtype": lm.dtype}
+            extra = {"batch_wall_s": wall, "batch_size": len(items), "device": lm.device, "dtype": lm.dtype, **info}
             if first_token_s is not None:
                 extra["first_text_s"] = first_token_s
+            p_positive = None
+            if tokens is not None and req.readout is not None:
+                p_positive, raw = readout_from_logits(first.logits[row], req.readout, tokens)
+                if raw:
+                    extra["readout"] = raw
             responses.append(
                 Response(
                     text=text,
                     latency_s=wall / len(items),
                     input_tokens=int(inputs["attention_mask"][row].sum()),
                     output_tokens=n_out,
+                    p_positive=p_positive,
                     extra=extra,
                 )
             )
@@ -581,3 +764,15 @@ def _fix_processor(processor: Any, model: Any) -> list[str]:
                 processor.num_additional_image_tokens = 1
                 fixes.append("num_additional_image_tokens=1")
     return fixes
+
+
+def _image_key(request: Request) -> tuple:
+    """What identifies a request's image(s) for sharing work: the content hashes, or ("object", id)
+    of the image itself when a hash is missing (shared within one call only, see _memo_ok)."""
+    parts = [p for m in request.messages for p in m["content"] if isinstance(p, ImagePart)]
+    return tuple(p.image_hash or ("object", id(p.image)) for p in parts)
+
+
+def _memo_ok(key: tuple) -> bool:
+    """Only content hashes may be remembered across calls: an object id can be reused by a new image."""
+    return bool(key) and all(isinstance(k, str) for k in key)

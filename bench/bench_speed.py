@@ -1,0 +1,363 @@
+"""How much faster the engine answers than the study's loop, on the same images, prompts and weights.
+
+For each of the study's three architectures (LlavaNext, Llava, Gemma 3) a random-weight model is
+built with the real models' image geometry (DemoSize.study_shapes(): 576 image tokens for Llava,
+AnyRes ~2,000-2,900 for LlavaNext, 256 for Gemma 3) and small widths, so it runs on 2 CPU cores in
+a few minutes; --full builds them at the real models' widths and depth (needs CUDA; random weights,
+nothing is downloaded). In ONE run, with the same images, the same closed-form prompts, the same
+weights and the same greedy settings (max_new_tokens N, min_new_tokens as the study's preset):
+
+  (a) the study's loop: transformers.pipeline("image-text-to-text"), one (image, prompt) at a time,
+      called the way the study's gen/*.py scripts call it;
+  (b) the engine: the sweep (run_sweep into a fresh results store) through TransformersBackend,
+      which encodes each image once and decodes its prompts as one batch (reuse="prefix").
+
+Printed per architecture: throughput ratio (b over a), share of identical answers, the ratio of a
+cached re-run (the same sweep again against the same store) and the app's overhead over a bare
+backend.generate for one compare call (Explorer.ask of one prompt on one case). Then a markdown table.
+
+  python bench/bench_speed.py --threads 1             # 3 images x 12 prompts x 3 architectures, ~1 min on CPU
+  python bench/bench_speed.py --images 4 --max-new-tokens 64 --modes prefix,features,none
+  python bench/bench_speed.py --full --images 8       # CUDA: real widths (LLaVA 7B, Gemma 3 4B shapes)
+  HF_HUB_OFFLINE=0 python bench/bench_speed.py --real # CUDA: the study's own checkpoints (cached or downloaded)
+
+--full builds each random model in fp32 on disk (about 30 GB for a 7B one) and deletes it after its
+run; --real needs the weights (HF_TOKEN for the gated Gemma models).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
+ARCHITECTURES = {"llava_next": "demo-llava", "llava": "demo-llava-med", "gemma3": "demo-gemma"}
+REAL_MODELS = {"llava_next": "llava", "llava": "llava-med", "gemma3": "gemma"}  # --real: the study's checkpoints
+
+
+def full_sizes():
+    """DemoSize per architecture at the real models' widths and depths (random weights)."""
+    from explorer.demo_models import DemoSize
+
+    study = DemoSize.study_shapes()
+    mistral = dict(text_hidden=4096, text_layers=32, text_heads=32, text_kv_heads=8, text_intermediate=14336,
+                   vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096)
+    gemma = dict(text_hidden=2560, text_layers=34, text_heads=8, text_kv_heads=4, text_intermediate=10240,
+                 vision_hidden=1152, vision_layers=27, vision_heads=16, vision_intermediate=4304)
+    return {"llava_next": replace(study, **mistral), "llava": replace(study, **mistral), "gemma3": replace(study, **gemma)}
+
+
+# ------------------------------------------------------------------ cases
+def synthetic_cases(task: str, n: int, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    from explorer.images import content_hash
+    from explorer.schema import Case
+
+    rng = np.random.default_rng(seed)
+    sizes = [(512, 512), (300, 400), (640, 480), (256, 256)]
+    cases = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
+        cases.append(Case(case_id=f"{task}:bench:{i}", task=task, image=img, image_hash=content_hash(img),
+                          label="positive" if i % 2 else "negative", source="synthetic noise", row_id=i))
+    return cases
+
+
+def load_cases(task: str, n: int, samples: Path | None):
+    from explorer import datasets
+
+    folder = None
+    if samples is not None and samples.is_dir():
+        names = [task, *(a for a, k in datasets.TASK_ALIASES.items() if k == task)]
+        folder = next((samples / name for name in names if (samples / name).is_dir()), None)
+    if folder is not None:
+        per_class = max(1, (n + 1) // 2)
+        cases = list(datasets.folder_cases(folder, task, per_class=per_class, seed=42).cases)
+        # Alternate the classes so a small n still sees both (and both image sizes).
+        pos = [c for c in cases if c.label == "positive"]
+        neg = [c for c in cases if c.label != "positive"]
+        mixed = [c for pair in zip(pos, neg) for c in pair] + pos[len(neg):] + neg[len(pos):]
+        if mixed:
+            return mixed[:n], f"{min(n, len(mixed))} images from {folder}"
+    return synthetic_cases(task, n), f"{n} synthetic noise images"
+
+
+# ------------------------------------------------------------------ (a) the study's loop
+def study_loop(pipe, architecture: str, fmt: str, cases, variants, settings):
+    """One pipeline call per (image, prompt), as in the study's gen/*.py (prompt-major there; the
+    order does not change the answers). Returns {(case_id, prompt_id): text}."""
+    generate_kwargs = {"do_sample": False}
+    if settings.min_new_tokens:
+        generate_kwargs["min_new_tokens"] = settings.min_new_tokens
+    answers = {}
+    for variant in variants:
+        for case in cases:
+            if architecture == "gemma3":  # chat-template models: a message list, image then text
+                messages = [{"role": "user", "content": [{"type": "image", "image": case.image},
+                                                         {"type": "text", "text": variant.text}]}]
+                out = pipe(text=messages, max_new_tokens=settings.max_new_tokens, return_full_text=False,
+                           generate_kwargs=dict(generate_kwargs))
+            else:  # the LLaVA models: a raw prompt with <image>, and images=...
+                out = pipe(images=case.image, text=fmt.replace("{prompt}", variant.text),
+                           max_new_tokens=settings.max_new_tokens, return_full_text=False,
+                           generate_kwargs=dict(generate_kwargs))
+            text = out[0]["generated_text"] if isinstance(out, list) and out else out
+            if isinstance(text, list):  # chat output: the conversation with the new assistant turn
+                text = text[-1]["content"]
+            answers[(case.case_id, variant.prompt_id)] = str(text).strip()
+    return answers
+
+
+# ------------------------------------------------------------------ one architecture
+class Recording:
+    """The backend as the sweep sees it, counting which path (reuse mode) answered each request."""
+
+    def __init__(self, backend):
+        from collections import Counter
+
+        self.backend, self.name, self.paths = backend, backend.name, Counter()
+
+    def identity(self, alias):
+        return self.backend.identity(alias)
+
+    def generate(self, requests, on_text=None):
+        responses = self.backend.generate(requests, on_text)
+        self.paths.update(r.extra.get("reuse", "?") for r in responses)
+        return responses
+
+    def close(self):
+        pass
+
+
+@dataclass
+class Result:
+    architecture: str
+    alias: str
+    answers: int
+    image_tokens: list[int]
+    loop_s: float
+    engine_s: dict[str, float] = field(default_factory=dict)  # reuse mode -> seconds
+    identical: dict[str, float] = field(default_factory=dict)  # reuse mode -> share identical to the loop
+    paths: dict[str, str] = field(default_factory=dict)  # reuse mode asked -> paths that answered
+    cached_s: float = 0.0
+    ask_ms: float = 0.0
+    generate_ms: float = 0.0
+    errors: int = 0
+
+    @property
+    def speedup(self) -> float:
+        return self.loop_s / self.engine_s["prefix"] if self.engine_s.get("prefix") else float("nan")
+
+
+def bench_architecture(architecture, alias, size, args, catalog, cases, variants, workdir: Path) -> Result:
+    import torch
+    import transformers
+
+    from explorer.backends.registry import BackendRegistry
+    from explorer.requests import build_request
+    from explorer.schema import GenerationSettings
+    from explorer.service import Explorer
+    from explorer.store import Store
+    from explorer.sweep import plan_sweep, run_sweep
+
+    spec = catalog.model(alias)
+    real = catalog.model(spec.demo_of) if spec.demo_of else spec
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, min_new_tokens=min(real.generation.min_new_tokens, args.max_new_tokens),
+    )
+    fmt = spec.prompt_format("paper")
+    registry = BackendRegistry(catalog, {}, demo_size=size, demo_cache_dir=workdir / "models" / architecture,
+                               batch_size=args.batch_size, device=args.device)
+    backend = registry.local
+    lm = backend.load(alias)
+    pipe = transformers.pipeline("image-text-to-text", model=lm.model, processor=lm.processor)
+
+    # Warm both paths up on an image outside the benchmark (lazy imports, first-call allocations).
+    warm = synthetic_cases("warmup", 1, seed=99)
+    study_loop(pipe, architecture, fmt, warm, variants[:1], settings)
+    backend.generate([build_request(spec, variants[0], warm[0], "paper", settings)])
+    backend.memo.clear()
+
+    started = time.perf_counter()
+    loop = study_loop(pipe, architecture, fmt, cases, variants, settings)
+    loop_s = time.perf_counter() - started
+
+    plan = plan_sweep(catalog, [alias], [cases[0].task], {cases[0].task: cases}, {cases[0].task: variants},
+                      "paper", generation_override=settings)
+    result = Result(architecture, alias, len(plan), [], loop_s)
+    for mode in args.modes:
+        backend.reuse = mode
+        backend.memo.clear()
+        answers, tokens = {}, {}
+
+        def keep(item, row, answers=answers):
+            answers[(item.case.case_id, item.variant.prompt_id)] = (row.get("answer") or "").strip()
+
+        with Store(workdir / f"{alias}-{mode}.sqlite") as store:
+            started = time.perf_counter()
+            recording = Recording(backend)
+            summary = run_sweep(plan, recording, store, batch_size=args.batch_size, on_item=keep)
+            result.engine_s[mode] = time.perf_counter() - started
+            result.paths[mode] = ", ".join(f"{k} x{n}" for k, n in sorted(recording.paths.items()))
+            result.errors += summary.errors
+            if mode == "prefix":
+                started = time.perf_counter()
+                again = run_sweep(plan, backend, store, batch_size=args.batch_size)
+                result.cached_s = time.perf_counter() - started
+                if again.computed:
+                    print(f"  note: the cached re-run generated {again.computed} answers again")
+        same = sum(answers.get(k) == v for k, v in loop.items())
+        result.identical[mode] = same / max(len(loop), 1)
+        if mode == "prefix":
+            for (case_id, prompt_id), text in loop.items():
+                if answers.get((case_id, prompt_id)) != text:
+                    print(f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}")
+    backend.reuse = "prefix"
+
+    # Image tokens per image, as the processor counts them for this architecture.
+    for case in cases:
+        text = backend._prompt_text(lm, build_request(spec, variants[0], case, "paper", settings))
+        ids = lm.processor(text=[text], images=[[case.image]], return_tensors="pt")["input_ids"][0]
+        result.image_tokens.append(int((ids == lm.model.config.image_token_id).sum()))
+
+    # App overhead: Explorer.ask (plan, store lookup, generate, verdict, commit) vs bare generate.
+    explorer = Explorer(preset="demo", store_path=workdir / f"{alias}-app.sqlite", catalog=catalog)
+    explorer.registry = registry
+    asks, bares = [], []
+    for variant in variants[: max(1, args.overhead_repeats)]:
+        case = cases[0]
+        request = build_request(spec, variant, case, "paper", settings)
+        backend.memo.clear()
+        started = time.perf_counter()
+        backend.generate([request])
+        bares.append(time.perf_counter() - started)
+        backend.memo.clear()
+        started = time.perf_counter()
+        explorer.ask(case, variant, [alias], prompt_style="paper", generation=settings)
+        asks.append(time.perf_counter() - started)
+    explorer.store.close()
+    result.ask_ms = statistics.median(asks) * 1000
+    result.generate_ms = statistics.median(bares) * 1000
+    backend.close()
+    del pipe, lm
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if args.full:  # a real-width random model is tens of GB on disk
+        import shutil
+
+        shutil.rmtree(workdir / "models" / architecture, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------ report
+def table(results, args) -> str:
+    modes = [m for m in args.modes if m != "prefix"]
+    head = ["architecture", "image tokens", "answers", "study loop s", "engine s", "throughput x", "identical"]
+    head += [f"{m} s (identical)" for m in modes]
+    head += ["cached re-run x", "app overhead ms (ask vs generate)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        toks = f"{min(r.image_tokens)}-{max(r.image_tokens)}" if min(r.image_tokens) != max(r.image_tokens) else str(r.image_tokens[0])
+        cells = [f"{r.architecture} ({r.alias})", toks, str(r.answers), f"{r.loop_s:.1f}", f"{r.engine_s['prefix']:.1f}",
+                 f"{r.speedup:.1f}", f"{r.identical['prefix']:.0%}"]
+        cells += [f"{r.engine_s[m]:.1f} ({r.identical[m]:.0%})" for m in modes]
+        cells += [f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}",
+                  f"{r.ask_ms - r.generate_ms:+.0f} ({r.ask_ms:.0f} vs {r.generate_ms:.0f})"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architectures", default="llava_next,llava,gemma3")
+    parser.add_argument("--task", default="brain_tumor")
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=12, help="the first N closed-form prompts (1-12)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="32 = the study's min_new_tokens for LLaVA")
+    parser.add_argument("--batch-size", type=int, default=12)
+    parser.add_argument("--modes", default="prefix", help="engine reuse modes to time (prefix always): prefix,features,none")
+    parser.add_argument("--overhead-repeats", type=int, default=3)
+    parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
+    parser.add_argument("--full", action="store_true", help="random models at the real widths and depths (CUDA)")
+    parser.add_argument("--real", action="store_true", help="the study's own checkpoints instead of random models (CUDA)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    parser.add_argument("--text-hidden", type=int, default=64, help="CPU widths: the language model's hidden size")
+    parser.add_argument("--workdir", type=Path, default=None, help="where models and stores go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    args.modes = ["prefix"] + [m for m in (s.strip() for s in args.modes.split(",")) if m and m != "prefix"]
+
+    import torch
+
+    from explorer.demo_models import DemoSize
+    from explorer.presets import load_catalog
+    from explorer.prompts import closed_variants
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if (args.full or args.real) and not torch.cuda.is_available():
+        print("bench_speed: --full and --real need CUDA (4-7B parameters); run without them on CPU.")
+        return 2
+    catalog = load_catalog()
+    archs = [a.strip() for a in args.architectures.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in ARCHITECTURES]
+    if unknown:
+        print(f"bench_speed: unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
+        return 2
+    sizes = full_sizes() if args.full else {a: DemoSize.study_shapes(text_hidden=args.text_hidden) for a in ARCHITECTURES}
+    cases, where = load_cases(args.task, args.images, args.samples)
+    variants = closed_variants(catalog, args.task)[: max(1, min(12, args.prompts))]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"bench_speed: {len(archs)} architectures x {len(cases)} images ({where}) x {len(variants)} prompts; "
+          f"greedy, max_new_tokens={args.max_new_tokens}; "
+          f"{'the study checkpoints' if args.real else 'full size, random weights' if args.full else 'study shapes, small widths'} "
+          f"on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_speed_")
+        workdir = Path(tmp.name)
+    else:
+        workdir = args.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for arch in archs:
+            alias = (REAL_MODELS if args.real else ARCHITECTURES)[arch]
+            print(f"\n{arch} ({alias}) ...", flush=True)
+            r = bench_architecture(arch, alias, sizes[arch], args, catalog, cases, variants, workdir)
+            results.append(r)
+            extra = "".join(f"; {m} {r.engine_s[m]:.1f}s ({r.identical[m]:.0%} identical)" for m in args.modes if m != "prefix")
+            print(f"  answered by: {r.paths['prefix']}")
+            print(f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
+                  f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}{extra}; cached re-run "
+                  f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
+                  f"ask {r.ask_ms:.0f} ms vs generate {r.generate_ms:.0f} ms; errors {r.errors}", flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print()
+    print(table(results, args))
+    low = [r for r in results if r.speedup < 5 or r.identical["prefix"] < 0.99]
+    if low:
+        print("\nbelow target (>= 5x throughput, >= 99% identical): " + ", ".join(r.architecture for r in low))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
