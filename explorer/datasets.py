@@ -753,6 +753,7 @@ def upload_case(
     task: Union[TaskSpec, str],
     label: Optional[str] = None,
     name: Optional[str] = None,
+    max_pixels: Optional[int] = None,
 ) -> Case:
     """One uploaded image (path, bytes, file object or PIL image); its case_id comes from the image hash.
 
@@ -773,7 +774,8 @@ def upload_case(
             name = Path(str(name)).name
     if isinstance(source, bytearray):
         source = bytes(source)
-    loaded = load_image(Path(source) if isinstance(source, str) else source)
+    limits = {"max_pixels": max_pixels} if max_pixels else {}
+    loaded = load_image(Path(source) if isinstance(source, str) else source, **limits)
     return _case_from(
         loaded, case_id=f"{task.key}:upload:{loaded.image_hash[:16]}", task=task, label=reading,
         where=f"upload: {name}", meta={"name": name},

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from . import datasets, prompts
+from . import datasets, prompts, results_files
 from .availability import Availability, model_availability
 from .backends.registry import BackendRegistry, load_endpoints
 from .presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
+from .public import PublicPolicy
 from .schema import Case, GenerationSettings, PromptVariant
 from .store import Store
 from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep
@@ -65,15 +66,23 @@ class Explorer:
         public: bool = False,
         catalog: Optional[Catalog] = None,
         endpoints: Optional[dict] = None,
-        batch_size: int = 8,
+        batch_size: int = 12,
+        backend_options: Optional[dict] = None,
     ):
+        """backend_options go to the local transformers backend: device, dtype, reuse, memory_budget,
+        quantization (see TransformersBackend)."""
         self.catalog = catalog or load_catalog()
         self.preset = preset if isinstance(preset, StudyPreset) else self.catalog.study(preset)
         self.samples_dir = Path(samples_dir) if samples_dir else None
         self.public = public
+        # The limits come from the environment; `public` (a --public flag) can switch them on too.
+        self.policy = replace(PublicPolicy.from_env(self.preset), enabled=public)
         self.batch_size = batch_size
         self.store = Store(store_path)
-        self.registry = BackendRegistry(self.catalog, endpoints if endpoints is not None else load_endpoints())
+        # Endpoints are the operator's configuration (a file or EXPLORER_ENDPOINTS), never a visitor's.
+        self.registry = BackendRegistry(
+            self.catalog, endpoints if endpoints is not None else load_endpoints(), **(backend_options or {})
+        )
         # Models are shared by every session; one generation at a time keeps memory bounded and
         # answers deterministic. Gradio's queue limits concurrency above this too.
         self._generate_lock = threading.Lock()
@@ -81,7 +90,7 @@ class Explorer:
 
     # ------------------------------------------------------------ models
     def model_specs(self) -> list[ModelSpec]:
-        return [self.catalog.model(a) for a in self.preset.models]
+        return [self.catalog.model(a) for a in self.policy.visible_models(self.preset.models)]
 
     def models_in_pairs(self) -> list[tuple[ModelSpec, ...]]:
         pairs: dict[str, list[ModelSpec]] = {}
@@ -101,6 +110,7 @@ class Explorer:
         return any(self.catalog.model(a).is_demo for a in aliases)
 
     def load_model(self, alias: str) -> None:
+        self.policy.check_models([alias])
         backend = self.registry.for_model(alias)
         with self._generate_lock:
             if hasattr(backend, "load"):
@@ -134,7 +144,11 @@ class Explorer:
         return prompts.custom_variant(cleaned, self.catalog.task(task), based_on)
 
     def case_from_upload(self, source, task: str, label: Optional[str] = None, name: Optional[str] = None) -> Case:
-        return datasets.upload_case(source, task, label=label, name=name)
+        """An uploaded image as a case, within the public limits (file size, then pixels before decoding)."""
+        if isinstance(source, (bytes, bytearray, str, os.PathLike)):
+            self.policy.check_upload(source)
+        limits = self.policy.image_limits()
+        return datasets.upload_case(source, task, label=label, name=name, max_pixels=limits.get("max_pixels"))
 
     def example_cases(self, task: str) -> list[Case]:
         """The sample images for a task (a folder of class subfolders given at start-up)."""
@@ -186,6 +200,7 @@ class Explorer:
             raise ValueError("Choose at least one model.")
         if not variants:
             raise ValueError("Choose at least one prompt.")
+        self.policy.check_models(models)
         style = prompt_style or self.preset.prompt_format
         plan = plan_sweep(
             self.catalog, list(models), [case.task], {case.task: [case]}, {case.task: list(variants)},
@@ -260,7 +275,9 @@ class Explorer:
     def sweep(
         self, spec: SweepSpec, progress=None, cancel=None, retry_errors: bool = False, unload_after: bool = False
     ) -> SweepSummary:
+        self.policy.check_models(spec.models)
         plan = plan_from_spec(self.catalog, spec, self._case_loader)
+        self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
         with self._generate_lock:
             return run_sweep(
@@ -297,6 +314,28 @@ class Explorer:
 
     def answers_frame(self, **filters) -> pd.DataFrame:
         return self.store.answers_frame(catalog=self.catalog, **filters)
+
+    def open_results(self, path: str | Path, uploaded: bool = False) -> pd.DataFrame:
+        """A results store, an export or the study code's CSVs (a file or its folder) as an answers frame.
+
+        In public mode only files the visitor uploaded (uploaded=True) can be opened, never server paths.
+        """
+        if not uploaded:
+            self.policy.check_server_path(path)
+        return results_files.open_results(path, self.catalog)
+
+    @staticmethod
+    def disagreements(frame: pd.DataFrame) -> pd.DataFrame:
+        return results_files.disagreements(frame)
+
+    def case_image(self, task: str, image_hash: Optional[str]):
+        """The image of a stored case when this app has it (an example of the sample folder), else None."""
+        if not image_hash or task not in self.catalog.tasks:
+            return None
+        for case in self.example_cases(task):
+            if case.image_hash == image_hash:
+                return case.image
+        return None
 
     def close(self) -> None:
         self.registry.close()

@@ -2,6 +2,7 @@
 where base and medical models disagree or where the wording flips the answer. No model is needed."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
@@ -39,17 +40,10 @@ class ResultsHandlers:
     def __init__(self, shared: SharedExplorer):
         self.shared = shared
 
-    def _image(self, ex, task: str, image_hash: Optional[str]):
+    @staticmethod
+    def _image(ex, task: str, image_hash: Optional[str]):
         """The case's image when this app can find it (the sample folder), else None."""
-        if not image_hash:
-            return None
-        finder = getattr(ex, "case_image", None)
-        if finder is not None:
-            return finder(task, image_hash)
-        for case in ex.example_cases(task) if task in ex.preset.tasks else []:
-            if case.image_hash == image_hash:
-                return case.image
-        return None
+        return ex.case_image(task, image_hash)
 
     def _loaded(self, ex, frame: pd.DataFrame, source: str):
         gallery, note, keys = self._gallery(ex, frame)
@@ -70,17 +64,24 @@ class ResultsHandlers:
         except Exception as exc:
             return self._fail(exc)
 
-    def open_path(self, path: Optional[str]):
+    def _open(self, path: Optional[str], uploaded: bool):
         ex = self.shared.get()
         try:
             if not path or not str(path).strip():
                 raise ValueError("Choose a file first: a results store (.sqlite), an export (.csv, .parquet, "
                                  ".jsonl) or the study's *_vqa_results.csv.")
-            if self.shared.settings.public and not str(path).startswith(gr.utils.get_upload_folder()):
-                raise PermissionError("This is a public deployment: only uploaded files can be opened.")
-            return self._loaded(ex, ex.open_results(str(path).strip()), str(path))
+            path = str(path).strip()
+            frame = ex.open_results(path, uploaded=uploaded)
+            return self._loaded(ex, frame, Path(path).name if uploaded else path)
         except Exception as exc:
             return self._fail(exc)
+
+    def open_upload(self, path: Optional[str]):
+        return self._open(path, uploaded=True)
+
+    def open_path(self, path: Optional[str]):
+        """A path typed by the user: refused by the engine's public policy on a public deployment."""
+        return self._open(path, uploaded=False)
 
     def shown(self, state):
         """On entering the tab: the app's own store, unless the user opened something else."""
@@ -129,10 +130,7 @@ class ResultsHandlers:
         return image, head + table, detail
 
     def _gallery(self, ex, frame: pd.DataFrame):
-        finder = getattr(ex, "disagreements", None)
-        if finder is None:
-            return [], render.notice("The disagreement gallery needs Explorer.disagreements (engine), not available yet.", "info"), []
-        cases = finder(frame)
+        cases = ex.disagreements(frame)
         items, keys = [], []
         for rec in cases.head(GALLERY_MAX).to_dict("records"):
             image = self._image(ex, rec["task"], rec.get("image_hash"))
@@ -177,7 +175,7 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
 
     loaded = [state, *filters, table, status, gallery, gallery_note, case_html, image]
     mine.click(h.open_store, None, loaded, api_name="open_store")
-    upload.upload(h.open_path, [upload], loaded, api_visibility="private")
+    upload.upload(h.open_upload, [upload], loaded, api_visibility="private")
     open_path.click(h.open_path, [path], loaded, api_name="open_results")
     for f in filters:
         f.input(h.refilter, [*filters, state], [table, state, status], api_visibility="private")
