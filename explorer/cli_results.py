@@ -1,6 +1,7 @@
 """CLI commands over the results store: sweep, metrics, export, import."""
 from __future__ import annotations
 
+import argparse
 import sys
 import threading
 from pathlib import Path
@@ -15,6 +16,17 @@ def _split(text):
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts: argparse then prints `error: argument --x: ...` and exits 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (at least 1), got {text!r}")
+    return value
 
 
 def _store_arg(p) -> None:
@@ -34,15 +46,16 @@ def add_sweep(sub) -> None:
     p.add_argument("--tasks", help="comma-separated task keys (default: the preset's)")
     p.add_argument("--prompts", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
     p.add_argument("--describe", action="store_true", help="also run the two description prompts")
-    p.add_argument("--per-class", type=int, help="images per class (the study: 50)")
+    p.add_argument("--per-class", type=_positive_int, help="images per class (the study: 50)")
     p.add_argument("--seed", type=int, help="sampling seed (the study: 42)")
     p.add_argument("--samples", help="folder with one subfolder per task, each with negative/ and positive/ "
                    "(default for the demo preset: ../shared/samples when present)")
     p.add_argument("--prompt-style", choices=("paper", "official"), help="LLaVA-1.6 prompt format")
     p.add_argument("--original-defects", action="store_true",
                    help="reproduce the original code's prompt defects (brain and IDC prompt 6)")
-    p.add_argument("--max-new-tokens", type=int, help="cap each model's generation limit")
-    p.add_argument("--batch-size", type=int, default=8, help="requests per generate() call")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="cap each model's generation limit")
+    p.add_argument("--batch-size", type=_positive_int, default=12,
+                   help="requests per generate() call (default 12: fastest on CPU in the speed runs)")
     p.add_argument("--judge", dest="judge", action="store_true", default=None,
                    help="judge answers with the preset's LLM judge (needs an endpoint and key)")
     p.add_argument("--no-judge", dest="judge", action="store_false", help="rule-based verdicts only")
@@ -62,6 +75,7 @@ def cmd_sweep(args) -> int:
     from .presets import PresetError
     from .service import Explorer, default_samples_dir
 
+    ex = None
     try:
         endpoints = load_endpoints(args.endpoints)
         samples = args.samples or (default_samples_dir() if args.preset == "demo" else None)
@@ -74,9 +88,12 @@ def cmd_sweep(args) -> int:
             prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, judge=args.judge,
             selection=selection,
         )
+        random_weights = ex.any_random_weights(spec.models)  # an unknown alias raises PresetError here
     except (PresetError, BackendError, ValueError) as exc:
+        if ex is not None:
+            ex.close()
         return _fail(str(exc))
-    if ex.any_random_weights(spec.models):
+    if random_weights:
         print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise.", file=sys.stderr)
     bar = tqdm(total=None, unit="answer", dynamic_ncols=True)
 
@@ -125,6 +142,15 @@ def _latest_run(store):
     return None if runs.empty else runs["run_id"].iloc[-1]
 
 
+def _unknown_run(store, run_id: str, path: str):
+    """A message when the store has no run `run_id` (else None), naming the newest runs it has."""
+    if store.run(run_id) is not None:
+        return None
+    runs = store.runs_frame()
+    known = ", ".join(runs["run_id"].iloc[-5:]) if not runs.empty else "none"
+    return f"no run {run_id!r} in {path}; newest runs: {known}"
+
+
 def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
     import pandas as pd
 
@@ -168,6 +194,11 @@ def cmd_metrics(args) -> int:
         store = Store(args.store)
     except StoreError as exc:
         return _fail(str(exc))
+    if args.run and not args.all:
+        problem = _unknown_run(store, args.run, args.store)
+        if problem:
+            store.close()
+            return _fail(problem)
     run_id = None if args.all else (args.run or _latest_run(store))
     print(f"store {args.store}" + (f", run {run_id}" if run_id else ", all answers"))
     _print_metrics(store, run_id, load_catalog(), cells=args.cells, paired=args.paired)
@@ -192,8 +223,15 @@ def cmd_export(args) -> int:
 
     if not Path(args.store).exists():
         return _fail(f"no results store at {args.store}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        return _fail(f"--out must be a folder: {args.out} is a file, not a folder")
     try:
         store = Store(args.store)
+        if args.run and not args.all:
+            problem = _unknown_run(store, args.run, args.store)
+            if problem:
+                store.close()
+                return _fail(problem)
         run_id = None if args.all else (args.run or _latest_run(store))
         files = export_results(store, args.out, run_id=run_id, formats=_split(args.formats) or ["csv"])
     except (StoreError, ValueError, OSError) as exc:

@@ -194,8 +194,8 @@ def _not_an_image_message(data: bytes) -> str | None:
 
 def _decode_pil(img: Image.Image, fmt: str, max_pixels: int, notes: list[str]) -> Image.Image:
     _check_pixels(img.size, max_pixels)
-    frames = getattr(img, "n_frames", 1)
     try:
+        frames = getattr(img, "n_frames", 1)  # counting frames parses the whole file: inside the guard
         if frames > 1:
             img.seek(0)
             notes.append(f"multi-frame {fmt}: first of {frames} frames shown")
@@ -204,10 +204,17 @@ def _decode_pil(img: Image.Image, fmt: str, max_pixels: int, notes: list[str]) -
             img = ImageOps.exif_transpose(img)
             notes.append("EXIF rotation applied")
         return _to_rgb(img, notes)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (ImageLoadError, MemoryError):
+        raise
+    except Exception as exc:  # damaged files raise IndexError, struct.error, TypeError... from the plugins
         why = ("truncated: it ends before the image data is complete (interrupted download or copy?)"
-               if "truncated" in str(exc) else f"corrupt and could not be decoded ({exc})")
+               if "truncated" in str(exc) else f"corrupt and could not be decoded ({_why(exc)})")
         raise ImageLoadError(f"The {fmt} file is {why}.") from None
+
+
+def _why(exc: BaseException) -> str:
+    """The exception's text, or its type when it has none (struct.error(''), IndexError())."""
+    return str(exc) or type(exc).__name__
 
 
 _HIGH_DEPTH = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit",
@@ -279,6 +286,17 @@ def _decoder_package(uid) -> str:
 
 
 def _decode_dicom(ds, max_pixels: int, notes: list[str]):
+    # pydicom parses header elements lazily, on first access: a damaged one raises there
+    # (NotImplementedError, ValueError, KeyError...), anywhere below.
+    try:
+        return _decode_dicom_unguarded(ds, max_pixels, notes)
+    except (ImageLoadError, MemoryError):
+        raise
+    except Exception as exc:
+        raise ImageLoadError(f"The DICOM file is corrupt and could not be decoded ({_why(exc)}).") from None
+
+
+def _decode_dicom_unguarded(ds, max_pixels: int, notes: list[str]):
     from pydicom import uid as u
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
@@ -310,7 +328,7 @@ def _decode_dicom(ds, max_pixels: int, notes: list[str]):
     except NotImplementedError:
         raise ImageLoadError(f"DICOM transfer syntax {tsyntax.name} is not supported (video?).") from None
     except Exception as exc:
-        raise ImageLoadError(f"The DICOM pixel data is corrupt and could not be decoded ({exc}).") from None
+        raise ImageLoadError(f"The DICOM pixel data is corrupt and could not be decoded ({_why(exc)}).") from None
     if tsyntax.is_compressed:
         notes.append(f"decoded {tsyntax.name} pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -321,7 +339,11 @@ def _decode_dicom(ds, max_pixels: int, notes: list[str]):
     mode = f"{photometric} {bits}-bit"
 
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
+        try:
+            arr = apply_color_lut(arr, ds)
+        except Exception as exc:
+            raise ImageLoadError(f"This DICOM file is PALETTE COLOR but its palette is missing or "
+                                 f"corrupt ({_why(exc)}).") from None
         notes.append("DICOM palette colour lookup applied")
         bits = 16 if arr.dtype == np.uint16 else 8
     if arr.ndim == 3:  # colour: pydicom already converted YBR to RGB

@@ -230,6 +230,8 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PresetError(f"{path}: cannot read preset file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise PresetError(f"{path}: not a UTF-8 text file (byte {exc.start}), so not a YAML preset") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

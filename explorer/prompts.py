@@ -122,9 +122,10 @@ _OPTION_LINE = re.compile(r"^\s*\(?([A-D])[).:]\s*(.+?)\s*$", re.M)
 
 def validate_prompt_text(text: str) -> str:
     """Clean a prompt typed by a user, or say clearly why it cannot be used."""
-    if text is None or not str(text).strip():
+    # Clean first: text made only of invisible or control characters is empty too.
+    cleaned = "" if text is None else "".join(ch for ch in str(text) if ch in "\n\t" or ch.isprintable())
+    if not cleaned.strip():
         raise ValueError("The prompt is empty: type a question about the image.")
-    cleaned = "".join(ch for ch in str(text) if ch in "\n\t" or ch.isprintable())
     if len(cleaned) > MAX_PROMPT_CHARS:
         raise ValueError(f"The prompt is {len(cleaned):,} characters long; the limit is {MAX_PROMPT_CHARS:,}.")
     return cleaned.strip()

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
@@ -255,6 +255,7 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         try:
+            self._refuse_foreign()
             self._migrate()
         except BaseException:
             self.close()
@@ -308,22 +309,42 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------ schema
+    def _refuse_foreign(self) -> None:
+        """Refuse an existing file that is not our store through a read-only connection, before
+        _conn switches it to WAL mode (which rewrites the file's header)."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        try:
+            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                self._check_ours(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} cannot be opened as a results store: {exc}") from None
+
+    def _check_ours(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version; StoreError when a newer explorer or another program wrote it."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer explorer (store schema v{version}; this "
+                f"version reads up to v{SCHEMA_VERSION}). Update the explorer, or use another --store file."
+            )
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version == 0 and tables and "answers" not in tables:
+            raise StoreError(
+                f"{self.path} is an SQLite file but not an explorer results store "
+                f"(it has tables {', '.join(sorted(tables))}); choose another --store file."
+            )
+        return version
+
     def _migrate(self) -> None:
         conn = self._conn()
         try:
             with self._write():
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path} was written by a newer explorer (store schema v{version}; this "
-                        f"version reads up to v{SCHEMA_VERSION}). Update the explorer, or use another --store file."
-                    )
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if version == 0 and tables and "answers" not in tables:
-                    raise StoreError(
-                        f"{self.path} is an SQLite file but not an explorer results store "
-                        f"(it has tables {', '.join(sorted(tables))}); choose another --store file."
-                    )
+                version = self._check_ours(conn)  # again: the file may have changed since _refuse_foreign
                 if version < SCHEMA_VERSION:
                     # Statement by statement: executescript() would commit the open transaction.
                     for statement in _SCHEMA.split(";"):
@@ -558,6 +579,30 @@ class Store:
             "SELECT run_id, created_at, finished_at, status, summary FROM runs ORDER BY created_at",
             self._conn(),
         )
+
+    # ------------------------------------------------------------ side tables (e.g. describe's diagnoses)
+    # Other modules keep their own tables in this file through these, so they share the store's
+    # per-thread connections, WAL mode, busy timeout and BEGIN IMMEDIATE writes.
+    def ensure_tables(self, ddl: str) -> None:
+        """Run CREATE TABLE / INDEX IF NOT EXISTS statements (separated by ';') in one write transaction."""
+        with self._write() as conn:
+            for statement in ddl.split(";"):  # one by one: executescript() would commit mid-transaction
+                if statement.strip():
+                    conn.execute(statement)
+
+    def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Optional[dict[str, Any]]:
+        """The first row of a query as a dict, or None."""
+        row = self._conn().execute(sql, tuple(params)).fetchone()
+        return dict(row) if row else None
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Every row of a query as dicts."""
+        return [dict(r) for r in self._conn().execute(sql, tuple(params))]
+
+    def execute_write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One write statement, committed at once; returns the rows it changed."""
+        with self._write() as conn:
+            return conn.execute(sql, tuple(params)).rowcount
 
 
 class _WriteTransaction:

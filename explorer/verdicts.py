@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Iterable, Optional
 
@@ -501,7 +501,7 @@ def _letter_cues(text: str, prompt: PromptVariant) -> tuple[list[_Cue], list[tup
     ("A) Tumor ... B) No tumor"), the model is restating the choices, not answering: those spans
     are returned for blanking and no letter decides.
     """
-    letters = "".join(prompt.option_map())
+    letters = "".join(re.escape(letter) for letter in prompt.option_map())  # "(" or "]" is a letter too
     starts = {0} | {m.end() for m in re.finditer(r"\n", text)}
     starts |= {m.start() for m in re.finditer(r"\(\s*[" + letters + r"]\s*\)|\b[" + letters + r"]\)", text)}
     groups: list[list[_Cue]] = []
@@ -568,11 +568,21 @@ def _decide(answer: str, text: str, cues: list[_Cue], findings: list[_Cue], rule
     return _verdict(answer, cue.label, cue, f"{rule} {_quote(answer, cue)}")
 
 
+def _well_formed_options(prompt: PromptVariant) -> PromptVariant:
+    """The prompt with only the options that can be read: a non-empty letter, a reading that is
+    positive or negative (anything else would become a verdict label) and a text."""
+    kept = tuple(o for o in prompt.options
+                 if isinstance(o, (tuple, list)) and len(o) == 3 and isinstance(o[0], str) and o[0]
+                 and o[1] in ("positive", "negative") and isinstance(o[2], str))
+    return prompt if kept == prompt.options else replace(prompt, options=kept)
+
+
 def parse_verdict(answer: str, prompt: PromptVariant) -> Verdict:
     """Read a VLM's free-text answer to `prompt` as positive / negative / refusal / hedge / unclear."""
     # Rule 0: nothing to read.
     if prompt.kind == "describe":
         return _verdict(answer or "", "unclear", None, "description prompts are not parsed into a verdict")
+    prompt = _well_formed_options(prompt)
     if not prompt.is_multiple_choice and prompt.yes_means not in ("positive", "negative"):
         return _verdict(answer or "", "unclear", None, "the prompt has no polarity (no yes_means, no options)")
     answer = answer if isinstance(answer, str) else ("" if answer is None else str(answer))

@@ -154,11 +154,9 @@ class BadInput:
     where: str
     run: Callable[[Path, Path], str]  # (a fresh folder, the seeded store) -> the message the user sees
     expect: tuple[str, ...]  # key words of that message, case-insensitive
-    xfail: str = ""  # why this fails today; the fix is proposed in the report
 
     def param(self):
-        marks = [pytest.mark.xfail(strict=True, reason=self.xfail)] if self.xfail else []
-        return pytest.param(self, id=self.kind, marks=marks)
+        return pytest.param(self, id=self.kind)
 
 
 def cli(argv: list[str]) -> tuple[int, str, str]:
@@ -440,10 +438,6 @@ def export_unknown_format(tmp: Path, store: Path) -> str:
 SAMPLES: Path = Path()
 DEAD_ENDPOINT: Path = Path()
 
-FIX_IMAGES = ("images.load_image: n_frames is read outside _decode_pil's guard and _decode_dicom's header reads "
-              "are unguarded, so decoder errors other than ValueError/OSError escape (proposed diff in the report)")
-FIX_PROMPT = "prompts.validate_prompt_text checks emptiness before removing invisible characters"
-FIX_CLI_NUMBERS = "cli_results: --per-class/--max-new-tokens/--batch-size take any integer (proposed: positive ints)"
 
 # ================================================================== the corpus
 CORPUS: list[BadInput] = [
@@ -491,18 +485,17 @@ CORPUS: list[BadInput] = [
     BadInput("DICOM pixel data shorter than Rows x Columns", "image", "CLI ask --images; upload_case -> ImageLoadError",
              image_refused("short.dcm", lambda: dicom_bytes()[:-20]), ("DICOM", "corrupt")),
     BadInput("DICOM PALETTE COLOR without its palette", "image", "CLI ask --images; upload_case -> ImageLoadError",
-             image_refused("palette.dcm", lambda: dicom_bytes(photometric="PALETTE COLOR")), ("DICOM", "palette"),
-             xfail=FIX_IMAGES),
+             image_refused("palette.dcm", lambda: dicom_bytes(photometric="PALETTE COLOR")), ("DICOM", "palette")),
     BadInput("DICOM with a damaged header element", "image", "CLI ask --images; upload_case -> ImageLoadError",
-             image_refused("broken.dcm", dicom_with_broken_rows_element), ("DICOM", "corrupt"), xfail=FIX_IMAGES),
+             image_refused("broken.dcm", dicom_with_broken_rows_element), ("DICOM", "corrupt")),
     BadInput("damaged animated GIF", "image", "CLI ask --images; upload_case -> ImageLoadError",
-             image_refused("cine.gif", lambda: gif_frames()[:108]), ("GIF",), xfail=FIX_IMAGES),
+             image_refused("cine.gif", lambda: gif_frames()[:108]), ("GIF",)),
     BadInput("damaged multi-page TIFF", "image", "CLI ask --images; upload_case -> ImageLoadError",
-             image_refused("stack.tif", lambda: multipage_tiff()[:141]), ("TIFF",), xfail=FIX_IMAGES),
+             image_refused("stack.tif", lambda: multipage_tiff()[:141]), ("TIFF",)),
     BadInput("manifest row pointing at a damaged GIF", "manifest", "manifest_cases -> report.skipped",
              manifest("path,label\ncine.gif,positive\nok.png,negative\n",
                       {"cine.gif": gif_frames()[:100], "ok.png": encoded(noisy(16, 16), "PNG")}),
-             ("cine.gif", "GIF"), xfail=FIX_IMAGES),
+             ("cine.gif", "GIF")),
     BadInput("folder holding only bad files", "image", "CLI ask --images FOLDER",
              folder_of_bad_images, ("no images could be loaded",)),
     BadInput("a folder given as the upload", "image", "upload_case -> ImageLoadError", uploaded_folder,
@@ -561,8 +554,7 @@ CORPUS: list[BadInput] = [
     BadInput("preset: a list, not a mapping", "preset", "CLI sweep --preset FILE; Catalog.study -> PresetError",
              study_refused("- demo-gemma\n- pneumonia\n"), ("expected a mapping", "list")),
     BadInput("preset: not a text file", "preset", "CLI sweep --preset FILE; Catalog.study -> PresetError",
-             study_refused(bytes(range(256))), ("mine.yaml", "UTF-8"),
-             xfail="presets._read_yaml lets UnicodeDecodeError through (not PresetError, no file name)"),
+             study_refused(bytes(range(256))), ("mine.yaml", "UTF-8")),
     BadInput("preset: no such preset", "preset", "CLI sweep --preset NAME",
              lambda tmp, store: cli_error(["sweep", "--preset", "papper", "--store", str(store)]),
              ("no study preset 'papper'", "known: demo, paper")),
@@ -668,8 +660,7 @@ CORPUS: list[BadInput] = [
     BadInput("store: a text file", "store", "CLI metrics --store", store_refused(_text_file),
              ("cannot be opened as a results store", "not a database")),
     BadInput("store: another program's SQLite file", "store", "CLI import --store", store_refused(_foreign_sqlite, "import"),
-             ("not an explorer results store", "patients"),
-             xfail="Store() switches a foreign SQLite file to WAL mode (rewriting its header) before refusing it"),
+             ("not an explorer results store", "patients")),
     BadInput("store: written by a newer explorer", "store", "CLI export --store", store_refused(_newer_store, "export"),
              ("newer explorer", "v99")),
     BadInput("store: a folder", "store", "CLI metrics --store", store_refused(_folder), ("cannot be opened",)),
@@ -691,27 +682,24 @@ CORPUS: list[BadInput] = [
              ("demo-gemma", "temprature")),
     BadInput("endpoints: a word where a number belongs", "endpoints", "CLI sweep --endpoints",
              endpoints_refused("demo-gemma: {base_url: 'http://h/v1', model: m, timeout_s: fast}\n"),
-             ("timeout_s", "number"),
-             xfail="EndpointConfig.__post_init__ compares timeout_s with 0 before checking it is a number"),
+             ("timeout_s", "number")),
     BadInput("endpoints: no such file", "endpoints", "CLI sweep --endpoints",
              lambda tmp, store: cli_error(["sweep", "--endpoints", str(tmp / "nope.yaml"), "--store", str(store)]),
              ("cannot read endpoints file", "No such file")),
     BadInput("option: unknown model", "option", "CLI sweep --models", sweep_refused("--models", "gpt-9"),
-             ("unknown model 'gpt-9'", "known:"),
-             xfail="cli_results.cmd_sweep calls ex.any_random_weights(spec.models) outside its try: a traceback"),
+             ("unknown model 'gpt-9'", "known:")),
     BadInput("option: unknown task", "option", "CLI sweep --tasks", sweep_refused("--tasks", "lungs"),
              ("unknown task 'lungs'",)),
     BadInput("option: batch size 0", "option", "CLI sweep --batch-size", sweep_refused("--batch-size", "0"),
              ("batch", "at least 1")),
     BadInput("option: negative images per class", "option", "CLI sweep --per-class",
-             sweep_refused("--per-class", "-1"), ("--per-class", "positive"), xfail=FIX_CLI_NUMBERS),
+             sweep_refused("--per-class", "-1"), ("--per-class", "positive")),
     BadInput("option: negative generation limit", "option", "CLI sweep --max-new-tokens",
-             sweep_refused("--max-new-tokens", "-5", "--endpoints", "{dead_endpoint}"), ("--max-new-tokens", "positive"),
-             xfail=FIX_CLI_NUMBERS),
+             sweep_refused("--max-new-tokens", "-5", "--endpoints", "{dead_endpoint}"), ("--max-new-tokens", "positive")),
     BadInput("option: unknown run id", "option", "CLI metrics --run", metrics_unknown_run,
-             ("no run", "nosuchrun"), xfail="cli_results.cmd_metrics/cmd_export accept a run id the store does not have"),
+             ("no run", "nosuchrun")),
     BadInput("option: export into a file", "option", "CLI export --out", export_into_a_file,
-             ("results.txt", "not a folder"), xfail="cli_results.cmd_export reports '[Errno 17] File exists'"),
+             ("results.txt", "not a folder")),
     BadInput("option: unknown export format", "option", "CLI export --formats", export_unknown_format,
              ("unknown export format", "xlsx")),
 ]
@@ -789,7 +777,7 @@ def test_bad_input_gets_a_clear_message_and_leaves_the_store_alone(bad: BadInput
 
 def _record(bad: BadInput, message: str, tmp_path: Path, failed: bool) -> None:
     if failed:
-        outcome = "FAILS TODAY (fix proposed)" if bad.xfail else "FAIL"
+        outcome = "FAIL"
     elif "accepted" in bad.category:
         outcome = "accepted"
     elif "report." in bad.where:
@@ -801,8 +789,6 @@ def _record(bad: BadInput, message: str, tmp_path: Path, failed: bool) -> None:
     RESULTS[bad.kind] = (bad.category, bad.where, outcome, message)
 
 
-@pytest.mark.xfail(strict=True, reason=FIX_PROMPT + " (the app is safe today only because "
-                   "prompts.custom_variant validates the cleaned text a second time)")
 def test_validate_prompt_text_refuses_text_that_is_only_invisible_characters():
     from explorer.prompts import validate_prompt_text
 

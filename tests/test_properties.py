@@ -14,7 +14,6 @@ import os
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -99,9 +98,6 @@ def test_parse_verdict_never_raises_and_its_span_indexes_the_answer(variant, dat
 MALFORMED = PromptVariant("x", "custom_mc", "Pick one", options=(("(", "positive", "yes"), ("B", None, "no")))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verdicts.parse_verdict trusts a variant's options: a letter that is a regex metacharacter raises re.error, "
-    "a reading outside positive/negative becomes Verdict.label None; see the report's proposed diff"))
 @SETTINGS
 @given(variant=variants(), data=st.data())
 @example(variant=MALFORMED, data=None)
@@ -149,7 +145,7 @@ def _seed_files() -> dict[str, bytes]:
 
 SEEDS = _seed_files()
 # Multi-frame formats (Pillow counts their frames by reading the whole file) and DICOM (pydicom reads
-# header elements lazily): their damage surfaces outside load_image's guards today.
+# header elements lazily): their damage surfaces late, so they get a property of their own.
 FRAGILE_SEEDS = {
     "gif": gif_frames(), "tiff": multipage_tiff(), "dicom": dicom_bytes(),
     "dicom16": dicom_bytes(bits=16, window=(300, 200), rescale=(2.0, -10.0)),
@@ -187,12 +183,8 @@ def test_load_image_refuses_any_bytes_with_image_load_error(data):
     _load_or_refuse(data)
 
 
-# A corrupt multi-frame file fails while Pillow counts its frames, outside the decode step's guard,
-# and a damaged DICOM header element fails while it is read: found by this property.
-@pytest.mark.xfail(strict=True, reason=(
-    "images.load_image: img.n_frames is read outside _decode_pil's try (corrupt GIF/TIFF raise IndexError, "
-    "struct.error, TypeError, SyntaxError) and _decode_dicom's header reads and palette lookup are unguarded "
-    "(NotImplementedError, ValueError); see the report's proposed diff"))
+# A corrupt multi-frame file fails while Pillow counts its frames, and a damaged DICOM header
+# element fails when it is first read: both must still end as ImageLoadError (found by this property).
 @SETTINGS
 @given(data=st.one_of(damaged(FRAGILE_SEEDS), st.binary(max_size=300).map(lambda b: b"\x00" * 128 + b"DICM" + b)))
 @example(data=gif_frames()[:100])

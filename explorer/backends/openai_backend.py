@@ -94,6 +94,17 @@ class EndpointConfig:
                 f"endpoint {self.host}: extra.{secret_fields[0]}: put keys in the environment and name the "
                 "variable with api_key_env"
             )
+        # Types before comparisons: "fast" <= 0 would raise a bare TypeError, NaN would pass silently.
+        for name in ("timeout_s", "backoff_base_s", "backoff_max_s", "retry_after_max_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise BackendError(f"endpoint {self.host}: {name} must be a number of seconds, got {value!r}")
+            if value < 0:
+                raise BackendError(f"endpoint {self.host}: {name} must be >= 0, got {value!r}")
+        for name in ("max_retries", "max_concurrency"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BackendError(f"endpoint {self.host}: {name} must be a whole number, got {value!r}")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.max_concurrency < 1:
             raise BackendError(f"endpoint {self.host}: need timeout_s > 0, max_retries >= 0, max_concurrency >= 1")
 
