@@ -11,14 +11,14 @@ from typing import Optional
 
 from .presets import ModelSpec
 
-# Rough weight sizes (GB at 16 bits) of the study models; used to warn before loading.
-_KNOWN_SIZES_GB = {
-    "llava-hf/llava-v1.6-mistral-7b-hf": 15.1,
-    "wnkh/llava-med-v1.5-mistral-7b-hf": 15.1,
-    "chaoyinshe/llava-med-v1.5-mistral-7b-hf": 15.1,
-    "google/gemma-3-4b-it": 8.6,
-    "google/medgemma-4b-it": 8.6,
-}
+
+
+def _size_gb(spec: ModelSpec) -> Optional[float]:
+    """The weights' size in GB at 16 bits, for the study models whose parameter counts are known."""
+    from .model_manager import known_params, weight_bytes
+
+    params = known_params(spec.hf_id)
+    return round(weight_bytes(params, "bfloat16") / 1e9, 1) if params else None
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional
             spec.alias, "loadable", "offline demo: random weights, answers are noise",
             "built locally (random weights)",
         )
-    size = _KNOWN_SIZES_GB.get(spec.hf_id or "")
+    size = _size_gb(spec)
     cached = cached_repo_id(spec)
     if cached:
         return Availability(spec.alias, "loadable", "in the local Hugging Face cache", cached, size)

@@ -28,6 +28,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 # ------------------------------------------------------------------ ask
 def _add_ask(sub) -> None:
+    from .cli_results import _positive_int
+
     p = sub.add_parser(
         "ask", help="ask one task's prompts about a folder of images and print answers and verdicts",
         description="Ask each chosen model each prompt of a task about every image in a folder "
@@ -40,8 +42,8 @@ def _add_ask(sub) -> None:
     p.add_argument("--prompts", default="", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
     p.add_argument("--prompt-style", choices=("paper", "official"), default="paper",
                    help="LLaVA-1.6 prompt format: as the study ran it (paper) or its own chat template (official)")
-    p.add_argument("--per-class", type=int, default=None, help="at most this many images per class (seeded)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="override the models' generation limit")
+    p.add_argument("--per-class", type=_positive_int, default=None, help="at most this many images per class (seeded)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="override the models' generation limit")
     p.add_argument("--store", default=str(Path("runs") / "explorer.sqlite"), help="results store (answers are cached here)")
     p.add_argument("--answer-width", type=int, default=70, help="wrap answers at this width (0: one line)")
     p.set_defaults(func=_cmd_ask)
@@ -123,6 +125,9 @@ def _print_rows(rows, width: int) -> None:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the models and whether they can run here")
     p.add_argument("--preset", default=None, help="only the models of this study preset")
+    p.add_argument("--plan", action="store_true",
+                   help="the study models' weight sizes in bf16, 8-bit and 4-bit, and whether all fit one GPU")
+    p.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory for --plan (default 24)")
     p.set_defaults(func=_cmd_models)
 
 
@@ -140,6 +145,12 @@ def _cmd_models(args) -> int:
         spec = catalog.model(alias)
         a = model_availability(spec)
         print(f"{alias:<15} {spec.pair:<11} {spec.role:<8} {a.state:<12} {a.reason}")
+    if args.plan:
+        from .model_manager import format_memory_plan, memory_plan
+
+        study = [a for a in aliases if not catalog.model(a).is_demo] or list(catalog.study("paper").models)
+        print(f"\nMemory plan (weights only; add a few GB for activations and the KV cache), {args.gpu_gb:g} GB GPU:")
+        print(format_memory_plan(memory_plan(catalog, study, gpu_gb=args.gpu_gb)))
     return 0
 
 
@@ -166,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_results
+    from . import cli_probes, cli_results
 
-    return cli_results.REGISTER
+    return cli_results.REGISTER + cli_probes.REGISTER
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -130,3 +130,11 @@ def test_export_is_atomic_and_rejects_unknown_formats(tmp_path):
     assert all(p.exists() for p in files)
     assert not list((tmp_path / "out").glob(".*tmp"))
     assert import_answers(store, pd.DataFrame(columns=["model", "task", "prompt_id"]), "empty") == (0, 0)
+
+
+def test_models_plan_shows_sizes_under_each_quantization(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["models", "--preset", "paper", "--plan", "--gpu-gb", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "| llava | llava-hf/llava-v1.6-mistral-7b-hf | 15.1 | 7.8 | 4.6 |" in out
+    assert "| all 4 | fit in 24 GB? | 47.5 (does not fit) | 25.6 (does not fit) | 16.0 (fits) |" in out
