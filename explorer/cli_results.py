@@ -63,8 +63,29 @@ def add_sweep(sub) -> None:
                    "(default: $EXPLORER_ENDPOINTS)")
     p.add_argument("--retry-errors", action="store_true", help="re-run only the items whose answer is an error")
     p.add_argument("--unload-after", action="store_true", help="unload each model when its items are done")
+    local = p.add_argument_group("local models (transformers)")
+    local.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when available)")
+    local.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="override the presets' dtypes")
+    local.add_argument("--quantization", choices=("8bit", "4bit"),
+                       help="bitsandbytes on CUDA; all four study models fit one 24 GB GPU in 4bit "
+                       "(see `models --plan`); answers differ from bf16 and are stored apart")
+    local.add_argument("--reuse", choices=("prefix", "features", "none"), default="prefix",
+                       help="per image: reuse the prompt prefix's KV cache (fastest), only the image features, "
+                       "or nothing (batching alone); greedy answers are the same")
+    local.add_argument("--memory-budget-gb", type=float,
+                       help="GB the loaded models may take together; the least recently used is unloaded first "
+                       "(default: 90%% of free memory)")
     _store_arg(p)
     p.set_defaults(func=cmd_sweep)
+
+
+def _backend_options(args) -> dict:
+    options = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization, "reuse": args.reuse}
+    if args.memory_budget_gb is not None:
+        if args.memory_budget_gb <= 0:
+            raise ValueError("--memory-budget-gb must be a positive number of GB")
+        options["memory_budget"] = int(args.memory_budget_gb * 1e9)
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def cmd_sweep(args) -> int:
@@ -80,7 +101,7 @@ def cmd_sweep(args) -> int:
         endpoints = load_endpoints(args.endpoints)
         samples = args.samples or (default_samples_dir() if args.preset == "demo" else None)
         ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples,
-                      endpoints=endpoints, batch_size=args.batch_size)
+                      endpoints=endpoints, batch_size=args.batch_size, backend_options=_backend_options(args))
         selection = ex.preset.prompts.model_copy(update={"original_code_defects": True}) if args.original_defects else None
         spec = ex.sweep_spec(
             models=_split(args.models), tasks=_split(args.tasks), prompt_ids=_split(args.prompts),

@@ -239,3 +239,16 @@ def test_report_generate_times(capsys):
     with capsys.disabled():
         print("\n  first-call generate s (incl. build+load), then per request: "
               + ", ".join(f"{a} " + "/".join(f"{t:.2f}" for t in ts) for a, ts in TIMINGS.items()))
+
+
+def test_asking_for_cuda_without_a_gpu_says_so():
+    import torch
+
+    from explorer.backends.base import BackendError
+    from explorer.backends.transformers_backend import TransformersBackend
+    from explorer.presets import load_catalog
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendError, match="no CUDA GPU"):
+        TransformersBackend(load_catalog(), device="cuda:0").device

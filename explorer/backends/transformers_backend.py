@@ -141,6 +141,10 @@ class TransformersBackend:
         if self._device is None:
             self._device = "cuda" if _torch().cuda.is_available() else "cpu"
             self.models.device = self._device
+        elif self._device.startswith("cuda") and not _torch().cuda.is_available():
+            # Otherwise the first symptom is a baffling "0 bytes GPU free" from the memory budget.
+            raise BackendError(f"device {self._device!r} was asked for, but torch sees no CUDA GPU on this machine "
+                               f"(torch {_torch().__version__}); use --device cpu or install a CUDA build of torch")
         return self._device
 
     def _free_memory(self) -> int:
