@@ -25,38 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench_cases import load_cases  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
-
-
-def synthetic_cases(task: str, n: int, seed: int = 0):
-    import numpy as np
-    from PIL import Image
-
-    from explorer.images import content_hash
-    from explorer.schema import Case
-
-    rng = np.random.default_rng(seed)
-    cases = []
-    for i in range(n):
-        img = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), "RGB")
-        cases.append(Case(case_id=f"{task}:bench:{i}", task=task, image=img, image_hash=content_hash(img),
-                          label="positive" if i % 2 else "negative", source="synthetic noise", row_id=i))
-    return cases
-
-
-def load_cases(task: str, n: int, samples: Path | None):
-    from explorer import datasets
-
-    folder = None
-    if samples is not None and samples.is_dir():
-        names = [task, *(a for a, k in datasets.TASK_ALIASES.items() if k == task)]
-        folder = next((samples / name for name in names if (samples / name).is_dir()), None)
-    if folder is not None:
-        per_class = max(1, (n + 1) // 2)
-        cases = list(datasets.folder_cases(folder, task, per_class=per_class, seed=42).cases)[:n]
-        if cases:
-            return cases, f"{len(cases)} images from {folder}"
-    return synthetic_cases(task, n), f"{n} synthetic noise images"
 
 
 def main(argv=None) -> int:
@@ -91,7 +62,7 @@ def main(argv=None) -> int:
     if not all(catalog.model(m).is_demo for m in models):
         print("bench_cache: note: non-demo models need their weights available locally.")
 
-    cases, where = load_cases(args.task, args.cases, args.samples)
+    cases, where = load_cases(args.task, args.cases, args.samples, noise_sizes=[(96, 96)])
     variants = closed_variants(catalog, args.task)[: max(1, min(12, args.prompts))]
     plan = plan_sweep(catalog, models, [args.task], {args.task: cases}, {args.task: variants},
                       generation_override={"max_new_tokens": args.max_new_tokens})

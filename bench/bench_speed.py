@@ -42,6 +42,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench_cases import load_cases, synthetic_cases  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
 ARCHITECTURES = {"llava_next": "demo-llava", "llava": "demo-llava-med", "gemma3": "demo-gemma"}
 REAL_MODELS = {"llava_next": "llava", "llava": "llava-med", "gemma3": "gemma"}  # --real: the study's checkpoints
@@ -57,44 +59,6 @@ def full_sizes():
     gemma = dict(text_hidden=2560, text_layers=34, text_heads=8, text_kv_heads=4, text_intermediate=10240,
                  vision_hidden=1152, vision_layers=27, vision_heads=16, vision_intermediate=4304)
     return {"llava_next": replace(study, **mistral), "llava": replace(study, **mistral), "gemma3": replace(study, **gemma)}
-
-
-# ------------------------------------------------------------------ cases
-def synthetic_cases(task: str, n: int, seed: int = 0):
-    import numpy as np
-    from PIL import Image
-
-    from explorer.images import content_hash
-    from explorer.schema import Case
-
-    rng = np.random.default_rng(seed)
-    sizes = [(512, 512), (300, 400), (640, 480), (256, 256)]
-    cases = []
-    for i in range(n):
-        w, h = sizes[i % len(sizes)]
-        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
-        cases.append(Case(case_id=f"{task}:bench:{i}", task=task, image=img, image_hash=content_hash(img),
-                          label="positive" if i % 2 else "negative", source="synthetic noise", row_id=i))
-    return cases
-
-
-def load_cases(task: str, n: int, samples: Path | None):
-    from explorer import datasets
-
-    folder = None
-    if samples is not None and samples.is_dir():
-        names = [task, *(a for a, k in datasets.TASK_ALIASES.items() if k == task)]
-        folder = next((samples / name for name in names if (samples / name).is_dir()), None)
-    if folder is not None:
-        per_class = max(1, (n + 1) // 2)
-        cases = list(datasets.folder_cases(folder, task, per_class=per_class, seed=42).cases)
-        # Alternate the classes so a small n still sees both (and both image sizes).
-        pos = [c for c in cases if c.label == "positive"]
-        neg = [c for c in cases if c.label != "positive"]
-        mixed = [c for pair in zip(pos, neg) for c in pair] + pos[len(neg):] + neg[len(pos):]
-        if mixed:
-            return mixed[:n], f"{min(n, len(mixed))} images from {folder}"
-    return synthetic_cases(task, n), f"{n} synthetic noise images"
 
 
 # ------------------------------------------------------------------ (a) the study's loop
