@@ -77,6 +77,15 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
             os.unlink(tmp)
 
 
+def _remove_stale_temp_files(out: Path, prefixes: Iterable[str]) -> None:
+    """Temp files an export killed mid-write left behind (os.replace never ran); ours by their name."""
+    if not out.is_dir():
+        return
+    for prefix in prefixes:
+        for stale in out.glob(f".{prefix}*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def answers_for_export(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in _DROP_FROM_EXPORT if c in frame.columns])
 
@@ -106,6 +115,7 @@ def export_results(
     if unknown:
         raise ValueError(f"unknown export format(s) {unknown}; use {', '.join(FORMATS)}")
     out = Path(out_dir)
+    _remove_stale_temp_files(out, ["answers.", "metrics_", "manifest."])
     answers = store.answers_frame(catalog=catalog, run_id=run_id)
     tables = {"answers": answers_for_export(answers), **metric_tables(answers, n_boot=n_boot)}
     written = []

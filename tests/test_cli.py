@@ -126,9 +126,14 @@ def test_export_is_atomic_and_rejects_unknown_formats(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     with pytest.raises(ValueError, match="xlsx"):
         export_results(store, tmp_path / "out", formats=["xlsx"])
+    (tmp_path / "out").mkdir()
+    stale = tmp_path / "out" / ".answers.csv.k1ll3d.tmp"  # what an export killed mid-write leaves
+    stale.write_text("half a fi")
+    mine = tmp_path / "out" / ".notes.tmp"  # not ours: left alone
+    mine.write_text("keep")
     files = export_results(store, tmp_path / "out", formats=["csv"])
     assert all(p.exists() for p in files)
-    assert not list((tmp_path / "out").glob(".*tmp"))
+    assert list((tmp_path / "out").glob(".*tmp")) == [mine]
     assert import_answers(store, pd.DataFrame(columns=["model", "task", "prompt_id"]), "empty") == (0, 0)
 
 
