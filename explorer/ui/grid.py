@@ -57,19 +57,24 @@ class GridHandlers:
         if state["case"] is not None and state["case"].image_hash == case.image_hash and state["case"].task == case.task:
             # Keep the user's edited rows for this image.
             variants += [v for v in state["variants"] if v.custom]
+        previous = state
         state = {"case": case, "variants": variants, "views": {}, "models": list(models)}
-        yield from self._fill(ex, state, variants, style)
+        yield from self._fill(ex, state, variants, style, previous=previous)
 
-    def _fill(self, ex, state, variants, style, select: str = NEW_ROW):
+    def _fill(self, ex, state, variants, style, select: str = NEW_ROW, previous=None):
+        """Run `variants` into `state`, cells filling in as they land. When the engine refuses or fails
+        before any cell landed, the grid goes back to `previous` (nothing on screen is lost)."""
         running = {(v.prompt_id, m) for v in variants for m in state["models"]}
         table, flips = self._render(ex, state, running)
         yield (table, flips, render.notice("Running…", "info"), state,
                gr.update(choices=_row_choices(state["variants"]), value=select))
         job = Background(lambda emit: ex.grid(state["case"], variants, state["models"], style, on_cell=emit))
+        landed = 0
         for items in job.updates():
             for view in items:
                 state["views"][(view.prompt_id, view.model)] = view
                 running.discard((view.prompt_id, view.model))
+            landed += len(items)
             if items:
                 table, flips = self._render(ex, state, running)
                 yield table, flips, gr.skip(), gr.skip(), gr.skip()
@@ -80,6 +85,11 @@ class GridHandlers:
             msg = user_message(exc)
             gr.Warning(msg)
             note = render.notice(msg)
+            if not landed and previous is not None:
+                table, flips = self._render(ex, previous, set())
+                yield (table, flips, note, previous,
+                       gr.update(choices=_row_choices(previous["variants"]), value=NEW_ROW))
+                return
         table, flips = self._render(ex, state, set())
         yield table, flips, note, state, gr.skip()
 
@@ -107,13 +117,13 @@ class GridHandlers:
             gr.Warning(msg)
             yield gr.skip(), gr.skip(), render.notice(msg), gr.skip(), gr.skip()
             return
-        state = dict(state, variants=list(state["variants"]), views=dict(state["views"]))
+        previous, state = state, dict(state, variants=list(state["variants"]), views=dict(state["views"]))
         if row_id in existing and row_id != NEW_ROW:
             state["variants"][existing.index(row_id)] = variant
             state["views"] = {k: v for k, v in state["views"].items() if k[0] != row_id}
         else:
             state["variants"].append(variant)
-        yield from self._fill(ex, state, [variant], style, select=variant.prompt_id)
+        yield from self._fill(ex, state, [variant], style, select=variant.prompt_id, previous=previous)
 
     def cell(self, state, evt: gr.EventData):
         key = getattr(evt, "cell", None) or ""

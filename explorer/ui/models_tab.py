@@ -35,14 +35,17 @@ def endpoints_html(ex) -> str:
 
 
 def settings_html(shared: SharedExplorer, ex) -> str:
-    from explorer.public import current_policy
-
     s = shared.settings
+    # A public deployment names no server paths (a visitor may not open them anyway).
+    store = s.store_path.name if s.public else str(s.store_path)
+    samples = ("provided by this deployment" if s.public else str(s.samples_dir)) if s.samples_dir \
+        else "none (start with --samples DIR)"
     items = {
         "study preset": f"{ex.preset.name}: {ex.preset.description}",
-        "results store": str(s.store_path),
-        "sample images": str(s.samples_dir) if s.samples_dir else "none (start with --samples DIR)",
-        "public deployment": current_policy(ex.preset).describe() if s.public else "no (private: no limits)",
+        "results store": store,
+        "sample images": samples,
+        # The Explorer's own policy: public mode may come from --public as well as from the environment.
+        "public deployment": ex.policy.describe() if ex.policy.enabled else "no (private: no limits)",
         "Hugging Face token": "set in the environment" if (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")) else "not set",
     }
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in items.items())
@@ -94,7 +97,9 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     endpoints = gr.HTML("", elem_id="endpoints-box", js_on_load=None, apply_default_css=False)
     gr.Markdown("### Settings")
     settings = gr.HTML("", elem_id="settings-box", js_on_load=None, apply_default_css=False)
-    refresh.click(h.refresh, None, [table, endpoints, settings], api_visibility="private")
+    # Read-only (model states, endpoints with key variables named but never shown, settings), so a
+    # script or a monitor can ask what this deployment runs.
+    refresh.click(h.refresh, None, [table, endpoints, settings], api_name="model_status")
     load.click(h.load, [alias], [table, note], api_name="load_model", concurrency_id="gpu")
     unload.click(h.unload, [alias], [table, note], api_name="unload_model", concurrency_id="gpu")
     return {"refresh": h.refresh, "outputs": [table, endpoints, settings]}

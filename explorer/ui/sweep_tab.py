@@ -66,7 +66,7 @@ class SweepHandlers:
             gr.Warning(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, spec)
+        yield from self._execute(ex, spec, previous=state)
 
     def resume(self, state):
         ex = self.shared.get()
@@ -75,7 +75,7 @@ class SweepHandlers:
             gr.Warning(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, state["spec"])
+        yield from self._execute(ex, state["spec"], previous=state)
 
     def cancel(self, state):
         if state and state.get("cancel") is not None and not state["cancel"].is_set():
@@ -83,19 +83,23 @@ class SweepHandlers:
             return render.notice("Cancelling after the current batch; finished answers are kept. Resume picks up there.", "info")
         return render.notice("No sweep is running.", "info")
 
-    def _execute(self, ex, spec):
+    def _execute(self, ex, spec, previous=None):
+        """Run `spec`, streaming progress. The previous sweep's downloads and resume point stay until this
+        one has really started: a sweep refused while planning (public limits, a missing samples folder)
+        takes nothing away, and one that fails midway offers what it finished."""
         cancel = threading.Event()
-        state = {"spec": spec, "cancel": cancel}
+        state = {"spec": spec, "cancel": cancel}  # out at once, so Cancel works while images load
         latest: dict[str, Any] = {"done": 0, "total": 0, "info": {}}
         no_files = [gr.update(value=None, interactive=False)] * N_FILES
         yield (render.progress(0, 0, "planning: loading images", "running"), render.notice(""), gr.skip(),
-               *[gr.skip()] * N_CHARTS, *no_files, state)
+               *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
 
         def job(emit):
             return ex.sweep(spec, progress=lambda d, t, info: emit((d, t, info)), cancel=cancel)
 
         bg = Background(job)
         last_refresh = 0.0
+        started = False
         for items in bg.updates(poll_s=0.25):
             if not items:
                 continue
@@ -106,15 +110,29 @@ class SweepHandlers:
             if time.monotonic() - last_refresh > REFRESH_S and info.get("run_id"):
                 last_refresh = time.monotonic()
                 table = self._cells_table(self._frame(ex, info["run_id"]))
+            # The plan was accepted: the previous run's downloads no longer match what is shown.
+            files = [gr.skip()] * N_FILES if started else no_files
+            started = True
             yield (render.progress(latest["done"], latest["total"], detail), gr.skip(), table,
-                   *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
+                   *[gr.skip()] * N_CHARTS, *files, gr.skip())
         try:
             summary = bg.result()
         except Exception as exc:
             msg = user_message(exc)
             gr.Warning(msg)
+            run_id = latest["info"].get("run_id")
+            if not started:  # refused before anything ran: the previous sweep stays as it was
+                yield (render.progress(0, 0, msg, "failed"), render.notice(msg), gr.skip(),
+                       *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, previous)
+                return
+            files = [gr.skip()] * N_FILES
+            if run_id:  # what finished before the failure is in the store: offer it for download
+                try:
+                    files = [gr.update(value=p, interactive=True) for p in write_exports(ex, run_id)]
+                except Exception:  # the downloads are a convenience; the message above is what matters
+                    pass
             yield (render.progress(latest["done"], latest["total"], msg, "failed"), render.notice(msg), gr.skip(),
-                   *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
+                   *[gr.skip()] * N_CHARTS, *files, dict(state, cancel=None, run_id=run_id))
             return
         yield from self._finish(ex, summary, state)
 
