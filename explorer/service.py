@@ -20,6 +20,7 @@ from .backends.registry import BackendRegistry, load_endpoints
 from .presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
 from .public import PublicPolicy
 from .schema import Case, GenerationSettings, PromptVariant
+from .service_probes import ProbeActions
 from .store import Store
 from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep
 
@@ -55,9 +56,12 @@ class AnswerView:
     p_positive: Optional[float]
     random_weights: bool
     verdict_detail: str = ""
+    task: str = ""
+    case_id: str = ""
+    image_hash: str = ""
 
 
-class Explorer:
+class Explorer(ProbeActions):
     def __init__(
         self,
         preset: str | StudyPreset = "demo",
@@ -266,6 +270,9 @@ class Explorer:
             p_positive=row.get("p_positive"),
             random_weights=bool(spec and spec.is_demo),
             verdict_detail=row.get("verdict_detail") or "",
+            task=row.get("task") or "",
+            case_id=row.get("case_id") or "",
+            image_hash=row.get("image_hash") or "",
         )
 
     # ------------------------------------------------------------ sweeps and results
@@ -276,6 +283,11 @@ class Explorer:
         self, spec: SweepSpec, progress=None, cancel=None, retry_errors: bool = False, unload_after: bool = False
     ) -> SweepSummary:
         self.policy.check_models(spec.models)
+        if self.policy.enabled and not self._cases_from_folder():
+            # Refuse before downloading a dataset: per_class images of each class is what HF sampling gives.
+            self.policy.check_sweep(sum(
+                len(spec.models) * len(spec.variants(self.catalog, t)) * spec.per_class * 2 for t in spec.tasks
+            ))
         plan = plan_from_spec(self.catalog, spec, self._case_loader)
         self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
@@ -304,8 +316,11 @@ class Explorer:
         tokens = {key: task.judge_tokens for key, task in self.catalog.tasks.items()}
         return LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens)
 
+    def _cases_from_folder(self) -> bool:
+        return self.preset.cases.source == "folder" or self.samples_dir is not None
+
     def _case_loader(self, task: str, per_class: int, seed: int) -> list[Case]:
-        if self.preset.cases.source == "folder" or self.samples_dir is not None:
+        if self._cases_from_folder():
             folder = self._task_folder(task) if self.samples_dir else None
             if folder is None:
                 raise ValueError(f"No sample folder for task {task!r}: start with --samples DIR.")

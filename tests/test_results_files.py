@@ -5,9 +5,7 @@ import pandas as pd
 import pytest
 
 from explorer.exports import import_answers
-from explorer.public import PolicyError
 from explorer.results_files import disagreements, open_results
-from explorer.service import Explorer
 from explorer.store import Store
 from explorer.study_import import ResultFileError
 
@@ -81,40 +79,3 @@ def test_open_results_refuses_what_it_cannot_read_with_the_file_name(tmp_path, c
         open_results(bad)
     with pytest.raises(ResultFileError, match="no such file"):
         open_results(tmp_path / "missing.csv")
-
-
-def test_the_facade_refuses_server_paths_in_public_mode_but_opens_uploads(tmp_path):
-    study = write(tmp_path / "medgemma_brain_tumor_vqa_results.csv",
-                  study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS))
-    ex = Explorer("demo", store_path=tmp_path / "s.sqlite", public=True)
-    try:
-        with pytest.raises(PolicyError, match="does not read files from the server"):
-            ex.open_results(str(study))
-        assert len(ex.open_results(str(study), uploaded=True)) == len(CASES) * len(BRAIN_PROMPTS)
-        assert ex.case_image("pneumonia", None) is None and ex.case_image("no-such-task", "abc") is None
-    finally:
-        ex.close()
-
-
-def test_the_facade_applies_the_public_limits_to_uploads_models_and_sweeps(tmp_path, monkeypatch):
-    from PIL import Image
-
-    monkeypatch.setenv("EXPLORER_PUBLIC_MAX_PIXELS", "10000")
-    monkeypatch.setenv("EXPLORER_PUBLIC_MAX_SWEEP_ITEMS", "5")
-    big = tmp_path / "big.png"
-    Image.new("L", (200, 200), 128).save(big)
-    for i, cls in enumerate(("positive", "negative")):
-        (tmp_path / "samples" / "pneumonia" / cls).mkdir(parents=True)
-        Image.new("L", (64, 64), 40 * i).save(tmp_path / "samples" / "pneumonia" / cls / "a.png")
-    ex = Explorer("demo", store_path=tmp_path / "s.sqlite", samples_dir=tmp_path / "samples", public=True)
-    try:
-        with pytest.raises(ValueError, match="megapixel"):
-            ex.case_from_upload(str(big), "pneumonia")
-        case = ex.case_from_upload(Image.new("L", (64, 64), 7), "pneumonia")
-        with pytest.raises(PolicyError, match="not available here: some-other-model"):
-            ex.ask(case, ex.variants("pneumonia")[0], ["some-other-model"])
-        with pytest.raises(PolicyError, match="at most 5"):
-            ex.sweep(ex.sweep_spec(tasks=["pneumonia"], per_class=1), progress=None)
-        assert {m.alias for m in ex.model_specs()} == set(ex.preset.models)
-    finally:
-        ex.close()

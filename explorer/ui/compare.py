@@ -143,10 +143,7 @@ class CompareHandlers:
         done = (f"{len(views)} answers" + (f", {n_cached} from the store (cached)" if n_cached else "")
                 + (f", {n_errors} failed (see the cards)" if n_errors else ""))
         last = {"heading": heading, "models": models, "describe": describe, "views": views}
-        # Each answer names the case it answers (the image hash is what the store keys it by), so a
-        # reader of the data (or a client of the API) can tell which image it belongs to.
-        data = [dict(dataclasses.asdict(v), task=case.task, case_id=case.case_id, image_hash=case.image_hash)
-                for v in views]
+        data = [dataclasses.asdict(v) for v in views]  # each names its case, so an API client can tell which image
         yield (render.cards(pairs, models, by_alias, {}, heading, describe),
                data, render.notice(done, "error" if n_errors else "ok"), last)
 

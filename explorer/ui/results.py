@@ -60,7 +60,8 @@ class ResultsHandlers:
     def open_store(self):
         ex = self.shared.get()
         try:
-            return self._loaded(ex, ex.answers_frame(), f"this app's store ({ex.store.path})")
+            where = Path(ex.store.path).name if self.shared.settings.public else ex.store.path  # no server paths shown
+            return self._loaded(ex, ex.answers_frame(), f"this app's store ({where})")
         except Exception as exc:
             return self._fail(exc)
 
