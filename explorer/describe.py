@@ -363,54 +363,43 @@ _ROW_COLUMNS = ("answer_id", "template", "diagnoser", "diagnoser_key", "diagnose
 class DiagnosisTable:
     """The diagnoses table inside a results Store's SQLite file.
 
-    Uses the Store's per-thread connection and its BEGIN IMMEDIATE write transaction (Store._conn /
-    Store._write), so it shares the store's WAL mode, busy timeout and locking.
+    Goes through the Store's public side-table methods, so it shares the store's per-thread
+    connections, WAL mode, busy timeout and BEGIN IMMEDIATE writes.
     """
 
     def __init__(self, store: Store):
         self.store = store
-        with store._write() as conn:
-            for statement in _TABLE.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    def _conn(self):
-        return self.store._conn()
+        store.ensure_tables(_TABLE)
 
     def lookup(self, answer_id: int, key: str) -> Optional[dict]:
-        row = self._conn().execute(
-            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ? AND error IS NULL", (answer_id, key)
-        ).fetchone()
-        return dict(row) if row else None
+        return self.store.fetch_one(
+            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ? AND error IS NULL", (answer_id, key))
 
     def lookup_key(self, key: str) -> Optional[dict]:
         """Any successful diagnosis of this exact prompt by this diagnoser (e.g. a twin description)."""
-        row = self._conn().execute(
-            "SELECT * FROM diagnoses WHERE cache_key = ? AND error IS NULL ORDER BY id LIMIT 1", (key,)
-        ).fetchone()
-        return dict(row) if row else None
+        return self.store.fetch_one(
+            "SELECT * FROM diagnoses WHERE cache_key = ? AND error IS NULL ORDER BY id LIMIT 1", (key,))
 
     def record(self, row: dict[str, Any]) -> dict:
         """Insert, or replace an errored attempt for the same (answer, key); a good row is never overwritten."""
         values = [row.get(c) for c in _ROW_COLUMNS]
         updates = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS if c not in ("answer_id", "cache_key"))
-        with self.store._write() as conn:
-            conn.execute(
-                f"INSERT INTO diagnoses ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))}) "
-                f"ON CONFLICT (answer_id, cache_key) DO UPDATE SET {updates} WHERE diagnoses.error IS NOT NULL",
-                values,
-            )
-        got = self._conn().execute(
-            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ?", (row["answer_id"], row["cache_key"])
-        ).fetchone()
-        return dict(got)
+        self.store.execute_write(
+            f"INSERT INTO diagnoses ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))}) "
+            f"ON CONFLICT (answer_id, cache_key) DO UPDATE SET {updates} WHERE diagnoses.error IS NOT NULL",
+            values,
+        )
+        got = self.store.fetch_one(
+            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ?", (row["answer_id"], row["cache_key"]))
+        assert got is not None  # just written, or a good row already there
+        return got
 
     def rows(self, answer_ids: Optional[Iterable[int]] = None, diagnoser_key: Optional[str] = None) -> list[dict]:
         sql, params = "SELECT * FROM diagnoses WHERE 1 = 1", []
         if diagnoser_key is not None:
             sql += " AND diagnoser_key = ?"
             params.append(diagnoser_key)
-        rows = [dict(r) for r in self._conn().execute(sql + " ORDER BY id", params)]
+        rows = self.store.fetch_all(sql + " ORDER BY id", params)
         if answer_ids is not None:
             wanted = set(answer_ids)
             rows = [r for r in rows if r["answer_id"] in wanted]

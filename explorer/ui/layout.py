@@ -11,7 +11,7 @@ import gradio as gr
 
 from explorer.presets import load_catalog
 
-from . import compare, grid, models_tab, render, results, sweep_tab, theme
+from . import compare, diagnose_view, embeddings_tab, grid, models_tab, render, results, sweep_tab, theme
 from .context import AppSettings, SharedExplorer
 
 TITLE = "Medical VLM prompt-sensitivity explorer"
@@ -42,6 +42,10 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 sweep_tab.build(shared, catalog, preset)
             with gr.Tab("Results", id="results", elem_id="tab-results") as results_tab:
                 r = results.build(shared, catalog, preset)
+            with gr.Tab("Embeddings", id="embeddings", elem_id="tab-embeddings"):
+                embeddings_tab.build(shared, catalog, preset)
+            with gr.Tab("Describe & diagnose", id="diagnose", elem_id="tab-diagnose") as diagnose_tab:
+                d = diagnose_view.build(shared, catalog, preset, case_state)
             with gr.Tab("Models & settings", id="models", elem_id="tab-models") as models_page:
                 m = models_tab.build(shared, catalog, preset)
         # One queue slot: the examples of the page load and of each task change arrive in order.
@@ -49,6 +53,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
               concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
         grid_tab.select(g["shown"], [case_state], [g["caption"]], api_visibility="private")
         results_tab.select(r["shown"], r["inputs"], r["outputs"], api_visibility="private")
+        diagnose_tab.select(d["shown"], d["inputs"], d["outputs"], api_visibility="private")
         models_page.select(m["refresh"], None, m["outputs"], api_visibility="private")
     demo.queue(default_concurrency_limit=settings.gpu_concurrency * 4, max_size=64)
     return demo

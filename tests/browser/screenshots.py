@@ -150,6 +150,54 @@ def run_sweep(page, task: str = "Chest X-ray (pneumonia)", n_prompts: int = 2, p
     page.wait_for_selector("#sweep-progress[data-state=done]", timeout=timeout_ms)
 
 
+def pick(page, dropdown: str, option: str) -> None:
+    page.locator(f"{dropdown} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def pick_task_and_case(page, task: str) -> None:
+    """Choose the task on the Describe & diagnose tab and wait for its sample cases to arrive."""
+    case = page.locator("#dx-case input")
+    page.wait_for_function("document.querySelector('#dx-case input').value.includes('/')")  # tab entered
+    before = case.input_value()
+    pick(page, "#dx-task", task)
+    page.wait_for_function("b => document.querySelector('#dx-case input').value !== b", arg=before)
+
+
+def probe_shots(page, out: Path, task: str = "Chest X-ray (pneumonia)", timeout_ms: int = 240_000) -> list[Path]:
+    """Embeddings (scatter + probe table), then Describe & diagnose: one case, then a one-image-per-class sweep."""
+    shots = []
+    open_tab(page, "Embeddings")
+    pick(page, "#emb-task", task)
+    page.locator("#emb-run").click()
+    page.wait_for_selector("#emb-progress[data-state=done]", timeout=timeout_ms)
+    page.locator("#emb-plot .js-plotly-plot").wait_for()
+    page.wait_for_timeout(800)
+    shots.append(out / "4b_embeddings.png")
+    page.screenshot(path=shots[-1])
+    page.locator("#emb-plot").scroll_into_view_if_needed()
+    shots.append(out / "4b_embeddings_plot.png")
+    page.screenshot(path=shots[-1])
+    open_tab(page, "Describe & diagnose")
+    pick_task_and_case(page, task)
+    page.locator("#dx-run-case").click()
+    page.wait_for_selector("#dx-case-progress[data-state=done]", timeout=timeout_ms)
+    shots.append(out / "4c_diagnose.png")
+    page.screenshot(path=shots[-1])
+    page.locator("#dx-cards").scroll_into_view_if_needed()
+    shots.append(out / "4d_diagnose_cards.png")
+    page.screenshot(path=shots[-1])
+    box = page.locator("#dx-per-class input[type=number]")
+    box.fill("1")
+    box.press("Enter")
+    page.locator("#dx-run-sweep").click()
+    page.wait_for_selector("#dx-sweep-progress[data-state=done]", timeout=timeout_ms)
+    page.locator("#dx-metrics").scroll_into_view_if_needed()
+    shots.append(out / "4e_diagnose_sweep.png")
+    page.screenshot(path=shots[-1])
+    return shots
+
+
 def take(out: Path, url: str, image: Path) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
@@ -184,6 +232,7 @@ def take(out: Path, url: str, image: Path) -> list[Path]:
         page.wait_for_timeout(1500)
         shots.append(out / "4_results.png")
         page.screenshot(path=shots[-1])
+        shots += probe_shots(page, out)
         open_tab(page, "Models & settings")
         page.locator("#model-status").wait_for()
         shots.append(out / "5_models.png")
