@@ -26,6 +26,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional, Protocol, Sequence
@@ -36,7 +37,7 @@ import pandas as pd
 from .backends.base import BackendError
 from .presets import Catalog, DescribeRunSpec, TaskSpec
 from .requests import text_request
-from .schema import GenerationSettings
+from .schema import GenerationSettings, PromptVariant
 from .store import Store, utc_now
 
 Parsed = Literal["yes", "no", "unparsed"]
@@ -153,23 +154,50 @@ class Diagnoser(Protocol):
         ...
 
 
+# What the first-token choice reads: "Yes" means the finding is present.
+_YES_NO_CHOICE = PromptVariant(prompt_id="diagnosis", family="diagnosis", text="Yes or No", yes_means="positive")
+
+
 class TextDiagnoser:
-    """Plain text generation through any backend (transformers or OpenAI-compatible), greedy."""
+    """Text generation through any backend (transformers or OpenAI-compatible), greedy.
+
+    choice=True (local transformers models) is the local counterpart of the study's strict JSON schema
+    {"answer": "Yes"|"No"}: the reply is whichever of Yes / No the model's first answer token makes
+    more likely, so it is never unparsed; the raw reply records that probability.
+    """
 
     def __init__(self, backend: Any, model_alias: str, max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
-                 label: Optional[str] = None, owns_backend: bool = False):
+                 label: Optional[str] = None, owns_backend: bool = False, choice: bool = False):
         self.backend = backend
         self.model_alias = model_alias
-        self.generation = GenerationSettings(max_new_tokens=int(max_output_tokens), do_sample=False, temperature=0.0)
+        self.choice = choice
+        tokens = 1 if choice else int(max_output_tokens)
+        self.generation = GenerationSettings(max_new_tokens=tokens, do_sample=False, temperature=0.0)
         self.label = label or f"{getattr(backend, 'name', 'backend')}:{model_alias}"
         self._owns_backend = owns_backend
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "text", "backend": self.backend.identity(self.model_alias),
-                "generation": self.generation.as_dict()}
+        ident = {"kind": "text", "backend": self.backend.identity(self.model_alias),
+                 "generation": self.generation.as_dict()}
+        if self.choice:
+            ident["choice"] = "first-token yes/no"
+        return ident
+
+    def _reply(self, r) -> DiagnosisReply:
+        common = dict(error=r.error, latency_s=r.latency_s, input_tokens=r.input_tokens, output_tokens=r.output_tokens)
+        if not self.choice or r.error:
+            return DiagnosisReply(raw=r.text or "", mode="plain", **common)
+        if r.p_positive is None:
+            return DiagnosisReply(raw=r.text or "", mode="first-token choice", **{
+                **common, "error": "the model's vocabulary has no Yes/No tokens to choose between"})
+        answer = "Yes" if r.p_positive >= 0.5 else "No"
+        raw = json.dumps({"answer": answer, "p_yes": round(float(r.p_positive), 4)})
+        return DiagnosisReply(raw=raw, mode="first-token choice", **common)
 
     def diagnose(self, prompts: Sequence[str]) -> list[DiagnosisReply]:
         requests = [text_request(self.model_alias, p, self.generation) for p in prompts]
+        if self.choice:
+            requests = [dataclasses.replace(r, readout=_YES_NO_CHOICE) for r in requests]
         try:
             responses = list(self.backend.generate(requests))
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run fails these prompts, not the run
@@ -177,11 +205,7 @@ class TextDiagnoser:
         if len(responses) != len(prompts):
             return [DiagnosisReply(error=f"backend returned {len(responses)} replies for {len(prompts)} prompts")
                     for _ in prompts]
-        return [
-            DiagnosisReply(raw=r.text or "", error=r.error, latency_s=r.latency_s, input_tokens=r.input_tokens,
-                           output_tokens=r.output_tokens, mode="plain")
-            for r in responses
-        ]
+        return [self._reply(r) for r in responses]
 
     def close(self) -> None:
         if self._owns_backend:
@@ -283,12 +307,15 @@ def openai_diagnoser(
 
 
 def local_diagnoser(catalog: Catalog, path: str | Path, alias: str = "diagnoser",
-                    max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS, **backend_options: Any) -> TextDiagnoser:
-    """A local transformers text model folder as the diagnoser."""
+                    max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS, choice: bool = True,
+                    **backend_options: Any) -> TextDiagnoser:
+    """A local transformers text model folder as the diagnoser (a first-token Yes/No choice unless
+    choice=False, which generates free text and parses it)."""
     from .backends.transformers_backend import TransformersBackend
 
     backend = TransformersBackend(catalog, local_paths={alias: path}, **backend_options)
-    return TextDiagnoser(backend, alias, max_output_tokens, label=f"transformers:{alias}", owns_backend=True)
+    return TextDiagnoser(backend, alias, max_output_tokens, label=f"transformers:{alias}", owns_backend=True,
+                         choice=choice)
 
 
 def demo_diagnoser(catalog: Catalog, max_output_tokens: int = 8, cache_dir: Optional[str | Path] = None,

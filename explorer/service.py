@@ -353,5 +353,6 @@ class Explorer(ProbeActions):
         return None
 
     def close(self) -> None:
+        self.close_diagnosers()
         self.registry.close()
         self.store.close()

@@ -2,6 +2,7 @@
 Completions (a local fake server) and a local text model, the diagnoses table and its cache, and metrics."""
 from __future__ import annotations
 
+import json
 import argparse
 
 import numpy as np
@@ -191,7 +192,7 @@ def test_diagnoser_from_arg_follows_the_preset(catalog, demo_cache, monkeypatch)
                                  base_url="http://127.0.0.1:9/v1")
     assert "extra" not in plain.identity()["backend"] and plain.identity()["backend"]["api"] == "chat"
     demo = D.diagnoser_from_arg("preset", catalog, catalog.study("demo").describe, cache_dir=demo_cache)
-    assert isinstance(demo, D.TextDiagnoser) and demo.generation.max_new_tokens == 8
+    assert isinstance(demo, D.TextDiagnoser) and demo.choice and demo.generation.max_new_tokens == 1
     with pytest.raises(ValueError, match="unknown diagnoser"):
         D.diagnoser_from_arg("gpt", catalog)
     for dx in (paper, plain, demo):
@@ -310,3 +311,22 @@ def test_describe_cli_offline(tmp_path, monkeypatch, capsys, explorer_cache):
     assert args.func(args) == 0
     again = capsys.readouterr().out
     assert "16 items, 0 new, 16 cached" in again and "24 diagnoses, 0 new, 24 cached" in again
+
+
+def test_a_local_diagnoser_chooses_yes_or_no_from_its_first_token_and_is_never_unparsed(catalog, demo_cache):
+    """The local counterpart of the study's strict {"answer": "Yes"|"No"} schema: read, never guessed."""
+    choosing = D.demo_diagnoser(catalog, cache_dir=demo_cache)
+    prompts = [f"Description: {t}\nDoes this patient have pneumonia? Answer Yes or No."
+               for t in ("patchy opacity in the right lower lobe", "clear lungs", "", "x" * 300)]
+    replies = choosing.diagnose(prompts)
+    assert all(r.error is None and r.mode == "first-token choice" for r in replies)
+    for reply in replies:
+        data = json.loads(reply.raw)
+        assert data["answer"] == ("Yes" if data["p_yes"] >= 0.5 else "No")
+        assert D.parse_yes_no(reply.raw)[0] == data["answer"].lower()
+    assert choosing.identity()["choice"] == "first-token yes/no"
+    free = D.local_diagnoser(catalog, choosing.backend.local_paths[D.DEMO_TEXT_ALIAS], D.DEMO_TEXT_ALIAS,
+                             max_output_tokens=4, choice=False)
+    assert "choice" not in free.identity() and all(r.mode == "plain" for r in free.diagnose(prompts[:1]))
+    choosing.close()
+    free.close()
