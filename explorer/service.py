@@ -103,12 +103,31 @@ class Explorer(ProbeActions):
         return [tuple(sorted(p, key=lambda m: m.role != "base")) for p in pairs.values()]
 
     def model_status(self, aliases: Optional[Iterable[str]] = None) -> list[Availability]:
-        loaded = set(self.registry.loaded_aliases())
+        """Per model: loaded (with its size, device and dtype), loadable, or unavailable and why."""
+        in_memory = {row["alias"]: row for row in self.registry.memory()[0]}
         names = list(aliases) if aliases is not None else list(self.preset.models)
-        return [
-            model_availability(self.catalog.model(a), a in loaded, self.registry.endpoint_label(a))
-            for a in names
-        ]
+        out = []
+        for a in names:
+            status = model_availability(self.catalog.model(a), a in in_memory, self.registry.endpoint_label(a))
+            if a in in_memory:
+                row = in_memory[a]
+                how = " ".join(x for x in (row["dtype"], row["quantization"]) if x)
+                status = replace(status, reason=f"in memory on {row['device']}, {how}",
+                                 size_gb=round(row["size_bytes"] / 1e9, 3))
+            out.append(status)
+        return out
+
+    def memory_summary(self) -> str:
+        """One line: what the loaded local models take, of what budget (least recently used goes first)."""
+        from .model_manager import human_bytes
+
+        rows, budget = self.registry.memory()
+        if budget is None:
+            return "No local model loaded yet: models load on first use."
+        used = sum(r["size_bytes"] for r in rows)
+        names = ", ".join(r["alias"] for r in rows) or "none"
+        return (f"Loaded: {names} ({human_bytes(used)} of a {human_bytes(budget)} budget); when a model "
+                "would not fit, the least recently used is unloaded first.")
 
     def any_random_weights(self, aliases: Iterable[str]) -> bool:
         return any(self.catalog.model(a).is_demo for a in aliases)

@@ -187,3 +187,19 @@ def test_quantized_loading_needs_cuda_and_changes_the_identity(demo_sizes, tmp_p
         b.load("demo-gemma")
     with pytest.raises(ValueError, match="quantization must be one of"):
         TransformersBackend(catalog, quantization="3bit")
+
+
+def test_the_facade_shows_what_is_loaded_its_size_and_the_budget(tmp_path):
+    from explorer.service import Explorer
+
+    ex = Explorer("demo", store_path=tmp_path / "s.sqlite", backend_options={"memory_budget": 10**9})
+    try:
+        assert "No local model loaded yet" in ex.memory_summary()
+        ex.load_model("demo-gemma")
+        status = {s.alias: s for s in ex.model_status()}
+        assert status["demo-gemma"].state == "loaded" and status["demo-gemma"].size_gb > 0
+        assert status["demo-gemma"].reason.startswith("in memory on cpu")
+        assert status["demo-llava"].state == "loadable"
+        assert "Loaded: demo-gemma (" in ex.memory_summary() and "1.0 GB budget" in ex.memory_summary()
+    finally:
+        ex.close()

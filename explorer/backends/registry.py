@@ -92,6 +92,13 @@ class BackendRegistry:
             return []
         return list(self._local.loaded())
 
+    def memory(self) -> tuple[list[dict], Optional[int]]:
+        """The local models in memory (most recently used first) and their budget in bytes (None: nothing
+        local has started, so no budget has been set yet)."""
+        if self._local is None:
+            return [], None
+        return self._local.loaded_table(), self._local.models.budget_bytes
+
     def close(self) -> None:
         for backend in (self._local, self._remote):
             if backend is not None:

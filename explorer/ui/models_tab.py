@@ -59,7 +59,8 @@ class ModelHandlers:
     def refresh(self):
         ex = self.shared.get()
         titles = {m.alias: m.title for m in ex.model_specs()}
-        return render.model_table(ex.model_status(), titles), endpoints_html(ex), settings_html(self.shared, ex)
+        table = render.model_table(ex.model_status(), titles) + render.notice(ex.memory_summary(), "info")
+        return table, endpoints_html(ex), settings_html(self.shared, ex)
 
     def load(self, alias: str):
         return self._act(alias, "load")
