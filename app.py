@@ -51,6 +51,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         demo = build_demo(settings)
     except PresetError as exc:
         raise SystemExit(f"error: {exc}") from None
+    print(f"preset {settings.preset}; samples {settings.samples_dir or 'none'}; store {settings.store_path}"
+          + ("; public mode" if settings.public else ""))
+    if settings.preset == "demo":
+        print("NOTE: the offline demo models have RANDOM WEIGHTS: their answers are noise. "
+              "Use --preset paper on a machine that reaches the Hugging Face Hub for the study's models.")
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(settings))
 
 
