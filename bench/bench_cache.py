@@ -12,22 +12,12 @@ Images: the sample folder beside the checkout when present (--samples), else syn
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from bench_cases import load_cases  # noqa: E402  (bench/ is on sys.path when run as a script)
-
-DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
+# bench/ is on sys.path when run as a script; bench_cases also makes the repo importable, offline.
+from bench_cases import DEFAULT_SAMPLES, load_cases
 
 
 def main(argv=None) -> int:

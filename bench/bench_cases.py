@@ -2,7 +2,18 @@
 sees both), else synthetic noise of a few sizes. Shared by bench_speed.py and bench_cache.py."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+# The benchmarks use only the offline demo models: never wait on a Hub that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
 
 NOISE_SIZES = [(512, 512), (300, 400), (640, 480), (256, 256)]
 

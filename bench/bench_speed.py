@@ -27,24 +27,14 @@ run; --real needs the weights (HF_TOKEN for the gated Gemma models).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from bench_cases import load_cases, synthetic_cases  # noqa: E402  (bench/ is on sys.path when run as a script)
-
-DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
+# bench/ is on sys.path when run as a script; bench_cases also makes the repo importable, offline.
+from bench_cases import DEFAULT_SAMPLES, load_cases, synthetic_cases
 ARCHITECTURES = {"llava_next": "demo-llava", "llava": "demo-llava-med", "gemma3": "demo-gemma"}
 REAL_MODELS = {"llava_next": "llava", "llava": "llava-med", "gemma3": "gemma"}  # --real: the study's checkpoints
 

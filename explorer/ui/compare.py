@@ -91,11 +91,19 @@ class CompareHandlers:
 
     def run(self, file, task, label, prompt, variant_id, models, style, case, last):
         """Stream every chosen model's answer; on failure keep the previous answers on screen."""
+        yield from self._ask(file, task, label, models, style, case, last,
+                             lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id))
+
+    def describe(self, file, task, label, models, style, case, last):
+        yield from self._ask(file, task, label, models, style, case, last,
+                             lambda ex: next(v for v in ex.variants(task) if v.kind == "describe"))
+
+    def _ask(self, file, task, label, models, style, case, last, pick_variant):
         ex = self.shared.get()
         models = list(models or [])
         try:
             case = self._resolve(ex, file, task, label, case)
-            variant = ex.custom_variant(task, prompt, based_on_id=variant_id)
+            variant = pick_variant(ex)
             if not models:
                 raise ValueError("Choose at least one model.")
         except Exception as exc:
@@ -104,20 +112,6 @@ class CompareHandlers:
             yield gr.skip(), gr.skip(), render.notice(msg), gr.skip()
             return
         yield from self._stream(ex, case, variant, models, style, last)
-
-    def describe(self, file, task, label, models, style, case, last):
-        ex = self.shared.get()
-        variant = next(v for v in ex.variants(task) if v.kind == "describe")
-        try:
-            case = self._resolve(ex, file, task, label, case)
-            if not models:
-                raise ValueError("Choose at least one model.")
-        except Exception as exc:
-            msg = user_message(exc)
-            gr.Warning(msg)
-            yield gr.skip(), gr.skip(), render.notice(msg), gr.skip()
-            return
-        yield from self._stream(ex, case, variant, list(models), style, last)
 
     def _stream(self, ex, case, variant, models, style, last):
         pairs = ex.models_in_pairs()
