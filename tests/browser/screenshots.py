@@ -93,13 +93,14 @@ def synthetic_chest(path: Path, haze: float = 0.0) -> Path:
 
 
 def synthetic_samples(root: Path) -> Path:
-    """A samples folder (pneumonia/negative, pneumonia/positive; two images each) for machines without
-    ../shared/samples."""
-    for label, hazes in (("negative", (0.0, 0.05)), ("positive", (0.5, 0.6))):
-        folder = root / "pneumonia" / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, haze in enumerate(hazes):
-            synthetic_chest(folder / f"synthetic_{label}_{i}.png", haze)
+    """A samples folder like ../shared/samples (every task, two images per class) for machines without it.
+    The images are chest-X-ray-like for every task: enough for the app, which only needs real files."""
+    for task in ("brain_tumor", "pneumonia", "skin_cancer", "histopathology"):
+        for label, hazes in (("negative", (0.0, 0.05)), ("positive", (0.5, 0.6))):
+            folder = root / task / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, haze in enumerate(hazes):
+                synthetic_chest(folder / f"synthetic_{task}_{label}_{i}.png", haze)
     return root
 
 
