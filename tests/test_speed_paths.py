@@ -209,6 +209,48 @@ def test_prefix_cache_is_laid_out_like_a_left_padded_batch(backends, catalog, va
             torch.testing.assert_close(v1[row][:, mask[row]], v2[row][:, mask[row]], atol=1e-4, rtol=1e-4)
 
 
+def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, variants, monkeypatch):
+    """Two images of different sizes (AnyRes: prefixes of different lengths) in one batch: the
+    packed pass (one sequence, explicit mask) and the side-by-side pass give the same cache at every
+    real position, and placing rows by copies (CPU) or by one gather (GPUs) gives the same values."""
+    b = backends["prefix"]
+    lm = b.load("demo-llava")
+    requests = _requests("demo-llava", variants[:3], "chat_template", images=IMAGES)
+    texts = [b._prompt_text(lm, r) for r in requests]
+    images = [IMAGES[0]] * 3 + [IMAGES[1]] * 3
+    with torch.inference_mode():
+        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images)
+        rows = reuse_lib.split_rows(inputs, [lm.model.config.image_token_id])
+        prefixes = []
+        for row in (0, 3):
+            end = reuse_lib.image_span_end(rows, row)
+            prefixes.append(reuse_lib.prefill_prefix(lm.model, rows.ids[row][:end], None, reuse_lib.image_inputs_of_row(rows, row)))
+        assert prefixes[0].length != prefixes[1].length
+        per_row = [prefixes[0]] * 3 + [prefixes[1]] * 3
+        assert reuse_lib._packed_pass_ok(lm.model)
+        packed = reuse_lib.continue_from_prefixes(lm.model, rows.ids, per_row, lm.tokenizer.pad_token_id, room=4)
+        monkeypatch.setattr(reuse_lib, "_packed_pass_ok", lambda model: False)
+        side = reuse_lib.continue_from_prefixes(lm.model, rows.ids, per_row, lm.tokenizer.pad_token_id, room=4)
+    assert torch.equal(packed.input_ids, side.input_ids) and torch.equal(packed.attention_mask, side.attention_mask)
+    assert torch.equal(packed.input_ids, inputs["input_ids"]) and torch.equal(packed.attention_mask, inputs["attention_mask"])
+    mask = packed.attention_mask[:, :-1].bool()
+    for (k1, v1), (k2, v2) in zip(reuse_lib._cache_layers(packed.cache), reuse_lib._cache_layers(side.cache)):
+        assert k1.shape == k2.shape
+        for row in range(len(texts)):
+            torch.testing.assert_close(k1[row][:, mask[row]], k2[row][:, mask[row]], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v1[row][:, mask[row]], v2[row][:, mask[row]], atol=1e-5, rtol=1e-5)
+
+    src = torch.randn(1, 2, 20, 3)
+    segments = [[(0, 5), (12, 3)], [(5, 7), (15, 0)], [(0, 5), (15, 5)]]
+    by_copy = reuse_lib._place_rows(src, segments, 12, 2, {}, gather=False)
+    by_gather = reuse_lib._place_rows(src, segments, 12, 2, {}, gather=True)
+    for row, runs in enumerate(segments):
+        taken = torch.cat([src[0, :, s : s + n] for s, n in runs], dim=1)
+        width = taken.shape[1]
+        assert torch.equal(by_copy[row, :, 12 - width : 12], taken) and torch.equal(by_gather[row, :, 12 - width : 12], taken)
+        assert torch.isfinite(by_copy[row, :, :12]).all() and torch.isfinite(by_gather[row, :, :12]).all()
+
+
 def test_prompts_reaching_a_sliding_window_are_not_reused():
     from types import SimpleNamespace
 

@@ -274,6 +274,15 @@ def _roomy_layer_class():
             self.room = max(self.room, (have + new) // 8)  # later growth is geometric
             return self.keys, self.values
 
+        def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            """Take buffers whose first `length` positions are already filled (with room after
+            them) as this layer's storage, instead of copying them in through update()."""
+            if not self.is_initialized:
+                self.lazy_initialization(keys, values)
+            self._k, self._v = keys, values
+            self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+            self.room = max(self.room, length // 8)
+
         def _make_room(self, key_states, value_states, have: int, capacity: int) -> None:
             k = key_states.new_empty(*key_states.shape[:2], capacity, key_states.shape[-1])
             v = value_states.new_empty(*value_states.shape[:2], capacity, value_states.shape[-1])
@@ -395,22 +404,168 @@ class PreparedBatch:
 def continue_from_prefixes(
     model: Any, rows: Sequence[Sequence[int]], prefixes: Sequence[Prefix], pad_id: int, room: int = 0
 ) -> PreparedBatch:
-    """Extend each row's prefix with the row's own tokens (all but its last) in one batched pass,
-    then lay the cache out as a left-padded batch.
+    """Extend each row's prefix with the row's own tokens (all but its last) in one pass, then lay
+    the cache out as a left-padded batch: [pads][prefix][own tokens] per row, which is the layout
+    (and the positions) that generating the same rows from scratch with left padding produces.
 
-    During the pass each row is [its prefix][pads up to the longest prefix][its tokens][pads], with
-    explicit positions, so every real token sees exactly its own prefix and earlier tokens. The
-    result is rearranged to [pads][prefix][tokens] per row, which is the layout (and the positions)
-    that generating the same rows from scratch with left padding produces.
+    The pass is packed where the attention implementation takes an explicit mask (sdpa, eager):
+    one sequence holding each distinct prefix once and then every row's own tokens one row after
+    another, with explicit positions and a mask that lets each token see exactly its row's prefix
+    and its row's earlier tokens. Only then is the prefix copied into every row, once, straight
+    into the generation cache. Otherwise the rows are extended side by side, each starting from
+    its own copy of its prefix (see _extend_side_by_side). Either way every real token sees the
+    keys it sees in a plain left-padded batch, in the same order; only masked positions differ.
     """
     device = model.device
     batch = len(rows)
     p_len = [p.length for p in prefixes]
     own = [list(r[p.length : -1]) for r, p in zip(rows, prefixes)]  # the row's tokens before its last
+    if _packed_pass_ok(model):
+        layers, segments = _extend_packed(model, own, prefixes)
+    else:
+        layers, segments = _extend_side_by_side(model, own, prefixes, pad_id)
+
+    # Rearrange every row to [pads][prefix][own tokens], written straight into the generation
+    # cache's storage, layer by layer, each source layer dropped once moved.
+    width = max(n + len(s) for n, s in zip(p_len, own))
+    cache = _new_cache(model, room=room)
+    roomy = _roomy_layer_class()
+    index: dict[Any, torch.Tensor] = {}
+    for layer_idx, target in enumerate(cache.layers):
+        k, v = layers[layer_idx]
+        layers[layer_idx] = None
+        extra = target.room if isinstance(target, roomy) else 0
+        k_out = _place_rows(k, segments, width, extra, index)
+        v_out = _place_rows(v, segments, width, extra, index)
+        if extra:
+            target.adopt(k_out, v_out, width)
+        else:
+            target.update(k_out, v_out)
+        del k, v, k_out, v_out
+
+    full = width + 1
+    input_ids = torch.full((batch, full), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, full), dtype=torch.long)
+    prefix_ids: dict[int, torch.Tensor] = {}
+    for i, (r, p) in enumerate(zip(rows, prefixes)):
+        if id(p) not in prefix_ids:
+            prefix_ids[id(p)] = torch.tensor(p.ids, dtype=torch.long)
+        pad = full - len(r)
+        input_ids[i, pad : pad + p.length] = prefix_ids[id(p)]
+        input_ids[i, pad + p.length :] = torch.tensor(list(r[p.length :]), dtype=torch.long)
+        attention_mask[i, pad:] = 1
+    return PreparedBatch(input_ids.to(device), attention_mask.to(device), cache)
+
+
+Segments = list[list[tuple[int, int]]]  # per row: (start, length) runs of source positions, in order
+
+
+def _place_rows(src: torch.Tensor, segments: Segments, width: int, room: int, index: dict,
+                gather: Optional[bool] = None) -> torch.Tensor:
+    """[batch, heads, width (+ room), head_dim]: row i holds, right-aligned, the positions
+    segments[i] names of src (batch 1: shared by all rows; else row i of src), the pads before
+    them filled with finite values (the attention mask hides them).
+
+    On CPU one contiguous copy per run (several times faster than a gather there); elsewhere one
+    gather per tensor (fewer kernel launches). The positions that are not pads get the same values."""
+    batch = len(segments)
+    heads, dim = src.shape[1], src.shape[-1]
+    out = src.new_empty(batch, heads, width + room, dim)
+    if gather is None:
+        gather = src.device.type != "cpu"
+    if not gather:
+        for i, runs in enumerate(segments):
+            row = src[0 if src.shape[0] == 1 else i]
+            at = width - sum(n for _, n in runs)
+            if at:
+                out[i, :, :at].zero_()
+            for start, n in runs:
+                out[i, :, at : at + n] = row[:, start : start + n]
+                at += n
+        return out
+    key = (src.device, heads, dim)
+    if key not in index:  # per-layer device and shape (a model split over GPUs)
+        flat = torch.zeros((batch, width), dtype=torch.long)
+        for i, runs in enumerate(segments):
+            taken = torch.cat([torch.arange(start, start + n) for start, n in runs]) if runs else flat.new_zeros(0)
+            flat[i, width - len(taken) :] = taken
+        index[key] = flat.to(src.device)[:, None, :, None].expand(batch, heads, width, dim)
+    torch.gather(src.expand(batch, *src.shape[1:]), 2, index[key], out=out[:, :, :width])  # pads: copies of position 0
+    return out
+
+
+def _packed_pass_ok(model: Any) -> bool:
+    """The packed pass hands the model its own 4-D mask, which sdpa and eager attention read as given."""
+    return getattr(_text_config(model), "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def _extend_packed(
+    model: Any, own: Sequence[Sequence[int]], prefixes: Sequence[Prefix]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Segments]:
+    """All rows' own tokens in one sequence after the distinct prefixes (batch of one).
+
+    Returns the extended cache's layers ([1, heads, positions, head_dim]) and, per row, where its
+    prefix and own tokens sit in them, in order. No row gets a copy of a prefix here, so a pass over
+    12 prompts about a 2,900-token image moves one prefix's keys, not twelve.
+    """
+    from transformers import DynamicCache
+
+    device = model.device
+    start: dict[int, int] = {}
+    distinct: list[Prefix] = []
+    prefix_len = 0
+    for p in prefixes:
+        if id(p) not in start:
+            start[id(p)] = prefix_len
+            distinct.append(p)
+            prefix_len += p.length
+    total = sum(len(s) for s in own)
+    segments, offsets, at = [], [], prefix_len
+    for p, s in zip(prefixes, own):
+        segments.append([(start[id(p)], p.length), (at, len(s))])
+        offsets.append(at)
+        at += len(s)
+    if len(distinct) == 1:
+        layers = list(distinct[0].layers)
+    else:
+        layers = [(torch.cat([p.layers[i][0] for p in distinct], dim=-2), torch.cat([p.layers[i][1] for p in distinct], dim=-2))
+                  for i in range(len(distinct[0].layers))]
+    if not total:
+        return layers, segments
+
+    # Plain full-attention layers (the pass must keep every position; the mask below says who sees
+    # what, and no distance inside it reaches a sliding window, see check_prefix_applicable).
+    cache = DynamicCache(ddp_cache_data=layers)
+    del layers
+    input_ids = torch.tensor([[t for s in own for t in s]], dtype=torch.long, device=device)
+    positions = torch.tensor([[p.length + j for p, s in zip(prefixes, own) for j in range(len(s))]], device=device)
+    allowed = torch.zeros((total, prefix_len + total), dtype=torch.bool)
+    for p, s, at in zip(prefixes, own, offsets):
+        q = slice(at - prefix_len, at - prefix_len + len(s))
+        allowed[q, start[id(p)] : start[id(p)] + p.length] = True
+        allowed[q, at : at + len(s)] = torch.ones((len(s), len(s)), dtype=torch.bool).tril()
+    if _text_config(model)._attn_implementation == "eager":  # an additive mask
+        mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
+    else:
+        mask = allowed
+    model(input_ids=input_ids, attention_mask=mask[None, None].to(device), position_ids=positions,
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return _cache_layers(cache), segments
+
+
+def _extend_side_by_side(
+    model: Any, own: Sequence[Sequence[int]], prefixes: Sequence[Prefix], pad_id: int
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Segments]:
+    """Every row starts from its prefix, padded to the longest one (the mask hides the padding),
+    and the rows' own tokens are appended side by side: [prefix][pads][own tokens][pads].
+
+    Returns the extended layers ([batch, heads, positions, head_dim]) and, per row, where its
+    prefix and own tokens sit in its row of them."""
+    device = model.device
+    batch = len(own)
+    p_len = [p.length for p in prefixes]
     p_max = max(p_len)
     s_max = max(len(s) for s in own)
-
-    # Every row starts from its prefix, padded to the longest one (the mask hides the padding).
     # One image for all rows: expanded views, copied once into the cache.
     same = all(p is prefixes[0] for p in prefixes)
     extended = _new_cache(model)
@@ -434,28 +589,5 @@ def continue_from_prefixes(
         positions = torch.tensor(p_len, device=device)[:, None] + torch.arange(s_max, device=device)[None]
         model(input_ids=suffix, attention_mask=mask, position_ids=positions,
               past_key_values=extended, use_cache=True, logits_to_keep=1)
-    layers = _cache_layers(extended)
-    del extended
-
-    # Rearrange every row to [pads][prefix][own tokens]: one gather over the sequence axis, layer by
-    # layer, each source layer dropped once moved, so at most one extra layer is held at a time.
-    width = max(n + len(s) for n, s in zip(p_len, own))
-    index = torch.zeros((batch, width), dtype=torch.long)
-    for i, (n, s) in enumerate(zip(p_len, own)):
-        real = list(range(n)) + list(range(p_max, p_max + len(s)))
-        index[i, width - len(real) :] = torch.tensor(real, dtype=torch.long)
-    cache = _new_cache(model, room=room)
-    for layer_idx, target in enumerate(cache.layers):
-        k, v = layers[layer_idx]
-        layers[layer_idx] = None
-        idx = index.to(k.device)[:, None, :, None].expand(batch, k.shape[1], width, k.shape[-1])  # per-layer device
-        target.update(k.expand(batch, *k.shape[1:]).gather(2, idx), v.expand(batch, *v.shape[1:]).gather(2, idx))
-        del k, v
-
-    full = width + 1
-    input_ids = torch.full((batch, full), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch, full), dtype=torch.long, device=device)
-    for i, r in enumerate(rows):
-        input_ids[i, full - len(r) :] = torch.tensor(list(r), dtype=torch.long, device=device)
-        attention_mask[i, full - len(r) :] = 1
-    return PreparedBatch(input_ids, attention_mask, cache)
+    segments = [[(0, n), (p_max, len(s))] for n, s in zip(p_len, own)]
+    return _cache_layers(extended), segments
