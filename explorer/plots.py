@@ -551,7 +551,8 @@ def roc_curves(answers_df: Optional[pd.DataFrame], task: Optional[str] = None, p
 # ---------------------------------------------------------------- embeddings
 def tsne_scatter(points_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Figure:
     """t-SNE map of vision-encoder embeddings: columns x, y, model, label (positive / negative / missing),
-    case_id; optional verdict (the model's answer; sets the marker), answer (hover snippet) and task.
+    case_id; optional verdict (the model's answer; sets the marker), answer (hover snippet), hover_html
+    (escaped HTML shown whole instead of the snippet, e.g. every answer of the model on that image) and task.
     Colour = the true class, marker = the verdict. One trace per (model[, task], class, verdict); a
     dropdown shows one model (and task) at a time."""
     title = "Vision-encoder embeddings (t-SNE)"
@@ -563,6 +564,7 @@ def tsne_scatter(points_df: Optional[pd.DataFrame], catalog: Any = None) -> go.F
     has_verdict = "verdict" in df.columns
     df["_verdict"] = [v if v in VERDICT_LABELS else None for v in map(_clean, df["verdict"])] if has_verdict else None
     has_task = "task" in df.columns
+    has_hover_html = "hover_html" in df.columns
     tasks = task_order(df["task"].unique()) if has_task else [None]
     styles = model_styles(df, catalog)
     fig = go.Figure()
@@ -591,11 +593,13 @@ def tsne_scatter(points_df: Optional[pd.DataFrame], catalog: Any = None) -> go.F
                             [escape(str(c)) for c in rows.get("case_id", pd.Series([""] * len(rows)))],
                             [cls] * len(rows),
                             [str(v or "not asked") for v in rows["_verdict"]] if has_verdict else [""] * len(rows),
-                            [_snippet(a) for a in rows.get("answer", pd.Series([""] * len(rows)))],
+                            list(rows["hover_html"].fillna("")) if has_hover_html
+                            else [_snippet(a) for a in rows.get("answer", pd.Series([""] * len(rows)))],
                         ]),
                         hovertemplate="<b>%{customdata[0]}</b><br>truth: %{customdata[1]}"
                                       + ("<br>verdict: %{customdata[2]}" if has_verdict else "")
-                                      + "<br>%{customdata[3]}<extra></extra>",
+                                      + ("<br><br>" if has_hover_html else "<br>")
+                                      + "%{customdata[3]}<extra></extra>",
                     ))
                     indices.append(len(fig.data) - 1)
             where = style.legend + (f" · {task_title(t, catalog)}" if t is not None and len(tasks) > 1 else "")

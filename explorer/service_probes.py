@@ -55,7 +55,7 @@ class SweepDiagnosis:
 class EmbeddingView:
     task: str
     models: list[str]
-    points: pd.DataFrame  # embeddings.COORD_COLUMNS + answer (hover text)
+    points: pd.DataFrame  # embeddings.COORD_COLUMNS + hover_html (the model's answers on that image)
     probes: pd.DataFrame  # embeddings.PROBE_COLUMNS
     figure: Any  # plotly Figure
     notices: list[str]
@@ -274,9 +274,9 @@ class ProbeActions:
                                    progress=(lambda a, d, t: progress(f"features {a}", d, t)) if progress else None)
         finally:
             cache.close()
-        points = result.coords.assign(answer=[_answers_text(answers, m, h) for m, h in
-                                              zip(result.coords["model"], result.coords["image_hash"])])
-        figure = _hover_with_answers(plots.tsne_scatter(points, self.catalog), points)
+        points = result.coords.assign(hover_html=[_answers_text(answers, m, h) for m, h in
+                                                  zip(result.coords["model"], result.coords["image_hash"])])
+        figure = plots.tsne_scatter(points, self.catalog)
         return EmbeddingView(task, models, points, result.probes, figure, result.notices, len(cases),
                              self.any_random_weights(models), any("perplexity lowered" in n for n in result.notices))
 
@@ -293,20 +293,3 @@ def _answers_text(answers: pd.DataFrame, model: str, image_hash: str, width: int
         text = text if len(text) <= width else text[: width - 1] + "…"
         lines.append(f"{escape(str(r.prompt_id))}: <b>{escape(str(r.verdict or '?'))}</b> · {escape(text)}")
     return "<br>".join(lines) or "no answers stored"
-
-
-def _hover_with_answers(fig, points: pd.DataFrame):
-    """Put every answer of the model on that image into the hover (plots truncates to one snippet)."""
-    text = {(escape(str(c)), round(float(x), 4)): a
-            for c, x, a in zip(points["case_id"], points["x"], points["answer"])}
-    for trace in fig.data:
-        custom = getattr(trace, "customdata", None)
-        if custom is None or trace.x is None:
-            continue
-        custom = [list(row) for row in custom]
-        for row, x in zip(custom, trace.x):
-            row[3] = text.get((row[0], round(float(x), 4)), row[3])
-        trace.customdata = custom
-        trace.hovertemplate = (trace.hovertemplate or "").replace("<br>%{customdata[3]}",
-                                                                   "<br><br>%{customdata[3]}")
-    return fig

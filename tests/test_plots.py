@@ -224,6 +224,10 @@ def test_tsne_scatter_without_verdicts_is_one_trace_per_class():
     fig = plots.tsne_scatter(points)
     assert [len(t.x) for t in fig.data] == [2, 2, 1]  # negative, positive, unknown
     assert {t.marker.symbol for t in fig.data} == {plots.VERDICT_SYMBOLS[None]}
+    # hover_html (already escaped, every answer on that image) is shown whole, not cut to a snippet.
+    lines = "<br>".join(f"p{i}: <b>negative</b> · {'long answer ' * 5}" for i in range(12))
+    fig = plots.tsne_scatter(points.assign(hover_html=lines))
+    assert fig.data[0].customdata[0][3] == lines and "<br><br>%{customdata[3]}" in fig.data[0].hovertemplate
 
 
 def test_verdict_grid_marks_only_answered_cells_of_a_labelled_image():

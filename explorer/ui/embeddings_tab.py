@@ -71,7 +71,7 @@ def write_csv(view) -> str:
     folder = Path(tempfile.mkdtemp(prefix="explorer-embeddings-"))
     path = folder / f"tsne_{view.task}.csv"
     probes = view.probes.add_prefix("probe_").rename(columns={"probe_model": "model"})
-    view.points.drop(columns=["answer"]).merge(probes.drop(columns=["probe_task"]), on="model", how="left") \
+    view.points.drop(columns=["hover_html"]).merge(probes.drop(columns=["probe_task"]), on="model", how="left") \
         .to_csv(path, index=False)
     return str(path)
 
