@@ -205,22 +205,30 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
             print(metrics.paired_tests(closed).to_string(index=False))
 
 
-def cmd_metrics(args) -> int:
-    from .presets import load_catalog
-    from .store import Store, StoreError
+def _store_and_run(args):
+    """The store of --store and the run to report: --run (checked), none with --all, else the newest.
+    Raises ValueError with the message for the user."""
+    from .store import Store
 
     if not Path(args.store).exists():
-        return _fail(f"no results store at {args.store}; run `python -m explorer sweep` first")
-    try:
-        store = Store(args.store)
-    except StoreError as exc:
-        return _fail(str(exc))
+        raise ValueError(f"no results store at {args.store}; run `python -m explorer sweep` first")
+    store = Store(args.store)
     if args.run and not args.all:
         problem = _unknown_run(store, args.run, args.store)
         if problem:
             store.close()
-            return _fail(problem)
-    run_id = None if args.all else (args.run or _latest_run(store))
+            raise ValueError(problem)
+    return store, None if args.all else (args.run or _latest_run(store))
+
+
+def cmd_metrics(args) -> int:
+    from .presets import load_catalog
+    from .store import StoreError
+
+    try:
+        store, run_id = _store_and_run(args)
+    except (StoreError, ValueError) as exc:
+        return _fail(str(exc))
     print(f"store {args.store}" + (f", run {run_id}" if run_id else ", all answers"))
     _print_metrics(store, run_id, load_catalog(), cells=args.cells, paired=args.paired)
     return 0
@@ -240,20 +248,12 @@ def add_export(sub) -> None:
 
 def cmd_export(args) -> int:
     from .exports import export_results
-    from .store import Store, StoreError
+    from .store import StoreError
 
-    if not Path(args.store).exists():
-        return _fail(f"no results store at {args.store}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         return _fail(f"--out must be a folder: {args.out} is a file, not a folder")
     try:
-        store = Store(args.store)
-        if args.run and not args.all:
-            problem = _unknown_run(store, args.run, args.store)
-            if problem:
-                store.close()
-                return _fail(problem)
-        run_id = None if args.all else (args.run or _latest_run(store))
+        store, run_id = _store_and_run(args)
         files = export_results(store, args.out, run_id=run_id, formats=_split(args.formats) or ["csv"])
     except (StoreError, ValueError, OSError) as exc:
         return _fail(str(exc))
