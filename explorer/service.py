@@ -170,6 +170,8 @@ class Explorer(ProbeActions):
         """An uploaded image as a case, within the public limits (file size, then pixels before decoding)."""
         if isinstance(source, (bytes, bytearray, str, os.PathLike)):
             self.policy.check_upload(source)
+        if self.policy.enabled:
+            name = "upload"  # a file name can carry a patient's name; a public store keeps none
         limits = self.policy.image_limits()
         return datasets.upload_case(source, task, label=label, name=name, max_pixels=limits.get("max_pixels"))
 
@@ -348,6 +350,14 @@ class Explorer(ProbeActions):
 
     def answers_frame(self, **filters) -> pd.DataFrame:
         return self.store.answers_frame(catalog=self.catalog, **filters)
+
+    def browsable_answers(self) -> pd.DataFrame:
+        """The store as the Results tab shows it. In public mode, answers on uploaded images are left out:
+        they are other visitors' images, not this visitor's to see."""
+        frame = self.answers_frame()
+        if self.policy.enabled and len(frame):
+            frame = frame[~frame["case_id"].astype(str).str.contains(":upload:", regex=False)].reset_index(drop=True)
+        return frame
 
     def open_results(self, path: str | Path, uploaded: bool = False) -> pd.DataFrame:
         """A results store, an export or the study code's CSVs (a file or its folder) as an answers frame.

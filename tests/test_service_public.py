@@ -56,3 +56,26 @@ def test_an_oversized_public_sweep_is_refused_before_any_dataset_is_touched(tmp_
             ex.sweep(ex.sweep_spec(judge=False), progress=None)
     finally:
         ex.close()
+
+
+def test_a_public_store_keeps_no_upload_names_and_shows_no_one_elses_uploads(tmp_path):
+    samples = tmp_path / "samples" / "pneumonia"
+    for i, cls in enumerate(("positive", "negative")):
+        (samples / cls).mkdir(parents=True)
+        Image.new("L", (64, 64), 60 * i).save(samples / cls / "s.png")
+    upload = tmp_path / "Jane_Doe_1961-03-02_chest.png"
+    Image.new("L", (64, 64), 200).save(upload)
+    ex = Explorer("demo", store_path=tmp_path / "s.sqlite", samples_dir=tmp_path / "samples", public=True)
+    try:
+        case = ex.case_from_upload(str(upload), "pneumonia")
+        assert "Jane" not in case.source and "Jane" not in str(case.meta)
+        prompt = ex.variants("pneumonia")[0]
+        ex.ask(case, prompt, ["demo-gemma"])
+        ex.ask(ex.example_cases("pneumonia")[0], prompt, ["demo-gemma"])
+        assert len(ex.answers_frame()) == 2
+        shown = ex.browsable_answers()
+        assert len(shown) == 1 and ":upload:" not in shown["case_id"].iloc[0]
+    finally:
+        ex.close()
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("s.sqlite*"))  # the WAL too
+    assert b"Jane" not in stored

@@ -61,7 +61,7 @@ class ResultsHandlers:
         ex = self.shared.get()
         try:
             where = Path(ex.store.path).name if self.shared.settings.public else ex.store.path  # no server paths shown
-            return self._loaded(ex, ex.answers_frame(), f"this app's store ({where})")
+            return self._loaded(ex, ex.browsable_answers(), f"this app's store ({where})")
         except Exception as exc:
             return self._fail(exc)
 
