@@ -37,7 +37,8 @@ def _add_ask(sub) -> None:
         "every answer with its verdict.",
     )
     p.add_argument("--task", required=True, help="task key: brain_tumor, pneumonia, skin_cancer, histo_idc")
-    p.add_argument("--images", required=True, help="a folder of class subfolders (negative/, positive/), or one image file")
+    p.add_argument("--images", required=True, help="a folder of class subfolders (negative/, positive/), a folder of images (truth unknown), "
+                   "or one image file")
     p.add_argument("--models", default=DEMO_MODELS, help=f"comma-separated model aliases (default: {DEMO_MODELS})")
     p.add_argument("--prompts", default="", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
     p.add_argument("--prompt-style", choices=("paper", "official"), default="paper",
@@ -76,9 +77,12 @@ def _cmd_ask(args) -> int:
             report = datasets.folder_cases(images, args.task, per_class=args.per_class)
             for where, why in report.skipped:
                 print(f"skipped {where}: {why}", file=sys.stderr)
-            for notice in report.notices:
-                print(f"note: {notice}", file=sys.stderr)
             cases = list(report.cases)
+            if not cases:  # a plain folder of images: each one with its truth unknown
+                cases = _loose_images(images, args.task)
+            else:
+                for notice in report.notices:
+                    print(f"note: {notice}", file=sys.stderr)
         else:
             return _fail(f"{images} is neither an image file nor a folder")
     except (PresetError, ImageLoadError, ValueError) as exc:
@@ -98,13 +102,30 @@ def _cmd_ask(args) -> int:
                 generation = replace(ex.generation_for(alias), max_new_tokens=args.max_new_tokens)
             rows += ex.grid(case, variants, [alias], args.prompt_style, generation=generation)
         total += len(rows)
-        print(f"== {case.case_id}  label={case.label or 'unknown'}  image={case.image_hash[:12]}")
+        print(f"== {case.case_id}  ({case.source})  label={case.label or 'unknown'}  image={case.image_hash[:12]}")
         _print_rows(rows, args.answer_width)
         print()
     print(f"{total} answers from {len(models)} models x {len(variants)} prompts x {len(cases)} images "
           f"(store: {args.store})")
     ex.close()
     return 0
+
+
+def _loose_images(folder: Path, task: str) -> list:
+    """The image files directly in a folder (no class subfolders), as unlabelled cases; others are named
+    and skipped."""
+    from . import datasets
+    from .images import ImageLoadError
+
+    cases = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            cases.append(datasets.upload_case(path, task, name=path.name))
+        except (ImageLoadError, ValueError) as exc:
+            print(f"skipped {path.name}: {exc}", file=sys.stderr)
+    if cases:
+        print(f"note: {folder} has no class subfolders: {len(cases)} images with the truth unknown", file=sys.stderr)
+    return cases
 
 
 def _print_rows(rows, width: int) -> None:

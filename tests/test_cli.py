@@ -57,6 +57,22 @@ def test_ask_prints_every_answer_and_verdict(sample_tree, tmp_path, capsys):
     assert again.count("(cached)") == 16
 
 
+def test_ask_on_a_plain_folder_of_images_answers_each_with_the_truth_unknown(tmp_path, capsys):
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("L", (48, 48), 90 * i).save(folder / f"scan_{i}.png")
+    (folder / "readme.png").write_text("not an image")
+    rc = main(["ask", "--task", "pneumonia", "--images", str(folder), "--models", "demo-gemma",
+               "--prompts", "abnormal", "--max-new-tokens", "4", "--store", str(tmp_path / "s.sqlite")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "skipped readme.png: This file is not an image" in captured.err
+    assert "2 images with the truth unknown" in captured.err
+    assert "(upload: scan_0.png)  label=unknown" in captured.out and "(upload: scan_1.png)" in captured.out
+    assert "2 answers from 1 models x 1 prompts x 2 images" in captured.out
+
+
 def test_ask_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["ask", "--task", "pneumonia", "--images", str(tmp_path / "nope")]) == 2
     assert "neither an image file nor a folder" in capsys.readouterr().err
