@@ -140,6 +140,8 @@ def cmd_sweep(args) -> int:
           f"{summary.computed} generated, {summary.errors} errors, {summary.elapsed_s:.1f} s ({summary.status})")
     for model, why in summary.failures.items():
         print(f"  {model}: {why}", file=sys.stderr)
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
     _print_metrics(ex.store, summary.run_id, ex.catalog)
     ex.close()
     return 0 if not summary.failures else 1

@@ -277,6 +277,8 @@ def closed_form_accuracy(answers: Optional[pd.DataFrame], model: str, task: str,
                    & answers["verdict"].notna() & answers["label"].notna()]
     if "prompt_kind" in rows.columns:
         rows = rows[rows["prompt_kind"].fillna("closed") == "closed"]
+    if "custom" in rows.columns:  # the study's wordings only: one a user typed in Compare is not the model's accuracy
+        rows = rows[~rows["custom"].fillna(0).astype(bool)]
     if rows.empty:
         return pd.DataFrame(columns=cols)
     rows = rows.drop_duplicates(["prompt_id", "image_hash"], keep="last").assign(case_id=lambda f: f["image_hash"])

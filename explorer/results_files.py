@@ -47,6 +47,8 @@ def open_results(path: Union[str, Path], catalog=None) -> pd.DataFrame:
         return import_study_results(path, catalog)
     if not path.is_file():
         raise ResultFileError(f"{path}: no such file")
+    if path.suffix.lower() in (".sqlite", ".sqlite3", ".db") and not _is_sqlite(path):
+        raise ResultFileError(f"{path.name}: not an SQLite database (a results store is one)")
     if _is_sqlite(path):
         from .store import Store, StoreError
 

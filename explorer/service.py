@@ -61,6 +61,20 @@ class AnswerView:
     image_hash: str = ""
 
 
+def short_classes(plan, per_class: int) -> list[str]:
+    """One line per task whose classes had fewer images than asked for (a small sample folder)."""
+    found: dict[str, dict[str, set]] = {}
+    for item in plan:
+        found.setdefault(item.task, {}).setdefault(item.case.label or "unlabelled", set()).add(item.case.case_id)
+    notes = []
+    for task, classes in found.items():
+        counts = {label: len(ids) for label, ids in sorted(classes.items())}
+        if any(n < per_class for n in counts.values()):
+            have = ", ".join(f"{n} {label}" for label, n in counts.items())
+            notes.append(f"{task}: only {have} images, fewer than the {per_class} per class asked for")
+    return notes
+
+
 class Explorer(ProbeActions):
     def __init__(
         self,
@@ -313,11 +327,13 @@ class Explorer(ProbeActions):
         self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
         with self._generate_lock:
-            return run_sweep(
+            summary = run_sweep(
                 plan, self.registry.for_model, self.store, batch_size=self.batch_size,
                 progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
                 unload_after=unload_after,
             )
+        summary.notes.extend(short_classes(plan, spec.per_class))
+        return summary
 
     def make_judge(self):
         """The preset's LLM judge: an endpoint named after the judge model, else OpenAI's API."""
@@ -366,7 +382,13 @@ class Explorer(ProbeActions):
         """
         if not uploaded:
             self.policy.check_server_path(path)
-        return results_files.open_results(path, self.catalog)
+            return results_files.open_results(path, self.catalog)
+        try:
+            return results_files.open_results(path, self.catalog)
+        except (ValueError, OSError) as exc:
+            # An upload lives in a server temp folder: name the user's file, not where the server keeps it.
+            text = str(exc).replace(str(Path(path).parent) + os.sep, "").replace(str(Path(path).parent), "")
+            raise ValueError(text) from None
 
     @staticmethod
     def disagreements(frame: pd.DataFrame) -> pd.DataFrame:

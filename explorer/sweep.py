@@ -53,6 +53,7 @@ class SweepSummary:
     elapsed_s: float = 0.0
     status: str = "running"  # finished | cancelled
     failures: dict[str, str] = field(default_factory=dict)  # model alias -> why all its items failed
+    notes: list[str] = field(default_factory=list)  # what the user should know, e.g. fewer images than asked
 
     @property
     def done(self) -> int:

@@ -97,6 +97,14 @@ def test_sweep_metrics_export_import_round_trip(sample_tree, tmp_path, capsys):
     assert main(args) == 0
     assert "24 planned, 24 from the store, 0 generated" in capsys.readouterr().out
 
+    # Asking for more images than the folder has says so, and runs what there is.
+    more = list(args)
+    more[more.index("--per-class") + 1] = "5"
+    assert main(more) == 0
+    captured = capsys.readouterr()
+    assert "24 planned, 24 from the store" in captured.out
+    assert "note: pneumonia: only 2 negative, 2 positive images, fewer than the 5 per class asked for" in captured.err
+
     assert main(["metrics", "--store", str(store_path), "--cells"]) == 0
     assert "Per prompt:" in capsys.readouterr().out
 

@@ -144,3 +144,16 @@ def test_embed_cli_on_samples(samples_dir, tmp_path, monkeypatch, capsys):
     coords = pd.read_csv(out)
     assert len(coords) == 8 and set(coords["label"]) == {"negative", "positive"}
     assert E.features_path_for(tmp_path / "s.sqlite").exists()
+
+
+def test_the_models_own_accuracy_counts_the_studys_wordings_not_ones_a_user_typed():
+    import pandas as pd
+
+    from explorer.embeddings import closed_form_accuracy
+
+    rows = [dict(model="m", task="pneumonia", image_hash=f"h{i}", case_id=f"c{i}", label="positive", prompt_id=pid,
+                 prompt_family=pid, verdict=verdict, prompt_kind="closed", custom=custom)
+            for i in range(4)
+            for pid, verdict, custom in (("abnormal", "positive", 0), ("custom_1", "negative", 1))]
+    out = closed_form_accuracy(pd.DataFrame(rows), "m", "pneumonia", [f"h{i}" for i in range(4)])
+    assert list(out["prompt_id"]) == ["abnormal"] and out["accuracy"].iloc[0] == 1.0

@@ -79,3 +79,22 @@ def test_open_results_refuses_what_it_cannot_read_with_the_file_name(tmp_path, c
         open_results(bad)
     with pytest.raises(ResultFileError, match="no such file"):
         open_results(tmp_path / "missing.csv")
+
+
+def test_an_uploaded_file_that_cannot_be_read_is_named_without_the_server_folder(tmp_path):
+    from explorer.service import Explorer
+
+    upload_dir = tmp_path / "gradio" / "6fb9056defece50"
+    upload_dir.mkdir(parents=True)
+    bad = upload_dir / "garbage.csv"
+    bad.write_text('a,b\n"unterminated\n')
+    fake_store = upload_dir / "results.sqlite"
+    fake_store.write_text("not a database")
+    ex = Explorer("demo", store_path=tmp_path / "s.sqlite")
+    try:
+        for path, why in ((bad, "garbage.csv"), (fake_store, "results.sqlite: not an SQLite database")):
+            with pytest.raises(ValueError) as info:
+                ex.open_results(str(path), uploaded=True)
+            assert why in str(info.value) and str(upload_dir) not in str(info.value)
+    finally:
+        ex.close()

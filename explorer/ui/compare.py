@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
@@ -63,14 +64,16 @@ class CompareHandlers:
         return case, case.image, case_caption(case), "", None, "unknown"
 
     def retarget(self, task: str, label: str, case):
-        """The same image under another task or ground-truth label."""
+        """The same image under another ground-truth label, or under another task. A new task resets the
+        truth to unknown: a label belongs to its task (a tumour-positive MRI is not pneumonia-positive)."""
         if case is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         if case.task == task:
             case = dataclasses.replace(case, label=_label(label))
-        else:
-            case = self.shared.get().case_from_upload(case.image, task, _label(label), name=case.meta.get("name"))
-        return case, case_caption(case)
+            return case, case_caption(case), gr.skip()
+        name = case.meta.get("name") or Path(case.source).name  # a sample keeps its file name
+        case = self.shared.get().case_from_upload(case.image, task, None, name=name)
+        return case, case_caption(case), "unknown"
 
     def task_changed(self, task: str):
         variants = self.shared.get().variants(task)
@@ -86,7 +89,8 @@ class CompareHandlers:
             source = file or (case.image if case is not None else None)
             if source is None:
                 raise ValueError("Upload an image or pick an example first.")
-            case = ex.case_from_upload(source, task, _label(label))
+            # The radio's truth belonged to the old task when the image came from another one.
+            case = ex.case_from_upload(source, task, _label(label) if case is None else None)
         return case
 
     def run(self, file, task, label, prompt, variant_id, models, style, case, last):
@@ -116,7 +120,7 @@ class CompareHandlers:
     def _stream(self, ex, case, variant, models, style, last):
         pairs = ex.models_in_pairs()
         describe = variant.kind == "describe"
-        heading = f"{variant.prompt_id}{' (edited)' if variant.custom else ''}: {variant.text}"
+        heading = f"{variant.prompt_id}{' (edited)' if variant.custom else ''}: {render.shorten(variant.text)}"
         partial: dict[str, str] = {}
         yield render.cards(pairs, models, {}, partial, heading, describe), gr.skip(), render.notice("Running…", "info"), gr.skip()
         job = Background(lambda emit: ex.ask(case, variant, models, style, on_text=lambda a, t: emit((a, t))))
@@ -191,9 +195,9 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State) -> dict
                     api_visibility="private")
     upload.upload(h.upload, [upload, task, label, case_state], [case_state, preview, caption, status, upload, label],
                   api_visibility="private")
-    label.input(h.retarget, [task, label, case_state], [case_state, caption], api_visibility="private")
+    label.input(h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private")
     task.input(h.task_changed, [task], [variant, prompt], api_visibility="private").then(
-        h.retarget, [task, label, case_state], [case_state, caption], api_visibility="private")
+        h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private")
     variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private")
     run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last]
     outputs = [cards, answers, status, last]

@@ -132,7 +132,7 @@ class GridHandlers:
         if view is None:
             return render.notice("No answer in this cell yet.", "info")
         title = f"{view.title} · {prompt_id}"
-        return (f'<div class="vx-cards-heading">{render.escape(view.prompt_text)}</div>'
+        return (f'<div class="vx-cards-heading">{render.escape(render.shorten(view.prompt_text))}</div>'
                 + render.answer_card(alias, title, view.role, view))
 
 

@@ -201,13 +201,19 @@ def model_table(statuses: Iterable[Any], titles: Mapping[str, str]) -> str:
     )
 
 
+def shorten(text: str, limit: int = 300) -> str:
+    """A prompt as a heading: long ones (up to the 20,000-character limit) would push the answers off screen."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + f"… ({len(text):,} characters)"
+
+
 def case_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Every answer stored for one case: prompts (rows) x models (columns), verdict-coloured; hover for text."""
     if not rows:
         return '<div class="vx-empty">Select a row of the table to see every answer for its case.</div>'
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     prompts = list(dict.fromkeys(str(r["prompt_id"]) for r in rows))
-    text_of = {str(r["prompt_id"]): str(r.get("prompt_text") or "") for r in rows}
+    text_of = {str(r["prompt_id"]): shorten(r.get("prompt_text") or "") for r in rows}
     cell = {(str(r["prompt_id"]), str(r["model"])): r for r in rows}
     head = "".join(f'<th class="vx-col">{escape(m)}</th>' for m in models)
     body = []

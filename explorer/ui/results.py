@@ -124,7 +124,7 @@ class ResultsHandlers:
         table = render.case_table(rows.to_dict("records"))
         detail = ""
         if row is not None:
-            detail = (f'<div class="vx-cards-heading">{render.escape(str(row.get("prompt_text") or row["prompt_id"]))}</div>'
+            detail = (f'<div class="vx-cards-heading">{render.escape(render.shorten(row.get("prompt_text") or row["prompt_id"]))}</div>'
                       f'<div class="vx-card"><div class="vx-badges">{render.verdict_badge(row.get("verdict"))}'
                       f'<span class="vx-title">{render.escape(str(row["model"]))}</span></div>'
                       f'<div class="vx-answer">{render.escape(str(row.get("error") or row.get("answer") or ""))}</div></div>')

@@ -154,6 +154,8 @@ class SweepHandlers:
             if summary.failures else render.notice(
                 "Cancelled: press Resume to finish it." if summary.cancelled else "Sweep finished.",
                 "info" if summary.cancelled else "ok")
+        if summary.notes:
+            note += render.notice(" ".join(f"{n}." for n in summary.notes), "info")
         try:
             figures = self.charts(ex, frame, cells)
         except Exception as exc:  # charts are a view; a failure must not hide the table
