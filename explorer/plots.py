@@ -138,8 +138,11 @@ class ModelStyle:
 
     @property
     def tick(self) -> str:
-        """Compact two-line column label for heatmaps: the alias (as the app's grid shows it) and the role."""
-        return f"{self.model}<br>{self.role}" if self.role else self.model
+        """Compact column label for heatmaps: the alias (as the app's grid shows it) and the role. A long
+        alias breaks after its first hyphen ("demo-<br>medgemma"): four columns share half a page."""
+        head, sep, rest = self.model.partition("-")
+        alias = f"{head}-<br>{rest}" if len(self.model) > 10 and sep and rest else self.model
+        return f"{alias}<br>{self.role}" if self.role else alias
 
     @property
     def legend(self) -> str:

@@ -153,10 +153,10 @@ class Explorer(ProbeActions):
             if hasattr(backend, "load"):
                 backend.load(alias)
 
-    def unload_model(self, alias: str) -> None:
+    def unload_model(self, alias: str) -> bool:
+        """True when the model was in memory and is not now."""
         backend = self.registry.for_model(alias)
-        if hasattr(backend, "unload"):
-            backend.unload(alias)
+        return bool(backend.unload(alias)) if hasattr(backend, "unload") else False
 
     # ------------------------------------------------------------ cases and prompts
     def task_choices(self) -> list[tuple[str, str]]:

@@ -73,8 +73,12 @@ class ModelHandlers:
         try:
             if not alias:
                 raise ValueError("Choose a model first.")
-            (ex.load_model if action == "load" else ex.unload_model)(alias)
-            note = render.notice(f"{alias}: {action}ed.", "ok")
+            if action == "load":
+                ex.load_model(alias)
+                note = render.notice(f"{alias}: loaded.", "ok")
+            else:
+                note = render.notice(f"{alias}: unloaded.", "ok") if ex.unload_model(alias) \
+                    else render.notice(f"{alias} was not loaded; nothing to unload.", "info")
         except Exception as exc:
             msg = user_message(exc)
             gr.Warning(msg)

@@ -50,7 +50,7 @@ def verdict_badge(verdict: Optional[str]) -> str:
 
 def correctness(correct: Optional[bool], label: Optional[str]) -> str:
     if correct is None:
-        why = "label unknown" if not label else "no answer to score"
+        why = "the truth is unknown" if not label else "neither yes nor no (a refusal, hedge or unclear answer), so neither right nor wrong"
         return f'<span class="vx-mark vx-unscored" title="{why}">not scored</span>'
     if correct:
         return f'<span class="vx-mark vx-right" title="truth: {escape(label or "")}">&#10003; correct</span>'
@@ -192,13 +192,19 @@ def model_table(statuses: Iterable[Any], titles: Mapping[str, str]) -> str:
         f'<td>{escape(titles.get(s.alias, ""))}</td>'
         f'<td><span class="vx-state vx-state-{escape(s.state)}">{escape(s.state)}</span></td>'
         f'<td>{escape(s.reason)}</td><td>{escape(s.source or "")}</td>'
-        f'<td>{"" if s.size_gb is None else f"{s.size_gb:.1f} GB"}</td></tr>'
+        f'<td class="vx-nowrap">{_size(s.size_gb)}</td></tr>'
         for s in statuses
     )
     return (
         '<table class="vx-table" id="model-status"><thead><tr><th>alias</th><th>model</th><th>state</th>'
         f"<th>why</th><th>source</th><th>size</th></tr></thead><tbody>{rows}</tbody></table>"
     )
+
+
+def _size(size_gb) -> str:
+    if size_gb is None:
+        return ""
+    return f"{size_gb * 1000:.0f} MB" if size_gb < 0.1 else f"{size_gb:.1f} GB"
 
 
 def shorten(text: str, limit: int = 300) -> str:
