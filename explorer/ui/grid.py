@@ -159,10 +159,13 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, style: 
             rerun = gr.Button("Run this row", elem_id="run-row")
 
     outputs = [table, flips, status, state, row]
-    run.click(gpu()(h.run_all), [case_state, models, style, state], outputs, api_name="grid",
-              concurrency_id="gpu")
-    rerun.click(gpu()(h.edit_row), [row, wording, style, state], outputs, api_name="grid_row",
-                concurrency_id="gpu")
+    def click_a_cell():  # the open answer may belong to a row that just changed
+        return render.notice("Click a cell to read the full answer.", "info")
+
+    for button, handler, inputs, name in ((run, h.run_all, [case_state, models, style, state], "grid"),
+                                          (rerun, h.edit_row, [row, wording, style, state], "grid_row")):
+        button.click(click_a_cell, None, [detail], api_visibility="private")
+        button.click(gpu()(handler), inputs, outputs, api_name=name, concurrency_id="gpu")
     row.input(h.pick_row, [row, state], [wording], api_visibility="private")
     table.click(h.cell, [state], [detail], api_visibility="private")
     return {"caption": caption, "shown": h.shown}
