@@ -136,7 +136,9 @@ class ResultsHandlers:
         for rec in cases.head(GALLERY_MAX).to_dict("records"):
             image = self._image(ex, rec["task"], rec.get("image_hash"))
             if image is not None:
-                items.append((image, f"{rec['kind']}: {rec.get('models') or rec['case_id']}"))
+                # What differs first: a thumbnail shows about a dozen characters of its caption.
+                what = f"base≠medical ×{rec['n']}" if rec["kind"] == "pair" else f"flips ×{rec['n']} · {rec['models']}"
+                items.append((image, what))
                 keys.append((rec["task"], rec["case_id"]))
         note = render.notice(f"{len(cases)} cases where base and medical disagree or the wording flips the answer; "
                              f"{len(items)} shown (at most {GALLERY_MAX}, those whose image this app can find). "
