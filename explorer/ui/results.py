@@ -140,7 +140,7 @@ class ResultsHandlers:
                 what = f"base≠medical ×{rec['n']}" if rec["kind"] == "pair" else f"flips ×{rec['n']} · {rec['models']}"
                 items.append((image, what))
                 keys.append((rec["task"], rec["case_id"]))
-        note = render.notice(f"{len(cases)} cases where base and medical disagree or the wording flips the answer; "
+        note = render.notice(f"{len(cases)} case{'' if len(cases) == 1 else 's'} where base and medical disagree or the wording flips the answer; "
                              f"{len(items)} shown (at most {GALLERY_MAX}, those whose image this app can find). "
                              "Click one to open it above.", "info")
         return items, note, keys
