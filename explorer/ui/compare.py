@@ -8,7 +8,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from . import render
-from .context import Background, SharedExplorer, gpu, user_message
+from .context import Background, SharedExplorer, gpu, user_message, warn
 
 LABELS = ["unknown", "negative", "positive"]
 
@@ -42,7 +42,7 @@ class CompareHandlers:
         try:
             cases = self.shared.get().example_cases(task)
         except Exception as exc:  # a broken samples folder must not break the tab
-            gr.Warning(f"Examples unavailable: {user_message(exc)}")
+            warn(f"Examples unavailable: {user_message(exc)}")
             cases = []
         return [(c.image, c.label or "label unknown") for c in cases]
 
@@ -59,7 +59,7 @@ class CompareHandlers:
             case = self.shared.get().case_from_upload(path, task, None)
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             return gr.skip(), gr.skip(), gr.skip(), render.notice(msg), None, gr.skip()
         return case, case.image, case_caption(case), "", None, "unknown"
 
@@ -112,7 +112,7 @@ class CompareHandlers:
                 raise ValueError("Choose at least one model.")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield gr.skip(), gr.skip(), render.notice(msg), gr.skip()
             return
         yield from self._stream(ex, case, variant, models, style, last)
@@ -132,7 +132,7 @@ class CompareHandlers:
             views = job.result()
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             previous = self.render_last(ex, last)
             yield previous, gr.skip(), render.notice(msg), gr.skip()
             return

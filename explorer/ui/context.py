@@ -135,6 +135,13 @@ class Background:
         return self._result
 
 
+def warn(message: str) -> None:
+    """A toast for a refusal or failure; the tab's status line keeps the message after the toast goes."""
+    import gradio as gr
+
+    gr.Warning(message, duration=6)
+
+
 def user_message(exc: BaseException) -> str:
     """What to show for an exception: our own ValueErrors carry user-facing text already."""
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError, PermissionError)):

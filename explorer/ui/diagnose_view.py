@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from . import render
-from .context import Background, SharedExplorer, gpu, user_message
+from .context import Background, SharedExplorer, gpu, user_message, warn
 from .embeddings_tab import bar
 
 COMPARE_CASE = "__compare__"
@@ -100,7 +100,7 @@ class DiagnoseHandlers:
             options = ex.diagnoser_options()
             runs = _runs_choices(ex.description_runs())
         except Exception as exc:
-            gr.Warning(user_message(exc))
+            warn(user_message(exc))
             return gr.skip(), gr.skip(), gr.skip()
         choices = [("the image open in Compare", COMPARE_CASE)] + cases
 
@@ -134,7 +134,7 @@ class DiagnoseHandlers:
                 raise ValueError("Choose at least one diagnosis template.")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield gr.skip(), render.notice(msg), gr.skip()
             return
         yield bar("dx-case-progress", 0, 0, "descriptions", "running"), render.notice(""), gr.skip()
@@ -149,7 +149,7 @@ class DiagnoseHandlers:
             result = job.result()
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield bar("dx-case-progress", last[1], last[2], msg, "failed"), render.notice(msg), gr.skip()
             return
         s = result.summary
@@ -170,7 +170,7 @@ class DiagnoseHandlers:
                 raise ValueError("Choose at least one model and one task.")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         cancel = threading.Event()
@@ -197,7 +197,7 @@ class DiagnoseHandlers:
             result = bg.result()
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             ended = "cancelled" if cancel.is_set() else "failed"
             yield (bar("dx-sweep-progress", last[1], last[2], msg, ended), render.notice(msg), gr.skip(),
                    gr.skip(), gr.skip(), gr.update(choices=_runs_choices(ex.description_runs())), {"cancel": None})

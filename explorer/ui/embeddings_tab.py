@@ -14,7 +14,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from . import render
-from .context import Background, SharedExplorer, gpu, user_message
+from .context import Background, SharedExplorer, gpu, user_message, warn
 
 SOURCES = [("sample images", "samples"), ("those with stored answers", "answered")]
 NOISE_NOTE = ("demo-* models have random weights: their features are noise, so any separation here (and the "
@@ -81,7 +81,7 @@ class EmbeddingHandlers:
         self.shared = shared
 
     def _fail(self, msg: str, progress=None):
-        gr.Warning(msg)
+        warn(msg)
         return (progress if progress is not None else gr.skip(), render.notice(msg), gr.skip(), gr.skip(),
                 gr.skip(), gr.skip())
 

@@ -7,7 +7,7 @@ import gradio as gr
 
 from . import render
 from .compare import case_caption
-from .context import Background, SharedExplorer, gpu, user_message
+from .context import Background, SharedExplorer, gpu, user_message, warn
 
 NEW_ROW = "__new__"
 # Clicking a cell sends its "prompt_id|alias" key to Python; the rest of the table is plain HTML.
@@ -46,11 +46,11 @@ class GridHandlers:
         ex = self.shared.get()
         if case is None:
             msg = "Pick an image in the Compare tab first."
-            gr.Warning(msg)
+            warn(msg)
             yield gr.skip(), gr.skip(), render.notice(msg), gr.skip(), gr.skip()
             return
         if not models:
-            gr.Warning("Choose at least one model.")
+            warn("Choose at least one model.")
             yield gr.skip(), gr.skip(), render.notice("Choose at least one model."), gr.skip(), gr.skip()
             return
         variants = [v for v in ex.variants(case.task) if v.kind == "closed"]
@@ -83,7 +83,7 @@ class GridHandlers:
             note = render.notice(f"{len(state['views'])} cells for {state['case'].source}.", "ok")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             note = render.notice(msg)
             if not landed and previous is not None:
                 table, flips = self._render(ex, previous, set())
@@ -114,7 +114,7 @@ class GridHandlers:
                 raise ValueError(f"That wording is already the row {variant.prompt_id}.")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield gr.skip(), gr.skip(), render.notice(msg), gr.skip(), gr.skip()
             return
         previous, state = state, dict(state, variants=list(state["variants"]), views=dict(state["views"]))

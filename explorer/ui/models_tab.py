@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from . import render
-from .context import SharedExplorer, user_message
+from .context import SharedExplorer, user_message, warn
 
 
 def endpoints_html(ex) -> str:
@@ -81,7 +81,7 @@ class ModelHandlers:
                     else render.notice(f"{alias} was not loaded; nothing to unload.", "info")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             note = render.notice(msg)
         table, _, _ = self.refresh()
         return table, note

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from . import render
-from .context import SharedExplorer, user_message
+from .context import SharedExplorer, user_message, warn
 
 FILTERS = ("model", "task", "prompt_id", "verdict")
 SHOW = ["model", "task", "case_id", "label", "prompt_id", "verdict", "answer"]
@@ -54,7 +54,7 @@ class ResultsHandlers:
 
     def _fail(self, exc: BaseException):
         msg = user_message(exc)
-        gr.Warning(msg)
+        warn(msg)
         return (gr.skip(),) * 5 + (gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def open_store(self):

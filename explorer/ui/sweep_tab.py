@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from . import render
-from .context import Background, SharedExplorer, gpu, user_message
+from .context import Background, SharedExplorer, gpu, user_message, warn
 
 METRIC_COLUMNS = ["model", "task", "prompt_id", "n", "accuracy", "accuracy_all", "f1_all", "refusal_rate",
                   "sensitivity", "specificity"]
@@ -63,7 +63,7 @@ class SweepHandlers:
                 raise ValueError("Choose at least one model and one task.")
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
         yield from self._execute(ex, spec, previous=state)
@@ -72,7 +72,7 @@ class SweepHandlers:
         ex = self.shared.get()
         if not state or state.get("spec") is None:
             msg = "Nothing to resume yet: run a sweep first."
-            gr.Warning(msg)
+            warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
         yield from self._execute(ex, state["spec"], previous=state)
@@ -119,7 +119,7 @@ class SweepHandlers:
             summary = bg.result()
         except Exception as exc:
             msg = user_message(exc)
-            gr.Warning(msg)
+            warn(msg)
             run_id = latest["info"].get("run_id")
             if not started:  # refused before anything ran: the previous sweep stays as it was
                 yield (render.progress(0, 0, msg, "failed"), render.notice(msg), gr.skip(),
@@ -159,7 +159,7 @@ class SweepHandlers:
         try:
             figures = self.charts(ex, frame, cells)
         except Exception as exc:  # charts are a view; a failure must not hide the table
-            gr.Warning(f"Charts unavailable: {user_message(exc)}")
+            warn(f"Charts unavailable: {user_message(exc)}")
             figures = []
         figures = list(figures) + [None] * (N_CHARTS - len(figures))
         files = [gr.update(value=p, interactive=True) for p in write_exports(ex, summary.run_id)]
