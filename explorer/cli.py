@@ -137,7 +137,8 @@ def _print_rows(rows, width: int) -> None:
         text = f"ERROR: {r.error}" if r.error else r.answer.replace("\n", " ").strip() or "(empty)"
         lines = textwrap.wrap(text, width) if width > 0 else [text]
         cached = " (cached)" if r.cached else ""
-        print(f"{r.prompt_id:<16} {r.model:<15} {r.verdict:<9} {ok:<3} {lines[0]}{cached}")
+        verdict = "error" if r.error else r.verdict  # a failed request is not the model being unclear
+        print(f"{r.prompt_id:<16} {r.model:<15} {verdict:<9} {ok:<3} {lines[0]}{cached}")
         for line in lines[1:]:
             print(f"{'':<46}{line}")
 
