@@ -16,12 +16,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 
+from . import datasets
 from . import describe as D
 from . import embeddings as E
 from .schema import Case
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
-CASE_SOURCES = ("samples", "answered")
+CASE_SOURCES = ("samples", "answered", "huggingface")
 
 
 @dataclass
@@ -214,15 +215,21 @@ class ProbeActions:
 
     # ------------------------------------------------------------ embeddings
     def embedding_cases(self, task: str, source: str = "samples") -> list[Case]:
-        """The task's sample images ("samples"), or those the store holds closed-form answers for
-        ("answered": probe and model compared on exactly the cases the model answered)."""
+        """The task's sample images ("samples"), those the store holds closed-form answers for
+        ("answered": probe and model compared on exactly the cases the model answered), or the study's
+        embedding sample from its Hugging Face dataset ("huggingface")."""
         self.catalog.task(task)
         if source not in CASE_SOURCES:
             raise ValueError(f"Unknown case source {source!r}; choose one of {', '.join(CASE_SOURCES)}.")
+        if source == "huggingface":  # the study's own embedding sample (300 per class; downloads the dataset)
+            settings = self.preset.embeddings
+            report = datasets.embedding_cases(task, per_class=settings.per_class, seed=settings.seed,
+                                              frontal_only=settings.frontal_only)
+            return list(report.cases)
         cases = list(self.example_cases(task))
         if not cases:
             raise ValueError(f"No sample images for task {task!r}: start the app with --samples DIR "
-                             "(a folder with class subfolders per task).")
+                             "(a folder with class subfolders per task), or use the study's Hugging Face sample.")
         if source == "answered":
             rows = self.store.fetch_all("SELECT DISTINCT image_hash FROM answers WHERE task = ? AND "
                                         "prompt_kind = 'closed' AND error IS NULL", (task,))
@@ -259,6 +266,7 @@ class ProbeActions:
             raise ValueError("Choose at least one model.")
         self.policy.check_models(models)
         cases = list(cases) if cases is not None else self.embedding_cases(task, source)
+        self.policy.check_sweep(len(cases) * len(models))  # one forward pass per image and model
         if len(cases) < 3:
             raise ValueError(f"t-SNE needs at least 3 images; {task} has {len(cases)}.")
         if ask_verdicts and verdict_prompt:

@@ -225,3 +225,33 @@ def test_app_has_the_probe_tabs(samples, tmp_path):
     demo = build_demo(AppSettings(preset="demo", samples_dir=samples, store_path=tmp_path / "a.sqlite"))
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"tab-embeddings", "emb-run", "emb-plot", "tab-diagnose", "dx-run-case", "dx-metrics"} <= ids
+
+
+def test_the_studys_hugging_face_embedding_sample_is_a_case_source(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from explorer import datasets
+    from explorer.public import PolicyError
+    from explorer.service import Explorer
+
+    asked = {}
+
+    def fake_sample(task, per_class, seed, frontal_only):
+        asked.update(task=task, per_class=per_class, seed=seed)
+        return SimpleNamespace(cases=[f"case{i}" for i in range(2 * per_class)])
+
+    monkeypatch.setattr(datasets, "embedding_cases", fake_sample)
+    ex = Explorer("paper", store_path=tmp_path / "s.sqlite")
+    try:
+        assert len(ex.embedding_cases("pneumonia", "huggingface")) == 600
+        assert asked == {"task": "pneumonia", "per_class": 300, "seed": 42}  # the study's sample
+    finally:
+        ex.close()
+    # A public Space bounds it like a sweep: one forward pass per image and model.
+    monkeypatch.setenv("EXPLORER_PUBLIC_MAX_SWEEP_ITEMS", "100")
+    ex = Explorer("paper", store_path=tmp_path / "p.sqlite", public=True)
+    try:
+        with pytest.raises(PolicyError, match="1,200 answers"):
+            ex.embedding_probe("pneumonia", ["llava", "llava-med"], source="huggingface")
+    finally:
+        ex.close()

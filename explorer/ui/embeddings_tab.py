@@ -16,7 +16,8 @@ import gradio as gr
 from . import render
 from .context import Background, SharedExplorer, gpu, user_message, warn
 
-SOURCES = [("sample images", "samples"), ("those with stored answers", "answered")]
+SOURCES = [("sample images", "samples"), ("those with stored answers", "answered"),
+           ("the study's sample (Hugging Face, 300 per class)", "huggingface")]
 NOISE_NOTE = ("demo-* models have random weights: their features are noise, so any separation here (and the "
               "probe's accuracy) is chance, not knowledge.")
 PERPLEXITY_NOTE = ("t-SNE perplexity was lowered for this small set (it must stay below the number of images / 3); "
