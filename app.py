@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from explorer.presets import PresetError
+from explorer.presets import PresetError, load_catalog
 from explorer.ui.context import AppSettings
-from explorer.ui.layout import build_demo, launch_kwargs
+from explorer.ui.layout import build_demo, launch_kwargs, random_weights
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -53,7 +53,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     print(f"preset {settings.preset}; samples {settings.samples_dir or 'none'}; store {settings.store_path}"
           + ("; public mode" if settings.public else ""))
-    if settings.preset == "demo":
+    catalog = load_catalog()
+    if random_weights(catalog, catalog.study(settings.preset)):
         print("NOTE: the offline demo models have RANDOM WEIGHTS: their answers are noise. "
               "Use --preset paper on a machine that reaches the Hugging Face Hub for the study's models.")
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(settings))

@@ -276,7 +276,8 @@ def add_import(sub) -> None:
 def cmd_import(args) -> int:
     from .exports import import_answers
     from .store import Store, StoreError
-    from .study_import import ResultFileError, import_study_results, read_answers_file
+    from .results_files import open_results
+    from .study_import import ResultFileError
 
     try:
         store = Store(args.store)
@@ -286,10 +287,7 @@ def cmd_import(args) -> int:
     for raw in args.paths:
         path = Path(raw)
         try:
-            if path.is_dir() or path.name.endswith("_vqa_results.csv"):
-                frame = import_study_results(path)
-            else:
-                frame = read_answers_file(path)
+            frame = open_results(path)  # a store, an export, or the study's CSVs (a file or its folder)
             added, existing = import_answers(store, frame, origin=str(path.resolve()))
         except (ResultFileError, ValueError, OSError) as exc:
             return _fail(str(exc))

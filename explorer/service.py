@@ -18,11 +18,12 @@ from . import datasets, prompts, results_files
 from .availability import Availability, model_availability
 from .backends.registry import BackendRegistry, load_endpoints
 from .presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
+from .local_cases import is_upload
 from .public import PublicPolicy
 from .schema import Case, GenerationSettings, PromptVariant
 from .service_probes import ProbeActions
 from .store import Store
-from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep
+from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep, short_classes
 
 DEFAULT_STORE = Path("runs") / "explorer.sqlite"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,20 +60,6 @@ class AnswerView:
     task: str = ""
     case_id: str = ""
     image_hash: str = ""
-
-
-def short_classes(plan, per_class: int) -> list[str]:
-    """One line per task whose classes had fewer images than asked for (a small sample folder)."""
-    found: dict[str, dict[str, set]] = {}
-    for item in plan:
-        found.setdefault(item.task, {}).setdefault(item.case.label or "unlabelled", set()).add(item.case.case_id)
-    notes = []
-    for task, classes in found.items():
-        counts = {label: len(ids) for label, ids in sorted(classes.items())}
-        if any(n < per_class for n in counts.values()):
-            have = ", ".join(f"{n} {label}" for label, n in counts.items())
-            notes.append(f"{task}: only {have} images, fewer than the {per_class} per class asked for")
-    return notes
 
 
 class Explorer(ProbeActions):
@@ -372,7 +359,7 @@ class Explorer(ProbeActions):
         they are other visitors' images, not this visitor's to see."""
         frame = self.answers_frame()
         if self.policy.enabled and len(frame):
-            frame = frame[~frame["case_id"].astype(str).str.contains(":upload:", regex=False)].reset_index(drop=True)
+            frame = frame[~frame["case_id"].map(is_upload)].reset_index(drop=True)
         return frame
 
     def open_results(self, path: str | Path, uploaded: bool = False) -> pd.DataFrame:

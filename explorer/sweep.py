@@ -231,6 +231,20 @@ def plan_hash(items: Sequence[SweepItem]) -> str:
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def short_classes(plan, per_class: int) -> list[str]:
+    """One line per task whose classes had fewer images than asked for (a small sample folder)."""
+    found: dict[str, dict[str, set]] = {}
+    for item in plan:
+        found.setdefault(item.task, {}).setdefault(item.case.label or "unlabelled", set()).add(item.case.case_id)
+    notes = []
+    for task, classes in found.items():
+        counts = {label: len(ids) for label, ids in sorted(classes.items())}
+        if any(n < per_class for n in counts.values()):
+            have = ", ".join(f"{n} {label}" for label, n in counts.items())
+            notes.append(f"{task}: only {have} images, fewer than the {per_class} per class asked for")
+    return notes
+
+
 def describe_plan(items: Sequence[SweepItem]) -> tuple[dict, dict]:
     """(plan, manifest) as stored with the run: what was asked, and exactly which cases."""
     models = list(dict.fromkeys(it.model for it in items))

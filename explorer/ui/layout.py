@@ -24,11 +24,16 @@ def header(preset) -> str:
     )
 
 
+def random_weights(catalog, preset) -> bool:
+    """Whether any model of the preset is an offline demo model (its answers are noise)."""
+    return any(catalog.model(a).is_demo for a in preset.models)
+
+
 def build_demo(settings: AppSettings) -> gr.Blocks:
     catalog = load_catalog()
     preset = catalog.study(settings.preset)
     shared = SharedExplorer(settings)
-    noise = any(catalog.model(a).is_demo for a in preset.models)
+    noise = random_weights(catalog, preset)
     with gr.Blocks(title=TITLE) as demo:
         gr.HTML(header(preset), js_on_load=None)
         gr.HTML(render.banner(noise), js_on_load=None, elem_id="banner-box")
