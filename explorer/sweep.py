@@ -1,9 +1,11 @@
 """Plan the cross product (models x tasks x cases x prompts) and run it into the results store.
 
-The work is ordered model-major (one model loaded at a time), then by image, so a backend can reuse an
-image's encoding across its prompts. Each answer is committed before the next item is judged and
-stored, so a cancelled or killed sweep loses at most one batch and resumes where it stopped: a
-deterministic request already answered is served from the store, never generated again.
+The plan is ordered model-major, then by image, so a backend can reuse an image's encoding across its
+prompts. Stored answers are served first; the rest go to one work queue (scheduler.py) that every
+backend pulls from at once (a local model its batches, an endpoint up to its max_concurrency), and
+the judge runs as its own stage. Each answer is committed as soon as it is judged, so a cancelled or
+killed sweep loses at most the units in flight and resumes where it stopped: a deterministic request
+already answered is served from the store, never generated again.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from . import prompts as prompt_lib
+from .judge import JUDGE_ERROR, JudgeError, needs_rejudge, stored_judge_failed
 from .presets import Catalog, PresetError, PromptSelection, StudyPreset
+from .generation_gates import GenerationGates
 from .requests import build_request
+from .scheduler import Unit, lane_shape, run_units
 from .schema import Case, GenerationSettings, PromptVariant, Request, Response, Verdict, request_fingerprint
 from .store import Store, answer_row, polarity_of, variant_from_row, verdict_columns
 from .verdicts import parse_verdict
@@ -291,9 +296,9 @@ def verdicts_for(triples: Sequence[tuple[str, PromptVariant, str]], judge: Any =
     """Verdicts of (answer, variant, task key) triples: rules, or the judge when given; None for
     description prompts.
 
-    A judge with judge_many gets the whole batch in one call. A judge that fails gives "unclear"
-    verdicts saying why (the study counts a failed judgement as a refusal); the answers are kept,
-    and `rejudge` can judge them again later.
+    A judge with judge_many gets the whole batch in one call. A judge that fails gives a JudgeError
+    (stored as verdict NULL with the reason, never a refusal); the answers are kept, and the next
+    sweep or `rejudge(only_failed=True)` judges them again.
     """
     out: list[Optional[Verdict]] = [None] * len(triples)
     closed = [i for i, (_, variant, _) in enumerate(triples) if variant.kind == "closed"]
@@ -314,7 +319,7 @@ def verdicts_for(triples: Sequence[tuple[str, PromptVariant, str]], judge: Any =
         try:
             out[i] = one(*triples[i])
         except Exception as exc:  # noqa: BLE001 - any judge failure is recorded, never fatal
-            out[i] = Verdict("unclear", method=_judge_name(judge), detail=f"judge failed: {type(exc).__name__}: {exc}")
+            out[i] = JudgeError(method=_judge_name(judge), detail=f"{JUDGE_ERROR}{type(exc).__name__}: {exc}")
     return out
 
 
@@ -370,8 +375,10 @@ class _Runner:
     def serve_cached(self, item: SweepItem, row: dict) -> None:
         self.store.link_run_item(self.run_item(item), row["id"], cached=True)
         self.summary.cached += 1
-        if self.judge is not None and item.variant.kind == "closed" and row.get("verdict_method") != _judge_name(self.judge):
-            # A sweep run with a judge reports that judge's verdicts, also for answers made earlier.
+        if self.judge is not None and item.variant.kind == "closed" and (
+                row.get("verdict_method") != _judge_name(self.judge) or stored_judge_failed(row)):
+            # A sweep run with a judge reports that judge's verdicts, also for answers made earlier;
+            # a judgement that failed before is tried again, never served as if it were one.
             verdict = verdicts_for([(row.get("answer") or "", variant_from_row(row), row["task"])], self.judge)[0]
             self.store.update_verdict(row["id"], verdict)
             row = self.store.get(row["id"])
@@ -415,15 +422,21 @@ def run_sweep(
     on_text: Optional[Callable[[str, str], None]] = None,
     only_errors: bool = False,
     unload_after: bool = False,
+    gates: Optional[GenerationGates] = None,
 ) -> SweepSummary:
     """Answer every planned item once, into the store; resumable.
 
     backends: one Backend, or a function alias -> Backend. judge: an object with
     .judge(answer, variant, task) (or such a callable); without one, closed-form answers are parsed
-    by the rules. cancel is checked between batches; a cancelled run is marked "cancelled", and the
-    same plan run again (without run_id) resumes that run: only missing items are generated.
+    by the rules. Stored answers are served first, without passing any gate; the rest go to one work
+    queue (see scheduler.py) that every backend pulls from at once, and the judge runs as its own
+    stage over finished answers. cancel is checked before each unit of work; a cancelled run is
+    marked "cancelled", and the same plan run again (without run_id) resumes that run: only missing
+    items are generated.
     only_errors: run only the items whose stored answer is an error (see retry_errors).
     unload_after: unload each model when its items are done (when the backend can).
+    gates: the per-device / per-model generation limits shared with other sweeps (default: one
+    generation per device and per model, for this sweep alone).
     on_item(item, row) sees every finished item with its stored row and row["cached"].
     on_text(model_alias, text_so_far) receives streamed text when the backend streams.
     """
@@ -460,20 +473,10 @@ def run_sweep(
 
     status = "failed"
     try:
-        cancelled = False
-        for alias in dict.fromkeys(it.model for it in items):
-            group = [it for it in items if it.model == alias]
-            if alias in failures:
-                for item in group:
-                    runner.fail_unstored(item, failures[alias])
-                continue
-            if not _run_model(group, alias, backend_of[alias], identity_of[alias], fingerprints, runner,
-                              batch_size, cancel, failures):
-                cancelled = True
-                break
-            if unload_after and hasattr(backend_of[alias], "unload"):
-                backend_of[alias].unload(alias)
-        status = "cancelled" if cancelled else "finished"
+        work = _serve_stored(items, failures, fingerprints, runner)
+        skipped = _generate_rest(work, backend_of, identity_of, fingerprints, runner, batch_size, cancel,
+                                 failures, gates or GenerationGates(), unload_after)
+        status = "cancelled" if skipped else "finished"
     except BaseException:
         status = "interrupted"
         raise
@@ -485,76 +488,103 @@ def run_sweep(
     return summary
 
 
-def _run_model(group, alias, backend, identity, fingerprints, runner: _Runner, batch_size, cancel, failures) -> bool:
-    """One model's items; False when cancelled."""
+def _serve_stored(items, failures, fingerprints, runner: _Runner) -> dict[str, list[list[SweepItem]]]:
+    """Serve every item the store already answers; returns the rest by model as groups of twins (the
+    same deterministic request twice, e.g. a duplicate image, is generated once for the group)."""
     store = runner.store
-    backend_name = str(getattr(backend, "name", type(backend).__name__))
-    pending: list[SweepItem] = []
-
-    def flush() -> bool:
-        if not pending:
-            return True
-        if cancel is not None and cancel.is_set():
-            return False
-        batch = list(pending)
-        pending.clear()
-        _generate_batch(batch, alias, backend, backend_name, identity, fingerprints, runner, failures)
-        return True
-
-    for item in group:
+    work: dict[str, list[list[SweepItem]]] = {}
+    twins_of: dict[str, list[SweepItem]] = {}
+    for item in items:
+        if item.key not in fingerprints:  # its backend gave no identity
+            runner.fail_unstored(item, failures[item.model])
+            continue
         fp = fingerprints[item.key]
-        hit = store.lookup(fp) if item.request.generation.deterministic else store.lookup_in_run(runner.summary.run_id, fp)
+        deterministic = item.request.generation.deterministic
+        hit = store.lookup(fp) if deterministic else store.lookup_in_run(runner.summary.run_id, fp)
         if hit is not None:
             runner.serve_cached(item, hit)
             continue
-        pending.append(item)
-        if len(pending) >= batch_size and not flush():
-            return False
-    return flush()
+        if deterministic and fp in twins_of:
+            twins_of[fp].append(item)
+            continue
+        group = [item]
+        if deterministic:
+            twins_of[fp] = group
+        work.setdefault(item.model, []).append(group)
+    return work
 
 
-def _generate_batch(batch, alias, backend, backend_name, identity, fingerprints, runner: _Runner, failures) -> None:
-    store = runner.store
-    # The same deterministic request twice in one batch (a duplicate image) is generated once.
-    unique: dict[str, SweepItem] = {}
-    to_generate: list[SweepItem] = []
-    for item in batch:
-        fp = fingerprints[item.key]
-        if item.request.generation.deterministic:
-            if fp in unique:
-                continue
-            unique[fp] = item
-        to_generate.append(item)
+def _generate_rest(work, backend_of, identity_of, fingerprints, runner: _Runner, batch_size, cancel,
+                   failures, gates: GenerationGates, unload_after: bool) -> list:
+    """Everything not in the store, through the scheduler; returns the units a cancel left undone."""
+    shapes = {alias: lane_shape(backend_of[alias], alias, batch_size) for alias in work}
+    units = []
+    for alias, groups in work.items():
+        size = shapes[alias].unit_size
+        units += [Unit(alias, groups[s:s + size]) for s in range(0, len(groups), size)]
+    left = {alias: sum(1 for u in units if u.alias == alias) for alias in work}
 
-    if alias in failures:
-        responses = [Response(error=failures[alias]) for _ in to_generate]
-    else:
+    def generate(unit: Unit) -> list:
+        alias, backend = unit.alias, backend_of[unit.alias]
+        requests = [group[0].request for group in unit.items]
+        if alias in failures:
+            return [Response(error=failures[alias]) for _ in requests]
         try:
-            responses = backend.generate([it.request for it in to_generate], on_text=_text_callback(runner.on_text, alias))
-            if len(responses) != len(to_generate):
-                raise RuntimeError(f"backend returned {len(responses)} answers for {len(to_generate)} requests")
+            responses = backend.generate(requests, on_text=_text_callback(runner.on_text, alias))
+            if len(responses) != len(requests):
+                raise RuntimeError(f"backend returned {len(responses)} answers for {len(requests)} requests")
+            return responses
         except Exception as exc:  # noqa: BLE001 - a backend that raises fails this model's items, stored as errors
             failures[alias] = _error_text(exc)
-            responses = [Response(error=failures[alias]) for _ in to_generate]
+            return [Response(error=failures[alias]) for _ in requests]
 
-    ok = [i for i, r in enumerate(responses) if r.ok]
-    judged = verdicts_for([(responses[i].text, to_generate[i].variant, to_generate[i].task) for i in ok], runner.judge)
-    verdicts: list[Optional[Verdict]] = [None] * len(responses)
+    def judge_unit(unit: Unit) -> list[Optional[Verdict]]:
+        return _verdicts_of(unit, runner.judge)
+
+    def handle(unit: Unit, judged: Any) -> None:
+        verdicts = judged if isinstance(judged, list) else _verdicts_of(unit, None if judged is None else _FailedJudge(judged, runner.judge))
+        backend_name = str(getattr(backend_of[unit.alias], "name", type(backend_of[unit.alias]).__name__))
+        identity = identity_of[unit.alias]
+        # Committed one by one, in order: a kill from here on loses only the items not yet written.
+        for group, response, verdict in zip(unit.items, unit.responses, verdicts):
+            first = group[0]
+            runner.store_result(first, fingerprints[first.key], identity, backend_name, response, verdict)
+            for twin in group[1:]:
+                hit = runner.store.lookup(fingerprints[twin.key])
+                if hit is not None:
+                    runner.serve_cached(twin, hit)
+                else:  # the request failed: its error stands for the twin too
+                    runner.store_result(twin, fingerprints[twin.key], identity, backend_name,
+                                        Response(error="the same request failed earlier in this batch"))
+        left[unit.alias] -= 1
+        backend = backend_of[unit.alias]
+        if unload_after and not left[unit.alias] and hasattr(backend, "unload"):
+            backend.unload(unit.alias)
+
+    if not units:
+        return []
+    return run_units(units, shapes, generate, handle, gates, cancel,
+                     judge=judge_unit if runner.judge is not None else None)
+
+
+class _FailedJudge:
+    """Stands in for a judge whose whole group failed, so each item records why."""
+
+    def __init__(self, exc: BaseException, judge: Any):
+        self.exc, self.name = exc, _judge_name(judge)
+
+    def judge(self, *_args: Any) -> Verdict:
+        raise self.exc
+
+
+def _verdicts_of(unit: Unit, judge: Any) -> list[Optional[Verdict]]:
+    """Verdicts for a unit's answers (None for errors and description prompts), in the unit's order."""
+    ok = [i for i, r in enumerate(unit.responses) if r.ok]
+    judged = verdicts_for([(unit.responses[i].text, unit.items[i][0].variant, unit.items[i][0].task) for i in ok], judge)
+    verdicts: list[Optional[Verdict]] = [None] * len(unit.responses)
     for i, verdict in zip(ok, judged):
         verdicts[i] = verdict
-    # Committed one by one, in order: a kill from here on loses only the items not yet written.
-    for item, response, verdict in zip(to_generate, responses, verdicts):
-        runner.store_result(item, fingerprints[item.key], identity, backend_name, response, verdict)
-    generated = {id(it) for it in to_generate}
-    for item in batch:
-        if id(item) in generated:
-            continue
-        hit = store.lookup(fingerprints[item.key])
-        if hit is not None:
-            runner.serve_cached(item, hit)
-        else:  # its twin failed: the twin's error stands for it too
-            runner.store_result(item, fingerprints[item.key], identity, backend_name,
-                                Response(error="the same request failed earlier in this batch"))
+    return verdicts
 
 
 def _text_callback(on_text: Optional[Callable[[str, str], None]], alias: str):
@@ -576,6 +606,7 @@ def rejudge(
     judge_fn: Any = None,
     filters: Optional[dict[str, Any]] = None,
     *,
+    only_failed: bool = False,
     batch_size: int = 16,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[threading.Event] = None,
@@ -585,11 +616,14 @@ def rejudge(
     judge_fn: an LLM judge (.judge(answer, variant, task) and optionally .judge_many) or such a
     callable; None re-applies the rule-based parser (e.g. after improving it). filters: as
     Store.answers_frame (run_id included). Judged batch_size at a time; each verdict is committed
-    as soon as its batch is judged, so an interrupted re-judge keeps its progress.
+    as soon as its batch is judged, so an interrupted re-judge keeps its progress. only_failed: just
+    the LLM judgements that failed or came back AMBIGUOUS (judge.needs_rejudge).
     """
     todo, seen = [], set()
     for row in store.answers(include_errors=False, **(filters or {})):
         # With run_id, one answer can serve several items; it is judged once.
+        if only_failed and not needs_rejudge(row):
+            continue
         if row["id"] not in seen and (row.get("prompt_kind") or "closed") == "closed":
             seen.add(row["id"])
             todo.append(row)
