@@ -62,6 +62,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--endpoints", help="YAML of OpenAI-compatible endpoints per model alias "
                    "(default: $EXPLORER_ENDPOINTS)")
     p.add_argument("--retry-errors", action="store_true", help="re-run only the items whose answer is an error")
+    p.add_argument("--rejudge", action="store_true",
+                   help="generate nothing: send again only the stored LLM judgements that failed or said AMBIGUOUS")
     p.add_argument("--unload-after", action="store_true", help="unload each model when its items are done")
     local = p.add_argument_group("local models (transformers)")
     local.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when available)")
@@ -125,6 +127,8 @@ def cmd_sweep(args) -> int:
         bar.refresh()
 
     cancel = threading.Event()
+    if args.rejudge:
+        return _rejudge(ex, spec, progress, cancel, bar)
     try:
         summary = ex.sweep(spec, progress=progress, cancel=cancel, retry_errors=args.retry_errors,
                            unload_after=args.unload_after)
@@ -142,9 +146,49 @@ def cmd_sweep(args) -> int:
         print(f"  {model}: {why}", file=sys.stderr)
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
+    judge_failed = _print_judge_outcomes(ex.store.answers(run_id=summary.run_id)) if spec.judge else 0
     _print_metrics(ex.store, summary.run_id, ex.catalog)
     ex.close()
-    return 0 if not summary.failures else 1
+    return 0 if not summary.failures and not judge_failed else 1
+
+
+def _print_judge_outcomes(rows) -> int:
+    """Say how the LLM judge did; returns how many judgements failed (they are not refusals)."""
+    from .judge import judge_outcomes
+
+    counts = judge_outcomes(rows)
+    print(f"judge: {counts['judged']} judged ({counts['ambiguous']} AMBIGUOUS), {counts['failed']} failed")
+    if counts["failed"]:
+        print(f"error: {counts['failed']} judgements failed (left out of the metrics, not counted as refusals); "
+              "fix the judge's endpoint or key and run the same command with --rejudge", file=sys.stderr)
+    return counts["failed"]
+
+
+def _rejudge(ex, spec, progress, cancel, bar) -> int:
+    """Re-send exactly the failed and AMBIGUOUS LLM judgements of the selected models and tasks."""
+    from .judge import needs_rejudge
+    from .sweep import rejudge
+
+    filters = {"model": list(spec.models), "task": list(spec.tasks)}
+    try:
+        judge = ex.make_judge()
+        todo = [r for r in ex.store.answers(include_errors=False, **filters) if needs_rejudge(r)]
+        done = rejudge(ex.store, judge, filters, only_failed=True, progress=progress, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        bar.close()
+        ex.close()
+        return _fail("interrupted: judgements made so far are stored; run the same command again", 130)
+    except ValueError as exc:
+        bar.close()
+        ex.close()
+        return _fail(str(exc))
+    bar.close()
+    ids = {r["id"] for r in todo}
+    print(f"rejudged {done} of {len(ids)} failed or AMBIGUOUS judgements")
+    failed = _print_judge_outcomes([r for r in ex.store.answers(include_errors=False, **filters) if r["id"] in ids])
+    ex.close()
+    return 0 if not failed else 1
 
 
 # ------------------------------------------------------------------ metrics

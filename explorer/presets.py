@@ -190,10 +190,16 @@ class PromptSelection(_Strict):
 
 
 class JudgeSpec(_Strict):
+    """The LLM judge (explorer/judge.py says how its budget, outcomes and prompt sets work)."""
+
     method: Literal["rules", "llm"] = "rules"
     backend: str = "openai"
     model: str = "gpt-5"
-    send_temperature: bool = False
+    send_temperature: bool = False  # reasoning models (gpt-5...) never get one, whatever this says
+    prompts: Literal["study", "explorer"] = "explorer"  # study: the authors' judge prompts, verbatim
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None  # None: "medium"
+    max_output_tokens: Optional[int] = Field(None, ge=1, le=128_000)  # None: 25,000 for reasoning models, else 16
+    retries: int = Field(2, ge=0, le=10)  # extra attempts for a failed judgement
 
 
 class DescribeRunSpec(_Strict):

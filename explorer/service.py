@@ -325,7 +325,7 @@ class Explorer(ProbeActions):
     def make_judge(self):
         """The preset's LLM judge: an endpoint named after the judge model, else OpenAI's API."""
         from .backends.openai_backend import EndpointConfig, OpenAIBackend
-        from .judge import LLMJudge
+        from .judge import LLMJudge, judge_endpoint, judge_generation
 
         spec = self.preset.judge
         endpoint = self.registry.endpoints.get(spec.model) or EndpointConfig(
@@ -337,8 +337,12 @@ class Explorer(ProbeActions):
                 f"The LLM judge ({spec.model}) needs the environment variable {endpoint.api_key_env}; "
                 "set it, or run with rule-based verdicts (--no-judge)."
             )
+        # The server's own model name decides whether it reasons (budget, no temperature, effort).
+        endpoint = judge_endpoint(endpoint, endpoint.model, spec.reasoning_effort)
         tokens = {key: task.judge_tokens for key, task in self.catalog.tasks.items()}
-        return LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens)
+        return LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens,
+                        generation=judge_generation(endpoint.model, spec.max_output_tokens),
+                        prompts=spec.prompts, retries=spec.retries)
 
     def _cases_from_folder(self) -> bool:
         return self.preset.cases.source == "folder" or self.samples_dir is not None

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from explorer.judge import (
-    AMBIGUOUS, JUDGE_FAILED, JUDGE_GENERATION, JudgeTokens, LLMJudge, is_judge_failure, read_judgement,
+    AMBIGUOUS, JUDGE_ERROR, JUDGE_GENERATION, JudgeError, JudgeTokens, LLMJudge, is_judge_failure, read_judgement,
 )
 from explorer.schema import PromptVariant, Response
 
@@ -54,6 +54,7 @@ class ScriptedBackend:
 
 def make_judge(*script, **kwargs) -> tuple[LLMJudge, ScriptedBackend]:
     backend = ScriptedBackend(*script)
+    kwargs.setdefault("retries", 0)  # one scripted reply per judgement (retries: tests/test_judge_study.py)
     return LLMJudge(backend, "gpt-5", TOKENS, **kwargs), backend
 
 
@@ -68,15 +69,13 @@ def test_request_carries_rules_prompt_and_response():
         assert needed in text
     assert 'a "yes" means NO_TUMOR' in text  # the prompt's polarity, spelled out
     assert text.index(NORMAL_Q.text) < text.index(answer)
-    # One text-only user turn, greedy, 16 tokens, temperature 0, to the judge model.
+    # One text-only user turn, greedy, to the judge model; gpt-5 reasons, so its budget is large.
     assert request.model == "gpt-5"
     assert len(request.messages) == 1 and request.messages[0]["role"] == "user"
     assert request.image_hashes() == []
-    assert request.generation == JUDGE_GENERATION
-    assert (request.generation.max_new_tokens, request.generation.do_sample, request.generation.temperature) == (
-        16, False, 0.0)
+    assert (request.generation.max_new_tokens, request.generation.do_sample) == (25_000, False)
     assert verdict.label == "negative"
-    assert verdict.method == "judge:gpt-5"
+    assert verdict.method == f"judge:gpt-5|{judge.prompt_id}" and judge.prompt_id.startswith("explorer@")
     assert verdict.span is None and verdict.evidence == ""
 
 
@@ -85,6 +84,7 @@ def test_multiple_choice_polarity_is_spelled_out_and_can_be_left_out():
     judge.judge("B", MC_NEG_FIRST, "brain_tumor")
     assert 'option A ("No tumor") means NO_TUMOR and option B ("Tumor") means TUMOR' in backend.batches[0][0].text()
     plain = LLMJudge(backend, "gpt-5", TOKENS, polarity_hints=False)
+    assert plain.method != judge.method  # another wording is another judge: cached verdicts are redone
     plain.judge("B", MC_NEG_FIRST, "brain_tumor")
     assert "means" not in backend.batches[1][0].text()
     assert MC_NEG_FIRST.text in backend.batches[1][0].text()
@@ -97,12 +97,12 @@ def test_multiple_choice_polarity_is_spelled_out_and_can_be_left_out():
         ("brain_tumor", "NO_TUMOR", "negative"),
         ("brain_tumor", "no tumor", "negative"),
         ("brain_tumor", "NO-TUMOR.", "negative"),
-        ("brain_tumor", "AMBIGUOUS", "refusal"),
+        ("brain_tumor", "AMBIGUOUS", "hedge"),
         ("brain_tumor", "**TUMOR**", "positive"),
         ("brain_tumor", "Classification: NO_TUMOR", "negative"),
         ("pneumonia", "POSITIVE", "positive"),
         ("pneumonia", "Negative", "negative"),
-        ("pneumonia", " ambiguous \n", "refusal"),
+        ("pneumonia", " ambiguous \n", "hedge"),
         ("skin_cancer", "MALIGNANT", "positive"),
         ("skin_cancer", "BENIGN", "negative"),
         ("histo_idc", "Benign.", "negative"),
@@ -113,7 +113,7 @@ def test_judge_output_mapping(task, output, label):
     verdict = judge.judge("some answer", EVIDENCE_Q, task)
     assert verdict.label == label
     assert not is_judge_failure(verdict)
-    assert verdict.detail.startswith("judge answered")
+    assert verdict.detail.startswith(f"{AMBIGUOUS}: judge answered" if label == "hedge" else "judge answered")
 
 
 @pytest.mark.parametrize(
@@ -128,25 +128,25 @@ def test_judge_output_mapping(task, output, label):
         ("POSITIVELY", "unreadable"),
     ],
 )
-def test_junk_judge_output_is_a_failed_refusal(output, why):
+def test_junk_judge_output_is_a_judge_error_not_a_verdict(output, why):
     judge, _ = make_judge(output)
     verdict = judge.judge("Yes.", EVIDENCE_Q, "pneumonia")
-    assert verdict.label == "refusal"
-    assert verdict.detail.startswith(JUDGE_FAILED) and why in verdict.detail
+    assert isinstance(verdict, JudgeError) and verdict.label is None
+    assert verdict.detail.startswith(JUDGE_ERROR) and why in verdict.detail
     assert is_judge_failure(verdict)
 
 
-def test_backend_error_response_is_a_failed_refusal():
+def test_backend_error_response_is_a_judge_error():
     judge, _ = make_judge(Response(error="HTTP 400: temperature is not supported with this model"))
     verdict = judge.judge("Yes.", EVIDENCE_Q, "pneumonia")
-    assert verdict.label == "refusal"
-    assert verdict.detail == JUDGE_FAILED + "HTTP 400: temperature is not supported with this model"
+    assert verdict.label is None
+    assert verdict.detail == JUDGE_ERROR + "HTTP 400: temperature is not supported with this model"
 
 
 def test_backend_exception_fails_the_whole_batch_without_raising():
     judge, _ = make_judge(ConnectionError("endpoint unreachable"))
     verdicts = judge.judge_many([("Yes.", EVIDENCE_Q, "pneumonia"), ("No.", NORMAL_Q, "brain_tumor")])
-    assert [v.label for v in verdicts] == ["refusal", "refusal"]
+    assert [v.label for v in verdicts] == [None, None]
     assert all("ConnectionError: endpoint unreachable" in v.detail and is_judge_failure(v) for v in verdicts)
 
 
@@ -164,17 +164,17 @@ def test_batch_is_one_call_in_order_and_skips_what_needs_no_judge():
     judge, backend = make_judge("NEGATIVE", "MALIGNANT", "AMBIGUOUS")
     items = [
         ("No.", EVIDENCE_Q, "pneumonia"),
-        ("   ", EVIDENCE_Q, "pneumonia"),  # empty: a refusal without a call
+        ("   ", EVIDENCE_Q, "pneumonia"),  # empty: nothing to judge, no call
         ("B) Tumor", MC_NEG_FIRST, "skin_cancer"),
         ("The image shows a round lesion.", DESCRIBE, "skin_cancer"),  # descriptions are not judged
         ("Hard to say.", NORMAL_Q, "histo_idc"),
     ]
     verdicts = judge.judge_many(items)
     assert len(backend.batches) == 1 and len(backend.batches[0]) == 3
-    assert [v.label for v in verdicts] == ["negative", "refusal", "positive", "unclear", "refusal"]
+    assert [v.label for v in verdicts] == ["negative", "unclear", "positive", "unclear", "hedge"]
     assert "judge not called" in verdicts[1].detail and not is_judge_failure(verdicts[1])
     assert "Hard to say." in backend.batches[0][2].text()
-    assert all(v.method == "judge:gpt-5" for v in verdicts)
+    assert all(v.method == judge.method for v in verdicts)
     assert verdicts[0].correct("negative") is True
     assert verdicts[4].correct("negative") is None
 
@@ -208,9 +208,11 @@ def test_bad_tokens_are_rejected(bad):
 def test_identity_names_judge_backend_template_and_settings():
     judge, _ = make_judge()
     ident = judge.identity()
-    assert ident["method"] == "judge:gpt-5"
+    assert ident["method"] == judge.method and ident["prompts"] == judge.prompt_id
     assert ident["backend"] == {"backend": "scripted", "model": "gpt-5"}
-    assert ident["generation"]["max_new_tokens"] == 16 and ident["template"]
+    assert ident["generation"]["max_new_tokens"] == 25_000
+    local = LLMJudge(ScriptedBackend(), "llama-3-8b", TOKENS)  # not a reasoning model: a short budget
+    assert local.identity()["generation"] == JUDGE_GENERATION.as_dict()
 
 
 def test_read_judgement_does_not_count_positive_inside_negative_token():
@@ -232,6 +234,6 @@ def test_presets_tokens_fit_the_judge():
     judge = LLMJudge(backend, "gpt-5", tokens)
     for key in tokens:
         variant = closed_variants(catalog, key)[0]
-        assert judge.judge("Maybe.", variant, key).label == "refusal"
+        assert judge.judge("Maybe.", variant, key).label == "hedge"
     texts = [batch[0].text() for batch in backend.batches]
     assert "NO_TUMOR" in texts[0] and "NEGATIVE" in texts[1] and "BENIGN" in texts[2] and "BENIGN" in texts[3]

@@ -264,14 +264,29 @@ def test_a_batch_judge_gets_each_batch_in_one_call(catalog, store):
     assert len(fallback.calls) == 12  # one call each after the batch call failed
 
 
-def test_a_failing_judge_gives_unclear_not_a_crash(catalog, store):
+def test_a_failing_judge_is_a_judge_error_not_a_refusal_and_is_judged_again(catalog, store):
     def broken(answer, variant, task):
         raise TimeoutError("judge timed out")
 
-    summary = run_sweep(small_plan(catalog, n_cases=1)[:2], FakeBackend(), store, judge=broken)
+    broken.method = "judge:gpt-5"
+    plan = small_plan(catalog, n_cases=1)[:2]
+    summary = run_sweep(plan, FakeBackend(), store, judge=broken)
     assert summary.computed == 2
-    frame = store.answers_frame(catalog=catalog)
-    assert set(frame["verdict"]) == {"unclear"} and frame["verdict_detail"].str.contains("judge timed out").all()
+    rows = store.answers()
+    # No verdict (metrics leave it out), the reason kept, and not a refusal.
+    assert [r["verdict"] for r in rows] == [None, None]
+    assert all(r["verdict_detail"] == "judge error: TimeoutError: judge timed out" for r in rows)
+    # The same sweep with a working judge (same method name) sends the failed judgements again.
+    calls = []
+
+    def working(answer, variant, task):
+        calls.append(answer)
+        return Verdict("positive", method="judge:gpt-5", detail="judge answered POSITIVE")
+
+    working.method = "judge:gpt-5"  # the same judge as before: only the failure makes it ask again
+    summary = run_sweep(plan, FakeBackend(), store, judge=working)
+    assert summary.cached == 2 and len(calls) == 2
+    assert [r["verdict"] for r in store.answers()] == ["positive", "positive"]
 
 
 def test_description_prompts_are_answered_without_a_verdict(catalog, store):
