@@ -6,11 +6,12 @@ Nothing here needs a model, so the Results tab works on a machine that cannot ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import pandas as pd
 
-from .study_import import ResultFileError, import_study_results, read_answers_file
+from .bounded_read import ReadBudget, ReadLimits, read_sqlite_answers
+from .study_import import ResultFileError, import_study_results, read_answers_file, validate_answers
 
 DISAGREEMENT_COLUMNS = ["task", "case_id", "image_hash", "label", "kind", "models", "n"]
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -37,29 +38,41 @@ def _is_study_csv(path: Path) -> bool:
     return "judgment" in header and "verdict" not in header
 
 
-def open_results(path: Union[str, Path], catalog=None) -> pd.DataFrame:
+def open_results(path: Union[str, Path], catalog=None, limits: Optional[ReadLimits] = None) -> pd.DataFrame:
     """Any results file as an answers frame; a folder is read as the study code's output folder.
 
-    Raises ResultFileError (a ValueError) with the file name and the problem.
+    Every format is read within `limits` (bounded_read: size, rows, memory, time, cancel; the
+    defaults when None). Raises ResultFileError (a ValueError) with the file name and the problem.
     """
     path = Path(path)
+    budget = (limits or ReadLimits()).start()
     if path.is_dir():
-        return import_study_results(path, catalog)
+        return import_study_results(path, catalog, budget)
     if not path.is_file():
         raise ResultFileError(f"{path}: no such file")
     if path.suffix.lower() in (".sqlite", ".sqlite3", ".db") and not _is_sqlite(path):
         raise ResultFileError(f"{path.name}: not an SQLite database (a results store is one)")
     if _is_sqlite(path):
-        from .store import Store, StoreError
-
-        try:
-            with Store(path) as store:
-                return store.answers_frame(catalog=catalog)
-        except StoreError as exc:
-            raise ResultFileError(f"{path.name}: {exc}") from None
+        return _store_answers(path, catalog, budget)
     if _is_study_csv(path):
-        return import_study_results(path, catalog)
-    return read_answers_file(path)
+        return import_study_results(path, catalog, budget)
+    return read_answers_file(path, budget)
+
+
+def _store_answers(path: Path, catalog, budget: ReadBudget) -> pd.DataFrame:
+    """A results store's answers, read-only and bounded, with pair and role from the catalog."""
+    from .store import SCHEMA_VERSION
+
+    frame = read_sqlite_answers(path, budget, SCHEMA_VERSION)
+    if catalog is None:
+        from .presets import load_catalog
+
+        catalog = load_catalog()
+    specs = getattr(catalog, "models", {})
+    models = frame["model"] if "model" in frame.columns else []
+    frame["pair"] = [getattr(specs.get(m), "pair", None) for m in models]
+    frame["role"] = [getattr(specs.get(m), "role", None) for m in models]
+    return validate_answers(frame, path.name)
 
 
 def _reading(verdict) -> str:

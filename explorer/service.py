@@ -16,10 +16,14 @@ import pandas as pd
 
 from . import datasets, prompts, results_files
 from .availability import Availability, model_availability
+from .bounded_read import ReadLimits, public_limits
+from .backends.base import LOCAL_DEVICE
 from .backends.registry import BackendRegistry, load_endpoints
 from .presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
 from .local_cases import is_upload
+from .generation_gates import GenerationGates
 from .public import PublicPolicy
+from .running_sweeps import RunningSweeps, SweepHandle
 from .schema import Case, GenerationSettings, PromptVariant
 from .service_probes import ProbeActions
 from .store import Store
@@ -73,9 +77,12 @@ class Explorer(ProbeActions):
         endpoints: Optional[dict] = None,
         batch_size: int = 12,
         backend_options: Optional[dict] = None,
+        gpu_concurrency: int = 1,
+        model_concurrency: int = 1,
     ):
         """backend_options go to the local transformers backend: device, dtype, reuse, memory_budget,
-        quantization (see TransformersBackend)."""
+        quantization (see TransformersBackend). gpu_concurrency: generate calls at once on the local
+        device; model_concurrency: at once per model (endpoints use their own max_concurrency)."""
         self.catalog = catalog or load_catalog()
         self.preset = preset if isinstance(preset, StudyPreset) else self.catalog.study(preset)
         self.samples_dir = Path(samples_dir) if samples_dir else None
@@ -88,9 +95,13 @@ class Explorer(ProbeActions):
         self.registry = BackendRegistry(
             self.catalog, endpoints if endpoints is not None else load_endpoints(), **(backend_options or {})
         )
-        # Models are shared by every session; one generation at a time keeps memory bounded and
-        # answers deterministic. Gradio's queue limits concurrency above this too.
-        self._generate_lock = threading.Lock()
+        # Models are shared by every session. There is no app-wide lock: stored answers never wait,
+        # and generation is bounded per device and per model (memory), from the settings.
+        self.gates = GenerationGates(gpu_concurrency, model_concurrency)
+        # The probes (embeddings, a local diagnoser) hold one slot of the local device.
+        self._generate_lock = self.gates.device(LOCAL_DEVICE)
+        # App sweeps by visitor: a reload finds its sweep again; public mode runs one per visitor.
+        self.app_sweeps = RunningSweeps(per_owner=1 if self.policy.enabled else None)
         self._examples: dict[str, list[Case]] = {}
 
     # ------------------------------------------------------------ models
@@ -136,7 +147,7 @@ class Explorer(ProbeActions):
     def load_model(self, alias: str) -> None:
         self.policy.check_models([alias])
         backend = self.registry.for_model(alias)
-        with self._generate_lock:
+        with self.gates.for_model(alias, LOCAL_DEVICE):
             if hasattr(backend, "load"):
                 backend.load(alias)
 
@@ -240,11 +251,10 @@ class Explorer(ProbeActions):
             if on_cell:
                 on_cell(view)
 
-        with self._generate_lock:
-            run_sweep(
-                plan, self.registry.for_model, self.store, batch_size=self.batch_size,
-                on_item=finished, on_text=on_text,
-            )
+        run_sweep(
+            plan, self.registry.for_model, self.store, batch_size=self.batch_size,
+            on_item=finished, on_text=on_text, gates=self.gates,
+        )
         order = {(v.prompt_id, m): i for i, (v, m) in enumerate((v, m) for v in variants for m in models)}
         return sorted(views, key=lambda v: order.get((v.prompt_id, v.model), 0))
 
@@ -313,14 +323,36 @@ class Explorer(ProbeActions):
         plan = plan_from_spec(self.catalog, spec, self._case_loader)
         self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
-        with self._generate_lock:
-            summary = run_sweep(
-                plan, self.registry.for_model, self.store, batch_size=self.batch_size,
-                progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
-                unload_after=unload_after,
-            )
+        summary = run_sweep(
+            plan, self.registry.for_model, self.store, batch_size=self.batch_size,
+            progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
+            unload_after=unload_after, gates=self.gates,
+        )
         summary.notes.extend(short_classes(plan, spec.per_class))
         return summary
+
+    # ------------------------------------------------------------ app sweeps, by visitor
+    def start_sweep(self, owner: str, spec: SweepSpec, session: Optional[str] = None,
+                    cancel: Optional[threading.Event] = None) -> SweepHandle:
+        """Run `spec` in the background for `owner` (a visitor); follow it with handle.updates() and
+        handle.result(). session: the page following it, whose end cancels it (see end_session)."""
+        return self.app_sweeps.start(
+            owner, lambda progress, stop: self.sweep(spec, progress=progress, cancel=stop),
+            spec=spec, session=session, cancel=cancel,
+        )
+
+    def running_sweep(self, owner: str) -> Optional[SweepHandle]:
+        """The owner's newest app sweep (handle.snapshot() says how far it is), or None."""
+        return self.app_sweeps.running(owner)
+
+    def attach_sweep(self, owner: str, session: Optional[str]) -> Optional[SweepHandle]:
+        """A reloaded page follows its owner's sweep; the old page's end no longer cancels it."""
+        return self.app_sweeps.attach(owner, session)
+
+    def end_session(self, session: str, grace_s: Optional[float] = None) -> int:
+        """A page closed: the sweeps it followed are cancelled after a grace period (a reload re-attaches
+        first). Returns how many."""
+        return self.app_sweeps.release(session, grace_s)
 
     def make_judge(self):
         """The preset's LLM judge: an endpoint named after the judge model, else OpenAI's API."""
@@ -374,8 +406,11 @@ class Explorer(ProbeActions):
         if not uploaded:
             self.policy.check_server_path(path)
             return results_files.open_results(path, self.catalog)
+        # An upload is read within limits (a public Space's are tight) and as an unchanging file.
+        limits = (public_limits(self.policy.max_upload_bytes) if self.policy.enabled
+                  else replace(ReadLimits(), immutable=True))
         try:
-            return results_files.open_results(path, self.catalog)
+            return results_files.open_results(path, self.catalog, limits)
         except (ValueError, OSError) as exc:
             # An upload lives in a server temp folder: name the user's file, not where the server keeps it.
             text = str(exc).replace(str(Path(path).parent) + os.sep, "").replace(str(Path(path).parent), "")

@@ -17,7 +17,6 @@ raise ResultFileError naming the file, the column and the row (rows count from 1
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
@@ -25,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from .bounded_read import ReadBudget, ReadLimits, ResultFileError, read_csv_text, read_json_records, read_parquet
 from .metrics import ANSWER_COLUMNS
 from .schema import VERDICT_LABELS
 
@@ -50,8 +50,7 @@ _TRUE = {"true", "1", "1.0", "yes"}
 _FALSE = {"false", "0", "0.0", "no"}
 
 
-class ResultFileError(ValueError):
-    """A results file that cannot be read as answers; the message names the file, column and row."""
+__all__ = ["ResultFileError", "import_study_results", "read_answers_file", "read_study_results", "validate_answers"]
 
 
 def _fail(path: Path, message: str, column: Optional[str] = None, row: Optional[int] = None) -> ResultFileError:
@@ -207,16 +206,14 @@ def _model_alias(model_id: str, catalog) -> Optional[str]:
     return None
 
 
-def _read_csv_text(path: Path) -> pd.DataFrame:
+def _budget(budget: Optional[ReadBudget]) -> ReadBudget:
+    return budget if budget is not None else ReadLimits().start()
+
+
+def _read_csv_text(path: Path, budget: Optional[ReadBudget] = None) -> pd.DataFrame:
     if not path.is_file():
         raise _fail(path, "no such file")
-    try:
-        # Every cell as text: an answer that reads "NA" or "None" stays an answer.
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise _fail(path, "the file is empty (no header row)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"not a readable CSV file ({exc})") from None
+    return read_csv_text(path, _budget(budget))
 
 
 def _study_verdict(judgment: str, pred: Optional[int], task, path: Path, row: int) -> str:
@@ -233,7 +230,7 @@ def _study_verdict(judgment: str, pred: Optional[int], task, path: Path, row: in
     return "refusal"  # a judgment the study's parser would not recognise, with pred -1: AMBIGUOUS
 
 
-def read_study_results(path: Union[str, Path], catalog=None) -> pd.DataFrame:
+def read_study_results(path: Union[str, Path], catalog=None, budget: Optional[ReadBudget] = None) -> pd.DataFrame:
     """One `{model}_{task}_vqa_results.csv` of the study as an answers frame (columns OUTPUT_COLUMNS).
 
     Verdicts: pred 1 / 0 -> positive / negative; judgment AMBIGUOUS, ERROR or empty -> refusal (the
@@ -242,10 +239,11 @@ def read_study_results(path: Union[str, Path], catalog=None) -> pd.DataFrame:
     so imported answers line up with the explorer's own sweeps of the same images. Raises
     ResultFileError for missing columns, unknown tasks, prompt types or labels, bad numbers, judgments
     that disagree with pred, duplicated answers, and files with no judgements at all (--no_judge runs).
+    budget: the read limits (bounded_read), shared by the files of one import.
     """
     path = Path(path)
     catalog = _catalog(catalog)
-    raw = _read_csv_text(path)
+    raw = _read_csv_text(path, budget)
     _require_columns(raw, STUDY_COLUMNS, path, "study results file")
     if raw.empty:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
@@ -319,7 +317,8 @@ def _check_unique(frame: pd.DataFrame, path: Union[Path, str]) -> None:
         )
 
 
-def import_study_results(paths: Union[str, Path, Iterable[Union[str, Path]]], catalog=None) -> pd.DataFrame:
+def import_study_results(paths: Union[str, Path, Iterable[Union[str, Path]]], catalog=None,
+                         budget: Optional[ReadBudget] = None) -> pd.DataFrame:
     """Several study result files (or a folder of `*_vqa_results.csv`) as one answers frame.
 
     The study writes the one-word run of a (model, task) to the same file name as the plain run, so
@@ -338,35 +337,29 @@ def import_study_results(paths: Union[str, Path, Iterable[Union[str, Path]]], ca
             files.append(p)
     if not files:
         raise ResultFileError("no study result files given")
-    frames = [read_study_results(f, catalog) for f in files]
+    budget = _budget(budget)
+    frames = [read_study_results(f, catalog, budget) for f in files]
     out = pd.concat([f for f in frames if not f.empty] or frames[:1], ignore_index=True)
     _check_unique(out, ", ".join(map(str, files)) if len(files) <= 3 else f"{len(files)} files")
     return out
 
 
 # ---------------------------------------------------------------- the explorer's own exports
-def _read_records(path: Path) -> pd.DataFrame:
+def _read_records(path: Path, budget: Optional[ReadBudget] = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise _fail(path, "no such file")
+    budget = _budget(budget)
     if suffix == ".csv":
-        return _read_csv_text(path)
+        return read_csv_text(path, budget)
+    if suffix in (".parquet", ".pq"):
+        return read_parquet(path, budget)
+    if suffix not in (".json", ".jsonl", ".ndjson"):
+        raise _fail(path, "unknown file type; use .csv, .parquet, .json (records) or .jsonl")
     try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as fh:
-                records = [json.loads(line) for line in fh if line.strip()]
-        elif suffix == ".json":
-            records = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise _fail(path, "unknown file type; use .csv, .parquet, .json (records) or .jsonl")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({exc})") from None
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ResultFileError):
-            raise
-        raise _fail(path, f"not a readable {suffix} file ({exc})") from None
+        records = read_json_records(path, budget)
+    except OSError as exc:
+        raise _fail(path, f"not a readable {suffix} file ({exc.strerror or exc})") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise _fail(path, "a JSON export must be a list of records (objects), one per answer")
     return pd.DataFrame.from_records(records)
@@ -421,13 +414,14 @@ def validate_answers(frame: pd.DataFrame, path: Union[str, Path] = "<frame>") ->
     return out
 
 
-def read_answers_file(path: Union[str, Path]) -> pd.DataFrame:
+def read_answers_file(path: Union[str, Path], budget: Optional[ReadBudget] = None) -> pd.DataFrame:
     """An answers export of the explorer (CSV, Parquet, JSON records or JSON lines) as an answers frame.
 
     The columns OUTPUT_COLUMNS it has come first, then any other columns of the export as they are.
+    budget: the read limits (bounded_read); the defaults when None.
     """
     path = Path(path)
-    frame = validate_answers(_read_records(path), path)
+    frame = validate_answers(_read_records(path, budget), path)
     if "row_id" in frame.columns:
         frame["row_id"] = pd.array(
             _parse(frame, "row_id", _int_cell, path, "an integer row number", allow_blank=True), dtype="Int64"
