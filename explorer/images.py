@@ -18,7 +18,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -385,3 +385,147 @@ def _voi_output_range(ds) -> tuple[float, float] | None:
         ends = apply_windowing(np.array([-np.inf, np.inf]), ds)  # below / above the window
         return float(ends[0]), float(ends[1])
     return None
+
+
+# ---------------------------------------------------------------------------- DICOM: de-identification and viewing
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM by its magic (a preamble-less file is not recognised here; load_image still reads it)."""
+    return data[128:132] == b"DICM"
+
+
+# PS3.15 Annex E Basic Application Level Confidentiality Profile: attributes that identify the patient or
+# the visit and are not caught by the VR rules below (person names, dates and times go by their VR).
+_IDENTIFYING = (
+    "PatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
+    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "PatientAge", "PatientSize",
+    "PatientWeight", "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
+    "PatientComments", "PatientReligiousPreference", "MilitaryRank", "BranchOfService", "CountryOfResidence",
+    "RegionOfResidence", "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress",
+    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "AdmissionID", "AdmittingDiagnosesDescription",
+    "StudyDescription", "SeriesDescription", "RequestAttributesSequence", "RequestedProcedureID",
+    "PerformedProcedureStepID", "PerformedProcedureStepDescription", "ImageComments", "DerivationDescription",
+    "FrameComments", "OriginalAttributesSequence", "ReferencedPatientSequence", "ReferencedStudySequence",
+    "ProtocolName", "ContentSequence", "CurrentPatientLocation", "PatientInstitutionResidence",
+)
+_IDENTIFYING_VRS = {"PN", "DA", "DT", "TM"}  # person names, dates, times: removed wherever they appear
+_REPLACED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+
+def deidentify_dicom(data: bytes) -> bytes:
+    """The DICOM file re-saved without what identifies the patient (PS3.15 basic profile: names, ids,
+    dates, institution, free-text descriptions, private tags; instance UIDs replaced). The pixels and
+    what a viewer needs (modality, body part, geometry, window) stay. Burned-in text in the pixels is
+    not found: a clinician should not upload such images to a public demo."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise ImageLoadError(f"The DICOM file could not be read ({exc}).") from None
+    ds.remove_private_tags()
+
+    def strip(dataset, element) -> None:
+        if element.VR in _IDENTIFYING_VRS or element.keyword in _IDENTIFYING:
+            del dataset[element.tag]
+
+    ds.walk(strip)
+    new_uids = {}
+    for keyword in _REPLACED_UIDS:
+        if keyword in ds:
+            new_uids[keyword] = generate_uid()
+            setattr(ds, keyword, new_uids[keyword])
+    if "SOPInstanceUID" in new_uids and "MediaStorageSOPInstanceUID" in ds.file_meta:
+        ds.file_meta.MediaStorageSOPInstanceUID = new_uids["SOPInstanceUID"]
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "PS3.15 basic profile subset (explorer)"  # LO: 64 characters at most
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=False)
+    return out.getvalue()
+
+
+# What the viewer shows of a header: the acquisition, never the patient.
+VIEWER_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "Manufacturer",
+                 "PhotometricInterpretation", "Rows", "Columns", "BitsStored", "PixelSpacing", "SliceThickness",
+                 "WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept", "NumberOfFrames")
+
+
+@dataclass(frozen=True)
+class DicomPixels:
+    """A DICOM's first frame as values (after the modality LUT: Hounsfield units for CT) for windowing."""
+
+    values: np.ndarray  # 2-D float32, at most VIEW_MAX_SIDE per side
+    header: dict  # VIEWER_FIELDS present in the file, as text
+    presets: dict  # window name -> (centre, width)
+    invert: bool  # MONOCHROME1: low values are white
+
+
+VIEW_MAX_SIDE = 1024
+# Standard CT windows in Hounsfield units (centre, width).
+CT_WINDOWS = {"lung": (-600.0, 1500.0), "soft tissue": (40.0, 400.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0)}
+
+
+def dicom_pixels(data: bytes) -> Optional["DicomPixels"]:
+    """The first frame of a greyscale DICOM with its viewer header and window presets; None when the bytes
+    are not DICOM or the image is colour (colour needs no windowing)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    if not is_dicom(data):
+        return None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        arr = pixel_array(ds, index=0)
+        if arr.ndim != 2:
+            return None
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    except Exception:  # load_image reports what is wrong with the file; the viewer just stays empty
+        return None
+    step = max(1, int(np.ceil(max(values.shape) / VIEW_MAX_SIDE)))
+    values = np.ascontiguousarray(values[::step, ::step])
+    header = {k: str(ds.get(k)) for k in VIEWER_FIELDS if ds.get(k) not in (None, "")}
+    return DicomPixels(values, header, window_presets(values, ds), str(ds.get("PhotometricInterpretation", "")).upper()
+                       == "MONOCHROME1")
+
+
+def window_presets(values: np.ndarray, ds: Any = None) -> dict[str, tuple[float, float]]:
+    """Windows for this image: the file's own, the full range and the central 98% / 90% of its values
+    (percentiles with numpy), and the standard CT windows for CT."""
+    finite = values[np.isfinite(values)]
+    presets: dict[str, tuple[float, float]] = {}
+    if ds is not None and ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        centre, width = _first_number(ds.WindowCenter), _first_number(ds.WindowWidth)
+        if centre is not None and width is not None and width > 0:
+            presets["the file's window"] = (centre, width)
+    if finite.size:
+        for name, (lo_q, hi_q) in (("full range", (0, 100)), ("central 98%", (1, 99)), ("central 90%", (5, 95))):
+            lo, hi = np.percentile(finite, [lo_q, hi_q])
+            if hi > lo:
+                presets[name] = ((lo + hi) / 2.0, hi - lo)
+    if ds is not None and str(ds.get("Modality", "")).upper() == "CT":
+        presets.update({f"CT {k}": v for k, v in CT_WINDOWS.items()})
+    return presets
+
+
+def _first_number(value: Any) -> Optional[float]:
+    """A DS value or the first of a multi-valued one (a file may list several windows)."""
+    from pydicom.multival import MultiValue
+
+    try:
+        return float(value[0] if isinstance(value, (MultiValue, list, tuple)) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def apply_window(values: np.ndarray, centre: float, width: float, invert: bool = False, zoom: float = 1.0) -> Image.Image:
+    """Greyscale image of the values under a window (centre, width), zoomed about the centre (1 = whole)."""
+    grey = _minmax_uint8(values, centre - width / 2.0, centre + width / 2.0)[0]
+    if invert:
+        grey = 255 - grey
+    if zoom > 1:
+        h, w = grey.shape
+        ch, cw = max(1, int(h / zoom)), max(1, int(w / zoom))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        grey = grey[top:top + ch, left:left + cw]
+    return Image.fromarray(np.ascontiguousarray(grey), "L")

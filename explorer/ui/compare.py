@@ -1,16 +1,30 @@
-"""Compare tab: one image, one prompt, every chosen model side by side, answers streaming in."""
+"""Compare tab, the demo's stage: one image, one wording, every chosen model side by side.
+
+The answers sit at the top (above the fold at 1280x800); picking a wording runs it; the answers to the
+wording before stay on screen until the new ones land, and a history strip keeps what each model said to
+each wording on this image, with the words that changed. A link restores image, wording and models.
+"""
 from __future__ import annotations
 
 import dataclasses
+import os
+from html import escape
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlencode
 
 import gradio as gr
 
-from . import render
+from . import dicom_view, history, names, render
 from .context import Background, SharedExplorer, gpu, user_message, warn
 
 LABELS = ["unknown", "negative", "positive"]
+PRESENT_JS = "() => { document.body.classList.toggle('vx-present'); }"
+# A link opened with ?present=1 starts in presentation mode.
+PRESENT_ON_LOAD_JS = ("() => { if (new URLSearchParams(location.search).get('present') === '1')"
+                      " document.body.classList.add('vx-present'); }")
+# The address bar follows the view, so copying it (or the link box) shares what is on screen.
+SHARE_JS = "(q) => { history.replaceState(null, '', q || location.pathname); return q ? location.href : ''; }"
 
 
 def _label(value: Optional[str]) -> Optional[str]:
@@ -18,7 +32,17 @@ def _label(value: Optional[str]) -> Optional[str]:
 
 
 def variant_choices(variants) -> list[tuple[str, str]]:
-    return [(f"{v.prompt_id} — {v.text.splitlines()[0][:70]}", v.prompt_id) for v in variants]
+    return [(f"{names.prompt_name(v.prompt_id)} \u2014 {v.text.splitlines()[0][:70]}", v.prompt_id) for v in variants]
+
+
+def case_name(case) -> str:
+    """What to call the image: a sample's file name, "your upload" in public mode; never a server path."""
+    name = case.meta.get("name") or case.case_id.split(":", 2)[-1]
+    return "your upload" if name == "upload" else str(name)
+
+
+def case_key(case) -> str:
+    return f"{case.task}:{case.image_hash}" if case is not None else ""
 
 
 def case_caption(case) -> str:
@@ -26,16 +50,38 @@ def case_caption(case) -> str:
         return '<div class="vx-case-info">No image yet: upload one or pick an example.</div>'
     truth = case.label or "unknown"
     return (
-        f'<div class="vx-case-info" id="case-info">{render.escape(case.source)} &middot; truth: <b>{truth}</b>'
-        f" &middot; {case.image.width}&times;{case.image.height} px &middot; <code>{case.image_hash[:12]}</code></div>"
+        f'<div class="vx-case-info" id="case-info">{escape(case_name(case))} &middot; truth: <b>{truth}</b>'
+        f" &middot; {case.image.width}&times;{case.image.height} px</div>"
     )
+
+
+def case_details(case) -> str:
+    """Ids and hashes, for whoever asks (the "details" accordion)."""
+    if case is None:
+        return ""
+    rows = {"case id": case.case_id, "image hash (sha256 of the pixels)": case.image_hash}
+    return '<table class="vx-table" id="case-details">' + "".join(
+        f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in rows.items()) + "</table>"
+
+
+def rescored(view, truth: Optional[str]):
+    """The answer scored against another truth (the verdict does not change; right/wrong does)."""
+    from explorer.schema import VERDICT_LABELS, Verdict
+
+    if view.error or view.verdict not in VERDICT_LABELS:
+        return dataclasses.replace(view, label=truth, correct=None)
+    return dataclasses.replace(view, label=truth, correct=Verdict(label=view.verdict).correct(truth))
 
 
 class CompareHandlers:
     """Event functions of the tab; each takes component values and returns updates, nothing global."""
 
-    def __init__(self, shared: SharedExplorer):
+    def __init__(self, shared: SharedExplorer, catalog=None):
+        from explorer.presets import load_catalog
+
+        catalog = catalog or load_catalog()
         self.shared = shared
+        self.model_names = {a: names.model_name(catalog.model(a), a) for a in catalog.models}
 
     # ---------------------------------------------------------------- picking an image
     def examples(self, task: str):
@@ -48,20 +94,34 @@ class CompareHandlers:
 
     def pick_example(self, task: str, evt: gr.SelectData):
         case = self.shared.get().example_cases(task)[evt.index]
-        return case, case.image, case_caption(case), case.label or "unknown", None, ""
+        return case, case.image, case_caption(case), case.label or "unknown", None, "", None, case_details(case)
 
-    def upload(self, path: Optional[str], task: str, label: str, case):
+    def upload(self, path: Optional[str], task: str, label: str, case, mine):
         """The uploaded file becomes the current case (truth unknown until the user says); the drop zone
-        empties, ready for the next file."""
+        empties, ready for the next file. In public mode a DICOM is de-identified first and the original
+        bytes leave Gradio's cache at once (its name there is the visitor's file name)."""
+        skip = (gr.skip(),) * 9
         if not path:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return skip
+        ex = self.shared.get()
+        public = self.shared.settings.public
         try:
-            case = self.shared.get().case_from_upload(path, task, None)
+            try:
+                ex.policy.check_upload(path)
+                data = Path(path).read_bytes()
+            finally:
+                if public:
+                    forget_upload(path)  # refused or not, the original leaves the server now
+            if public and dicom_view.is_dicom(data):
+                data = dicom_view.deidentify(data)
+            pixels = dicom_view.read_pixels(data)
+            case = ex.case_from_upload(data, task, None, name=None if public else Path(path).name)
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
-            return gr.skip(), gr.skip(), gr.skip(), render.notice(msg), None, gr.skip()
-        return case, case.image, case_caption(case), "", None, "unknown"
+            return (*skip[:3], render.notice(msg), None, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+        mine = list(dict.fromkeys([*(mine or []), case.case_id]))
+        return case, case.image, case_caption(case), "", None, "unknown", pixels, case_details(case), mine
 
     def retarget(self, task: str, label: str, case):
         """The same image under another ground-truth label, or under another task. A new task resets the
@@ -74,6 +134,16 @@ class CompareHandlers:
         name = case.meta.get("name") or Path(case.source).name  # a sample keeps its file name
         case = self.shared.get().case_from_upload(case.image, task, None, name=name)
         return case, case_caption(case), "unknown"
+
+    def rescore(self, case, last, strip_rows, customs):
+        """New truth, same answers: right/wrong on the cards and in the strip follow at once (no re-run)."""
+        if case is None or not last or last.get("case") != case_key(case):
+            return gr.skip(), gr.skip(), gr.skip()
+        views = [rescored(v, case.label) for v in last["views"]]
+        last = dict(last, views=views)
+        rows = [dict(r, correct={v.model: v.correct for v in views}) if r.get("case") == last["case"]
+                and r["prompt_id"] == last["prompt_id"] else r for r in (strip_rows or [])]
+        return self.render_last(last, rows), last, rows
 
     def task_changed(self, task: str):
         variants = self.shared.get().variants(task)
@@ -93,16 +163,16 @@ class CompareHandlers:
             case = ex.case_from_upload(source, task, _label(label) if case is None else None)
         return case
 
-    def run(self, file, task, label, prompt, variant_id, models, style, case, last):
+    def run(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs):
         """Stream every chosen model's answer; on failure keep the previous answers on screen."""
-        yield from self._ask(file, task, label, models, style, case, last,
+        yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
                              lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id))
 
-    def describe(self, file, task, label, models, style, case, last):
-        yield from self._ask(file, task, label, models, style, case, last,
+    def describe(self, file, task, label, models, style, case, last, strip_rows, customs):
+        yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
                              lambda ex: next(v for v in ex.variants(task) if v.kind == "describe"))
 
-    def _ask(self, file, task, label, models, style, case, last, pick_variant):
+    def _ask(self, file, task, label, models, style, case, last, strip_rows, customs, pick_variant):
         ex = self.shared.get()
         models = list(models or [])
         try:
@@ -113,97 +183,219 @@ class CompareHandlers:
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
-            yield gr.skip(), gr.skip(), render.notice(msg), gr.skip()
+            yield gr.skip(), gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip()
             return
-        yield from self._stream(ex, case, variant, models, style, last)
+        yield from self._stream(ex, case, variant, models, style, last, strip_rows, customs)
 
-    def _stream(self, ex, case, variant, models, style, last):
+    def wording_name(self, variant, customs: dict) -> tuple[str, dict]:
+        """The wording's name; an edited one gets the next "your wording N" of this visitor."""
+        customs = dict(customs or {})
+        if variant.custom and variant.prompt_id not in customs:
+            customs[variant.prompt_id] = len(customs) + 1
+        return names.prompt_name(variant.prompt_id, customs), customs
+
+    def _stream(self, ex, case, variant, models, style, last, strip_rows, customs):
         pairs = ex.models_in_pairs()
         describe = variant.kind == "describe"
-        heading = f"{variant.prompt_id}{' (edited)' if variant.custom else ''}: {render.shorten(variant.text)}"
+        name, customs = self.wording_name(variant, customs)
+        key = case_key(case)
+        heading = (f'<b>{escape(name)}</b>{" (edited)" if variant.custom else ""}: '
+                   f'{escape(render.shorten(variant.text))} <span class="vx-on">on {escape(case_name(case))}</span>')
+        # The answers on screen stay (dimmed) until each model's new text arrives: nothing blanks.
+        stale = {v.model: v for v in (last or {}).get("views", [])}
+        before = history.previous_verdicts(strip_rows, key, variant.prompt_id)
+        strip_now = history.strip(strip_rows, key, models, self.model_names)
         partial: dict[str, str] = {}
-        yield render.cards(pairs, models, {}, partial, heading, describe), gr.skip(), render.notice("Running…", "info"), gr.skip()
+
+        def page(views, partial_now, previous=None):
+            return (render.cards(pairs, models, views, partial_now, heading, describe, previous=previous,
+                                 stale=stale, names=self.model_names) + strip_now)
+
+        yield page({}, partial), gr.skip(), render.notice("Running…", "info"), gr.skip(), gr.skip(), customs
         job = Background(lambda emit: ex.ask(case, variant, models, style, on_text=lambda a, t: emit((a, t))))
         for items in job.updates():
             if items:
                 partial.update(dict(items))
-                yield render.cards(pairs, models, {}, partial, heading, describe), gr.skip(), gr.skip(), gr.skip()
+                yield page({}, partial), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             views = job.result()
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
-            previous = self.render_last(ex, last)
-            yield previous, gr.skip(), render.notice(msg), gr.skip()
+            yield self.render_last(last, strip_rows), gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip()
             return
-        by_alias = {v.model: v for v in views}
         n_cached, n_errors = sum(v.cached for v in views), sum(bool(v.error) for v in views)
         done = (f"{len(views)} answers" + (f", {n_cached} from the store (cached)" if n_cached else "")
                 + (f", {n_errors} failed (see the cards)" if n_errors else ""))
-        last = {"heading": heading, "models": models, "describe": describe, "views": views}
+        if not describe:
+            strip_rows = history.add(strip_rows, history.entry(variant.prompt_id, name, variant.text, views), key)
+        last = {"heading": heading, "models": models, "describe": describe, "views": views, "case": key,
+                "prompt_id": variant.prompt_id, "previous": before}
         data = [dataclasses.asdict(v) for v in views]  # each names its case, so an API client can tell which image
-        yield (render.cards(pairs, models, by_alias, {}, heading, describe),
-               data, render.notice(done, "error" if n_errors else "ok"), last)
+        yield (self.render_last(last, strip_rows), data, render.notice(done, "error" if n_errors else "ok"), last,
+               strip_rows, customs)
 
-    def render_last(self, ex, last: Optional[dict[str, Any]]):
+    def render_last(self, last: Optional[dict[str, Any]], strip_rows=None):
         if not last:
             return gr.skip()
         views = {v.model: v for v in last["views"]}
-        return render.cards(ex.models_in_pairs(), last["models"], views, {}, last["heading"], last["describe"])
+        return (render.cards(self.shared.get().models_in_pairs(), last["models"], views, {}, last["heading"],
+                             last["describe"], previous=last.get("previous"), names=self.model_names)
+                + history.strip(strip_rows, last.get("case", ""), last["models"], self.model_names))
+
+    # ---------------------------------------------------------------- sharing
+    def share_query(self, task, variant_id, prompt, models, case, last):
+        """The query string that restores this view: task, sample, wording (or the edited text), models.
+        An upload is not in it: its pixels live only in this session."""
+        if not last:
+            return ""
+        params = {"task": task, "models": ",".join(models or [])}
+        if case is not None and ":file:" in case.case_id:
+            params["case"] = case.case_id.split(":file:", 1)[1]
+        try:
+            preset_text = self.shared.get().variant(task, variant_id).text
+        except Exception:
+            preset_text = None
+        params["wording"] = variant_id
+        if prompt and prompt.strip() != (preset_text or "").strip():
+            params["text"] = prompt
+        return "?" + urlencode(params)
+
+    def restore(self, request: gr.Request):
+        """A shared link (URL query parameters) on page load: task, sample, wording and models, then the
+        answers (from the store when someone asked the same before)."""
+        query = dict(getattr(request, "query_params", {}) or {}) if request is not None else {}
+        n_out = 17
+        if not query.get("task"):
+            yield (gr.skip(),) * n_out
+            return
+        ex = self.shared.get()
+        try:
+            task = query["task"]
+            variants = ex.variants(task)
+            variant = next((v for v in variants if v.prompt_id == query.get("wording")), variants[0])
+            text = query.get("text") or variant.text
+            wanted = [m for m in (query.get("models") or "").split(",") if m]
+            models = [m for m in wanted if m in ex.preset.models] or list(ex.preset.models)
+            case = None
+            if query.get("case"):
+                case = next((c for c in ex.example_cases(task) if c.case_id == f"{task}:file:{query['case']}"), None)
+                if case is None:
+                    raise ValueError(f"The link names a sample image this app does not have: {query['case']}.")
+        except Exception as exc:
+            msg = user_message(exc)
+            warn(msg)
+            yield (*(gr.skip(),) * 12, render.notice(msg), *(gr.skip(),) * 4)
+            return
+        head = (task, gr.update(choices=variant_choices(variants), value=variant.prompt_id), text, models)
+        shown = (case, case.image, case_caption(case), case.label or "unknown", case_details(case)) if case \
+            else (gr.skip(),) * 5
+        if case is None:
+            yield (*head, *shown, gr.skip(), gr.skip(), gr.skip(),
+                   render.notice("The link restored the task, wording and models; pick an image.", "info"),
+                   gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            return
+        for out in self.run(None, task, case.label or "unknown", text, variant.prompt_id, models,
+                            ex.preset.prompt_format, case, None, None, None):
+            cards, data, status, last, rows, customs = out
+            yield (*head, *shown, None, cards, data, status, last, rows, customs, gr.skip())
 
 
-def build(shared: SharedExplorer, catalog, preset, case_state: gr.State) -> dict[str, Any]:
+def forget_upload(path: str) -> None:
+    """Delete an uploaded file from Gradio's cache (and its folder, named by a hash, when empty) so the
+    original bytes, and the file name it was saved under, are no longer on the server or served."""
+    try:
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass  # already gone, or the folder holds other files
+
+
+def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uploads: gr.State) -> dict[str, Any]:
     """Lay out the tab and wire its events; returns the components other tabs reuse."""
     from explorer import prompts
 
-    h = CompareHandlers(shared)
+    h = CompareHandlers(shared, catalog)
     task0 = preset.tasks[0]
     variants0 = prompts.all_variants(catalog, task0, preset.prompts)
-    model_choices = [(f"{a} ({catalog.model(a).role})", a) for a in preset.models]
-    last = gr.State(None)
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=300):
-            task = gr.Dropdown([(catalog.task(k).title, k) for k in preset.tasks], value=task0,
-                               label="Task", elem_id="task")
-            upload = gr.File(label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath",
-                             elem_id="upload")
-            preview = gr.Image(label="Current image", type="pil", interactive=False, height=200,
-                               elem_id="preview", buttons=[])
-            caption = gr.HTML(case_caption(None), elem_id="case-caption", js_on_load=None)
-            label = gr.Radio(LABELS, value="unknown", label="Ground truth (when you know it)", elem_id="truth")
-            examples = gr.Gallery(label="Examples (click one)", columns=3, height=190, allow_preview=False,
-                                  elem_id="examples", object_fit="cover", buttons=[])
-        with gr.Column(scale=5, min_width=400):
-            variant = gr.Dropdown(variant_choices(variants0), value=variants0[0].prompt_id,
-                                  label="Prompt variant", elem_id="variant")
-            prompt = gr.Textbox(variants0[0].text, label="Prompt: edit freely, Enter runs (Shift+Enter: new line)",
-                                lines=1, max_lines=8, elem_id="prompt")
-            with gr.Row():
+    model_choices = [(names.model_label(catalog.model(a)), a) for a in preset.models]
+    last, strip_rows, customs, pixels = gr.State(None), gr.State([]), gr.State({}), gr.State(None)
+    with gr.Row(equal_height=False, elem_id="compare-row"):
+        with gr.Column(scale=5, min_width=360, elem_id="compare-main"):
+            with gr.Row(equal_height=True, elem_id="wording-row"):
+                variant = gr.Dropdown(variant_choices(variants0), value=variants0[0].prompt_id,
+                                      label="Wording (picking one runs it)", elem_id="variant", scale=3)
+                prompt = gr.Textbox(variants0[0].text, label="Prompt: edit freely, Enter runs (Shift+Enter: new line)",
+                                    lines=1, max_lines=6, elem_id="prompt", scale=5)
+                with gr.Column(scale=1, min_width=90, elem_id="run-buttons"):
+                    run = gr.Button("Run", variant="primary", elem_id="run-compare", size="sm")
+                    present = gr.Button("Present", elem_id="present", size="sm")
+            status = gr.HTML("", elem_id="compare-status", js_on_load=None)
+            cards = gr.HTML(render.cards([], [], {}), elem_id="compare-cards", js_on_load=None)
+            gr.HTML(render.legend(), elem_id="legend-box", js_on_load=None)
+            with gr.Row(equal_height=True, elem_id="compare-controls"):
                 models = gr.CheckboxGroup(model_choices, value=list(preset.models), label="Models",
                                           elem_id="models", scale=3)
                 style = gr.Radio([("as the study ran them", "paper"), ("each model's own template", "official")],
                                  value=preset.prompt_format, label="Prompt format", elem_id="style", scale=2)
-            with gr.Row():
-                run = gr.Button("Run", variant="primary", elem_id="run-compare")
-                describe = gr.Button("Describe the image", elem_id="describe")
-            status = gr.HTML("", elem_id="compare-status", js_on_load=None)
-            cards = gr.HTML(render.cards([], [], {}), elem_id="compare-cards", js_on_load=None)
-            with gr.Accordion("Answers as data", open=False):
+            with gr.Row(equal_height=True, elem_id="compare-extra"):
+                describe = gr.Button("Describe the image", elem_id="describe", scale=1)
+                share = gr.Textbox("", label="Link to this view (image, wording, models)", interactive=False,
+                                   buttons=["copy"], elem_id="share-link", scale=3)
+            share_query = gr.Textbox("", visible="hidden", elem_id="share-query")
+            with gr.Accordion("Answers as data", open=False, elem_id="answers-data"):
                 answers = gr.JSON(elem_id="compare-json")
+        with gr.Column(scale=2, min_width=260, elem_id="compare-side"):
+            task = gr.Dropdown([(catalog.task(k).title, k) for k in preset.tasks], value=task0,
+                               label="Task", elem_id="task")
+            preview = gr.Image(label="Current image", type="pil", interactive=False, height=150,
+                               elem_id="preview", buttons=["fullscreen"])
+            caption = gr.HTML(case_caption(None), elem_id="case-caption", js_on_load=None)
+            label = gr.Radio(LABELS, value="unknown", label="Ground truth (answers re-score at once)",
+                             elem_id="truth")
+            examples = gr.Gallery(label="Examples (click one)", columns=4, height=120, allow_preview=False,
+                                  elem_id="examples", object_fit="cover", buttons=[])
+            upload = gr.File(label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath",
+                             elem_id="upload", height=90)
+            if shared.settings.public:
+                gr.HTML(PRIVACY_NOTE, elem_id="privacy-note", js_on_load=None)
+            viewer = dicom_view.build(pixels, task, catalog)
+            with gr.Accordion("Details (ids, hashes)", open=False, elem_id="case-details-box"):
+                details = gr.HTML("", elem_id="case-details-html", js_on_load=None)
 
-    examples.select(h.pick_example, [task], [case_state, preview, caption, label, upload, status],
-                    api_visibility="private")
-    upload.upload(h.upload, [upload, task, label, case_state], [case_state, preview, caption, status, upload, label],
-                  api_visibility="private")
-    label.input(h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private")
+    examples.select(h.pick_example, [task], [case_state, preview, caption, label, upload, status, pixels, details],
+                    api_visibility="private").then(**viewer["refresh"])
+    upload.upload(h.upload, [upload, task, label, case_state, my_uploads],
+                  [case_state, preview, caption, status, upload, label, pixels, details, my_uploads],
+                  api_visibility="private").then(**viewer["refresh"])
+    label.input(h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
+        h.rescore, [case_state, last, strip_rows, customs], [cards, last, strip_rows], api_visibility="private")
     task.input(h.task_changed, [task], [variant, prompt], api_visibility="private").then(
-        h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private")
-    variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private")
-    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last]
-    outputs = [cards, answers, status, last]
+        h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
+        **viewer["refresh"])
+    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs]
+    outputs = [cards, answers, status, last, strip_rows, customs]
+    shared_link = dict(fn=h.share_query, inputs=[task, variant, prompt, models, case_state, last],
+                       outputs=[share_query], api_visibility="private")
     gr.on([run.click, prompt.submit], gpu()(h.run), run_inputs, outputs, api_name="compare",
-          concurrency_id="gpu", concurrency_limit=shared.settings.gpu_concurrency)
-    describe.click(gpu()(h.describe), [upload, task, label, models, style, case_state, last], outputs,
-                   api_name="describe", concurrency_id="gpu")
+          concurrency_id="gpu", concurrency_limit=shared.settings.gpu_concurrency).then(**shared_link)
+    # Picking a wording runs it: the box fills, then the same run as Enter.
+    variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private").then(
+        gpu()(h.run), run_inputs, outputs, api_visibility="private", concurrency_id="gpu").then(**shared_link)
+    describe.click(gpu()(h.describe), [upload, task, label, models, style, case_state, last, strip_rows, customs],
+                   outputs, api_name="describe", concurrency_id="gpu")
+    share_query.change(None, [share_query], [share], js=SHARE_JS, api_visibility="private")
+    present.click(None, None, None, js=PRESENT_JS, api_visibility="private")
+    restore_outputs = [task, variant, prompt, models, case_state, preview, caption, label, details, pixels,
+                       cards, answers, status, last, strip_rows, customs, upload]
     return {"task": task, "models": models, "style": style, "examples": examples, "load": h.examples,
-            "task_input": task.input}
+            "task_input": task.input, "restore": h.restore, "restore_outputs": restore_outputs,
+            "after_restore": [shared_link, viewer["refresh"]], "present_js": PRESENT_ON_LOAD_JS}
+
+
+PRIVACY_NOTE = (
+    '<div class="vx-privacy" id="privacy-note"><b>Privacy:</b> this is a public demo. An upload is read '
+    "into memory and its file is deleted at once; a DICOM's patient tags (names, ids, dates, institution, "
+    "descriptions) are removed first. The answers on your image are kept in the shared results store, "
+    "shown only to your session. Do not upload images with names burned into the pixels.</div>"
+)

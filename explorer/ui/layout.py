@@ -20,7 +20,7 @@ TITLE = "Medical VLM prompt-sensitivity explorer"
 def header(preset) -> str:
     return (
         f'<div id="app-title"><h1>{TITLE}</h1><p>Base vs medically fine-tuned vision-language models: '
-        f"how much do answers move when only the wording changes? Preset <b>{escape(preset.name)}</b>.</p></div>"
+        f"do the answers move when only the wording changes? Preset <b>{escape(preset.name)}</b>.</p></div>"
     )
 
 
@@ -38,24 +38,31 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         gr.HTML(header(preset), js_on_load=None)
         gr.HTML(render.banner(noise), js_on_load=None, elem_id="banner-box")
         case_state = gr.State(None)  # the image the Compare and Grid tabs work on, per session
+        my_uploads = gr.State([])  # case ids this session uploaded: the Results tab shows them to it alone
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
-                c = compare.build(shared, catalog, preset, case_state)
+                c = compare.build(shared, catalog, preset, case_state, my_uploads)
             with gr.Tab("Variant grid", id="grid", elem_id="tab-grid") as grid_tab:
                 g = grid.build(shared, catalog, preset, case_state, c["style"])
             with gr.Tab("Sweep", id="sweep", elem_id="tab-sweep"):
                 sweep_tab.build(shared, catalog, preset)
             with gr.Tab("Results", id="results", elem_id="tab-results") as results_tab:
-                r = results.build(shared, catalog, preset)
+                r = results.build(shared, catalog, preset, my_uploads)
             with gr.Tab("Embeddings", id="embeddings", elem_id="tab-embeddings"):
                 embeddings_tab.build(shared, catalog, preset)
             with gr.Tab("Describe & diagnose", id="diagnose", elem_id="tab-diagnose") as diagnose_tab:
                 d = diagnose_view.build(shared, catalog, preset, case_state)
             with gr.Tab("Models & settings", id="models", elem_id="tab-models") as models_page:
                 m = models_tab.build(shared, catalog, preset)
-        # One queue slot: the examples of the page load and of each task change arrive in order.
-        gr.on([demo.load, c["task_input"]], c["load"], [c["task"]], [c["examples"]], api_visibility="private",
-              concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
+        # A shared link restores its view first; then the examples of the (restored) task. One queue slot:
+        # the examples of the page load and of each task change arrive in order.
+        examples = dict(fn=c["load"], inputs=[c["task"]], outputs=[c["examples"]], api_visibility="private",
+                        concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
+        demo.load(None, None, None, js=c["present_js"], api_visibility="private")
+        restored = demo.load(c["restore"], None, c["restore_outputs"], api_visibility="private").then(**examples)
+        for step in c["after_restore"]:
+            restored = restored.then(**step)
+        c["task_input"](**examples)
         grid_tab.select(g["shown"], [case_state], [g["caption"]], api_visibility="private")
         results_tab.select(r["shown"], r["inputs"], r["outputs"], api_visibility="private")
         diagnose_tab.select(d["shown"], d["inputs"], d["outputs"], api_visibility="private")

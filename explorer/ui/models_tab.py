@@ -8,6 +8,9 @@ from typing import Any
 import gradio as gr
 
 from . import render
+from explorer.public import PolicyError
+
+from . import names
 from .context import SharedExplorer, user_message, warn
 
 
@@ -71,6 +74,9 @@ class ModelHandlers:
     def _act(self, alias: str, action: str):
         ex = self.shared.get()
         try:
+            if self.shared.settings.public:
+                # The models are shared by every visitor: one must not unload them under another's run.
+                raise PolicyError("This public demo does not let visitors load or unload the shared models.")
             if not alias:
                 raise ValueError("Choose a model first.")
             if action == "load":
@@ -91,11 +97,13 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     h = ModelHandlers(shared)
     gr.Markdown("### Models of this study preset")
     table = gr.HTML("", elem_id="models-table", js_on_load=None, apply_default_css=False)
+    public = shared.settings.public
     with gr.Row():
-        alias = gr.Dropdown([(catalog.model(a).title, a) for a in preset.models], value=preset.models[0],
-                            label="Model", elem_id="model-pick", scale=3)
-        load = gr.Button("Load", elem_id="model-load", scale=1)
-        unload = gr.Button("Unload", elem_id="model-unload", scale=1)
+        # Public mode: no load/unload on the page (the handlers refuse a direct API call too).
+        alias = gr.Dropdown([(names.model_label(catalog.model(a)), a) for a in preset.models], value=preset.models[0],
+                            label="Model", elem_id="model-pick", scale=3, visible=not public)
+        load = gr.Button("Load", elem_id="model-load", scale=1, visible=not public)
+        unload = gr.Button("Unload", elem_id="model-unload", scale=1, visible=not public)
         refresh = gr.Button("Refresh", elem_id="model-refresh", scale=1)
     note = gr.HTML("", elem_id="models-status", js_on_load=None)
     gr.Markdown("### OpenAI-compatible endpoints")

@@ -5,16 +5,12 @@ tested and reused. Every piece of user or model text goes through html.escape.
 """
 from __future__ import annotations
 
+import ast
+import re
 from html import escape
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-VERDICT_HELP = {
-    "positive": "the answer reads as the finding being present",
-    "negative": "the answer reads as the finding being absent",
-    "refusal": "the model declined to answer",
-    "hedge": "the model gave both readings or would not commit",
-    "unclear": "no reading could be found in the answer",
-}
+from .names import VERDICT_HELP
 
 
 def notice(message: str, kind: str = "error") -> str:
@@ -29,17 +25,53 @@ def banner(show: bool) -> str:
         return ""
     return (
         '<div id="noise-banner" class="vx-banner" role="alert"><b>Offline demo models with random weights: '
-        "their answers are noise.</b> Use them to see how the explorer works, not what the models know. "
-        "Start with <code>--preset paper</code> on a machine that reaches the Hugging Face Hub for the study's models.</div>"
+        "their answers are noise.</b> They show how the explorer works, not what the models know; "
+        "<code>--preset paper</code> runs the study's models (needs the Hugging Face Hub).</div>"
     )
 
 
-def highlighted(answer: str, span: Optional[Sequence[int]]) -> str:
-    """The answer with the evidence span that decided the verdict wrapped in <mark>."""
-    if not span or span[1] <= span[0] or span[1] > len(answer):
-        return escape(answer)
-    a, b = int(span[0]), int(span[1])
-    return f"{escape(answer[:a])}<mark class='vx-evidence'>{escape(answer[a:b])}</mark>{escape(answer[b:])}"
+def highlighted(answer: str, spans) -> str:
+    """The answer with every evidence span wrapped in <mark> (a hedge has two: both sides of the conflict).
+    `spans` is one (start, end) pair or a list of them; bad or overlapping ones are skipped."""
+    if spans and isinstance(spans[0], int):
+        spans = [spans]
+    good, end = [], 0
+    for span in sorted((int(a), int(b)) for a, b in (spans or [])):
+        if span[1] > span[0] >= end and span[1] <= len(answer):
+            good.append(span)
+            end = span[1]
+    out, pos = [], 0
+    for a, b in good:
+        out.append(escape(answer[pos:a]) + f"<mark class='vx-evidence'>{escape(answer[a:b])}</mark>")
+        pos = b
+    return "".join(out) + escape(answer[pos:])
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)+'" + r'|"(?:[^"\\]|\\.)+"')  # Python reprs
+
+
+def evidence_spans(view: Any) -> list[tuple[int, int]]:
+    """Where the reader found its evidence: the deciding span, a second span when the reader gives one,
+    and for a hedge the other side of the conflict, quoted (as Python reprs) in the verdict's detail."""
+    answer = _get(view, "answer") or ""
+    spans = [tuple(s) for s in (_get(view, "spans") or []) if s]
+    if _get(view, "span"):
+        spans.append(tuple(_get(view, "span")))
+    if _get(view, "verdict") == "hedge":
+        for quoted in _QUOTED.findall(_get(view, "verdict_detail") or ""):
+            try:
+                text = ast.literal_eval(quoted)
+            except (ValueError, SyntaxError):
+                continue
+            if not isinstance(text, str) or not text.strip():
+                continue
+            taken = [a for a, _ in spans]
+            at = answer.find(text)
+            while at >= 0 and at in taken:  # the same words twice: mark the other occurrence
+                at = answer.find(text, at + 1)
+            if at >= 0:
+                spans.append((at, at + len(text)))
+    return list(dict.fromkeys(spans))
 
 
 def verdict_badge(verdict: Optional[str]) -> str:
@@ -62,8 +94,12 @@ def _get(view: Any, name: str, default: Any = None) -> Any:
 
 
 def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Optional[str] = None,
-                describe: bool = False) -> str:
-    """One model's card: finished (view), streaming (partial text) or waiting (neither)."""
+                describe: bool = False, previous: Optional[Mapping[str, str]] = None, stale: bool = False) -> str:
+    """One model's card: finished (view), streaming (partial text) or waiting (neither).
+
+    `previous` ({"verdict", "name"}): what this model said to the wording before, so a flip shows on the
+    card. `stale`: the view is the answer to the wording before, kept on screen until the new one lands.
+    """
     head = (
         f'<div class="vx-card-head"><span class="vx-title">{escape(title)}</span>'
         f'<span class="vx-role vx-role-{escape(role)}">{escape(role)}</span></div>'
@@ -86,44 +122,97 @@ def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Op
         badges = [verdict_badge(verdict)]
     if not describe and not error:
         badges.append(correctness(_get(view, "correct"), _get(view, "label")))
-    badges.append(f'<span class="vx-latency">{float(_get(view, "latency_s") or 0):.2f} s</span>')
+    if stale:
+        badges.append('<span class="vx-stale-tag">previous wording: updating&hellip;</span>')
+    elif previous and previous.get("verdict") and not describe and not error:
+        before = str(previous["verdict"])
+        if before != verdict:
+            badges.append(f'<span class="vx-flipped" title="{escape(str(previous.get("name") or ""))}">'
+                          f'flipped: was {escape(before)}</span>')
+        else:
+            badges.append(f'<span class="vx-same" title="{escape(str(previous.get("name") or ""))}">same as before</span>')
+    meta = [f'<span class="vx-latency">{float(_get(view, "latency_s") or 0):.2f} s</span>']
     if _get(view, "cached"):
-        badges.append('<span class="vx-cached" title="from the results store: not generated again">cached</span>')
+        meta.append('<span class="vx-cached" title="from the results store: not generated again">cached</span>')
+    if _get(view, "random_weights"):
+        meta.append('<span class="vx-noise" title="an offline demo model with random weights">noise model</span>')
     p_pos = _get(view, "p_positive")
     if p_pos is not None and not describe:
-        badges.append(f'<span class="vx-ppos" title="probability of the positive reading from the first '
-                      f'answer token">p(pos) {float(p_pos):.2f}</span>')
+        meta.append(f'<span class="vx-ppos" title="probability of the positive reading from the first '
+                    f'answer token">p(yes) {float(p_pos):.2f}</span>')
     answer = _get(view, "answer") or ""
-    text = escape(error) if error else highlighted(answer, _get(view, "span"))
+    text = escape(error) if error else highlighted(answer, evidence_spans(view))
     evidence = _get(view, "evidence")
     foot = ""
     if evidence and not describe and not error:
-        foot = f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;</div>'
+        why = _get(view, "verdict_detail") or ""
+        foot = (f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;'
+                + (f'<span class="vx-why"> &middot; {escape(why)}</span>' if verdict == "hedge" and why else "")
+                + "</div>")
     cls = "vx-error" if error else "vx-done"
     return (
-        f'<div class="vx-card {cls}" id="card-{escape(alias)}" data-alias="{escape(alias)}" '
+        f'<div class="vx-card {cls}{" vx-stale" if stale else ""}" id="card-{escape(alias)}" data-alias="{escape(alias)}" '
         f'data-verdict="{escape("error" if error else str(verdict or ""))}">{head}<div class="vx-badges">{"".join(badges)}</div>'
+        f'<div class="vx-meta">{"".join(meta)}</div>'
         f'<div class="vx-answer">{text or "<i>(empty answer)</i>"}</div>{foot}</div>'
     )
 
 
+def pair_flag(base_view: Any, medical_view: Any) -> str:
+    """Base vs medical on this wording: agree, disagree (one says yes, the other no), or differ."""
+    if base_view is None or medical_view is None or _get(base_view, "error") or _get(medical_view, "error"):
+        return ""
+    a, b = _get(base_view, "verdict"), _get(medical_view, "verdict")
+    if a == b:
+        return f'<div class="vx-pair-flag vx-agree" data-flag="agree">base and medical agree: {escape(str(a))}</div>'
+    answered = {a, b} == {"positive", "negative"}
+    kind, words = ("disagree", "base and medical DISAGREE") if answered else ("differ", "base and medical differ")
+    return (f'<div class="vx-pair-flag vx-{kind}" data-flag="{kind}">&#9888; {words}: '
+            f'{escape(str(a))} vs {escape(str(b))}</div>')
+
+
 def cards(pairs: Iterable[tuple[Any, Any]], selected: Sequence[str], views: Mapping[str, Any],
-          partial: Mapping[str, str] | None = None, heading: str = "", describe: bool = False) -> str:
-    """All selected models' cards, grouped by base/medical pair, base first."""
-    partial = partial or {}
+          partial: Mapping[str, str] | None = None, heading: str = "", describe: bool = False,
+          previous: Optional[Mapping[str, Mapping[str, str]]] = None, stale: Optional[Mapping[str, Any]] = None,
+          names: Optional[Mapping[str, str]] = None) -> str:
+    """All selected models' cards, grouped by base/medical pair, base first.
+
+    While a new wording runs, `stale` holds the answers to the one before: they stay on screen (dimmed)
+    until each model's new text arrives, so nothing blanks and the layout does not jump.
+    `previous` (alias -> {"verdict", "name"}) marks flips; `names` (alias -> display name) names models.
+    """
+    partial, previous, stale, names = partial or {}, previous or {}, stale or {}, names or {}
     groups = []
     for base, medical in pairs:
         members = [m for m in (base, medical) if m.alias in selected]
         if not members:
             continue
-        inner = "".join(
-            answer_card(m.alias, m.title, m.role, views.get(m.alias), partial.get(m.alias), describe) for m in members
-        )
-        groups.append(f'<div class="vx-pair" data-pair="{escape(base.pair)}">{inner}</div>')
+        inner = []
+        for m in members:
+            title = names.get(m.alias, m.title)
+            if m.alias in views or m.alias in partial or m.alias not in stale:
+                inner.append(answer_card(m.alias, title, m.role, views.get(m.alias), partial.get(m.alias), describe,
+                                         previous=previous.get(m.alias)))
+            else:
+                inner.append(answer_card(m.alias, title, m.role, stale[m.alias], None, describe, stale=True))
+        flag = "" if describe else pair_flag(views.get(base.alias), views.get(medical.alias))
+        groups.append(f'<div class="vx-pair" data-pair="{escape(base.pair)}">{flag}'
+                      f'<div class="vx-pair-cards">{"".join(inner)}</div></div>')
     if not groups:
         return '<div class="vx-empty">Choose at least one model and press Run.</div>'
-    head = f'<div class="vx-cards-heading">{escape(heading)}</div>' if heading else ""
+    head = f'<div class="vx-cards-heading">{heading}</div>' if heading else ""
     return f'<div id="answer-cards">{head}<div class="vx-pairs">{"".join(groups)}</div></div>'
+
+
+def legend() -> str:
+    """The verdict classes in plain words, always visible under the answers (not only in tooltips)."""
+    items = "".join(
+        f'<div class="vx-legend-item"><span class="vx-badge vx-v-{escape(k)}">{escape(k)}</span> {escape(v)}</div>'
+        if k != "not scored" else
+        f'<div class="vx-legend-item"><span class="vx-mark vx-unscored">not scored</span> {escape(v)}</div>'
+        for k, v in VERDICT_HELP.items()
+    )
+    return f'<div id="verdict-legend" class="vx-legend">{items}</div>'
 
 
 def grid(variants: Sequence[Any], models: Sequence[Any], views: Mapping[tuple[str, str], Any],

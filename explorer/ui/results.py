@@ -57,11 +57,12 @@ class ResultsHandlers:
         warn(msg)
         return (gr.skip(),) * 5 + (gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
-    def open_store(self):
+    def open_store(self, mine: Optional[list] = None):
         ex = self.shared.get()
         try:
             where = Path(ex.store.path).name if self.shared.settings.public else ex.store.path  # no server paths shown
-            return self._loaded(ex, ex.browsable_answers(), f"this app's store ({where})")
+            return self._loaded(ex, self._with_own_uploads(ex, ex.browsable_answers(), mine),
+                                f"this app's store ({where})")
         except Exception as exc:
             return self._fail(exc)
 
@@ -84,11 +85,19 @@ class ResultsHandlers:
         """A path typed by the user: refused by the engine's public policy on a public deployment."""
         return self._open(path, uploaded=False)
 
-    def shown(self, state):
+    def shown(self, state, mine: Optional[list] = None):
         """On entering the tab: the app's own store, unless the user opened something else."""
         if state and state.get("frame") is not None and not state["source"].startswith("this app's store"):
             return (gr.skip(),) * 11
-        return self.open_store()
+        return self.open_store(mine)
+
+    def _with_own_uploads(self, ex, frame: pd.DataFrame, mine: Optional[list]) -> pd.DataFrame:
+        """In public mode the store shows no uploads, except this session's own (`mine`: its case ids)."""
+        if not self.shared.settings.public or not mine:
+            return frame
+        everything = ex.answers_frame()
+        own = everything[everything["case_id"].isin(list(mine))]
+        return pd.concat([frame, own], ignore_index=True) if len(own) else frame
 
     def refilter(self, models, tasks, prompt_ids, verdicts, state):
         if not state or state.get("frame") is None:
@@ -146,7 +155,7 @@ class ResultsHandlers:
         return items, note, keys
 
 
-def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
+def build(shared: SharedExplorer, catalog, preset, my_uploads: Optional[gr.State] = None) -> dict[str, Any]:
     h = ResultsHandlers(shared)
     state = gr.State(None)
     gr.Markdown("Open a results store (`.sqlite`), an export (`.csv`, `.parquet`, `.jsonl`) or the study code's "
@@ -177,11 +186,12 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
                          buttons=[])
 
     loaded = [state, *filters, table, status, gallery, gallery_note, case_html, image]
-    mine.click(h.open_store, None, loaded, api_name="open_store")
+    own = [my_uploads] if my_uploads is not None else None
+    mine.click(h.open_store, own, loaded, api_name="open_store")
     upload.upload(h.open_upload, [upload], loaded, api_visibility="private")
     open_path.click(h.open_path, [path], loaded, api_name="open_results")
     for f in filters:
         f.input(h.refilter, [*filters, state], [table, state, status], api_visibility="private")
     table.select(h.drill, [state], [image, case_html, detail], api_visibility="private")
     gallery.select(h.drill_gallery, [state], [image, case_html, detail], api_visibility="private")
-    return {"shown": h.shown, "inputs": [state], "outputs": loaded}
+    return {"shown": h.shown, "inputs": [state, *(own or [])], "outputs": loaded}
