@@ -18,9 +18,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from .backends.base import LOCAL_DEVICE
 from .generation_gates import GenerationGates
-
-LOCAL_DEVICE = "local"
 
 
 @dataclass(frozen=True)

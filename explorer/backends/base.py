@@ -13,6 +13,9 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 from ..schema import Request, Response
 
 # on_text(index in the batch, text so far): partial output while a backend streams.
+# The scheduler's name for the machine's own accelerator (or CPU): local models share its slots.
+LOCAL_DEVICE = "local"
+
 OnText = Callable[[int, str], None]
 
 

@@ -243,6 +243,12 @@ class OpenAIBackend:
 
     # --- the Backend protocol ------------------------------------------------------------------
 
+    def scheduling(self, alias: str, batch_size: int) -> dict[str, Any]:
+        """For the sweep scheduler: one request per unit, as many in flight as the server allows, so no
+        request waits for a slower one and two servers are busy side by side."""
+        cfg = self.endpoint(alias)
+        return {"device": None, "batch": 1, "workers": self._limits[cfg.url_key]}
+
     def generate(self, requests: Sequence[Request], on_text: Optional[OnText] = None) -> list[Response]:
         """One Response per request, in order. on_text is called from worker threads."""
         requests = list(requests)

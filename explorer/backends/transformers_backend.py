@@ -15,6 +15,8 @@ How a batch is run (constructor option `reuse`):
 * "features": the vision tower + projector run once per image; prompts are read whole;
 * "none": the plain left-padded batch, every row encoding its own copy of its image.
 All three give the answers one-at-a-time generation gives, up to floating-point summation order.
+`exact=True` is the study's own way: one request per generate call, no reuse, the authors' dtype
+(bf16 on a GPU, fp32 on CPU, as their pipeline() call); its answers carry another cache key.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ from ..presets import Catalog, ModelSpec, PresetError
 from ..readout import FirstLogits, answer_tokens, readout_from_logits
 from ..schema import GenerationSettings, ImagePart, Request, Response
 from . import prefix_reuse as reuse_lib
-from .base import BackendError, OnText
+from .base import LOCAL_DEVICE, BackendError, OnText
 
 REUSE_MODES = ("prefix", "features", "none")
 
@@ -86,6 +88,33 @@ def _torch():
     return torch
 
 
+# Cache keys name this execution mode, so exact and batched answers are never served for each other.
+EXACT_EXECUTION = "exact-v1: one request per call, no prefix reuse, authors' dtype"
+
+
+def _cuda_possible() -> bool:
+    """False when no GPU driver device exists, so torch need not be imported to know it has no CUDA."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def _installed_version(package: str) -> str:
+    """A package's __version__ read from its files, without importing it (torch takes seconds to import;
+    a sweep served from the store needs none). Its metadata version can lack the build tag (+cu130)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for name in ("version.py", "__init__.py"):
+            path = Path(folder) / name
+            if path.is_file():
+                found = re.search(r"^__version__\s*(?::\s*str)?\s*=\s*['\"]([^'\"]+)['\"]",
+                                  path.read_text(encoding="utf-8", errors="replace"), re.M)
+                if found:
+                    return found.group(1)
+    return __import__(package).__version__
+
+
 Quantization = Union[None, str, Mapping[str, Optional[str]]]
 
 
@@ -105,6 +134,7 @@ class TransformersBackend:
         memory_budget: Optional[int] = None,
         quantization: Quantization = None,
         image_memo: int = 2,
+        exact: bool = False,
     ):
         """device: "cuda", "cuda:1", "cpu"... (default: CUDA when available); dtype overrides every
         model's preset dtype; local_paths maps an alias (in the catalog or not) to a model folder.
@@ -113,7 +143,10 @@ class TransformersBackend:
         memory_budget: bytes the loaded models may take together (default: 90% of free memory).
         quantization: "8bit" | "4bit" for every non-demo model, or {alias: "8bit"|"4bit"|None};
         bitsandbytes on CUDA only.
-        image_memo: how many images' prefix caches / features are kept between calls."""
+        image_memo: how many images' prefix caches / features are kept between calls.
+        exact: the study's execution (one request per call, no reuse, the authors' dtype)."""
+        if exact:
+            reuse, batch_size = "none", 1
         if reuse not in REUSE_MODES:
             raise ValueError(f"reuse must be one of {', '.join(REUSE_MODES)}")
         self.catalog = catalog
@@ -124,6 +157,7 @@ class TransformersBackend:
         self.demo_size = demo_size or DemoSize.tiny()
         self.demo_cache_dir = Path(demo_cache_dir) if demo_cache_dir else None
         self.reuse = reuse
+        self.exact = exact
         self.quantization = quantization
         for value in (quantization.values() if isinstance(quantization, Mapping) else [quantization]):
             if value is not None and value not in QUANTIZATIONS:
@@ -139,7 +173,7 @@ class TransformersBackend:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = "cuda" if _torch().cuda.is_available() else "cpu"
+            self._device = "cuda" if _cuda_possible() and _torch().cuda.is_available() else "cpu"
             self.models.device = self._device
         elif self._device.startswith("cuda") and not _torch().cuda.is_available():
             # Otherwise the first symptom is a baffling "0 bytes GPU free" from the memory budget.
@@ -160,8 +194,10 @@ class TransformersBackend:
             raise BackendError(str(exc)) from None
 
     def _dtype_name(self, spec: Optional[ModelSpec]) -> str:
-        name = self.dtype_override or (spec.dtype if spec else "auto")
         on_cuda = self.device.startswith("cuda")
+        if self.exact and not self.dtype_override:
+            return "bfloat16" if on_cuda else "float32"  # the authors' make_pipe()
+        name = self.dtype_override or (spec.dtype if spec else "auto")
         if name == "auto":
             name = "bfloat16" if on_cuda else "float32"
         if name == "bfloat16" and on_cuda and not _torch().cuda.is_bf16_supported():
@@ -180,17 +216,17 @@ class TransformersBackend:
 
     # ------------------------------------------------------------ identity
     def identity(self, model_alias: str) -> dict[str, Any]:
-        """What determines this model's outputs, computed without loading it."""
-        import transformers
-
+        """What determines this model's outputs, computed without loading it (or importing torch)."""
         spec = self._spec(model_alias)
         ident: dict[str, Any] = {
             "backend": self.name,
             "dtype": self._dtype_name(spec),
             "device": self.device.split(":")[0],
-            "transformers": transformers.__version__,
-            "torch": _torch().__version__,
+            "transformers": _installed_version("transformers"),
+            "torch": _installed_version("torch"),
         }
+        if self.exact:  # only when set, so batched fingerprints stay what they were
+            ident["execution"] = EXACT_EXECUTION
         quantization = self._quantization_for(model_alias, spec)
         if quantization:  # only when set, so unquantized fingerprints stay what they were
             ident["quantization"] = f"bitsandbytes-{quantization}"
@@ -432,6 +468,10 @@ class TransformersBackend:
         self.memo.clear()
 
     # ------------------------------------------------------------ generation
+    def scheduling(self, alias: str, batch_size: int) -> dict[str, Any]:
+        """For the sweep scheduler: the local device's lane; exact mode takes one request at a time."""
+        return {"device": LOCAL_DEVICE, "batch": 1 if self.exact else batch_size, "workers": 1}
+
     def generate(self, requests: Sequence[Request], on_text: Optional[OnText] = None) -> list[Response]:
         """Answers in the order asked. Raises BackendError only when a model cannot be had at all."""
         responses: list[Optional[Response]] = [None] * len(requests)
