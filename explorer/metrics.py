@@ -56,7 +56,7 @@ CELL_COLUMNS = [
     "tp", "fp", "tn", "fn", "refused_pos", "refused_neg",
     "accuracy", "accuracy_lo", "accuracy_hi", "accuracy_all",
     "sensitivity", "specificity", "precision", "f1_nr", "f1_all", "f1_all_lo", "f1_all_hi",
-    "refusal_rate", "hedge_rate", "positive_rate", "auroc", "n_auroc",
+    "refusal_rate", "hedge_rate", "positive_rate", "auroc", "n_auroc", "non_answer_rate",
 ]
 SUMMARY_COLUMNS = [
     "model", "task", "pair", "role", "n_prompts", "n_cases",
@@ -64,6 +64,7 @@ SUMMARY_COLUMNS = [
     "accuracy_all_mean", "accuracy_all_std", "f1_nr_mean",
     "f1_all_mean", "f1_all_std", "f1_all_lo", "f1_all_hi",
     "refusal_rate_mean", "flip_rate", "n_flip_cases", "fleiss_kappa", "n_kappa_cases", "n_kappa_variants",
+    "non_answer_rate_mean",
 ]
 PAIRED_COLUMNS = [
     "pair", "task", "prompt_id", "level", "base_model", "medical_model", "n_pairs",
@@ -246,6 +247,8 @@ def _one_cell(key: tuple, cell: pd.DataFrame, n_boot: int, seed: int, ci: float)
         refusal_rate=(~cell["answered"]).mean() if n else np.nan,
         hedge_rate=(cell["verdict"] == "hedge").mean() if n else np.nan,
         positive_rate=(cell["verdict"] == "positive").mean() if n else np.nan,
+        # The same share under its own name: "refusal" on a card means declined, and this counts more.
+        non_answer_rate=(~cell["answered"]).mean() if n else np.nan,
     )
     row["auroc"], row["n_auroc"] = _auroc(cell)
     row["accuracy_lo"] = row["accuracy_hi"] = row["f1_all_lo"] = row["f1_all_hi"] = np.nan
@@ -269,7 +272,9 @@ def cell_metrics(
       sensitivity, specificity, precision, f1_nr   on answered labelled rows (scikit-learn)
       f1_all       scikit-learn F1 after folding each refusal into the wrong class
                    (= 2TP / (2TP + FP + FN + R))
-      refusal_rate non-answers (refusal + hedge + unclear) / n;  hedge_rate hedge / n
+      refusal_rate non-answers (refusal + hedge + unclear) / n, the study's "refusals" (kept for old readers)
+      non_answer_rate  the same share under its own name (a "refusal" verdict alone is a declined answer)
+      hedge_rate   hedge / n
       positive_rate  "positive" verdicts / n (the yes-rate: with the negative and refusal rates it sums to 1)
       auroc        from p_positive on labelled rows where it is finite; NaN with one class only
     accuracy_lo/hi and f1_all_lo/hi: percentile bootstrap (n_boot draws over the cell's labelled cases).
@@ -373,6 +378,7 @@ def model_task_summary(
             refusal_rate_mean=c["refusal_rate"].mean(),
             flip_rate=flips, n_flip_cases=n_flip,
             fleiss_kappa=kappa, n_kappa_cases=n_kappa, n_kappa_variants=n_var,
+            non_answer_rate_mean=c["non_answer_rate"].mean(),
         ))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
