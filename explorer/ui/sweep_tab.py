@@ -11,11 +11,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from . import render
-from .context import Background, SharedExplorer, gpu, user_message, warn
+from . import names, render
+from .context import SharedExplorer, gpu, user_message, warn
 
-METRIC_COLUMNS = ["model", "task", "prompt_id", "n", "accuracy", "accuracy_all", "f1_all", "refusal_rate",
-                  "sensitivity", "specificity"]
+METRIC_COLUMNS = ["model", "task", "prompt_id", "n", "accuracy", "accuracy_all", "f1_all", "non_answer_rate",
+                  "hedge_rate", "sensitivity", "specificity"]
 REFRESH_S = 1.5  # how often the metrics table is recomputed while a sweep runs
 N_CHARTS = 6  # plots.study_figures: headline F1_all, accuracy by prompt, prompt spread, refusals, flips, ROC
 DOWNLOADS = (("Answers CSV", "dl-answers-csv", "answers.csv"), ("Answers Parquet", "dl-answers-parquet", "answers.parquet"),
@@ -26,11 +26,19 @@ DOWNLOADS = (("Answers CSV", "dl-answers-csv", "answers.csv"), ("Answers Parquet
 N_FILES = len(DOWNLOADS)
 
 
-def metrics_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """The columns a reader scans first, rounded; the downloads carry every column."""
+def metrics_table(cells: pd.DataFrame, catalog=None) -> pd.DataFrame:
+    """The columns a reader scans first, rounded, under plain names (models, tasks and wordings by name);
+    the downloads carry every column under its id."""
+    headers = [names.metric_header(c) for c in METRIC_COLUMNS]
     if cells is None or cells.empty:
-        return pd.DataFrame(columns=METRIC_COLUMNS)
-    return cells[METRIC_COLUMNS].round(3)
+        return pd.DataFrame(columns=headers)
+    table = cells.reindex(columns=METRIC_COLUMNS).round(3)
+    if catalog is not None:
+        table["model"] = [names.model_name(catalog.models.get(a), a) for a in table["model"].astype(str)]
+        table["task"] = [catalog.task(t).title if t in catalog.tasks else t for t in table["task"].astype(str)]
+    table["prompt_id"] = [names.prompt_name(p) for p in table["prompt_id"].astype(str)]
+    table.columns = headers
+    return table
 
 
 def write_exports(ex, run_id: str) -> list[str]:
@@ -54,7 +62,7 @@ class SweepHandlers:
 
         return plots.study_figures(frame, catalog=ex.catalog, cells=cells)[:N_CHARTS]
 
-    def run(self, models, tasks, prompt_ids, per_class, style, state):
+    def run(self, models, tasks, prompt_ids, per_class, style, state, request: gr.Request = None):
         ex = self.shared.get()
         try:
             spec = ex.sweep_spec(models=list(models or []), tasks=list(tasks or []), prompt_ids=list(prompt_ids or []),
@@ -66,16 +74,16 @@ class SweepHandlers:
             warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, spec, previous=state)
+        yield from self._execute(ex, spec, previous=state, session=_session_of(request))
 
-    def resume(self, state):
+    def resume(self, state, request: gr.Request = None):
         ex = self.shared.get()
         if not state or state.get("spec") is None:
             msg = "Nothing to resume yet: run a sweep first."
             warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, state["spec"], previous=state)
+        yield from self._execute(ex, state["spec"], previous=state, session=_session_of(request))
 
     def cancel(self, state):
         if state and state.get("cancel") is not None and not state["cancel"].is_set():
@@ -83,7 +91,7 @@ class SweepHandlers:
             return render.notice("Cancelling after the current batch; finished answers are kept. Resume picks up there.", "info")
         return render.notice("No sweep is running.", "info")
 
-    def _execute(self, ex, spec, previous=None):
+    def _execute(self, ex, spec, previous=None, session=None):
         """Run `spec`, streaming progress. The previous sweep's downloads and resume point stay until this
         one has really started: a sweep refused while planning (public limits, a missing samples folder)
         takes nothing away, and one that fails midway offers what it finished."""
@@ -94,10 +102,16 @@ class SweepHandlers:
         yield (render.progress(0, 0, "planning: loading images", "running"), render.notice(""), gr.skip(),
                *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
 
-        def job(emit):
-            return ex.sweep(spec, progress=lambda d, t, info: emit((d, t, info)), cancel=cancel)
-
-        bg = Background(job)
+        # The sweep belongs to this visitor's session, not to this handler: it runs in the engine, a
+        # closed page cancels it (after a grace period for a reload), and it holds no gpu queue slot.
+        try:
+            bg = ex.start_sweep(session or "anonymous", spec, session=session, cancel=cancel)
+        except ValueError as exc:  # e.g. public mode: one sweep per visitor at a time
+            msg = user_message(exc)
+            warn(msg)
+            yield (render.progress(0, 0, msg, "failed"), render.notice(msg), gr.skip(),
+                   *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, previous)
+            return
         last_refresh = 0.0
         started = False
         for items in bg.updates(poll_s=0.25):
@@ -139,7 +153,7 @@ class SweepHandlers:
     def _cells_table(self, frame: pd.DataFrame) -> pd.DataFrame:
         from explorer import metrics
 
-        return metrics_table(metrics.cell_metrics(frame, n_boot=0))
+        return metrics_table(metrics.cell_metrics(frame, n_boot=0), self.shared.get().catalog)
 
     def _finish(self, ex, summary, state):
         from explorer import metrics
@@ -163,8 +177,12 @@ class SweepHandlers:
             figures = []
         figures = list(figures) + [None] * (N_CHARTS - len(figures))
         files = [gr.update(value=p, interactive=True) for p in write_exports(ex, summary.run_id)]
-        yield (render.progress(summary.done, summary.planned, detail, done_state), note, metrics_table(cells),
+        yield (render.progress(summary.done, summary.planned, detail, done_state), note, metrics_table(cells, ex.catalog),
                *figures, *files, state)
+
+
+def _session_of(request) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
@@ -173,12 +191,13 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     h = SweepHandlers(shared)
     closed = prompts.closed_variants(catalog, preset.tasks[0], preset.prompts)
     with gr.Row():
-        models = gr.CheckboxGroup([(f"{a} ({catalog.model(a).role})", a) for a in preset.models], value=list(preset.models),
-                                  label="Models", elem_id="sweep-models")
+        models = gr.CheckboxGroup([(names.model_label(catalog.model(a)), a) for a in preset.models],
+                                  value=list(preset.models), label="Models", elem_id="sweep-models")
         tasks = gr.CheckboxGroup([(catalog.task(k).title, k) for k in preset.tasks], value=list(preset.tasks),
                                  label="Tasks", elem_id="sweep-tasks")
-    prompt_ids = gr.CheckboxGroup([v.prompt_id for v in closed], value=[v.prompt_id for v in closed],
-                                  label="Prompt variants (the same families for every task)", elem_id="sweep-prompts")
+    prompt_ids = gr.CheckboxGroup([(names.prompt_name(v.prompt_id), v.prompt_id) for v in closed],
+                                  value=[v.prompt_id for v in closed],
+                                  label="Wordings (the same families for every task)", elem_id="sweep-prompts")
     with gr.Row():
         per_class = gr.Slider(1, max(50, preset.cases.per_class), value=preset.cases.per_class, step=1,
                               label="Images per class (seeded sample)", elem_id="sweep-per-class")
@@ -192,6 +211,7 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     status = gr.HTML("", elem_id="sweep-status", js_on_load=None)
     table = gr.Dataframe(metrics_table(None), label="Metrics per model, task and prompt (fills in as answers land)",
                          elem_id="sweep-metrics", interactive=False, max_height=320, wrap=False)
+    gr.Markdown(names.metric_legend(METRIC_COLUMNS), elem_id="metric-legend")
     with gr.Row():
         downloads = [gr.DownloadButton(label, value=None, interactive=False, elem_id=eid, size="sm")
                      for label, eid, _ in DOWNLOADS]
@@ -203,8 +223,8 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     state = gr.State(None)
     outputs = [progress, status, table, *charts, *downloads, state]
     running = run.click(gpu(600)(h.run), [models, tasks, prompt_ids, per_class, style, state], outputs,
-                        api_name="sweep", concurrency_id="gpu", concurrency_limit=shared.settings.gpu_concurrency)
-    resume.click(gpu(600)(h.resume), [state], outputs, api_name="resume_sweep", concurrency_id="gpu",
-                 concurrency_limit=shared.settings.gpu_concurrency)
+                        api_name="sweep", concurrency_id="sweeps", concurrency_limit=None)
+    resume.click(gpu(600)(h.resume), [state], outputs, api_name="resume_sweep", concurrency_id="sweeps",
+                 concurrency_limit=None)
     cancel.click(h.cancel, [state], [status], queue=False, api_visibility="private")
     return {"run_event": running}
