@@ -138,7 +138,7 @@ def cmd_describe(args) -> int:
             print(f"  {alias}: {why}", file=sys.stderr)
         answers = D.description_answers(ex.store, run_id=summary.run_id)
         dsum = D.diagnose_descriptions(ex.store, diagnoser, ex.catalog, answers, templates,
-                                       progress=_progress("diagnoses"))
+                                       progress=_progress("diagnoses"), prompt_set=ex.preset.prompts.prompt_set)
         print(f"diagnoser {dsum.diagnoser}: {dsum.planned} diagnoses, {dsum.computed} new, {dsum.cached} cached, "
               f"{dsum.errors} failed, {dsum.unparsed} unparsed ({dsum.elapsed_s:.1f} s)")
         for notice in dsum.notices:

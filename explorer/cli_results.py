@@ -53,6 +53,9 @@ def add_sweep(sub) -> None:
     p.add_argument("--prompt-style", choices=("paper", "official"), help="LLaVA-1.6 prompt format")
     p.add_argument("--original-defects", action="store_true",
                    help="reproduce the original code's prompt defects (brain and IDC prompt 6)")
+    p.add_argument("--prompt-set", choices=("paper-as-run", "paper-clean"),
+                   help="the study's strings as its first upload sent them (byte for byte; the paper preset's), "
+                   "or as its later refactor tidied them")
     p.add_argument("--max-new-tokens", type=_positive_int, help="cap each model's generation limit")
     p.add_argument("--batch-size", type=_positive_int, default=12,
                    help="requests per generate() call (default 12: fastest on CPU in the speed runs)")
@@ -104,7 +107,10 @@ def cmd_sweep(args) -> int:
         samples = args.samples or (default_samples_dir() if args.preset == "demo" else None)
         ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples,
                       endpoints=endpoints, batch_size=args.batch_size, backend_options=_backend_options(args))
-        selection = ex.preset.prompts.model_copy(update={"original_code_defects": True}) if args.original_defects else None
+        changes = {"original_code_defects": True} if args.original_defects else {}
+        if args.prompt_set:
+            changes["prompt_set"] = args.prompt_set
+        selection = ex.preset.prompts.model_copy(update=changes) if changes else None
         spec = ex.sweep_spec(
             models=_split(args.models), tasks=_split(args.tasks), prompt_ids=_split(args.prompts),
             describe=args.describe or None, per_class=args.per_class, seed=args.seed,

@@ -34,6 +34,7 @@ from .diagnosers import (  # noqa: F401 - re-exported: callers use describe.*
     DiagnosisReply, Diagnoser, TextDiagnoser, StructuredDiagnoser, openai_diagnoser, local_diagnoser, demo_diagnoser,
     diagnoser_from_arg, DEMO_TEXT_ALIAS, OPENAI_BASE_URL, SCHEMA_NAME, STUDY_MAX_OUTPUT_TOKENS, YES_NO_SCHEMA,
 )
+from . import prompts as prompt_lib
 from .presets import Catalog, TaskSpec
 from .store import Store, utc_now
 
@@ -221,6 +222,7 @@ def diagnose_descriptions(
     batch_size: int = 16,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[threading.Event] = None,
+    prompt_set: str = "paper-clean",
 ) -> DiagnoseSummary:
     """Diagnose each description answer with each template; each result is committed as it comes.
 
@@ -249,7 +251,9 @@ def diagnose_descriptions(
             continue
         task = catalog.task(row["task"])
         for name in names:
-            prompt = diagnosis_prompt(catalog.diagnosis_templates[name], task, row.get("answer") or "")
+            # paper-as-run: the per-task templates the first upload sent; else the catalog's shared ones.
+            own = prompt_lib.diagnosis_templates(prompt_set, task.key) if prompt_set != "paper-clean" else {}
+            prompt = diagnosis_prompt(own.get(name) or catalog.diagnosis_templates[name], task, row.get("answer") or "")
             key = cache_key(identity, prompt)
             if (row["id"], key) in seen:  # a run lists an answer once per item; diagnose it once
                 continue

@@ -186,7 +186,10 @@ class CasesSpec(_Strict):
 class PromptSelection(_Strict):
     families: Literal["all"] | tuple[str, ...] = "all"
     one_word: Literal["both", "only", "none"] = "both"
-    original_code_defects: bool = False
+    original_code_defects: bool = False  # paper-clean only: the missing comma of brain and IDC prompt 6
+    # paper-clean: the strings of tasks.yaml (the authors' refactor, 1e9dde1); paper-as-run: the first
+    # upload's strings byte for byte (presets/prompt_sets/paper-as-run.yaml, explorer/prompts.py).
+    prompt_set: Literal["paper-clean", "paper-as-run"] = "paper-clean"
 
 
 class JudgeSpec(_Strict):

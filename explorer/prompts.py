@@ -3,14 +3,25 @@
 Polarity matters: a "yes" to "Is this image normal?" is a NEGATIVE reading, and the letter "A"
 means opposite things in the two multiple-choice orderings. Every variant carries that meaning
 so the verdict parser never has to guess it from the wording.
+
+Two prompt sets (PromptSelection.prompt_set), with the same prompt ids so runs compare cell by cell:
+  paper-clean   built from tasks.yaml: the authors' later refactor (1e9dde1), tidy strings.
+  paper-as-run  presets/prompt_sets/paper-as-run.yaml: the strings their first upload (de96238) sent,
+                which produced the paper's numbers, byte for byte (whitespace, capitals, the missing
+                comma's fused prompt, per-task diagnosis templates). Only their meaning (family,
+                polarity, which line is option A) is derived here.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Optional
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
 
-from .presets import Catalog, PresetError, PromptSelection, TaskSpec
+import yaml
+
+from .presets import PRESETS_DIR, Catalog, PresetError, PromptSelection, TaskSpec
 from .schema import PromptVariant
 
 CLOSED_FAMILIES = ("abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first")
@@ -74,6 +85,9 @@ def closed_variants(catalog: Catalog, task_key: str, selection: PromptSelection 
     task = catalog.task(task_key)
     families = CLOSED_FAMILIES if selection.families == "all" else selection.families
     word_options = {"both": (False, True), "only": (True,), "none": (False,)}[selection.one_word]
+    if selection.prompt_set == "paper-as-run":
+        as_run = [v for v in prompt_set_variants(selection.prompt_set, task_key) if v.kind == "closed"]
+        return [v for ow in word_options for v in as_run if v.one_word == ow and v.family in families]
     variants = [
         closed_variant(task, fam, ow, catalog.one_word_suffix) for ow in word_options for fam in families
     ]
@@ -105,7 +119,77 @@ def _with_original_defects(task: TaskSpec, variants: list[PromptVariant]) -> lis
 
 
 def all_variants(catalog: Catalog, task_key: str, selection: PromptSelection = PromptSelection()) -> list[PromptVariant]:
-    return closed_variants(catalog, task_key, selection) + describe_variants(catalog.task(task_key))
+    if selection.prompt_set == "paper-as-run":
+        described = [v for v in prompt_set_variants(selection.prompt_set, task_key) if v.kind == "describe"]
+    else:
+        described = describe_variants(catalog.task(task_key))
+    return closed_variants(catalog, task_key, selection) + described
+
+
+# ---------------------------------------------------------------- prompt sets kept as files
+PROMPT_SETS_DIR = PRESETS_DIR / "prompt_sets"
+_YES_MEANS = {"abnormal": "positive", "normal": "negative", "evidence": "positive", "guided": "positive"}
+_MC_LINE = re.compile(r"^\s*([AB])\)\s*(.*?)\s*$", re.M)
+
+
+@lru_cache(maxsize=8)
+def _prompt_set_file(name: str, folder: str) -> dict[str, Any]:
+    path = Path(folder) / f"{name}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PresetError(f"{path}: cannot read prompt set {name!r} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        raise PresetError(f"{path}: a prompt set needs a 'tasks' mapping")
+    return data
+
+
+def prompt_set_info(name: str, folder: Path = PROMPT_SETS_DIR) -> dict[str, str]:
+    """Where a file-kept prompt set comes from and why it exists (its `source` and `why`)."""
+    data = _prompt_set_file(name, str(folder))
+    return {"name": data.get("name", name), "source": data.get("source", ""), "why": data.get("why", "")}
+
+
+def prompt_set_variants(name: str, task_key: str, folder: Path = PROMPT_SETS_DIR) -> list[PromptVariant]:
+    """Every prompt of a file-kept set for one task, in the order the study sent them."""
+    data = _prompt_set_file(name, str(folder))
+    where = f"{Path(folder) / name}.yaml: tasks.{task_key}"
+    spec = data["tasks"].get(task_key)
+    if not isinstance(spec, dict):
+        raise PresetError(f"prompt set {name!r} has no task {task_key!r}; it has {', '.join(data['tasks'])}")
+    names = spec.get("options") or {}
+    out = []
+    for i, entry in enumerate(spec.get("prompts") or ()):
+        family, text = entry.get("family"), entry.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise PresetError(f"{where}.prompts.{i}: needs a text")
+        kind = entry.get("kind", "closed")
+        common = dict(prompt_id=entry.get("id") or family, family=family, text=text, kind=kind,
+                      one_word=bool(entry.get("one_word")))
+        if kind == "describe":
+            out.append(PromptVariant(**common))
+        elif family in _YES_MEANS:
+            out.append(PromptVariant(**common, yes_means=_YES_MEANS[family]))
+        elif family in ("mc_pos_first", "mc_neg_first"):
+            out.append(PromptVariant(**common, options=_options_of(text, names, f"{where}.prompts.{i}")))
+        else:
+            raise PresetError(f"{where}.prompts.{i}: unknown family {family!r}")
+    return out
+
+
+def _options_of(text: str, names: dict, where: str) -> tuple:
+    """(letter, reading, option text) for the A/B lines of a prompt, as written (spaces trimmed)."""
+    reading_of = {str(names.get("positive", "")): "positive", str(names.get("negative", "")): "negative"}
+    options = tuple((letter, reading_of.get(option), option) for letter, option in _MC_LINE.findall(text))
+    if [o[0] for o in options] != ["A", "B"] or {o[1] for o in options} != {"positive", "negative"}:
+        raise PresetError(f"{where}: the A) and B) lines must name the task's two options {sorted(reading_of)}")
+    return options
+
+
+def diagnosis_templates(name: str, task_key: str, folder: Path = PROMPT_SETS_DIR) -> dict[str, str]:
+    """A file-kept set's diagnosis templates for one task ({desc} is their only placeholder)."""
+    spec = _prompt_set_file(name, str(folder))["tasks"].get(task_key) or {}
+    return dict(spec.get("diagnosis_templates") or {})
 
 
 def find_variant(catalog: Catalog, task_key: str, prompt_id: str) -> PromptVariant:

@@ -128,7 +128,7 @@ class ProbeActions:
         tick = (lambda d, t, _info: progress("diagnoses", d, t)) if progress else None
         with self._generate_lock:  # a local diagnoser shares the machine with the VLMs
             summary = D.diagnose_descriptions(self.store, diagnoser, self.catalog, answers, names,
-                                              progress=tick, cancel=cancel)
+                                              progress=tick, cancel=cancel, prompt_set=self.preset.prompts.prompt_set)
         return diagnoser, summary, D.diagnoses_frame(self.store, answers, summary.diagnoser_key)
 
     # ------------------------------------------------------------ describe -> diagnose

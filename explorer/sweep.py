@@ -196,7 +196,7 @@ class SweepSpec:
 
     def variants(self, catalog: Catalog, task: str) -> list[PromptVariant]:
         closed = prompt_lib.closed_variants(catalog, task, self.selection)
-        described = prompt_lib.describe_variants(catalog.task(task))
+        described = [v for v in prompt_lib.all_variants(catalog, task, self.selection) if v.kind == "describe"]
         if not self.prompt_ids:
             return closed + (described if self.describe else [])
         by_id = {v.prompt_id: v for v in closed + described}
