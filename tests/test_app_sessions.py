@@ -1,5 +1,6 @@
-"""Ten people at once: the app's sessions keep their own images and answers, the "gpu" queue holds
-generation to settings.gpu_concurrency, and every answer lands in the store exactly once.
+"""Ten people at once: the app's sessions keep their own images and answers, generation runs at most
+settings.gpu_concurrency at a time (the engine's device gate; no app-wide lock), and every answer
+lands in the store exactly once.
 
 The app runs in-process (demo preset, a temporary store, a synthetic samples folder) with the Compare
 and Sweep handlers and the engine's generation call wrapped in counters. Ten gradio_client sessions
@@ -96,11 +97,15 @@ def app(tmp_path, monkeypatch):
     for name in ("EXPLORER_PUBLIC", "SPACE_ID", "EXPLORER_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    handlers, engine = Gauge(), Gauge()
+    from explorer.backends.transformers_backend import TransformersBackend
+
+    handlers, sweeps, engine, generation = Gauge(), Gauge(), Gauge(), Gauge()
     monkeypatch.setattr(CompareHandlers, "run", _counted_generator(CompareHandlers.run, handlers))
-    monkeypatch.setattr(SweepHandlers, "run", _counted_generator(SweepHandlers.run, handlers))
-    # Explorer.grid and Explorer.sweep both generate through service.run_sweep.
+    monkeypatch.setattr(SweepHandlers, "run", _counted_generator(SweepHandlers.run, sweeps))
+    # Explorer.grid and Explorer.sweep both go through service.run_sweep; generation itself is a
+    # generate() call of the local backend.
     monkeypatch.setattr(service, "run_sweep", _counted(service.run_sweep, engine))
+    monkeypatch.setattr(TransformersBackend, "generate", _counted(TransformersBackend.generate, generation))
 
     store = tmp_path / "explorer.sqlite"
     settings = AppSettings(preset="demo", samples_dir=_samples(tmp_path / "samples"), store_path=store,
@@ -110,7 +115,8 @@ def app(tmp_path, monkeypatch):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_kwargs(settings))
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "store": store, "handlers": handlers, "engine": engine}
+        yield {"url": f"http://127.0.0.1:{port}/", "store": store, "handlers": handlers, "engine": engine,
+               "sweeps": sweeps, "generation": generation}
     finally:
         demo.close()
 
@@ -190,11 +196,13 @@ def test_ten_sessions_and_a_sweep_keep_their_own_state(app, tmp_path):
     assert len(exported) == n_sweep
     assert not {r["image_hash"] for r in exported} & {h for _, h in uploads.values()}
 
-    # ---- the gpu queue: never more than gpu_concurrency handlers; generation itself one at a time
-    handlers, engine = app["handlers"], app["engine"]
-    assert handlers.calls == N_SESSIONS * (N_PROMPTS + 1) + 1
+    # ---- Compare's queue holds gpu_concurrency handlers; the sweep holds no slot of it; generate()
+    # calls overlap up to gpu_concurrency (the device gate), never more
+    handlers, engine, generation = app["handlers"], app["engine"], app["generation"]
+    assert handlers.calls == N_SESSIONS * (N_PROMPTS + 1) and app["sweeps"].calls == 1
     assert handlers.peak == GPU_CONCURRENCY, f"{handlers.peak} gpu-queue jobs ran at once"
-    assert engine.calls == handlers.calls and engine.peak == 1
+    assert engine.calls == handlers.calls + 1
+    assert 1 <= generation.peak <= GPU_CONCURRENCY, f"{generation.peak} generate() calls at once"
 
     # ---- the store: every answer once, exactly the expected rows
     with contextlib.closing(sqlite3.connect(app["store"])) as db:

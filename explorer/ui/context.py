@@ -1,5 +1,8 @@
 """What every tab shares: the app settings, one lazily created Explorer, GPU wrapping, background jobs.
 
+There is no app-wide generation lock: the Explorer bounds generation per device and per model
+(settings.gpu_concurrency), so answers already in the store never wait behind a running sweep.
+
 Per-user state lives in gr.State inside the tabs; only the Explorer (which owns the loaded models,
 shared by everyone) lives here, and it is created on first use, never at import time.
 """
@@ -74,8 +77,15 @@ class SharedExplorer:
                     store_path=str(self.settings.store_path),
                     samples_dir=str(self.settings.samples_dir) if self.settings.samples_dir else None,
                     public=self.settings.public,
+                    gpu_concurrency=self.settings.gpu_concurrency,
                 )
             return self._explorer
+
+    def end_session(self, session: Optional[str]) -> None:
+        """A page closed (demo.unload): the sweeps it followed are cancelled after a grace period, in
+        which a reload re-attaches to them. Nothing to do when no Explorer was ever built."""
+        if session and self._explorer is not None:
+            self._explorer.end_session(session)
 
 
 def gpu(duration_s: int = 120) -> Callable[[Callable], Callable]:

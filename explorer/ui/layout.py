@@ -67,6 +67,11 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         results_tab.select(r["shown"], r["inputs"], r["outputs"], api_visibility="private")
         diagnose_tab.select(d["shown"], d["inputs"], d["outputs"], api_visibility="private")
         models_page.select(m["refresh"], None, m["outputs"], api_visibility="private")
+
+        def session_ended(request: gr.Request):  # a closed or reloaded page: its sweeps stop after a grace period
+            shared.end_session(getattr(request, "session_hash", None))
+
+        demo.unload(session_ended)
     demo.queue(default_concurrency_limit=settings.gpu_concurrency * 4, max_size=64)
     return demo
 
