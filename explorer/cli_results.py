@@ -229,8 +229,12 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
 
     from . import metrics
     from .exports import metric_tables
+    from .run_selection import plan_answers
 
-    answers = store.answers_frame(catalog=catalog, run_id=run_id)
+    if run_id is None:
+        answers = store.answers_frame(catalog=catalog)
+    else:  # the plan's latest answer for every item, retries included
+        answers = plan_answers(store, run_id, catalog=catalog).frame
     tables = metric_tables(answers, n_boot=300)
     summary = tables["metrics_summary"]
     if summary.empty:
@@ -258,8 +262,9 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
 
 
 def _store_and_run(args):
-    """The store of --store and the run to report: --run (checked), none with --all, else the newest.
-    Raises ValueError with the message for the user."""
+    """The store of --store and the run to report: --run (checked), none with --all, else the newest;
+    a retry run is replaced by the full run of its plan. Raises ValueError with the message for the user."""
+    from .run_selection import plan_run
     from .store import Store
 
     if not Path(args.store).exists():
@@ -270,7 +275,13 @@ def _store_and_run(args):
         if problem:
             store.close()
             raise ValueError(problem)
-    return store, None if args.all else (args.run or _latest_run(store))
+    if args.all:
+        return store, None
+    # A --retry-errors run holds only the retried items: it stands for the plan it retried.
+    run_id, note = plan_run(store, args.run or _latest_run(store))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return store, run_id
 
 
 def cmd_metrics(args) -> int:
@@ -338,7 +349,7 @@ def cmd_import(args) -> int:
         path = Path(raw)
         try:
             frame = open_results(path)  # a store, an export, or the study's CSVs (a file or its folder)
-            added, existing = import_answers(store, frame, origin=str(path.resolve()))
+            added, existing = import_answers(store, frame, origin=str(path.resolve()))  # unknown tasks refused
         except (ResultFileError, ValueError, OSError) as exc:
             return _fail(str(exc))
         total_added += added

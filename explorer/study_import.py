@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .bounded_read import ReadBudget, ReadLimits, ResultFileError, read_csv_text, read_json_records, read_parquet
+from .csv_cells import restore_frame
 from .metrics import ANSWER_COLUMNS
 from .schema import VERDICT_LABELS
 
@@ -350,8 +351,8 @@ def _read_records(path: Path, budget: Optional[ReadBudget] = None) -> pd.DataFra
     if not path.is_file():
         raise _fail(path, "no such file")
     budget = _budget(budget)
-    if suffix == ".csv":
-        return read_csv_text(path, budget)
+    if suffix == ".csv":  # our CSV export: undo its formula guard (csv_cells)
+        return restore_frame(read_csv_text(path, budget))
     if suffix in (".parquet", ".pq"):
         return read_parquet(path, budget)
     if suffix not in (".json", ".jsonl", ".ndjson"):

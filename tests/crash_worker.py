@@ -140,10 +140,16 @@ def stdout_has(proc: subprocess.Popen, word: str, seen: list[str]) -> bool:
 
 
 def temp_files(out_dir: Path) -> set[str]:
-    """The temp files an export writes before moving each into place (".answers.csv.x1y2.tmp")."""
-    if not out_dir.is_dir():
-        return set()
-    return {p.name for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")}
+    """The files an export writes into its sibling temp folder (".export.export-x1y2.tmp/answers.csv")
+    before that folder replaces out_dir, and any temp file inside out_dir itself."""
+    found = set()
+    if out_dir.parent.is_dir():
+        for folder in out_dir.parent.glob(f".{out_dir.name}.*.tmp"):
+            if folder.is_dir():
+                found |= {f"{folder.name}/{p.name}" for p in folder.iterdir()}
+    if out_dir.is_dir():
+        found |= {p.name for p in out_dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")}
+    return found
 
 
 def done_keys(done_log: Path) -> list[str]:

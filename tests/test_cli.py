@@ -153,11 +153,15 @@ def test_export_is_atomic_and_rejects_unknown_formats(tmp_path):
     (tmp_path / "out").mkdir()
     stale = tmp_path / "out" / ".answers.csv.k1ll3d.tmp"  # what an export killed mid-write leaves
     stale.write_text("half a fi")
-    mine = tmp_path / "out" / ".notes.tmp"  # not ours: left alone
+    mine = tmp_path / "out" / ".notes.tmp"  # not ours: the folder is replaced whole, so it is refused
     mine.write_text("keep")
+    with pytest.raises(ValueError, match=r"holds other files \(\.notes\.tmp\)"):
+        export_results(store, tmp_path / "out", formats=["csv"])
+    assert mine.read_text() == "keep"
+    mine.unlink()
     files = export_results(store, tmp_path / "out", formats=["csv"])
     assert all(p.exists() for p in files)
-    assert list((tmp_path / "out").glob(".*tmp")) == [mine]
+    assert list((tmp_path / "out").glob(".*tmp")) == []
     assert import_answers(store, pd.DataFrame(columns=["model", "task", "prompt_id"]), "empty") == (0, 0)
 
 
