@@ -161,6 +161,7 @@ class SweepSpec:
     generation: Optional[GenerationSettings] = None  # replaces every model's settings
     judge: bool = False  # LLM judge instead of the rule-based parser
     case_source: str = "huggingface"
+    shard: tuple[int, int] = (1, 1)  # (i, n): only the i-th of n deterministic parts of the plan
 
     @classmethod
     def from_preset(cls, preset: StudyPreset, **overrides: Any) -> "SweepSpec":
@@ -220,9 +221,42 @@ def plan_from_spec(catalog: Catalog, spec: SweepSpec, case_loader: CaseLoader) -
         catalog.model(alias)
     variants = {task: spec.variants(catalog, task) for task in spec.tasks}
     cases = {task: list(case_loader(task, spec.per_class, spec.seed)) for task in spec.tasks}
-    return plan_sweep(
+    plan = plan_sweep(
         catalog, spec.models, spec.tasks, cases, variants, spec.prompt_style, spec.generation_override()
     )
+    return shard_plan(plan, *spec.shard)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" (1 <= i <= n) -> (i, n), with a one-line error for anything else."""
+    try:
+        i, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n, e.g. 1/4 (got {text!r})") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard i/n needs 1 <= i <= n (got {text!r})")
+    return i, n
+
+
+def shard_plan(items: Sequence[SweepItem], index: int, count: int) -> list[SweepItem]:
+    """The index-th (1-based) of count parts of a plan; the parts partition it exactly.
+
+    A part is a set of whole (model, task, image) groups, so each machine still reuses an image's
+    prefix across its prompts. Groups are dealt round-robin in the order of their hashes, so every
+    machine computes the same split from the same spec whatever order it planned in, and the parts
+    differ in size by at most one group.
+    """
+    if not 1 <= index <= count:
+        raise ValueError(f"shard {index}/{count}: need 1 <= i <= n")
+    if count == 1:
+        return list(items)
+
+    def group(item: SweepItem) -> str:
+        ident = f"{item.model}|{item.task}|{item.case.image_hash or item.case.case_id}"
+        return hashlib.sha256(ident.encode()).hexdigest()
+
+    order = {g: k for k, g in enumerate(sorted({group(it) for it in items}))}
+    return [it for it in items if order[group(it)] % count == index - 1]
 
 
 # ------------------------------------------------------------------ running
