@@ -5,11 +5,15 @@ The app's Models tab and the CLI's `models` command show these reasons, so a use
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 from .presets import ModelSpec
+
+log = logging.getLogger(__name__)
+_ANNOUNCED: set[tuple[str, str]] = set()
 
 
 
@@ -54,6 +58,23 @@ def cached_repo_id(spec: ModelSpec) -> Optional[str]:
     return None
 
 
+def fallback_note(spec: ModelSpec, repo_id: Optional[str]) -> Optional[str]:
+    """What to tell the user when a model resolves to one of its alt_ids instead of its hf_id (else None)."""
+    if not repo_id or repo_id == spec.hf_id:
+        return None
+    return (f"{spec.alias}: {spec.hf_id} (the study's checkpoint) is not available here, so {repo_id} is used: "
+            f"another conversion of the same model, listed in alt_ids; its answers are stored under {repo_id}, "
+            f"apart from {spec.hf_id}'s")
+
+
+def announce_fallback(spec: ModelSpec, repo_id: Optional[str]) -> None:
+    """Log the switch to another conversion once per process (a warning: results may differ)."""
+    note = fallback_note(spec, repo_id)
+    if note and (spec.alias, str(repo_id)) not in _ANNOUNCED:
+        _ANNOUNCED.add((spec.alias, str(repo_id)))
+        log.warning(note)
+
+
 def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional[str] = None) -> Availability:
     if loaded:
         return Availability(spec.alias, "loaded", "in memory", spec.hf_id or "random weights")
@@ -67,7 +88,10 @@ def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional
     size = _size_gb(spec)
     cached = cached_repo_id(spec)
     if cached:
-        return Availability(spec.alias, "loadable", "in the local Hugging Face cache", cached, size)
+        reason = "in the local Hugging Face cache"
+        if cached != spec.hf_id:
+            reason += f" as {cached}, another conversion than the study's {spec.hf_id}"
+        return Availability(spec.alias, "loadable", reason, cached, size)
     if hub_offline():
         return Availability(
             spec.alias, "unavailable",

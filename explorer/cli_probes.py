@@ -187,6 +187,9 @@ def add_embed(sub) -> None:
     p.add_argument("--verdict-prompt", default="evidence", help="whose verdicts to put in the CSV's verdict column")
     p.add_argument("--pca-dims", type=_positive_int, default=None)
     p.add_argument("--perplexity", type=float, default=None)
+    p.add_argument("--precision", choices=("study", "float64"), default=None,
+                   help="features as the authors computed them (mean in the model dtype, float32 t-SNE; the "
+                   "default) or in float64 (same picture, other coordinates)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=cmd_embed)
 
@@ -235,6 +238,7 @@ def cmd_embed(args) -> int:
             registry.for_model, models, task, report.cases, answers=answers, verdict_prompt=args.verdict_prompt,
             cache=cache, pca_dims=args.pca_dims or settings.pca_dims, perplexity=args.perplexity or settings.perplexity,
             seed=seed, batch_size=args.batch_size, progress=lambda a, d, t: _progress(f"features {a}")(d, t),
+            precision=args.precision or settings.precision,
         )
     finally:
         cache.close()

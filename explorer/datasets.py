@@ -542,10 +542,16 @@ def hf_cases(
 
 def embedding_cases(
     task: Union[TaskSpec, str], per_class: int = 300, seed: int = 42, *, frontal_only: bool = True,
-    source: Any = None, progress: Progress = None,
+    source: Any = None, progress: Progress = None, main_branch: bool = True,
 ) -> CaseLoadReport:
-    """The study's sample for the vision-embedding analysis (see study_embedding_sample)."""
+    """The study's sample for the vision-embedding analysis (see study_embedding_sample).
+
+    From the Hub, main_branch reads each dataset's main branch as the study's t-SNE script did (its VQA
+    scripts read the parquet conversion of brain MRI and skin lesions, which tasks.yaml names); rows
+    and their order can differ between the two, and with them the sample."""
     task = _task_spec(task)
+    if source is None and main_branch and task.dataset.revision:
+        task = task.model_copy(update={"dataset": task.dataset.model_copy(update={"revision": None})})
     table = _open_table(task, source)
     _check_columns(table, [*label_columns(task), task.dataset.image_column])
     columns = label_columns(task)

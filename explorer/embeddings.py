@@ -8,10 +8,18 @@ The study's features (src/tsne_analysis.py), per architecture:
 Features come from the model and processor the TransformersBackend already loaded (no second
 loading path) and are cached by (model identity, image hash) in an SQLite file beside the store.
 
-Then: PCA to 50 dimensions (fewer when there are fewer points or dimensions) and t-SNE (scikit-learn,
-perplexity 30, init "pca", random_state 42), and a linear probe (standardise + logistic regression,
-stratified 5-fold CV) whose accuracy sits next to the model's own closed-form accuracy on the same
-images. Everything returns plain DataFrames a plot or a CSV can take.
+Then: PCA to 50 dimensions and t-SNE (scikit-learn, perplexity 30, init "pca", random_state 42), and
+a linear probe (standardise + logistic regression, stratified 5-fold CV) whose accuracy sits next to
+the model's own closed-form accuracy on the same images. Everything returns plain DataFrames a plot or
+a CSV can take.
+
+Precision (`precision=`), because t-SNE coordinates follow the last bits of its input:
+  study    (default) as the authors computed: the mean over tokens in the model's own dtype (bf16 on
+           a GPU), then float32; PCA and t-SNE on float32; their small-set caps (PCA only when the
+           features are wider than 50, to min(50, n-1) dimensions; perplexity min(30, max(5, n // 3))).
+  float64  the mean in float32, PCA and t-SNE in float64, caps min(50, n, d) and (n - 1) / 3.
+Both give the same picture; only `study` gives the authors' coordinates (given their images in their
+order: datasets.embedding_cases reads the main branch of each dataset as their script did).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from .schema import Case
 from .store import utc_now
 
 FEATURES_VERSION = 1  # bump when the pooling below changes
+PRECISIONS = ("study", "float64")
 FEATURE_METHODS = {
     "llava_next": "vision_tower.last_hidden_state[first crop].mean(tokens)",
     "llava": "vision_tower.last_hidden_state.mean(tokens)",
@@ -124,10 +133,16 @@ def _vision_tower(model: Any) -> Any:
     return tower
 
 
-def pooled_batch(model: Any, processor: Any, images: Sequence[Any]) -> np.ndarray:
-    """(len(images), dim) float32 pooled vision features of one loaded model, per the study's recipe."""
+def pooled_batch(model: Any, processor: Any, images: Sequence[Any], precision: str = "study") -> np.ndarray:
+    """(len(images), dim) float32 pooled vision features of one loaded model, per the study's recipe.
+
+    precision "study": averaged in the model's dtype, then cast (the authors' .mean().float());
+    "float64": cast first, then averaged (the float32 mean; the t-SNE side goes to float64).
+    """
     import torch
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
     kind = _architecture(model)
     image_processor = getattr(processor, "image_processor", processor)
     options = {"do_pan_and_scan": False} if kind == "gemma3" else {}  # one view per image, as the study ran it
@@ -144,17 +159,20 @@ def pooled_batch(model: Any, processor: Any, images: Sequence[Any]) -> np.ndarra
             if pixels.ndim == 5:  # LLaVA-NeXT: (batch, views, C, H, W); view 0 is the base-resolution image
                 pixels = pixels[:, 0]
             feats = tower(pixels.to(param.device, dtype=param.dtype)).last_hidden_state
-        pooled = feats.float().mean(dim=1)
+        pooled = feats.mean(dim=1).float() if precision == "study" else feats.float().mean(dim=1)
     return pooled.cpu().numpy().astype(np.float32)
 
 
-def feature_identity(backend: Any, alias: str, kind: str) -> dict[str, Any]:
-    return {"model": backend.identity(alias), "method": FEATURE_METHODS[kind], "version": FEATURES_VERSION}
+def feature_identity(backend: Any, alias: str, kind: str, precision: str = "study") -> dict[str, Any]:
+    ident = {"model": backend.identity(alias), "method": FEATURE_METHODS[kind], "version": FEATURES_VERSION}
+    if precision != "float64":  # the float64 variant keeps the keys its vectors were cached under before
+        ident["pooling"] = "mean in the model dtype, then float32"
+    return ident
 
 
 def vision_features(
     backend: Any, alias: str, cases: Sequence[Case], *, cache: Optional[FeatureCache] = None,
-    batch_size: int = 8, progress: Optional[ProgressFn] = None,
+    batch_size: int = 8, progress: Optional[ProgressFn] = None, precision: str = "study",
 ) -> np.ndarray:
     """Pooled features of each case's image (rows in the cases' order), through the backend's loaded model.
 
@@ -163,7 +181,7 @@ def vision_features(
     """
     lm = backend.load(alias)
     kind = _architecture(lm.model)
-    identity = feature_identity(backend, alias, kind)
+    identity = feature_identity(backend, alias, kind, precision)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
     hashes = [c.image_hash for c in cases]
     have = cache.get(key, hashes) if cache is not None else {}
@@ -175,7 +193,7 @@ def vision_features(
     done = len(set(hashes)) - len(todo)
     for start in range(0, len(todo), max(1, batch_size)):
         chunk = todo[start:start + batch_size]
-        vectors = pooled_batch(lm.model, lm.processor, [img for _, img in chunk])
+        vectors = pooled_batch(lm.model, lm.processor, [img for _, img in chunk], precision)
         new = {h: v for (h, _), v in zip(chunk, vectors)}
         if cache is not None:
             cache.put(key, identity, FEATURE_METHODS[kind], new)  # committed per batch: an interrupted run keeps them
@@ -188,27 +206,36 @@ def vision_features(
 
 # ------------------------------------------------------------------ t-SNE
 def tsne_coordinates(
-    features: np.ndarray, pca_dims: int = 50, perplexity: float = 30.0, seed: int = 42
+    features: np.ndarray, pca_dims: int = 50, perplexity: float = 30.0, seed: int = 42, precision: str = "study",
 ) -> tuple[np.ndarray, list[str]]:
     """(n, 2) t-SNE coordinates after PCA, and notices about settings lowered for a small set."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
-    X = np.asarray(features, dtype=np.float64)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    X = np.asarray(features, dtype=np.float32 if precision == "study" else np.float64)
     n, d = X.shape if X.ndim == 2 else (len(X), 0)
     notices: list[str] = []
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 images, got {n}")
-    k = min(pca_dims, n, d)
+    if precision == "study":
+        # src/tsne_analysis.py: PCA only when wider than pca_dims, to min(pca_dims, n - 1) dimensions.
+        k = min(pca_dims, n - 1) if d > pca_dims else d
+        used = float(min(perplexity, max(5, n // 3)))
+    else:
+        k = min(pca_dims, n, d)
+        used = float(perplexity)
     if k < d:
         if k < pca_dims:
             notices.append(f"PCA to {k} dimensions instead of {pca_dims} ({n} points, {d} dimensions)")
         X = PCA(n_components=k, random_state=seed).fit_transform(X)
     limit = (n - 1) / 3
-    used = float(perplexity)
-    if used > limit:
+    if used > limit and (precision == "float64" or used >= n):
+        # The study's floor of 5 is kept while scikit-learn accepts it (perplexity < n).
         used = limit
-        notices.append(f"t-SNE perplexity lowered from {perplexity:g} to {used:.2f} ((n-1)/3 for {n} points)")
+    if used != float(perplexity):
+        notices.append(f"t-SNE perplexity lowered from {perplexity:g} to {used:.2f} for {n} points")
     coords = TSNE(n_components=2, perplexity=used, init="pca", learning_rate="auto", random_state=seed).fit_transform(X)
     return coords, notices
 
@@ -317,6 +344,7 @@ def analyse(
     folds: int = 5,
     batch_size: int = 8,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    precision: str = "study",
 ) -> EmbeddingAnalysis:
     """Features, t-SNE and a linear probe for each model on one task's cases.
 
@@ -334,8 +362,9 @@ def analyse(
                 raise ValueError("vision features need a locally loaded model (transformers backend), "
                                  f"not the {getattr(model_backend, 'name', 'remote')} backend")
             X = vision_features(model_backend, alias, cases, cache=cache, batch_size=batch_size,
-                                progress=(lambda d, t, a=alias: progress(a, d, t)) if progress else None)
-            xy, tsne_notes = tsne_coordinates(X, pca_dims, perplexity, seed)
+                                progress=(lambda d, t, a=alias: progress(a, d, t)) if progress else None,
+                                precision=precision)
+            xy, tsne_notes = tsne_coordinates(X, pca_dims, perplexity, seed, precision)
         except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the rest still run
             notices.append(f"{alias}: {type(exc).__name__}: {exc}")
             continue

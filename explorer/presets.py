@@ -218,6 +218,7 @@ class EmbeddingSpec(_Strict):
     pca_dims: int = 50
     perplexity: float = 30.0
     frontal_only: bool = True
+    precision: Literal["study", "float64"] = "study"  # explorer/embeddings.py: the authors' bf16->fp32 path, or float64
 
 
 class StudyPreset(_Strict):

@@ -278,7 +278,7 @@ class ProbeActions:
             with self._generate_lock:
                 result = E.analyse(self.registry.for_model, models, task, cases, answers=answers,
                                    verdict_prompt=verdict_prompt, cache=cache, pca_dims=settings.pca_dims,
-                                   perplexity=settings.perplexity, seed=settings.seed,
+                                   perplexity=settings.perplexity, seed=settings.seed, precision=settings.precision,
                                    progress=(lambda a, d, t: progress(f"features {a}", d, t)) if progress else None)
         finally:
             cache.close()

@@ -118,15 +118,64 @@ def test_probe_on_tiny_sets_lowers_folds_or_says_why():
 
 def test_tsne_is_deterministic_and_adapts_to_small_sets():
     X = np.random.default_rng(2).normal(size=(40, 80))
-    a, notes = E.tsne_coordinates(X)
-    b, _ = E.tsne_coordinates(X)
+    a, notes = E.tsne_coordinates(X, precision="float64")
+    b, _ = E.tsne_coordinates(X, precision="float64")
     np.testing.assert_array_equal(a, b)
     assert a.shape == (40, 2)
     assert any("PCA to 40" in n for n in notes) and any("perplexity lowered" in n for n in notes)
+    # The study's caps: PCA to n - 1, perplexity max(5, n // 3) = 13.
+    _, study = E.tsne_coordinates(X)
+    assert any("PCA to 39" in n for n in study) and any("to 13.00" in n for n in study)
     _, wide = E.tsne_coordinates(np.random.default_rng(3).normal(size=(100, 60)), perplexity=30)
     assert not wide  # 100 points, 60 dims: PCA to 50 and perplexity 30 as the study set them
     with pytest.raises(ValueError, match="at least 3"):
         E.tsne_coordinates(X[:2])
+    # Tiny sets: the study's floor of 5 would be refused by scikit-learn (perplexity must be < n).
+    tiny, tiny_notes = E.tsne_coordinates(X[:5])
+    assert tiny.shape == (5, 2) and any("to 1.33" in n for n in tiny_notes)
+
+
+def test_study_precision_is_the_authors_path_and_float64_differs():
+    """The authors' float32 t-SNE input gives their coordinates; the float64 variant other ones
+    (the same layout, not the same numbers), and equal ones once both get the same input."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    X = np.random.default_rng(4).normal(size=(60, 80)).astype(np.float32)
+    ours, _ = E.tsne_coordinates(X)
+    # src/tsne_analysis.py's compute_tsne, as written there, on the same float32 features.
+    reduced = PCA(n_components=min(50, X.shape[0] - 1), random_state=42).fit_transform(X)
+    theirs = TSNE(n_components=2, perplexity=min(30, max(5, X.shape[0] // 3)), random_state=42, init="pca",
+                  learning_rate="auto").fit_transform(reduced)
+    np.testing.assert_array_equal(ours, theirs)
+    wide, _ = E.tsne_coordinates(X, precision="float64")
+    assert not np.allclose(wide, ours)
+
+
+def test_study_pooling_averages_in_the_model_dtype():
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1, dtype=torch.bfloat16))
+
+        def forward(self, pixels):
+            from types import SimpleNamespace
+            return SimpleNamespace(last_hidden_state=pixels.flatten(2) * self.w)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower = Tower()
+            self.config = type("C", (), {"model_type": "llava"})()
+
+    pixels = torch.linspace(1.0, 1.01, 3 * 4 * 4).reshape(1, 3, 4, 4) + torch.rand(1, 3, 4, 4) * 1e-3
+    processor = lambda images, return_tensors: {"pixel_values": pixels}  # noqa: E731
+    study = E.pooled_batch(Model(), processor, [None])
+    wide = E.pooled_batch(Model(), processor, [None], precision="float64")
+    bf16 = pixels.to(torch.bfloat16).flatten(2)
+    np.testing.assert_array_equal(study, bf16.mean(dim=1).float().numpy())
+    np.testing.assert_array_equal(wide, bf16.float().mean(dim=1).numpy())
+    assert study.dtype == wide.dtype == np.float32 and not np.array_equal(study, wide)
 
 
 def test_embed_cli_on_samples(samples_dir, tmp_path, monkeypatch, capsys):
@@ -157,3 +206,35 @@ def test_the_models_own_accuracy_counts_the_studys_wordings_not_ones_a_user_type
             for pid, verdict, custom in (("abnormal", "positive", 0), ("custom_1", "negative", 1))]
     out = closed_form_accuracy(pd.DataFrame(rows), "m", "pneumonia", [f"h{i}" for i in range(4)])
     assert list(out["prompt_id"]) == ["abnormal"] and out["accuracy"].iloc[0] == 1.0
+
+
+def test_a_missing_study_checkpoint_falls_back_to_its_alt_id_loudly(tmp_path, monkeypatch, caplog):
+    """llava-med: wnkh/... is the study's; with only chaoyinshe/... in the cache, the switch is logged,
+    shown in the availability line and recorded in the answers' model identity."""
+    import logging
+
+    from huggingface_hub import constants
+
+    from explorer import availability
+
+    spec = load_catalog().model("llava-med")
+    alt = spec.alt_ids[0]
+    repo = tmp_path / ("models--" + alt.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(availability, "_ANNOUNCED", set())
+
+    backend = TransformersBackend(load_catalog())
+    with caplog.at_level(logging.WARNING, logger="explorer.availability"):
+        source = backend._resolve_hub(spec)
+    assert source.path == alt
+    [record] = [r for r in caplog.records if r.name == "explorer.availability"]
+    assert spec.hf_id in record.getMessage() and f"so {alt} is used" in record.getMessage()
+    assert backend.identity("llava-med")["model"] == alt
+    line = availability.model_availability(spec)
+    assert line.source == alt and f"another conversion than the study's {spec.hf_id}" in line.reason
+    backend.close()

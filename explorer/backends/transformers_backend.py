@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from ..availability import cached_repo_id, has_hf_token, hub_offline
+from ..availability import announce_fallback, cached_repo_id, has_hf_token, hub_offline
 from ..demo_models import BUILD_VERSION, DemoSize, config_hash, ensure_demo_model, read_marker
 from ..model_manager import (
     QUANTIZATIONS,
@@ -267,6 +267,7 @@ class TransformersBackend:
         cached = cached_repo_id(spec)
         if hub_offline():
             if cached:
+                announce_fallback(spec, cached)
                 return _Source(cached, spec.revision, False, self._cached_folder(cached, spec.revision))
             raise BackendError(
                 f"{spec.alias}: offline (HF_HUB_OFFLINE is set) and not in the local cache: {', '.join(ids)}. "
@@ -285,6 +286,7 @@ class TransformersBackend:
         for repo_id in ids:
             try:
                 hf_hub_download(repo_id, "config.json", revision=spec.revision)
+                announce_fallback(spec, repo_id)
                 return _Source(repo_id, spec.revision, False, self._cached_folder(repo_id, spec.revision))
             except GatedRepoError:
                 gated = True
