@@ -135,6 +135,13 @@ class CompareHandlers:
         case = self.shared.get().case_from_upload(case.image, task, None, name=name)
         return case, case_caption(case), "unknown"
 
+    def retask(self, task: str, label: str, case):
+        """After a task change: only an image of another task moves (a sample picked meanwhile keeps the
+        truth it came with; the radio's value read at the start of this chain may be older than it)."""
+        if case is None or case.task == task:
+            return gr.skip(), gr.skip(), gr.skip()
+        return self.retarget(task, label, case)
+
     def rescore(self, case, last, strip_rows, customs):
         """New truth, same answers: right/wrong on the cards and in the strip follow at once (no re-run)."""
         if case is None or not last or last.get("case") != case_key(case):
@@ -358,7 +365,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
             upload = gr.File(label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath",
                              elem_id="upload", height=90)
             if shared.settings.public:
-                gr.HTML(PRIVACY_NOTE, elem_id="privacy-note", js_on_load=None)
+                gr.HTML(PRIVACY_NOTE, elem_id="privacy-box", js_on_load=None)
             viewer = dicom_view.build(pixels, task, catalog)
             with gr.Accordion("Details (ids, hashes)", open=False, elem_id="case-details-box"):
                 details = gr.HTML("", elem_id="case-details-html", js_on_load=None)
@@ -371,7 +378,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
     label.input(h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
         h.rescore, [case_state, last, strip_rows, customs], [cards, last, strip_rows], api_visibility="private")
     task.input(h.task_changed, [task], [variant, prompt], api_visibility="private").then(
-        h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
+        h.retask, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
         **viewer["refresh"])
     run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs]
     outputs = [cards, answers, status, last, strip_rows, customs]
