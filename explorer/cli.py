@@ -44,15 +44,13 @@ def _add_ask(sub) -> None:
     p.add_argument("--prompt-style", choices=("paper", "official"), default="paper",
                    help="LLaVA-1.6 prompt format: as the study ran it (paper) or its own chat template (official)")
     p.add_argument("--per-class", type=_positive_int, default=None, help="at most this many images per class (seeded)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="override the models' generation limit")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="cap the models' generation limit (never raises it)")
     p.add_argument("--store", default=str(Path("runs") / "explorer.sqlite"), help="results store (answers are cached here)")
     p.add_argument("--answer-width", type=int, default=70, help="wrap answers at this width (0: one line)")
     p.set_defaults(func=_cmd_ask)
 
 
 def _cmd_ask(args) -> int:
-    from dataclasses import replace
-
     from . import datasets
     from .presets import PresetError
     from .service import Explorer
@@ -98,8 +96,8 @@ def _cmd_ask(args) -> int:
         generation = None
         rows = []
         for alias in models:
-            if args.max_new_tokens:
-                generation = replace(ex.generation_for(alias), max_new_tokens=args.max_new_tokens)
+            if args.max_new_tokens:  # patched into each model's own settings as a cap (sweep._generation_for)
+                generation = {"max_new_tokens": args.max_new_tokens}
             rows += ex.grid(case, variants, [alias], args.prompt_style, generation=generation)
         total += len(rows)
         print(f"== {case.case_id}  ({case.source})  label={case.label or 'unknown'}  image={case.image_hash[:12]}")
@@ -223,3 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return _fail("interrupted; finished answers are in the store, re-run to resume", 130)
+    except (OSError, RecursionError, MemoryError, RuntimeError) as exc:
+        # Store, disk and file problems anywhere below: one line naming the file, never a traceback.
+        from .cli_results import store_problem
+
+        return _fail(store_problem(getattr(args, "store", None), exc))

@@ -163,6 +163,10 @@ def cmd_describe(args) -> int:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
         print(f"metrics written to {args.csv}")
+    problems = [f"{n} of {total} {what} failed" for n, total, what in
+                ((summary.errors, summary.planned, "answers"), (dsum.errors, dsum.planned, "diagnoses")) if n]
+    if problems:  # metrics over failed items are not a result: exit non-zero, with the counts
+        return _fail("; ".join(problems) + " (stored with their errors; run the same command again to retry them)", 1)
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 from pathlib import Path
@@ -27,6 +28,27 @@ def _positive_int(text: str) -> int:
     if value is None or value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (at least 1), got {text!r}")
     return value
+
+
+def store_problem(store, exc: BaseException) -> str:
+    """One line for a store, disk or file problem, naming the file (the store when no other is named)."""
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename or store
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+    elif isinstance(exc, sqlite3.Error):
+        text = (f"{store or 'the results store'}: {exc} (answers finished before this are kept; fix it and run "
+                "the same command again to resume)")
+    elif isinstance(exc, RecursionError):
+        text = f"{store or 'input'}: nested too deeply to read"
+    elif isinstance(exc, MemoryError):
+        text = f"{store or 'input'}: out of memory"
+    else:
+        text = str(exc) or type(exc).__name__
+        if store and str(store) not in text:
+            text = f"{store}: {text}"
+    return " ".join(text.split())
 
 
 def _store_arg(p) -> None:
@@ -87,8 +109,8 @@ def add_sweep(sub) -> None:
 def _backend_options(args) -> dict:
     options = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization, "reuse": args.reuse}
     if args.memory_budget_gb is not None:
-        if args.memory_budget_gb <= 0:
-            raise ValueError("--memory-budget-gb must be a positive number of GB")
+        if not math.isfinite(args.memory_budget_gb) or args.memory_budget_gb <= 0:
+            raise ValueError(f"--memory-budget-gb must be a positive, finite number of GB, got {args.memory_budget_gb}")
         options["memory_budget"] = int(args.memory_budget_gb * 1e9)
     return {k: v for k, v in options.items() if v is not None}
 
@@ -96,10 +118,13 @@ def _backend_options(args) -> dict:
 def cmd_sweep(args) -> int:
     from tqdm import tqdm
 
+    import sqlite3
+
     from .backends.base import BackendError
     from .backends.registry import load_endpoints
     from .presets import PresetError
     from .service import Explorer, default_samples_dir
+    from .store import StoreError
 
     ex = None
     try:
@@ -122,6 +147,10 @@ def cmd_sweep(args) -> int:
         if ex is not None:
             ex.close()
         return _fail(str(exc))
+    except (StoreError, OSError, sqlite3.Error) as exc:  # a store that cannot be opened or created
+        if ex is not None:
+            ex.close()
+        return _fail(store_problem(args.store, exc))
     if random_weights:
         print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise.", file=sys.stderr)
     bar = tqdm(total=None, unit="answer", dynamic_ncols=True)
@@ -145,6 +174,10 @@ def cmd_sweep(args) -> int:
     except (PresetError, BackendError, ValueError) as exc:
         bar.close()
         return _fail(str(exc))
+    except (StoreError, OSError, sqlite3.Error) as exc:  # e.g. the disk filled up mid-sweep
+        bar.close()
+        ex.close()
+        return _fail(store_problem(args.store, exc))
     bar.close()
     print(f"run {summary.run_id}: {summary.planned} planned, {summary.cached} from the store, "
           f"{summary.computed} generated, {summary.errors} errors, {summary.elapsed_s:.1f} s ({summary.status})")
@@ -155,7 +188,11 @@ def cmd_sweep(args) -> int:
     judge_failed = _print_judge_outcomes(ex.store.answers(run_id=summary.run_id)) if spec.judge else 0
     _print_metrics(ex.store, summary.run_id, ex.catalog)
     ex.close()
-    return 0 if not summary.failures and not judge_failed else 1
+    if summary.errors or summary.failures:
+        # A run with failed items is not a result: say how many, and exit non-zero.
+        return _fail(f"{summary.errors} of {summary.planned} items failed (stored with their errors); run the "
+                     "same command with --retry-errors to re-run only those", 1)
+    return 0 if not judge_failed else 1
 
 
 def _print_judge_outcomes(rows) -> int:

@@ -84,7 +84,10 @@ def _generation_for(catalog: Catalog, alias: str, override: Union[GenerationSett
         return own
     if isinstance(override, GenerationSettings):
         return override
-    patched = replace(own, **dict(override))
+    fields = dict(override)
+    if "max_new_tokens" in fields:  # a cap (--max-new-tokens): never above the model's own limit
+        fields["max_new_tokens"] = min(int(fields["max_new_tokens"]), own.max_new_tokens)
+    patched = replace(own, **fields)
     # A shorter limit must not leave a longer minimum behind (LLaVA's min_new_tokens=32).
     return replace(patched, min_new_tokens=min(patched.min_new_tokens, patched.max_new_tokens))
 
@@ -102,7 +105,7 @@ def plan_sweep(
 
     Description prompts are planned like any other when variants_by_task holds them.
     generation_override: a GenerationSettings replacing every model's own, or a dict of fields
-    (e.g. {"max_new_tokens": 64}) patched into each model's own settings.
+    (e.g. {"max_new_tokens": 64}, which caps each model's own limit) patched into each model's own settings.
     """
     if not models:
         raise ValueError("Choose at least one model.")
