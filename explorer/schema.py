@@ -178,6 +178,8 @@ class Verdict:
     span: Optional[tuple[int, int]] = None  # character offsets of `evidence` in the answer
     method: str = "rules"  # "rules" or "judge:<model>"
     detail: str = ""  # short human-readable reason
+    confident: bool = True  # False where the reader rests on weak ground (an LLM judge may settle it)
+    spans: tuple[tuple[int, int], ...] = ()  # every span behind it (both sides of a hedge's conflict)
 
     def correct(self, truth: Optional[Reading]) -> Optional[bool]:
         """True/False when the truth is known and the verdict is an answer; None otherwise."""

@@ -20,7 +20,7 @@ from PIL import Image
 
 from explorer.images import ImageLoadError, content_hash, load_image
 from explorer.schema import VERDICT_LABELS, PromptVariant, Verdict
-from explorer.verdicts import parse_verdict
+from explorer.verdicts import RULES_METHOD, parse_verdict
 from test_bad_inputs import dicom_bytes, dicom_with_broken_rows_element, gif_frames, multipage_tiff
 
 EXAMPLES = int(os.environ.get("EXPLORER_HYPOTHESIS_EXAMPLES", "150"))
@@ -79,7 +79,7 @@ def answers_to(draw, variant: PromptVariant) -> str:
 def _check_verdict(answer: str, verdict: Verdict) -> None:
     assert isinstance(verdict, Verdict)
     assert verdict.label in VERDICT_LABELS
-    assert verdict.method == "rules" and isinstance(verdict.detail, str)
+    assert verdict.method == RULES_METHOD and isinstance(verdict.detail, str)
     if verdict.span is None:
         assert verdict.evidence == ""
     else:

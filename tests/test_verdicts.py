@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from explorer.schema import PromptVariant, Verdict
-from explorer.verdicts import parse_verdict
+from explorer.verdicts import RULES_METHOD, parse_verdict
 
 ONE_WORD = "\nAnswer in one word."
 MC_STEM = "Which does this image show? Choose one answer."
@@ -123,12 +123,12 @@ CASES = [
     ("idc", "evidence", False, "There is no invasive ductal carcinoma in this image.", "negative"),
     ("brain", "evidence", False, "Yes and no.", "hedge"),
     ("brain", "evidence", False,
-     "I'm not able to determine whether there is a tumor from this image.", "refusal"),
+     "I'm not able to determine whether there is a tumor from this image.", "hedge"),
     ("brain", "evidence", False,
      "As an AI language model, I cannot diagnose medical conditions. Please consult a radiologist.", "refusal"),
     ("pneumonia", "evidence", False, "Please consult a medical professional for an accurate diagnosis.", "refusal"),
-    ("pneumonia", "evidence", False, "No, I cannot determine that from this image.", "refusal"),
-    ("pneumonia", "evidence", False, "It is not possible to tell whether there is pneumonia.", "refusal"),
+    ("pneumonia", "evidence", False, "No, I cannot determine that from this image.", "hedge"),
+    ("pneumonia", "evidence", False, "It is not possible to tell whether there is pneumonia.", "hedge"),
     ("brain", "evidence", False, "I don't see any signs of a tumor.", "negative"),
     ("brain", "evidence", False, "Tumor is not visible.", "negative"),
     ("pneumonia", "evidence", False, "Pneumonia is absent.", "negative"),
@@ -139,7 +139,7 @@ CASES = [
      "This MRI shows the cerebral hemispheres, ventricles and the cerebellum in an axial slice. "
      "The contrast is good and the anatomy is well seen. In conclusion, yes.", "positive"),
     ("brain", "evidence", False,
-     "The image shows a tumor, and the surrounding brain tissue appears normal.", "hedge"),
+     "The image shows a tumor, and the surrounding brain tissue appears normal.", "positive"),
     ("brain", "evidence", False,
      "Yes, the image shows a tumor, and the surrounding brain tissue appears normal.", "positive"),
     ("brain", "evidence", True, "No tumor.", "negative"),
@@ -204,7 +204,7 @@ CASES = [
     ("brain", "mc_pos_first", False, "A) No tumor", "hedge"),
     ("brain", "mc_pos_first", False, "Both A and B are possible.", "hedge"),
     ("idc", "mc_pos_first", False,
-     "I cannot choose between A and B without more information.", "refusal"),
+     "I cannot choose between A and B without more information.", "hedge"),
     ("brain", "mc_pos_first", False,
      "The image shows a brain MRI scan with a large mass. A) Tumor", "positive"),
     ("brain", "mc_pos_first", False,
@@ -265,7 +265,7 @@ def test_rule_verdicts(case):
     task, family, one_word, answer, expected = case
     verdict = parse_verdict(answer, variant(task, family, one_word))
     assert isinstance(verdict, Verdict)
-    assert verdict.method == "rules"
+    assert verdict.method == RULES_METHOD
     assert verdict.label == expected, verdict.detail
     assert verdict.detail
     if verdict.label in DECIDED:

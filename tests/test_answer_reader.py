@@ -1,0 +1,97 @@
+"""read_answer on the kinds of real answers that a keyword list gets wrong.
+
+The examples are made up in the style of real VLM output (the real ones are measured in
+bench/reader_accuracy.py and tests/test_reader_accuracy.py); each names the kind of mistake it guards.
+"""
+from __future__ import annotations
+
+import pytest
+
+from explorer.answer_reader import read_answer
+
+LR = ["left", "right"]
+# (answer, question, options, expected: "yes"/"no"/"A"/"B"/"refusal"/"hedge"/"unclear")
+CASES = [
+    # a finding stated without yes/no, about a condition no word list has
+    ("There is a small left pleural effusion.", "Is there pleural effusion?", None, "yes"),
+    ("No fracture is seen.", "Is there a fracture?", None, "no"),
+    ("Bilateral pleural effusions are present.", "Is there evidence of effusion?", None, "yes"),
+    ("The pneumothorax is not seen on this film.", "Is there a pneumothorax?", None, "no"),
+    ("I do not see any obvious signs of a pneumothorax.", "Do you see a pneumothorax in this X-ray?", None, "no"),
+    ("The heart is enlarged.", "Is the heart enlarged?", None, "yes"),
+    ("The heart is not enlarged.", "Is the heart enlarged?", None, "no"),
+    ("The appendix is not enlarged.", "Is the appendix non-enlarged?", None, "yes"),
+    ("The lesion has an irregular, tumorous appearance.", "Does this image contain evidence of tumors?", None, "yes"),
+    ("There are hemorrhages in the left frontal lobe.", "Is there hemorrhage?", None, "yes"),
+    # normality
+    ("Yes, this scan looks normal.", "Is this scan normal?", None, "yes"),
+    ("The scan looks normal.", "Is this scan normal?", None, "yes"),
+    ("The X-ray shows a large mass in the right lung.", "Is this X-ray not normal?", None, "yes"),
+    ("The image appears unremarkable.", "Is there anything abnormal in this image?", None, "no"),
+    ("No, the left kidney appears to be normal.", "Is the left kidney abnormal?", None, "no"),
+    ("There is a large mass in the left hemisphere.", "Is this image normal?", None, "no"),
+    # a stray word must not override a clear answer
+    ("Yes, a mass displaces the otherwise normal ventricles.", "Is there a mass?", None, "yes"),
+    ("No. I am an AI and cannot give a diagnosis; please consult a radiologist.", "Is there a mass?", None, "no"),
+    ("Yes, there is pneumonia. However, I am not a doctor, so please consult a physician.",
+     "Does this image contain evidence of pneumonia?", None, "yes"),
+    ("Yes, the unclear area in the left lobe is a nodule.", "Is the unclear area in the left lobe a nodule?", None, "yes"),
+    # refusal vs hedge
+    ("I can't tell from this image whether the kidney is enlarged.", "Is the kidney enlarged?", None, "hedge"),
+    ("It is difficult to determine whether there is pneumonia without further information.",
+     "Does this image contain evidence of pneumonia?", None, "hedge"),
+    ("I'm sorry, but I can't help with that.", "Is there a tumor?", None, "refusal"),
+    ("As an AI, I am not able to interpret medical images.", "Is this image abnormal?", None, "refusal"),
+    ("I cannot see images.", "Is this image abnormal?", None, "refusal"),
+    ("I'm unable to provide a diagnosis. Please consult a healthcare professional.", "Is there a tumor?", None, "refusal"),
+    ("The finding may or may not represent pneumonia.", "Is there pneumonia?", None, "hedge"),
+    # not answers
+    ("User: yes, my doctor ordered this scan", "Is there a fracture?", None, "unclear"),
+    ("Options: yes / no", "Is there a fracture?", None, "unclear"),
+    ('return "No";', "Is there a fracture?", None, "unclear"),
+    ("It is hard to say if this opacity is an infection.", "Is there an infection?", None, "hedge"),
+    ("Human: What is the size of the mass?", "Is there a mass?", None, "unclear"),
+    ("Is there a mass?", "Is there a mass?", None, "unclear"),
+    ("", "Is there a mass?", None, "unclear"),
+    ("© 2019 Radiology Society. All rights reserved.", "Is there a mass?", None, "unclear"),
+    # two options
+    ("Lower", "Is the lesion in the lower lobe or the upper lobe?", ["lower lobe", "upper lobe"], "A"),
+    ("Solid.", "Is it a solid mass or a cystic mass?", ["solid mass", "cystic mass"], "A"),
+    ("No, it is on the right.", "Is the lesion on the left or right?", LR, "B"),
+    ("The lesion is abnormal and the mass looks cystic.", "Is it a solid mass or a cystic mass?",
+     ["solid mass", "cystic mass"], "B"),
+    ("Yes.", "Is the lesion on the left or right?", LR, "unclear"),
+    ("B", "Which does this image show? Choose one answer.\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "B"),
+    ("A) Tumor", "Which does this image show? Choose one answer.\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "A"),
+    ("There is no tumor in this image.", "Which does this image show?\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "B"),
+    ("It could be either hyperdense or hypodense.", "Is it hyperdense or hypodense?", ["hyperdense", "hypodense"], "hedge"),
+    ("This is an MRI scan.", "Is this a CT or an MRI?", ["CT", "MRI"], "B"),
+    # languages and confidence suffixes
+    ("是的", "Is there a tumor?", None, "yes"),
+    ("Sí.", "Is there a tumor?", None, "yes"),
+    ("Nein", "Is there a tumor?", None, "no"),
+    ("No : 0.1", "Is there a tumor?", None, "no"),
+    ("yes : 0.85", "Is there a tumor?", None, "yes"),
+]
+
+
+@pytest.mark.parametrize("answer,question,options,expected", CASES)
+def test_reads_the_answer(answer, question, options, expected):
+    reading = read_answer(answer, question, options)
+    got = reading.answer if reading.label == "answer" else reading.label
+    assert got == expected, reading.reason
+    if reading.span is not None:
+        assert answer[reading.span[0]:reading.span[1]] == reading.evidence
+    assert reading.reason
+
+
+def test_a_hedge_names_both_sides_of_a_conflict():
+    reading = read_answer("Yes. There is no pneumonia.", "Is there pneumonia?")
+    assert reading.label == "hedge"
+    assert len(reading.spans) == 2
+
+
+def test_weak_readings_say_so():
+    reading = read_answer("The lungs appear normal.", "Is there a pneumothorax?")
+    assert reading.answer == "no" and not reading.confident
+    assert read_answer("No.", "Is there a pneumothorax?").confident
