@@ -159,7 +159,10 @@ def _json(value: Any) -> str:
 
 
 def polarity_of(variant: PromptVariant) -> dict[str, Any]:
-    return {"yes_means": variant.yes_means, "options": [list(o) for o in variant.options]}
+    polarity = {"yes_means": variant.yes_means, "options": [list(o) for o in variant.options]}
+    if variant.parent:  # a generated wording keeps where it came from (its family is prompt_family)
+        polarity["parent"] = variant.parent
+    return polarity
 
 
 def variant_from_row(row: dict[str, Any]) -> PromptVariant:
@@ -176,6 +179,7 @@ def variant_from_row(row: dict[str, Any]) -> PromptVariant:
         options=tuple(tuple(o) for o in polarity.get("options") or ()),
         one_word=bool(row.get("one_word")),
         custom=bool(row.get("custom")),
+        parent=polarity.get("parent") or "",
     )
 
 
