@@ -254,7 +254,8 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.is_dir():  # also an empty path, which is "."
-            raise StoreError(f"{str(path) or '(empty path)'}: is a folder; a results store is an SQLite file path")
+            raise StoreError(f"{str(path) or '(empty path)'} cannot be opened as a results store: it is a folder, "
+                             "not an SQLite file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
