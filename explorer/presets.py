@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
+from .yaml_files import YamlFileError, load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .schema import GenerationSettings
@@ -243,11 +243,9 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise PresetError(f"{path}: not a UTF-8 text file (byte {exc.start}), so not a YAML preset") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise PresetError(f"{path}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = load_yaml(text)  # strict: a repeated key or an alias bomb is refused, with its line
+    except YamlFileError as exc:
+        raise PresetError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise PresetError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -1,7 +1,7 @@
 """Which backend answers which model alias.
 
-Local models (the study's and the offline demos) share one TransformersBackend, which owns the
-loaded weights; an alias listed in the endpoints config is answered by an OpenAI-compatible server
+Local models (the study's and the offline demos) share one TransformersBackend (or, with
+local_backend="vllm", one VLLMBackend), which owns the loaded weights; an alias listed in the endpoints config is answered by an OpenAI-compatible server
 instead (e.g. a vLLM server per model on a GPU box).
 """
 from __future__ import annotations
@@ -23,21 +23,21 @@ def load_endpoints(path: Optional[str | Path] = None) -> dict:
     File shape: {alias: {base_url: ..., model: <name on the server>, api_key_env: OPENAI_API_KEY, ...}}.
     Keys are never in the file: only the NAME of the environment variable that holds one.
     """
-    from .openai_backend import EndpointConfig
-
     path = path or os.environ.get(ENDPOINTS_ENV)
     if not path:
         return {}
+    from .openai_backend import EndpointConfig  # the openai client takes half a second to import
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise BackendError(f"cannot read endpoints file {p}: {exc.strerror or exc}") from None
-    import yaml
+    from ..yaml_files import YamlFileError, load_yaml
 
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+        # Strict: a repeated key or an alias bomb (a few bytes that expand without bound) is refused.
+        data = json.loads(text, object_pairs_hook=_unique_keys) if p.suffix == ".json" else load_yaml(text)
+    except (ValueError, YamlFileError) as exc:
         raise BackendError(f"endpoints file {p} is not valid YAML/JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BackendError(f"endpoints file {p}: expected a mapping of model alias -> endpoint")
@@ -57,10 +57,23 @@ def load_endpoints(path: Optional[str | Path] = None) -> dict:
     return configs
 
 
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} appears twice")
+    return dict(pairs)
+
+
 class BackendRegistry:
-    def __init__(self, catalog: Catalog, endpoints: Optional[dict] = None, **transformers_options):
+    def __init__(self, catalog: Catalog, endpoints: Optional[dict] = None, local_backend: Optional[str] = None,
+                 **transformers_options):
+        """local_backend: "transformers" (default) or "vllm" (offline vLLM engines, an optional dependency)."""
         self.catalog = catalog
         self.endpoints = dict(endpoints or {})
+        self.local_backend = local_backend or "transformers"
+        if self.local_backend not in ("transformers", "vllm"):
+            raise BackendError(f"unknown local backend {self.local_backend!r}: transformers or vllm")
         self._transformers_options = transformers_options
         self._local: Optional[Backend] = None
         self._remote: Optional[Backend] = None
@@ -68,9 +81,14 @@ class BackendRegistry:
     @property
     def local(self) -> Backend:
         if self._local is None:
-            from .transformers_backend import TransformersBackend
+            if self.local_backend == "vllm":
+                from .vllm_backend import VLLMBackend
 
-            self._local = TransformersBackend(self.catalog, **self._transformers_options)
+                self._local = VLLMBackend(self.catalog, **self._transformers_options)
+            else:
+                from .transformers_backend import TransformersBackend
+
+                self._local = TransformersBackend(self.catalog, **self._transformers_options)
         return self._local
 
     def for_model(self, alias: str) -> Backend:
