@@ -197,21 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_probes, cli_results
+    from . import cli_probes, cli_rescore, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER
+    return cli_results.REGISTER + cli_probes.REGISTER + [cli_rescore.add_rescore]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # transformers draws a "Loading weights" bar per model load; the CLI has its own progress.
+    # transformers draws a "Loading weights" bar per model load; the CLI has its own progress. The
+    # variable is read when transformers is first imported, so a sweep served from the store never
+    # imports it (nor torch) just to switch the bar off.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -90,6 +90,16 @@ def add_sweep(sub) -> None:
     p.add_argument("--rejudge", action="store_true",
                    help="generate nothing: send again only the stored LLM judgements that failed or said AMBIGUOUS")
     p.add_argument("--unload-after", action="store_true", help="unload each model when its items are done")
+    p.add_argument("--shard", help="i/n: run only the i-th of n deterministic parts of the plan (one per machine; "
+                   "merge the stores afterwards with `import`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no metric tables: the summary line only")
+    p.add_argument("--exact", action="store_true",
+                   help="reproduce the study's execution: one request at a time, no prefix reuse, the authors' dtype "
+                   "(slow; its answers are stored apart from batched ones)")
+    p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                   help="engine for local models: transformers, or vLLM (pip install .[vllm]; GPU)")
+    p.add_argument("--gpu-concurrency", type=_positive_int, default=1,
+                   help="generate calls at once on the local device (default 1)")
     local = p.add_argument_group("local models (transformers)")
     local.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when available)")
     local.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="override the presets' dtypes")
@@ -107,7 +117,8 @@ def add_sweep(sub) -> None:
 
 
 def _backend_options(args) -> dict:
-    options = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization, "reuse": args.reuse}
+    options = {"device": args.device, "dtype": args.dtype, "quantization": args.quantization, "reuse": args.reuse,
+               "exact": args.exact or None, "local_backend": None if args.backend == "transformers" else args.backend}
     if args.memory_budget_gb is not None:
         if not math.isfinite(args.memory_budget_gb) or args.memory_budget_gb <= 0:
             raise ValueError(f"--memory-budget-gb must be a positive, finite number of GB, got {args.memory_budget_gb}")
@@ -125,13 +136,15 @@ def cmd_sweep(args) -> int:
     from .presets import PresetError
     from .service import Explorer, default_samples_dir
     from .store import StoreError
+    from .sweep import parse_shard
 
     ex = None
     try:
         endpoints = load_endpoints(args.endpoints)
         samples = args.samples or (default_samples_dir() if args.preset == "demo" else None)
-        ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples,
-                      endpoints=endpoints, batch_size=args.batch_size, backend_options=_backend_options(args))
+        ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples, endpoints=endpoints,
+                      batch_size=1 if args.exact else args.batch_size, backend_options=_backend_options(args),
+                      gpu_concurrency=args.gpu_concurrency)
         changes = {"original_code_defects": True} if args.original_defects else {}
         if args.prompt_set:
             changes["prompt_set"] = args.prompt_set
@@ -140,7 +153,7 @@ def cmd_sweep(args) -> int:
             models=_split(args.models), tasks=_split(args.tasks), prompt_ids=_split(args.prompts),
             describe=args.describe or None, per_class=args.per_class, seed=args.seed,
             prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, judge=args.judge,
-            selection=selection,
+            selection=selection, shard=parse_shard(args.shard) if args.shard else None,
         )
         random_weights = ex.any_random_weights(spec.models)  # an unknown alias raises PresetError here
     except (PresetError, BackendError, ValueError) as exc:
@@ -153,7 +166,7 @@ def cmd_sweep(args) -> int:
         return _fail(store_problem(args.store, exc))
     if random_weights:
         print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise.", file=sys.stderr)
-    bar = tqdm(total=None, unit="answer", dynamic_ncols=True)
+    bar = tqdm(total=None, unit="answer", dynamic_ncols=True, disable=args.quiet)
 
     def progress(done, total, info):
         bar.total = total
@@ -186,7 +199,8 @@ def cmd_sweep(args) -> int:
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     judge_failed = _print_judge_outcomes(ex.store.answers(run_id=summary.run_id)) if spec.judge else 0
-    _print_metrics(ex.store, summary.run_id, ex.catalog)
+    if not args.quiet:
+        _print_metrics(ex.store, summary.run_id, ex.catalog)
     ex.close()
     if summary.errors or summary.failures:
         # A run with failed items is not a result: say how many, and exit non-zero.

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
-from . import datasets, prompts, results_files
+from . import datasets, prompts
 from .availability import Availability, model_availability
 from .bounded_read import ReadLimits, public_limits
 from .backends.base import LOCAL_DEVICE
@@ -403,6 +403,8 @@ class Explorer(ProbeActions):
 
         In public mode only files the visitor uploaded (uploaded=True) can be opened, never server paths.
         """
+        from . import results_files  # pulls in metrics and sklearn: only when results are opened
+
         if not uploaded:
             self.policy.check_server_path(path)
             return results_files.open_results(path, self.catalog)
@@ -418,6 +420,8 @@ class Explorer(ProbeActions):
 
     @staticmethod
     def disagreements(frame: pd.DataFrame) -> pd.DataFrame:
+        from . import results_files
+
         return results_files.disagreements(frame)
 
     def case_image(self, task: str, image_hash: Optional[str]):

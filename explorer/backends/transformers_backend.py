@@ -46,8 +46,8 @@ from ..model_manager import (
 from ..presets import Catalog, ModelSpec, PresetError
 from ..readout import FirstLogits, answer_tokens, readout_from_logits
 from ..schema import GenerationSettings, ImagePart, Request, Response
-from . import prefix_reuse as reuse_lib
 from .base import LOCAL_DEVICE, BackendError, OnText
+from .image_memo import ImageMemo
 
 REUSE_MODES = ("prefix", "features", "none")
 
@@ -86,6 +86,26 @@ def _torch():
     import torch
 
     return torch
+
+
+def _lazy_module(name: str) -> Any:
+    """The module, executed on first attribute use (importlib's LazyLoader): prefix_reuse imports torch,
+    which a sweep served wholly from the store never needs."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+reuse_lib = _lazy_module(__package__ + ".prefix_reuse")
 
 
 # Cache keys name this execution mode, so exact and batched answers are never served for each other.
@@ -162,7 +182,7 @@ class TransformersBackend:
         for value in (quantization.values() if isinstance(quantization, Mapping) else [quantization]):
             if value is not None and value not in QUANTIZATIONS:
                 raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or None)")
-        self.memo = reuse_lib.ImageMemo(image_memo)
+        self.memo = ImageMemo(image_memo)
         self.models = ModelManager(
             budget_bytes=memory_budget, device=device or "cpu",  # the real device is known on first use
             on_unload=self._release, free_memory=self._free_memory,
