@@ -197,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_probes, cli_rescore, cli_results
+    from . import cli_probes, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER + [cli_rescore.add_rescore]
+    return cli_results.REGISTER + cli_probes.REGISTER
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
