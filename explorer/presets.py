@@ -303,7 +303,7 @@ class Catalog:
             raise PresetError(f"unknown task {key!r}; known: {', '.join(self.tasks)}") from None
 
     def study_names(self) -> list[str]:
-        return sorted(p.stem for p in self.dir.glob("*.yaml") if p.stem not in ("models", "tasks"))
+        return sorted(p.stem for p in self.dir.glob("*.yaml") if p.stem not in ("models", "tasks", "families"))
 
     def study(self, name_or_path: str | Path) -> StudyPreset:
         path = Path(name_or_path)
