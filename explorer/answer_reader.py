@@ -117,8 +117,10 @@ def _working_copy(answer: str) -> str:
     return _CHOICE_MENTION.sub(lambda x: " " * len(x.group()), text)
 
 
-_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\uff0c": ",",
-                         "\uff1a": ":", "\u3002": "."})
+# One character for one, so spans still index the answer: curly quotes, and full-width forms
+# ("Ｙｅｓ", "，") as their ASCII twins.
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u3002": ".",
+                         **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}})
 
 
 def _blank(text: str, start: int, end: int) -> str:
@@ -231,6 +233,8 @@ _HEDGE = re.compile(
     r"studies|assessment)\s+(?:\w+\s+){0,4}?(?:is|are|would\s+be|may\s+be|will\s+be)?\s*"
     r"(?:needed|required|necessary|recommended|warranted)|"
     r"both\s+\(?[A-Z]\)?\s+and\s+\(?[A-Z]\)?|either\s+(?:option\s+)?\(?[A-Z]\)?\s+or\s+(?:option\s+)?\(?[A-Z]\)?|"
+    r"neither\s+(?:of\s+the\s+)?(?:\w+\s+)?(?:options|choices|answers)|"
+    r"(?:not\s+possible|impossible|difficult|hard|unable)(?:\s+to)?(?=\s*\Z)|"  # cut off mid-hedge
     r"yes\s+and\s+no|either\s+way|could\s+be\s+either|50/50|equally\s+likely)\b",
     re.I,
 )
@@ -524,10 +528,15 @@ def _stance(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: lis
     return None
 
 
+_NORMALITY_WORDS = NORMAL_STEMS | frozenset({stem("abnormal"), stem("pathological"), stem("pathologic")})
+_POSSIBLE_FRAME = re.compile(r"\bit\s+is\s+(?:possible|conceivable|plausible)\s+that\b", re.I)
+
+
 def _engaged_hedge(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: list[Token]) -> Optional[_Cue]:
     """A hedge whose own clause names the question's target ("difficult to determine whether there
     is pneumonia")."""
-    if not focus.primary:
+    target = focus.primary or (_NORMALITY_WORDS if focus.normality else frozenset())
+    if not target:
         return None
     for m in _HEDGE.finditer(text):
         if _is_question_word(m, focus):
@@ -535,7 +544,7 @@ def _engaged_hedge(text: str, focus: Focus, sentences: list[tuple[int, int]], to
         s, e = _sentence_at(sentences, m.start())
         brk = _CLAUSE_BREAK.search(text, m.end(), e)
         end = brk.start() if brk else e
-        if any(t.stem in focus.primary for t in toks if m.end() <= t.start < end):
+        if any(t.stem in target for t in toks if m.end() <= t.start < end):
             return _Cue("hedge", m.start(), m.end(), "hedge")
     return None
 
@@ -746,6 +755,13 @@ def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
                 return _result(answer, "hedge", None, stance,
                                f"hedge {_quote(answer, stance)} beside only a tentative {_quote(answer, cue)}",
                                others=[cue])
+        frame = _POSSIBLE_FRAME.search(text, *_sentence_at(sentences, statements[0].start))
+        if frame and all(c.tentative or frame.start() <= c.start < frame.end() + 400 for c in statements) and \
+                re.search(r"\b(?:however|but)\b", text[cue.end:], re.I):
+            # "It is possible that the mass could represent ... However, further tests ...": weighed, not answered.
+            hedge = _Cue("hedge", frame.start(), frame.end(), "hedge")
+            return _result(answer, "hedge", None, hedge, f"only a possibility, then a caveat: {_quote(answer, hedge)}",
+                           others=[cue])
         confident = on_target and how == "agree" and not cue.weak and stance is None
         return _result(answer, "answer", cue.value, cue,
                        f"{'states' if on_target else 'implies'} {_quote(answer, cue)}"
@@ -855,6 +871,7 @@ def _predicate_choice(text: str, inside: list[_Cue]) -> Optional[_Cue]:
     return stated[0] if len({c.value for c in stated}) == 1 else None
 
 
+_NEITHER = re.compile(r"\b(?:neither|none)\s+of\s+(?:the\s+)?(?:\w+\s+)?(?:options|choices|answers|above)\b", re.I)
 _RESTATES_BOTH = re.compile(r"\b(?:either|both|or|and|vs\.?|versus|between)\b", re.I)
 
 
@@ -885,6 +902,10 @@ def _choice_statements(text: str, toks: list[Token], focus: Focus, void: list[tu
 
 def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
                  sentences: list[tuple[int, int]], toks: list[Token], void: list[tuple[int, int]]) -> AnswerReading:
+    neither = _NEITHER.search(text)
+    if neither:
+        cue = _Cue("hedge", neither.start(), neither.end(), "hedge")
+        return _result(answer, "hedge", None, cue, f"picks none of the options: {_quote(answer, cue)}")
     labels = []
     lead = _label_at(text, start, focus)
     if lead:
@@ -923,6 +944,13 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
             return _result(answer, "hedge", None, first,
                            f"{_quote(answer, first)} contradicted by {_quote(answer, contra[0])}", others=[contra[0]])
         return _result(answer, "answer", first.value, first, f"{first.how} {_quote(answer, first)}")
+    short = text[start:].strip(" \t\n.!\"'").lower()
+    if 2 <= len(short) <= 20 and not statements and not word:
+        prefixed = [i for i, o in enumerate(focus.options) if o.text.lower().startswith(short)]
+        if len(prefixed) == 1:  # "mr" for "mri"
+            i = text.lower().index(short, start)
+            cue = _Cue(chr(ord("A") + prefixed[0]), i, i + len(short), "names")
+            return _result(answer, "answer", cue.value, cue, f"starts the option {_quote(answer, cue)}", confident=False)
     strong = [c for c in statements if not c.weak]
     restated = None
     for s, e in sentences:

@@ -96,7 +96,7 @@ TENTATIVE = frozenset({
     "may", "might", "could", "possible", "possibly", "perhaps", "potential", "potentially", "suggest",
     "suggests", "suggestive", "suspicious", "suspected", "concerning", "likely", "probable", "probably",
     "questionable", "consistent", "compatible", "appear", "appears", "seem", "seems", "some", "subtle",
-    "mild", "slight", "slightly", "minimal", "can",
+    "mild", "slight", "slightly", "minimal", "can", "would", "typically", "usually",
 })
 
 # ---------------------------------------------------------------- findings that make an image abnormal

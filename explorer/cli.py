@@ -4,6 +4,7 @@
   python -m explorer models  which models can run here, and why not
   python -m explorer sweep   the study's cross product into a results store (resumable)
   python -m explorer metrics / export / import   measure, share and bring in results
+  python -m explorer reproduce   the paper's findings and tables beside a run's (HTML + Markdown)
 """
 from __future__ import annotations
 
@@ -197,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_probes, cli_results
+    from . import cli_probes, cli_report, cli_rescore, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER
+    return cli_results.REGISTER + cli_probes.REGISTER + [cli_rescore.add_rescore] + cli_report.REGISTER
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

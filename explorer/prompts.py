@@ -22,6 +22,7 @@ from typing import Any, Optional
 import yaml
 
 from .presets import PRESETS_DIR, Catalog, PresetError, PromptSelection, TaskSpec
+from .question_focus import question_polarity
 from .schema import PromptVariant
 
 CLOSED_FAMILIES = ("abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first")
@@ -200,7 +201,6 @@ def find_variant(catalog: Catalog, task_key: str, prompt_id: str) -> PromptVaria
 
 
 # ---------------------------------------------------------------- user-edited prompts
-_NORMAL_Q = re.compile(r"\b(?<!ab)normal\b", re.I)
 _OPTION_LINE = re.compile(r"^\s*\(?([A-D])[).:]\s*(.+?)\s*$", re.M)
 
 
@@ -235,10 +235,9 @@ def custom_variant(text: str, task: TaskSpec, based_on: Optional[PromptVariant] 
         return PromptVariant(
             prompt_id=f"custom_{digest}", family="custom_describe", text=text, kind="describe", custom=True
         )
-    if based_on is not None and based_on.yes_means and not based_on.is_multiple_choice:
-        yes_means = based_on.yes_means
-    else:
-        yes_means = "negative" if _NORMAL_Q.search(text) else "positive"
+    # The wording's own polarity ("Is this chest X-ray normal?" -> yes means negative, "not normal"
+    # -> positive), never the variant it was edited from; a question about a finding means positive.
+    yes_means = question_polarity(text) or "positive"
     return PromptVariant(
         prompt_id=f"custom_{digest}", family="custom", text=text, yes_means=yes_means,
         one_word=one_word, custom=True,

@@ -13,6 +13,7 @@ to the stems that tell it from the other ("lower lobe" vs "upper lobe": "lower" 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -189,7 +190,7 @@ def _options(options: Sequence[str], labels: Sequence[str]) -> tuple[OptionFocus
 def read_question(question: str, options: Optional[Sequence[str]] = None,
                   labels: Optional[Sequence[str]] = None) -> Focus:
     question = question if isinstance(question, str) else ("" if question is None else str(question))
-    core = _core_question(question[:4000])
+    core = _core_question(unicodedata.normalize("NFKC", question[:4000]))  # full-width letters too
     head, rest, negated, alternatives = _content(core)
     normality = None
     if _NOT_NORMAL.search(core) or _ABNORMAL_WORDS.search(core):
