@@ -19,7 +19,8 @@ from . import dicom_view, history, names, render
 from .context import Background, SharedExplorer, gpu, user_message, warn
 
 LABELS = ["unknown", "negative", "positive"]
-PRESENT_JS = "() => { document.body.classList.toggle('vx-present'); }"
+PRESENT_JS = ("() => { const on = document.body.classList.toggle('vx-present');"
+              " const b = document.querySelector('#present'); if (b) b.innerText = on ? 'Exit' : 'Present'; }")
 # A link opened with ?present=1 starts in presentation mode.
 PRESENT_ON_LOAD_JS = ("() => { if (new URLSearchParams(location.search).get('present') === '1')"
                       " document.body.classList.add('vx-present'); }")
@@ -336,7 +337,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
                                     lines=1, max_lines=6, elem_id="prompt", scale=5)
                 with gr.Column(scale=1, min_width=90, elem_id="run-buttons"):
                     run = gr.Button("Run", variant="primary", elem_id="run-compare", size="sm")
-                    present = gr.Button("Present", elem_id="present", size="sm")
+                    present = gr.Button("Present", elem_id="present", size="sm")  # toggles: press again to leave
             status = gr.HTML("", elem_id="compare-status", js_on_load=None)
             cards = gr.HTML(render.cards([], [], {}), elem_id="compare-cards", js_on_load=None)
             gr.HTML(render.legend(), elem_id="legend-box", js_on_load=None)
@@ -350,6 +351,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
                 share = gr.Textbox("", label="Link to this view (image, wording, models)", interactive=False,
                                    buttons=["copy"], elem_id="share-link", scale=3)
             share_query = gr.Textbox("", visible="hidden", elem_id="share-query")
+            viewer_slot = gr.Column(elem_id="dicom-slot")
             with gr.Accordion("Answers as data", open=False, elem_id="answers-data"):
                 answers = gr.JSON(elem_id="compare-json")
         with gr.Column(scale=2, min_width=260, elem_id="compare-side"):
@@ -363,13 +365,15 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
             examples = gr.Gallery(label="Examples (click one)", columns=4, height=120, allow_preview=False,
                                   elem_id="examples", object_fit="cover", buttons=[])
             upload = gr.File(label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath",
-                             elem_id="upload", height=90)
+                             elem_id="upload", height=120)
             if shared.settings.public:
                 gr.HTML(PRIVACY_NOTE, elem_id="privacy-box", js_on_load=None)
-            viewer = dicom_view.build(pixels, task, catalog)
+            dicom_warning = gr.HTML("", elem_id="dicom-warning", js_on_load=None)
             with gr.Accordion("Details (ids, hashes)", open=False, elem_id="case-details-box"):
                 details = gr.HTML("", elem_id="case-details-html", js_on_load=None)
 
+    with viewer_slot:  # in the wide column, under the answers: a clinician wants the image large
+        viewer = dicom_view.build(pixels, task, catalog, dicom_warning)
     examples.select(h.pick_example, [task], [case_state, preview, caption, label, upload, status, pixels, details],
                     api_visibility="private").then(**viewer["refresh"])
     upload.upload(h.upload, [upload, task, label, case_state, my_uploads],

@@ -9,6 +9,7 @@ from html import escape
 from typing import Any, Optional
 
 import gradio as gr
+from PIL import Image
 
 from explorer import images
 
@@ -19,6 +20,7 @@ EXPECTED = {
     "skin_cancer": ({"XC", "VL", "OT", "GM"}, {"SKIN"}),
     "histo_idc": ({"SM", "OT"}, {"BREAST"}),
 }
+VIEW_SIDE = 512  # the viewer draws at least this many screen pixels per side
 MODALITY_WORDS = {"MR": "MRI", "CT": "CT", "CR": "X-ray", "DX": "X-ray", "US": "ultrasound", "MG": "mammogram",
                   "SM": "slide microscopy", "XC": "photograph", "VL": "photograph", "PT": "PET", "NM": "nuclear medicine"}
 
@@ -77,26 +79,33 @@ class ViewerHandlers:
         shown = self.view(pixels, names[0] if names else None, 1)
         note = (f'<div class="vx-notice vx-notice-error" id="dicom-mismatch-top">{escape(warning)}</div>'
                 if warning else "")
-        return (gr.update(visible=True, open=bool(warning)), gr.update(choices=names, value=names[0] if names else None),
+        return (gr.update(visible=True, open=True), gr.update(choices=names, value=names[0] if names else None),
                 shown, header_html(pixels, warning), note)
 
     def view(self, pixels, preset: Optional[str], zoom: float):
         if pixels is None or not preset or preset not in pixels.presets:
             return None
         centre, width = pixels.presets[preset]
-        return images.apply_window(pixels.values, centre, width, pixels.invert, float(zoom or 1))
+        shown = images.apply_window(pixels.values, centre, width, pixels.invert, float(zoom or 1))
+        if max(shown.size) < VIEW_SIDE:  # a small image or a deep zoom: whole pixels, drawn large
+            scale = VIEW_SIDE / max(shown.size)
+            shown = shown.resize((round(shown.width * scale), round(shown.height * scale)), Image.Resampling.NEAREST)
+        return shown
 
 
-def build(pixels: gr.State, task: gr.Dropdown, catalog) -> dict[str, Any]:
+def build(pixels: gr.State, task: gr.Dropdown, catalog, warning: gr.HTML) -> dict[str, Any]:
+    """The viewer (hidden until a DICOM arrives); `warning` is where the mismatch shows beside the image."""
     h = ViewerHandlers(catalog)
-    warning = gr.HTML("", elem_id="dicom-warning", js_on_load=None)
-    with gr.Accordion("DICOM viewer: window/level, zoom, header", open=False, visible=False,
+    with gr.Accordion("DICOM viewer: window/level, zoom, header", open=True, visible=False,
                       elem_id="dicom-viewer") as box:
-        image = gr.Image(type="pil", interactive=False, height=320, label="Viewer (what you see, not what "
-                         "the models see)", elem_id="dicom-image", buttons=["fullscreen"])
-        preset = gr.Radio([], label="Window / level", elem_id="dicom-window")
-        zoom = gr.Slider(1, 4, value=1, step=0.5, label="Zoom (about the centre)", elem_id="dicom-zoom")
-        header = gr.HTML("", elem_id="dicom-header-box", js_on_load=None)
+        with gr.Row(equal_height=False):
+            image = gr.Image(type="pil", interactive=False, height=360, label="Viewer (what you see; the models "
+                             "get the image as decoded for them)", elem_id="dicom-image", buttons=["fullscreen"],
+                             scale=3)
+            with gr.Column(scale=2, min_width=240):
+                preset = gr.Radio([], label="Window / level", elem_id="dicom-window")
+                zoom = gr.Slider(1, 4, value=1, step=0.5, label="Zoom (about the centre)", elem_id="dicom-zoom")
+                header = gr.HTML("", elem_id="dicom-header-box", js_on_load=None)
     gr.on([preset.change, zoom.release], h.view, [pixels, preset, zoom], [image], api_visibility="private")
     return {"refresh": dict(fn=h.refresh, inputs=[pixels, task], outputs=[box, preset, image, header, warning],
                             api_visibility="private")}

@@ -19,7 +19,7 @@ TITLE = "Medical VLM prompt-sensitivity explorer"
 
 def header(preset) -> str:
     return (
-        f'<div id="app-title"><h1>{TITLE}</h1><p>Base vs medically fine-tuned vision-language models: '
+        f'<div id="app-title"><h1>{TITLE}</h1><p>Base vs medical vision-language models: '
         f"do the answers move when only the wording changes? Preset <b>{escape(preset.name)}</b>.</p></div>"
     )
 
@@ -35,7 +35,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
     shared = SharedExplorer(settings)
     noise = random_weights(catalog, preset)
     with gr.Blocks(title=TITLE) as demo:
-        gr.HTML(header(preset), js_on_load=None)
+        gr.HTML(header(preset), js_on_load=None, elem_id="header-box")
         gr.HTML(render.banner(noise), js_on_load=None, elem_id="banner-box")
         case_state = gr.State(None)  # the image the Compare and Grid tabs work on, per session
         my_uploads = gr.State([])  # case ids this session uploaded: the Results tab shows them to it alone

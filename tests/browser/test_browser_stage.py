@@ -130,11 +130,18 @@ def _patient_dicom(path: Path) -> Path:
     ds.PatientName, ds.PatientID, ds.InstitutionName = "Qwertyson^Jane", "MRN-4711", "St Elsewhere"
     ds.Modality, ds.BodyPartExamined = "CT", "CHEST"
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Rows = ds.Columns = 64
+    # A chest-CT-like phantom in Hounsfield units: air, a soft-tissue body, two lungs, a spine.
+    y, x = np.mgrid[0:128, 0:128]
+    hu = np.full((128, 128), -1000.0)
+    hu[((x - 64) / 58) ** 2 + ((y - 64) / 44) ** 2 <= 1] = 40
+    for cx in (38, 90):
+        hu[((x - cx) / 20) ** 2 + ((y - 60) / 28) ** 2 <= 1] = -820
+    hu[((x - 64) / 9) ** 2 + ((y - 96) / 9) ** 2 <= 1] = 900
+    ds.Rows = ds.Columns = 128
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter, ds.WindowWidth = 1, -1024, 40, 400
-    ds.PixelData = (np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 30).tobytes()
+    ds.PixelData = (hu + 1024).clip(0, 4095).astype(np.uint16).tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     path.write_bytes(buf.getvalue())
