@@ -198,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_probes, cli_report, cli_rescore, cli_results
+    from . import cli_probes, cli_report, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER + [cli_rescore.add_rescore] + cli_report.REGISTER
+    return cli_results.REGISTER + cli_probes.REGISTER + cli_report.REGISTER
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

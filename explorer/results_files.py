@@ -26,8 +26,9 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _is_study_csv(path: Path) -> bool:
-    """The study code writes {model}_{task}_vqa_results.csv with a `judgment` column; our exports have `verdict`."""
-    if path.name.endswith("_vqa_results.csv"):
+    """The study code writes {model}_{task}_vqa_results.csv with a `judgment` column (its first upload:
+    eval_output*.csv with `gpt5_judgment`); our exports have `verdict`."""
+    if path.name.endswith("_vqa_results.csv") or (path.name.startswith("eval_output") and path.suffix.lower() == ".csv"):
         return True
     if path.suffix.lower() != ".csv":
         return False
@@ -35,7 +36,7 @@ def _is_study_csv(path: Path) -> bool:
         header = pd.read_csv(path, nrows=0).columns
     except (ValueError, OSError, UnicodeDecodeError):
         return False
-    return "judgment" in header and "verdict" not in header
+    return ("judgment" in header or "gpt5_judgment" in header) and "verdict" not in header
 
 
 def open_results(path: Union[str, Path], catalog=None, limits: Optional[ReadLimits] = None) -> pd.DataFrame:

@@ -11,6 +11,17 @@ STUDY_COLUMNS. What those columns hold, as that script writes them:
                or empty (a run with --no_judge)
   pred         1 / 0 for the positive / negative token, -1 for AMBIGUOUS or ERROR, empty without a judge
   correct      1 / 0 when pred is 1 / 0, empty otherwise
+The study's first upload (de96238, which produced the paper's numbers) wrote `eval_output*.csv` from its
+judging/gpt5_judge_*.py scripts instead, one file per task with EVAL_OUTPUT_COLUMNS: model_id,
+prompt_idx (position in the generation script's prompt list), prompt (the text, stripped), row_id,
+label 0/1, label_str, response, gpt5_judgment (the token, AMBIGUOUS or ERROR), pred 1/0/-1, correct.
+The task is not in the file: it is read from label_str and the prompts; each prompt is matched to the
+paper-as-run prompt set (explorer/prompts.py) for its id, family and kind (description prompts were
+judged too; they are kept without a verdict).
+Verdicts, as the judge module reads its own: the positive / negative token -> positive / negative,
+AMBIGUOUS -> hedge (detail "AMBIGUOUS: ..."), ERROR or empty -> refusal (a failed call the study counted
+as a refusal; its number cannot be had any other way from the file). Both are non-answers, so the
+refusal rate is the study's.
 Both readers return the answers frame that explorer.metrics takes (ANSWER_COLUMNS and more), and both
 raise ResultFileError naming the file, the column and the row (rows count from 1, header excluded).
 """
@@ -34,6 +45,16 @@ STUDY_COLUMNS = (
     "judgment", "pred", "correct",
 )
 STUDY_FILE_GLOB = "*_vqa_results.csv"
+EVAL_OUTPUT_COLUMNS = (
+    "model_id", "prompt_idx", "prompt", "row_id", "label", "label_str", "response", "gpt5_judgment", "pred", "correct",
+)
+EVAL_OUTPUT_GLOB = "eval_output*.csv"
+# label_str of the first upload's judge scripts -> candidate tasks (skin and IDC share malignant/benign).
+_EVAL_LABEL_TASKS = {
+    frozenset({"tumor", "no_tumor"}): ("brain_tumor",),
+    frozenset({"pneumonia", "no_pneumonia"}): ("pneumonia",),
+    frozenset({"malignant", "benign"}): ("skin_cancer", "histo_idc"),
+}
 STUDY_METHOD = "judge:study-import"
 STUDY_PROMPT_TYPES = {"yesno": "yes/no", "ab": "multiple choice"}
 NO_ANSWER_JUDGMENTS = ("", "AMBIGUOUS", "ERROR")
@@ -218,11 +239,12 @@ def _read_csv_text(path: Path, budget: Optional[ReadBudget] = None) -> pd.DataFr
 
 
 def _study_verdict(judgment: str, pred: Optional[int], task, path: Path, row: int) -> str:
-    """positive / negative / refusal from the study's judgment and pred, checking they agree."""
+    """positive / negative / hedge (AMBIGUOUS) / refusal (ERROR, empty) from the study's judgment and pred,
+    checking they agree."""
     if judgment in NO_ANSWER_JUDGMENTS:
         if pred in (0, 1):
             raise _fail(path, f"pred is {pred} but the judgment {judgment or '(empty)'!r} is no answer", "pred", row)
-        return "refusal"
+        return "hedge" if judgment == "AMBIGUOUS" else "refusal"
     tokens = {task.judge_tokens.positive.upper(): 1, task.judge_tokens.negative.upper(): 0}
     if judgment in tokens and pred != tokens[judgment]:
         raise _fail(path, f"pred is {pred} but the judgment is {judgment!r}", "pred", row)
@@ -245,6 +267,8 @@ def read_study_results(path: Union[str, Path], catalog=None, budget: Optional[Re
     path = Path(path)
     catalog = _catalog(catalog)
     raw = _read_csv_text(path, budget)
+    if "gpt5_judgment" in raw.columns and "judgment" not in raw.columns:
+        return _eval_output_frame(raw, path, catalog)
     _require_columns(raw, STUDY_COLUMNS, path, "study results file")
     if raw.empty:
         return pd.DataFrame(columns=OUTPUT_COLUMNS)
@@ -288,7 +312,85 @@ def read_study_results(path: Union[str, Path], catalog=None, budget: Optional[Re
             case_id=f"{task.key}:hf:{row_ids[i]}", label=labels[i], verdict=verdict,
             p_positive=np.nan, pair=spec.pair if spec else None, role=spec.role if spec else None,
             one_word=one_words[i], prompt_kind="closed", prompt_text=prompts[i], answer=raw.at[i, "response"],
-            verdict_method=STUDY_METHOD, verdict_detail=f"study judgment: {judgments[i] or '(empty)'}",
+            verdict_method=STUDY_METHOD, verdict_detail=_study_detail(judgments[i]),
+            row_id=row_ids[i], model_id=models[i], source_file=str(path), source_row=row,
+        ))
+    out = pd.DataFrame.from_records(records, columns=OUTPUT_COLUMNS)
+    out["case_id"] = _split_double_rows(out)
+    _check_unique(out, path)
+    return out
+
+
+def _study_detail(judgment: str) -> str:
+    shown = f"study judgment: {judgment or '(empty)'}"
+    if judgment == "AMBIGUOUS":
+        return f"AMBIGUOUS: {shown}"
+    if judgment == "ERROR":
+        return f"{shown} (a failed judge call, counted as a refusal by the study)"
+    return shown
+
+
+def _eval_task(raw: pd.DataFrame, path: Path, catalog) -> str:
+    """The task of a first-upload eval_output file: from label_str, then (skin or IDC) the prompts."""
+    names = frozenset(str(v).strip().lower() for v in raw["label_str"].tolist() if not _blank(v))
+    candidates = next((t for k, t in _EVAL_LABEL_TASKS.items() if names and names <= k), ())
+    candidates = tuple(t for t in candidates if t in catalog.tasks)
+    if not candidates:
+        raise _fail(path, f"label_str values {sorted(names)} name none of the study's tasks", "label_str")
+    if len(candidates) == 1:
+        return candidates[0]
+    text = " ".join(str(p).lower() for p in raw["prompt"].tolist())
+    matched = [t for t, word in (("skin_cancer", "skin"), ("histo_idc", "carcinoma")) if t in candidates and word in text]
+    if len(matched) != 1:
+        raise _fail(path, "cannot tell skin lesions from histopathology: the prompts name neither (or both)", "prompt")
+    return matched[0]
+
+
+def _eval_output_frame(raw: pd.DataFrame, path: Path, catalog) -> pd.DataFrame:
+    """A first-upload eval_output*.csv (judging/gpt5_judge_*.py) as an answers frame."""
+    from .prompts import prompt_set_variants
+
+    _require_columns(raw, EVAL_OUTPUT_COLUMNS, path, "first-upload judge output (eval_output*.csv)")
+    if raw.empty:
+        return pd.DataFrame(columns=OUTPUT_COLUMNS)
+    task = catalog.task(_eval_task(raw, path, catalog))
+    # The judge scripts wrote prompt.strip(): match on that, to the strings the models were sent.
+    as_run = {v.text.strip(): v for v in prompt_set_variants("paper-as-run", task.key)}
+    models = _parse(raw, "model_id", lambda v: str(v).strip(), path, "a model id")
+    row_ids = _parse(raw, "row_id", _int_cell, path, "a row number (integer)")
+    labels = _parse(raw, "label", lambda v: {0: "negative", 1: "positive"}[_int_cell(v)], path,
+                    "0 (negative) or 1 (positive)")
+    prompt_idx = _parse(raw, "prompt_idx", _int_cell, path, "a prompt position (integer)")
+    preds = _parse(raw, "pred", lambda v: {1: 1, 0: 0, -1: -1}[_int_cell(v)], path, "1, 0 or -1")
+    corrects = _parse(raw, "correct", lambda v: {1: 1, 0: 0}[_int_cell(v)], path, "1, 0 or empty", allow_blank=True)
+    judgments = [str(v).strip().upper() if not _blank(v) else "" for v in raw["gpt5_judgment"].tolist()]
+    records = []
+    for i in range(len(raw)):
+        row = i + 1
+        prompt = "" if _blank(raw.at[i, "prompt"]) else str(raw.at[i, "prompt"])
+        variant = as_run.get(prompt.strip())
+        judged = _study_verdict(judgments[i], preds[i], task, path, row)
+        if corrects[i] is not None and corrects[i] != int(judged == labels[i]):
+            raise _fail(path, f"correct is {corrects[i]} but pred {preds[i]} vs label {labels[i]}", "correct", row)
+        if variant is not None:
+            prompt_id, family, kind, one_word = variant.prompt_id, variant.family, variant.kind, variant.one_word
+            text = variant.text  # what the model was sent, whitespace included
+        else:  # a wording the first upload did not have: read like the later files
+            family = study_family(prompt, task)
+            _, one_word = _normalise_prompt(prompt)
+            prompt_id, kind, text = study_prompt_id(prompt, family, one_word), "closed", prompt
+        alias = _model_alias(models[i], catalog)
+        spec = catalog.models.get(alias) if alias else None
+        records.append(dict(
+            model=alias or models[i], task=task.key, prompt_id=prompt_id, prompt_family=family,
+            case_id=f"{task.key}:hf:{row_ids[i]}", label=labels[i],
+            verdict=judged if kind == "closed" else None,
+            p_positive=np.nan, pair=spec.pair if spec else None, role=spec.role if spec else None,
+            one_word=one_word, prompt_kind=kind, prompt_text=text,
+            answer="" if _blank(raw.at[i, "response"]) else str(raw.at[i, "response"]),
+            verdict_method=STUDY_METHOD,
+            verdict_detail=_study_detail(judgments[i]) + (f" (prompt {prompt_idx[i]})" if kind == "closed" else
+                                                          f" (prompt {prompt_idx[i]}, a description: not scored)"),
             row_id=row_ids[i], model_id=models[i], source_file=str(path), source_row=row,
         ))
     out = pd.DataFrame.from_records(records, columns=OUTPUT_COLUMNS)
@@ -330,9 +432,9 @@ def import_study_results(paths: Union[str, Path, Iterable[Union[str, Path]]], ca
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.glob(STUDY_FILE_GLOB))
+            found = sorted({*p.glob(STUDY_FILE_GLOB), *p.glob(EVAL_OUTPUT_GLOB)})
             if not found:
-                raise _fail(p, f"no {STUDY_FILE_GLOB} files in this folder")
+                raise _fail(p, f"no {STUDY_FILE_GLOB} (or first-upload {EVAL_OUTPUT_GLOB}) files in this folder")
             files.extend(found)
         else:
             files.append(p)

@@ -83,7 +83,7 @@ def test_study_file_becomes_answers(study_dirs):
     first = df.iloc[0]
     assert (first.case_id, first.label, first.verdict, first.answer) == ("brain_tumor:hf:5", "negative", "negative", "answer to 5")
     verdicts = df.set_index(["prompt_id", "case_id"])["verdict"]
-    assert verdicts[("abnormal", "brain_tumor:hf:12")] == "refusal"  # AMBIGUOUS
+    assert verdicts[("abnormal", "brain_tumor:hf:12")] == "hedge"  # AMBIGUOUS: its own outcome, still a non-answer
     assert verdicts[("evidence", "brain_tumor:hf:9")] == "refusal"  # ERROR
     assert verdicts[("mc_pos_first", "brain_tumor:hf:9")] == "negative"
     assert df["one_word"].eq(False).all() and df["p_positive"].isna().all()
