@@ -300,6 +300,12 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
         if not head.empty:
             print("\nHeadline: F1_all per task, base vs medical, averaged over prompts:")
             print(head.to_string(index=False))
+        families = tables["metrics_sensitivity_families"]
+        if not families.empty:
+            print("\nWording sensitivity: share of wordings whose reading differs from the image's majority"
+                  " (mean over images, 95% CI), per wording family:")
+            print(families[["model", "task", "family", "n_images", "flip_share", "flip_share_lo", "flip_share_hi",
+                            "entropy_bits"]].to_string(index=False))
         if cells:
             c = tables["metrics_cells"]
             keep = [k for k in ("model", "task", "prompt_id", "n", "accuracy", "f1_nr", "f1_all", "refusal_rate",

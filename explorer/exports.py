@@ -22,6 +22,7 @@ from . import metrics
 from .csv_cells import neutralise_frame
 from .presets import PRESETS_DIR
 from .run_selection import plan_answers
+from .sensitivity import SENSITIVITY_TABLES, sensitivity_tables
 from .store import Store, library_versions, utc_now
 
 FORMATS = ("csv", "parquet", "json")
@@ -78,7 +79,8 @@ def _is_export_file(name: str) -> bool:
     stem, _, suffix = name.partition(".")
     if name.startswith((".answers.", ".metrics_", ".manifest.")) and name.endswith(".tmp"):
         return True  # a temp file an older export, killed mid-write, left behind
-    return (stem in ("answers", "metrics_cells", "metrics_summary", "metrics_headline") and suffix in FORMATS) or \
+    return (stem in ("answers", "metrics_cells", "metrics_summary", "metrics_headline", *SENSITIVITY_TABLES)
+            and suffix in FORMATS) or \
         name == "manifest.json"
 
 
@@ -161,6 +163,8 @@ def metric_tables(answers: pd.DataFrame, n_boot: int = 1000) -> dict[str, pd.Dat
         "metrics_cells": cells,
         "metrics_summary": metrics.model_task_summary(closed, n_boot=n_boot, cells=cells),
         "metrics_headline": metrics.headline(closed, n_boot=n_boot),
+        # How much each image's answer moves with the wording: per image, per wording family, per pair.
+        **sensitivity_tables(closed, n_boot=n_boot),
     }
 
 
