@@ -1,12 +1,14 @@
 """The answer reader measured on real VLM answers, next to a keyword baseline.
 
-    python bench/reader_accuracy.py [--misses] [--files a.jsonl b.jsonl]
+    python bench/reader_accuracy.py [--misses] [--speed] [--files a.jsonl b.jsonl]
 
 Reads the hand-labelled development set: ../shared/verdict-dev/answers.jsonl (when present) plus
-tests/data/verdict_dev/extra.jsonl (kept in the project). Reports exact accuracy (7 classes: YES,
+tests/data/verdict_dev/*.jsonl (kept in the project, with their sources and licences). Reports exact accuracy (7 classes: YES,
 NO, OPTION_A, OPTION_B, REFUSAL, HEDGE, OFF_TOPIC) and lenient accuracy (refusal, hedge and
 off-topic merged into one "no answer" class), per class (recall), per source and per model, the
 keyword baseline ("yes" without "no" -> YES) on the same rows, and with --misses every miss.
+--speed times the reader on 100,000-character answers of hostile shapes, next to the same shapes
+at 10,000 characters (a ratio near 1 or below means the cost does not grow with the answer).
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ sys.path.insert(0, str(ROOT))
 from explorer.answer_reader import read_answer  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "verdict-dev" / "answers.jsonl"
-EXTRA = ROOT / "tests" / "data" / "verdict_dev" / "extra.jsonl"
+LOCAL = ROOT / "tests" / "data" / "verdict_dev"
+EXTRA = LOCAL / "extra.jsonl"
 CLASSES = ("YES", "NO", "OPTION_A", "OPTION_B", "REFUSAL", "HEDGE", "OFF_TOPIC")
 ANSWERS = {"YES", "NO", "OPTION_A", "OPTION_B"}
 
 
+def local_files() -> list[Path]:
+    return sorted(LOCAL.glob("*.jsonl"))
+
+
 def default_files() -> list[Path]:
-    return [p for p in (SHARED, EXTRA) if p.exists()]
+    return [p for p in (SHARED,) if p.exists()] + local_files()
 
 
 def load(files: Iterable[Path]) -> list[dict]:
@@ -128,16 +135,47 @@ def report(rows: list[dict], show_misses: bool) -> str:
     return "\n".join(lines)
 
 
+def speed() -> str:
+    import time
+
+    shapes = {
+        "prose": "There is no evidence of pleural effusion, but it is difficult to determine whether the mass is benign. ",
+        "answer words": "Yes. No. ",
+        "newlines": "\n",
+        "hedges": "it is difficult to determine whether ",
+        "refusals": "I'm sorry, I cannot provide a diagnosis of the tumor. ",
+        "labels": "A) (B) ",
+        "cjk": "是的，",
+    }
+    lines = ["speed (median of 5; ms): shape, 10k chars, 100k chars, ratio"]
+    for name, unit in shapes.items():
+        timings = []
+        for size in (10_000, 100_000):
+            text = (unit * (size // len(unit) + 1))[:size]
+            runs = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                read_answer(text, "Is there a pleural effusion?")
+                read_answer(text, "Which does this image show?", ["Tumor", "No tumor"])
+                runs.append((time.perf_counter() - t0) / 2)
+            timings.append(sorted(runs)[2] * 1000)
+        lines.append(f"  {name:<13} {timings[0]:7.1f} {timings[1]:7.1f}   x{timings[1] / timings[0]:.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", nargs="*", type=Path, help="JSONL files (default: the development set)")
     parser.add_argument("--misses", action="store_true", help="list every row the reader gets wrong")
+    parser.add_argument("--speed", action="store_true", help="also time 100,000-character answers")
     args = parser.parse_args(argv)
     files = args.files or default_files()
     if not files:
         print("no development set found (../shared/verdict-dev or tests/data/verdict_dev)", file=sys.stderr)
         return 1
     print(report(load(files), args.misses))
+    if args.speed:
+        print(speed())
     return 0
 
 

@@ -33,8 +33,9 @@ given at the start or in the conclusion).
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Optional, Sequence
 
 from .answer_words import (
@@ -166,7 +167,14 @@ class _Sentences(list):
     def __init__(self, text: str) -> None:
         super().__init__((m.start(), m.end()) for m in _SENTENCE.finditer(text) if m.group().strip())
         self.starts = [s for s, _ in self]
-        self.break_ends = [m.end() for m in _CLAUSE_BREAK.finditer(text)]
+        breaks = [m.span() for m in _CLAUSE_BREAK.finditer(text)]
+        self.break_starts = [s for s, _ in breaks]
+        self.break_ends = [e for _, e in breaks]
+
+    def clause_end(self, pos: int, limit: int) -> int:
+        """Where the clause holding pos ends: the next break at or after pos, else limit."""
+        i = bisect_left(self.break_starts, pos)
+        return self.break_starts[i] if i < len(self.break_starts) and self.break_starts[i] < limit else limit
 
     def clause_start(self, pos: int) -> int:
         """Where the clause holding pos starts: after the last break in its sentence, else the sentence."""
@@ -303,17 +311,21 @@ def _void_spans(text: str, sentences: list[tuple[int, int]], focus: Focus) -> li
             if pattern is _HEDGE and _is_question_word(m, focus):
                 continue
             ss, se = _sentence_at(sentences, m.start())
-            brk = _CLAUSE_BREAK.search(text, m.end(), se)
             start = m.start()
             if pattern is not _VOID_OPENER:  # "Pneumonia cannot be ruled out": the whole clause
-                start = sentences.clause_start(m.start()) if isinstance(sentences, _Sentences) else ss
-            spans.append((start, brk.start() if brk else se))
+                start = sentences.clause_start(m.start())
+            spans.append((start, sentences.clause_end(m.end(), se)))
     return _Spans(spans)
 
 
 def _is_question_word(m: re.Match, focus: Focus) -> bool:
     """A hedge word the question itself uses as its target ("Is there an unclear area?")."""
-    return any(stem(t.text) in focus.echo for t in tokens(m.group()))
+    return bool(_stems_of(m.group()) & focus.echo)
+
+
+@lru_cache(maxsize=512)
+def _stems_of(words: str) -> frozenset[str]:
+    return frozenset(stem(t.text) for t in tokens(words))
 
 
 def _in(spans: list[tuple[int, int]], pos: int) -> bool:
@@ -538,13 +550,16 @@ def _engaged_hedge(text: str, focus: Focus, sentences: list[tuple[int, int]], to
     target = focus.primary or (_NORMALITY_WORDS if focus.normality else frozenset())
     if not target:
         return None
+    at = [t.start for t in toks if t.stem in target]
+    if not at:
+        return None
     for m in _HEDGE.finditer(text):
         if _is_question_word(m, focus):
             continue
         s, e = _sentence_at(sentences, m.start())
-        brk = _CLAUSE_BREAK.search(text, m.end(), e)
-        end = brk.start() if brk else e
-        if any(t.stem in target for t in toks if m.end() <= t.start < end):
+        end = sentences.clause_end(m.end(), e) if isinstance(sentences, _Sentences) else e
+        i = bisect_left(at, m.end())
+        if i < len(at) and at[i] < end:
             return _Cue("hedge", m.start(), m.end(), "hedge")
     return None
 
@@ -914,11 +929,13 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         cue = _label_at(text, m.end(), focus)
         if cue and all(c.start != cue.start for c in labels):
             labels.append(_Cue(cue.value, m.start(), cue.end, "formal answer"))
+    seen = {c.start for c in labels}
     for m in re.finditer(r"(?:^|\n)[ \t]*|\((?=[A-Za-z0-9]\))", text):
         if m.end() > start + 1:
             cue = _label_at(text, m.end(), focus)
-            if cue and all(abs(c.start - cue.start) > 2 for c in labels):
+            if cue and not seen.intersection(range(cue.start - 2, cue.start + 3)):
                 labels.append(cue)
+                seen.add(cue.start)
     labels.sort(key=lambda c: c.start)
     # A leading yes/no is not a choice, and must not negate the option after it ("No, it is on the right").
     word = _answer_word(text, start)
