@@ -207,6 +207,53 @@ def sliding_window(model: Any) -> Optional[int]:
     return None
 
 
+# The transformers releases this module was run against (its tests and bench/bench_speed.py). Outside
+# them prefix reuse still runs, through the same public calls, but says so once (see version_note).
+TESTED_TRANSFORMERS = ("5.25",)
+
+
+def version_note() -> Optional[str]:
+    """A warning when the installed transformers is not one prefix reuse was tested on, else None."""
+    import transformers
+
+    version = transformers.__version__
+    if any(version == t or version.startswith(t + ".") for t in TESTED_TRANSFORMERS):
+        return None
+    return (f"prefix reuse was tested on transformers {', '.join(TESTED_TRANSFORMERS)}, this is {version}: "
+            "answers are checked against plain generation by tests/test_speed_paths.py; run it")
+
+
+def cache_arg(model: Any) -> str:
+    """The keyword a model's forward() takes its KV cache by: "cache" from transformers 5.2x (where
+    "past_key_values" is deprecated, to be removed in 5.40), "past_key_values" before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output: Any) -> Any:
+    """The KV cache of a forward() output, under either name."""
+    found = getattr(output, "cache", None) if "cache" in getattr(output, "__dataclass_fields__", {}) else None
+    return found if found is not None else output.past_key_values
+
+
+def kv_cache_bytes(model: Any, rows: int, positions: int) -> int:
+    """Bytes a KV cache of `rows` x `positions` takes in this model's dtype (every layer counted as
+    full attention: an upper bound for Gemma 3's sliding-window layers)."""
+    cfg = _text_config(model)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    itemsize = torch.empty((), dtype=model.dtype).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * int(positions) * int(rows) * itemsize
+
+
+def initial_room(max_new_tokens: int, width: int) -> int:
+    """Positions kept free after a batch's prompts before decoding starts: what the batch can reach
+    (max_new_tokens + 1) when that is small, else an eighth of the prompt width (at least 64). The
+    cache then grows by an eighth at a time (RoomyLayer), a handful of copies for a 2,048-token answer,
+    instead of reserving 2,049 positions in every row up front (7.6 GB for 12 rows of LLaVA-1.6 7B)."""
+    return min(int(max_new_tokens) + 1, max(64, int(width) // 8))
+
+
 @functools.lru_cache(maxsize=None)
 def _roomy_layer_class():
     """Defined on first use, so importing this module does not import transformers."""
@@ -333,7 +380,7 @@ def prefill_prefix(model: Any, ids: Sequence[int], token_types: Optional[Sequenc
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "position_ids": torch.arange(len(ids), device=device)[None],
-        "past_key_values": _new_cache(model),
+        cache_arg(model): _new_cache(model),
         "use_cache": True,
         "logits_to_keep": 1,
     }
@@ -344,7 +391,7 @@ def prefill_prefix(model: Any, ids: Sequence[int], token_types: Optional[Sequenc
             value = value.to(device, dtype=model.dtype) if value.is_floating_point() else value.to(device)
         kwargs[key] = value
     out = model(**kwargs)
-    return Prefix(tuple(ids), _cache_layers(out.past_key_values))
+    return Prefix(tuple(ids), _cache_layers(cache_of(out)))
 
 
 def _pad_positions(t: torch.Tensor, length: int) -> torch.Tensor:
@@ -498,7 +545,9 @@ def _extend_packed(
 
     # Plain full-attention layers (the pass must keep every position; the mask below says who sees
     # what, and no distance inside it reaches a sliding window, see check_prefix_applicable).
-    cache = DynamicCache(ddp_cache_data=layers)
+    cache = DynamicCache()  # plain layers, filled through the public update()
+    for layer_idx, (k, v) in enumerate(layers):
+        cache.update(k, v, layer_idx)
     del layers
     input_ids = torch.tensor([[t for s in own for t in s]], dtype=torch.long, device=device)
     positions = torch.tensor([[p.length + j for p, s in zip(prefixes, own) for j in range(len(s))]], device=device)
@@ -512,7 +561,7 @@ def _extend_packed(
     else:
         mask = allowed
     model(input_ids=input_ids, attention_mask=mask[None, None].to(device), position_ids=positions,
-          past_key_values=cache, use_cache=True, logits_to_keep=1)
+          **{cache_arg(model): cache}, use_cache=True, logits_to_keep=1)
     return _cache_layers(cache), segments
 
 
@@ -551,6 +600,6 @@ def _extend_side_by_side(
             mask[i, p_max : p_max + len(s)] = 1
         positions = torch.tensor(p_len, device=device)[:, None] + torch.arange(s_max, device=device)[None]
         model(input_ids=suffix, attention_mask=mask, position_ids=positions,
-              past_key_values=extended, use_cache=True, logits_to_keep=1)
+              **{cache_arg(model): extended}, use_cache=True, logits_to_keep=1)
     segments = [[(0, n), (p_max, len(s))] for n, s in zip(p_len, own)]
     return _cache_layers(extended), segments

@@ -21,6 +21,7 @@ All three give the answers one-at-a-time generation gives, up to floating-point 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
@@ -110,6 +111,16 @@ reuse_lib = _lazy_module(__package__ + ".prefix_reuse")
 
 # Cache keys name this execution mode, so exact and batched answers are never served for each other.
 EXACT_EXECUTION = "exact-v1: one request per call, no prefix reuse, authors' dtype"
+
+
+_LOG = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        _LOG.warning(message.strip())
 
 
 def _cuda_possible() -> bool:
@@ -558,9 +569,12 @@ class TransformersBackend:
                 except torch.OutOfMemoryError:
                     raise
                 except (reuse_lib.ReuseNotApplicable, RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    # The plain path answers the same; say why the shared one was skipped.
+                    # The plain path answers the same, slower: say why the shared one was skipped, in the
+                    # answer's record and once in the log (a transformers upgrade can cause this).
                     prepared = self._prepare_plain(lm, texts, images)
                     prepared["info"]["reuse_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
+                    _warn_once(f"{lm.alias}: prefix/feature reuse failed, answering the slow plain way "
+                               f"({prepared['info']['reuse_skipped']}). {reuse_lib.version_note() or ''}")
             else:
                 prepared = self._prepare_plain(lm, texts, images)
             return self._generate(lm, items, prepared, on_text, started)
@@ -649,11 +663,27 @@ class TransformersBackend:
                         self.memo.put(memo_key, found)
                 computed[group] = found
             prefixes[row] = computed[group]
-        room = max_new_tokens + 1  # every answer token fits without moving the cache
+        # KV room: what the batch can reach when that is small, else grown as decoding goes on; the
+        # estimate is checked before the batch's cache is built (too big: the batch is halved).
+        width = max(len(ids) for ids in rows.ids)
+        room = reuse_lib.initial_room(max_new_tokens, width)
+        estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), width + room)
+        self._check_kv_room(lm, estimate)
         batch = reuse_lib.continue_from_prefixes(model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room)
-        gen_inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "past_key_values": batch.cache}
-        info = {"reuse": "prefix", "prefix_tokens": max(p.length for p in computed.values()), "images_encoded": prefilled}
+        gen_inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                      reuse_lib.cache_arg(model): batch.cache}
+        info = {"reuse": "prefix", "prefix_tokens": max(p.length for p in computed.values()), "images_encoded": prefilled,
+                "kv_estimate_bytes": estimate, "kv_room": room}
         return {"inputs": gen_inputs, "info": info}
+
+    def _check_kv_room(self, lm: LoadedModel, need: int) -> None:
+        """MemoryError (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
+        memory; on CPU the operating system has the last word."""
+        if not str(lm.device).startswith("cuda"):
+            return
+        free = free_bytes(str(lm.device))
+        if need > 0.9 * free:
+            raise MemoryError(f"the batch's KV cache needs about {human_bytes(need)}, {human_bytes(free)} free")
 
     # ------------------------------------------------------------ generating
     def _generate(self, lm: LoadedModel, items, prepared: dict[str, Any], on_text: Optional[OnText], started: float) -> list[Response]:
