@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
+from urllib.parse import urlsplit
 
 from .backends.base import BackendError
 from .presets import Catalog, DescribeRunSpec
@@ -33,6 +34,7 @@ YES_NO_SCHEMA: dict[str, Any] = {
 SCHEMA_NAME = "yes_no_answer"
 STUDY_MAX_OUTPUT_TOKENS = 64
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
 DEMO_TEXT_ALIAS = "demo-text"
 
 
@@ -188,6 +190,17 @@ class StructuredDiagnoser:
             self.backend.close()
 
 
+def is_openai_host(base_url: str) -> bool:
+    """True only for https://api.openai.com (any path, default port)."""
+    parts = urlsplit(str(base_url or ""))
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and (parts.hostname or "").lower() == OPENAI_HOST and port in (None, 443)
+            and not parts.username and not parts.password)
+
+
 def openai_diagnoser(
     model: str, *, api: str = "responses", base_url: str = OPENAI_BASE_URL, api_key_env: Optional[str] = "auto",
     reasoning_effort: Optional[str] = "none", max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
@@ -200,7 +213,9 @@ def openai_diagnoser(
     from .backends.openai_backend import EndpointConfig, OpenAIBackend
 
     if api_key_env == "auto":
-        api_key_env = "OPENAI_API_KEY" if "api.openai.com" in base_url else None
+        # The key goes to OpenAI's own host only: an exact https host match, never a substring (a
+        # path, a query or another host's subdomain can contain "api.openai.com").
+        api_key_env = "OPENAI_API_KEY" if is_openai_host(base_url) else None
     if api_key_env and not os.environ.get(api_key_env):
         # A setup problem: say so before any description is generated, not once per prompt afterwards.
         raise BackendError(f"the diagnoser {model} at {base_url} needs an API key in ${api_key_env}, which is not set")

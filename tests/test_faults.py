@@ -217,7 +217,8 @@ def test_cli_retry_errors_reruns_only_the_failed_items(fake_openai, tmp_path):
             "--endpoints", str(endpoints), "--store", str(store)]
     fake_openai.add_faults(Fault.http(500), Fault.http(500), PASS, Fault.http(401, "invalid key"), Fault.drop(), PASS)
     rc, out, err = _cli(args)
-    assert rc == 0 and "Traceback" not in err
+    # Failed items make the run exit non-zero, with the count (never exit 0 beside a partial result).
+    assert rc == 1 and "Traceback" not in err and "2 of 6 items failed" in err
     assert "6 planned, 0 from the store, 4 generated, 2 errors" in out
     assert len(fake_openai.requests) == 6 + 2  # the retried 500 and the retried drop
 

@@ -94,16 +94,18 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
                  "pneumonia", "--models", "demo-gemma", "--prompts", "abnormal,normal,mc_pos_first",
                  "--per-class", "1", "--batch-size", "3", "--judge", "--endpoints", str(endpoints),
                  "--store", str(store)]
-        assert _cli(sweep, outputs) == 0
-        assert "6 planned" in outputs[-2] and "2 errors" in outputs[-2]
+        assert _cli(sweep, outputs) == 1  # failed items: a non-zero exit with the count
+        assert "6 planned" in outputs[-2] and "2 errors" in outputs[-2] and "2 of 6 items failed" in outputs[-1]
         # The errors as stored now (a retry replaces them): what the servers echoed, scrubbed.
         with Store(store) as s:
             first_errors = [r["error"] for r in s.answers() if r["error"]]
         assert len(first_errors) == 2 and all("[redacted]" in e for e in first_errors)
         assert any("not allowed to use this model" in e for e in first_errors)
         assert not _leaks_in_files(tmp_path.glob("*.sqlite*"))
-        assert _cli(sweep + ["--retry-errors"], outputs) == 0
+        # The answers now all succeed; the judge's failed verdicts remain, so the exit stays non-zero.
+        assert _cli(sweep + ["--retry-errors"], outputs) == 1
         assert "2 planned, 0 from the store, 2 generated, 0 errors" in outputs[-2]
+        assert "judgements failed" in outputs[-1] and "items failed" not in outputs[-1]
 
         # The keys were really used: each server saw its own.
         sent_answers = {r.headers.get("authorization") for r in answers.requests}

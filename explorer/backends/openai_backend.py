@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import os
 import random
 import re
@@ -32,6 +33,7 @@ import openai
 
 from ..schema import GenerationSettings, Message, Request, Response
 from .base import BackendError, OnText
+from .http_deadline import deadline, http_client, is_deadline_error
 from .openai_wire import (
     _BadReply,
     _chat_payload,
@@ -65,6 +67,7 @@ class EndpointConfig:
     model: str  # the model's name on that server
     api_key_env: Optional[str] = None  # environment variable holding the key; None: no key needed
     timeout_s: float = 120.0  # per HTTP read (a stream may run longer as long as tokens keep coming)
+    deadline_s: float = 600.0  # wall-clock limit for one request: every attempt, wait and streamed byte
     max_retries: int = 4  # retries after the first attempt, for retryable failures only
     max_concurrency: int = 4  # requests in flight to this server at once
     api: Literal["chat", "responses"] = "chat"
@@ -83,6 +86,12 @@ class EndpointConfig:
         parts = urlsplit(self.base_url or "")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BackendError(f"endpoint base_url must be an http(s) URL, got {self.base_url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise BackendError(f"endpoint base_url {self.base_url!r}: the port must be between 1 and 65535")
         if parts.username or parts.password:
             raise BackendError("endpoint base_url must not carry credentials; name the key's variable in api_key_env")
         if not isinstance(self.model, str) or not self.model:
@@ -103,18 +112,19 @@ class EndpointConfig:
                 "variable with api_key_env"
             )
         # Types before comparisons: "fast" <= 0 would raise a bare TypeError, NaN would pass silently.
-        for name in ("timeout_s", "backoff_base_s", "backoff_max_s", "retry_after_max_s"):
+        for name in ("timeout_s", "deadline_s", "backoff_base_s", "backoff_max_s", "retry_after_max_s"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise BackendError(f"endpoint {self.host}: {name} must be a number of seconds, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise BackendError(f"endpoint {self.host}: {name} must be a finite number of seconds, got {value!r}")
             if value < 0:
                 raise BackendError(f"endpoint {self.host}: {name} must be >= 0, got {value!r}")
         for name in ("max_retries", "max_concurrency"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise BackendError(f"endpoint {self.host}: {name} must be a whole number, got {value!r}")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.max_concurrency < 1:
-            raise BackendError(f"endpoint {self.host}: need timeout_s > 0, max_retries >= 0, max_concurrency >= 1")
+        if self.timeout_s <= 0 or self.deadline_s <= 0 or self.max_retries < 0 or self.max_concurrency < 1:
+            raise BackendError(f"endpoint {self.host}: need timeout_s > 0, deadline_s > 0, max_retries >= 0, "
+                               "max_concurrency >= 1")
 
     def __repr__(self) -> str:
         # extra is shown redacted: a value pasted there by mistake must not reach a log.
@@ -236,7 +246,8 @@ class OpenAIBackend:
                         )
                     self._secrets.add(api_key)
                 client = openai.OpenAI(
-                    api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0
+                    api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0,
+                    http_client=http_client(cfg.timeout_s),  # honours each request's deadline
                 )
                 self._clients[key] = client
             return client
@@ -415,6 +426,9 @@ class OpenAIBackend:
     def _with_retries(self, cfg: EndpointConfig, call: Callable[[], _Reply]) -> _Outcome:
         semaphore = self._semaphores[cfg.url_key]
         started = time.perf_counter()
+        # One wall-clock deadline for the whole request (attempts, waits, a trickling stream).
+        due = time.monotonic() + cfg.deadline_s
+        late = f"{cfg.host}: no complete reply within the {cfg.deadline_s:g} s deadline (deadline_s)"
         attempts, latency, last_error = 0, 0.0, ""
         for attempt in range(cfg.max_retries + 1):
             if self._closed.is_set():
@@ -424,7 +438,8 @@ class OpenAIBackend:
             with semaphore:
                 t0 = time.perf_counter()
                 try:
-                    reply = call()
+                    with deadline(due):
+                        reply = call()
                 except Exception as exc:
                     failure = exc
                 latency = time.perf_counter() - t0
@@ -432,6 +447,8 @@ class OpenAIBackend:
                 return _Outcome(reply, None, attempts, latency, time.perf_counter() - started)
             if self._closed.is_set():
                 return _Outcome(None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started)
+            if time.monotonic() >= due or is_deadline_error(failure):
+                return _Outcome(None, late, attempts, latency, time.perf_counter() - started)
             retryable, wait_hint, message = _classify(failure, cfg)
             last_error = self._scrub(f"{cfg.host}: {message}")
             if not retryable:
@@ -442,6 +459,9 @@ class OpenAIBackend:
                 delay = min(wait_hint, cfg.retry_after_max_s) * (1 + 0.1 * random.random())
             else:
                 delay = min(cfg.backoff_base_s * 2**attempt, cfg.backoff_max_s) * random.uniform(0.5, 1.0)
+            if time.monotonic() + delay >= due:  # the retry could not finish in time
+                return _Outcome(None, f"{last_error}; no time left to retry within the {cfg.deadline_s:g} s deadline",
+                                attempts, latency, time.perf_counter() - started)
             log.warning("%s (attempt %d of %d); retrying in %.2f s", last_error, attempts, cfg.max_retries + 1, delay)
             if self._closed.wait(delay):
                 return _Outcome(None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started)

@@ -19,6 +19,10 @@ from ..schema import GenerationSettings, ImagePart, Message
 if TYPE_CHECKING:
     from .openai_backend import EndpointConfig
 
+# The longest reply kept: 200,000 characters (~50,000 tokens, above the 32,768-token limit presets
+# allow). A server that ignores max_tokens is cut here, and the reply says so (extra["truncated"]).
+MAX_REPLY_CHARS = 200_000
+
 
 @dataclass
 class _Reply:
@@ -34,6 +38,13 @@ class _BadReply(Exception):
 
 class _StreamCut(Exception):
     """A stream that ended without a finish_reason: the connection was cut (retried)."""
+
+
+def _capped(text: str, extra: dict[str, Any]) -> str:
+    if len(text) > MAX_REPLY_CHARS:
+        extra["truncated"] = f"the reply was cut at {MAX_REPLY_CHARS:,} of {len(text):,}+ characters"
+        return text[:MAX_REPLY_CHARS]
+    return text
 
 
 # --- reading replies -----------------------------------------------------------------------------
@@ -61,7 +72,7 @@ def _read_chat(completion: Any) -> _Reply:
         extra["reasoning"] = reasoning
     usage = getattr(completion, "usage", None)
     return _Reply(
-        text=content,
+        text=_capped(content, extra),
         input_tokens=getattr(usage, "prompt_tokens", None),
         output_tokens=getattr(usage, "completion_tokens", None),
         extra=extra,
@@ -71,6 +82,9 @@ def _read_chat(completion: Any) -> _Reply:
 def _stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[[str], None]) -> _Reply:
     emit("")  # a retried stream starts its text over
     text, saw_choice, finish, usage, response_id, server_model = "", False, None, None, None, None
+    # Like the non-streaming path: a reply whose content is null throughout (no text, no refusal) is
+    # not an empty answer but no answer, and must not be stored (and cached) as a success.
+    saw_content, refusal, truncated = False, "", None
     stream = client.chat.completions.create(**payload, stream=True, stream_options={"include_usage": True})
     with stream:
         for chunk in stream:
@@ -82,20 +96,37 @@ def _stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[
                 if getattr(choice, "index", 0) != 0:
                     continue
                 saw_choice = True
-                piece = getattr(choice.delta, "content", None) if choice.delta is not None else None
-                if piece:
+                delta = choice.delta
+                piece = getattr(delta, "content", None) if delta is not None else None
+                if isinstance(piece, str):
+                    saw_content = True
                     text += piece
-                    emit(text)
+                    if piece:
+                        emit(text)
+                refused = getattr(delta, "refusal", None) if delta is not None else None
+                if isinstance(refused, str):
+                    refusal += refused
                 finish = choice.finish_reason or finish
+            if len(text) > MAX_REPLY_CHARS:  # a server that ignores max_tokens: stop reading
+                truncated = f"the reply was cut at {MAX_REPLY_CHARS:,} characters"
+                text, finish = text[:MAX_REPLY_CHARS], finish or "length"
+                break
     if not saw_choice:
         raise _BadReply("the stream carried no choices")
     if finish is None:  # a close-delimited stream cut short ends without an error; this shows it
         raise _StreamCut(f"the stream ended early, after {len(text)} characters")
+    extra = {"finish_reason": finish, "response_id": response_id, "server_model": server_model, "streamed": True}
+    if truncated:
+        extra["truncated"] = truncated
+    if not text and refusal:
+        text, extra["refusal"] = _capped(refusal, extra), True
+    elif not saw_content:
+        raise _BadReply(f"the reply has no text content (finish_reason={finish})")
     return _Reply(
         text=text,
         input_tokens=getattr(usage, "prompt_tokens", None),
         output_tokens=getattr(usage, "completion_tokens", None),
-        extra={"finish_reason": finish, "response_id": response_id, "server_model": server_model, "streamed": True},
+        extra=extra,
     )
 
 
@@ -126,9 +157,9 @@ def _read_responses(response: Any) -> _Reply:
     if not saw_message:
         why = f" (status {status}, {extra.get('incomplete_reason')})" if status and status != "completed" else ""
         raise _BadReply(f"the reply has no message{why}")
-    text = "".join(texts)
+    text = _capped("".join(texts), extra)
     if not text and refusals:
-        text, extra["refusal"] = "".join(refusals), True
+        text, extra["refusal"] = _capped("".join(refusals), extra), True
     usage = getattr(response, "usage", None)
     details = getattr(usage, "output_tokens_details", None)
     if getattr(details, "reasoning_tokens", None):
