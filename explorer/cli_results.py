@@ -84,6 +84,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--judge", dest="judge", action="store_true", default=None,
                    help="judge answers with the preset's LLM judge (needs an endpoint and key)")
     p.add_argument("--no-judge", dest="judge", action="store_false", help="rule-based verdicts only")
+    p.add_argument("--judge-unsure", action="store_true",
+                   help="rule-based verdicts, and the preset's LLM judge settles only those the reader is unsure of")
     p.add_argument("--endpoints", help="YAML of OpenAI-compatible endpoints per model alias "
                    "(default: $EXPLORER_ENDPOINTS)")
     p.add_argument("--retry-errors", action="store_true", help="re-run only the items whose answer is an error")
@@ -145,6 +147,10 @@ def cmd_sweep(args) -> int:
         ex = Explorer(preset=args.preset, store_path=args.store, samples_dir=samples, endpoints=endpoints,
                       batch_size=1 if args.exact else args.batch_size, backend_options=_backend_options(args),
                       gpu_concurrency=args.gpu_concurrency)
+        if args.judge_unsure:
+            ex.preset = ex.preset.model_copy(
+                update={"judge": ex.preset.judge.model_copy(update={"method": "rules+llm"})})
+            args.judge = True
         changes = {"original_code_defects": True} if args.original_defects else {}
         if args.prompt_set:
             changes["prompt_set"] = args.prompt_set
@@ -300,6 +306,11 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
         if not head.empty:
             print("\nHeadline: F1_all per task, base vs medical, averaged over prompts:")
             print(head.to_string(index=False))
+        from .reader_agreement import rule_judge_agreement
+
+        agreement = rule_judge_agreement(answers).lines()
+        if agreement:
+            print("\n" + "\n".join(agreement))
         families = tables["metrics_sensitivity_families"]
         if not families.empty:
             print("\nWording sensitivity: share of wordings whose reading differs from the image's majority"

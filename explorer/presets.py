@@ -195,7 +195,9 @@ class PromptSelection(_Strict):
 class JudgeSpec(_Strict):
     """The LLM judge (explorer/judge.py says how its budget, outcomes and prompt sets work)."""
 
-    method: Literal["rules", "llm"] = "rules"
+    # rules: the answer reader; llm: the judge reads every answer; rules+llm: the judge settles only
+    # the answers the reader is unsure of (explorer/unsure_judge.py).
+    method: Literal["rules", "llm", "rules+llm"] = "rules"
     backend: str = "openai"
     model: str = "gpt-5"
     send_temperature: bool = False  # reasoning models (gpt-5...) never get one, whatever this says

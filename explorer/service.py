@@ -372,9 +372,14 @@ class Explorer(ProbeActions):
         # The server's own model name decides whether it reasons (budget, no temperature, effort).
         endpoint = judge_endpoint(endpoint, endpoint.model, spec.reasoning_effort)
         tokens = {key: task.judge_tokens for key, task in self.catalog.tasks.items()}
-        return LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens,
-                        generation=judge_generation(endpoint.model, spec.max_output_tokens),
-                        prompts=spec.prompts, retries=spec.retries)
+        judge = LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens,
+                         generation=judge_generation(endpoint.model, spec.max_output_tokens),
+                         prompts=spec.prompts, retries=spec.retries)
+        if spec.method == "rules+llm":
+            from .unsure_judge import UnsureOnlyJudge
+
+            return UnsureOnlyJudge(judge)
+        return judge
 
     def _cases_from_folder(self) -> bool:
         return self.preset.cases.source == "folder" or self.samples_dir is not None

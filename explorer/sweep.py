@@ -176,7 +176,7 @@ class SweepSpec:
             per_class=preset.cases.per_class,
             seed=preset.cases.seed,
             prompt_style=preset.prompt_format,
-            judge=preset.judge.method == "llm",
+            judge=preset.judge.method in ("llm", "rules+llm"),
             case_source=preset.cases.source,
         )
         clean = {}

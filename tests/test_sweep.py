@@ -11,6 +11,7 @@ from explorer.presets import load_catalog
 from explorer.prompts import closed_variants, describe_variants
 from explorer.schema import GenerationSettings, Response, Verdict
 from explorer.store import Store
+from explorer.verdicts import RULES_METHOD
 from explorer.sweep import (
     SweepSpec, plan_from_spec, plan_sweep, rejudge, retry_errors, run_sweep,
 )
@@ -79,7 +80,7 @@ def test_sweep_answers_every_item_once_then_serves_all_from_cache(catalog, store
     frame = store.answers_frame(catalog=catalog)
     assert len(frame) == 72
     assert Counter(zip(frame.model, frame.case_id, frame.prompt_id)).most_common(1)[0][1] == 1
-    assert frame["verdict"].notna().all() and set(frame["verdict_method"]) == {"rules"}
+    assert frame["verdict"].notna().all() and set(frame["verdict_method"]) == {RULES_METHOD}
     run = store.run(summary.run_id)
     assert run["status"] == "finished" and run["plan"]["items"] == 72
     assert {c["case_id"] for c in run["manifest"]["cases"]["pneumonia"]} == set(frame.case_id)
@@ -225,7 +226,7 @@ def test_judge_replaces_rules_and_rejudge_updates_verdicts(catalog, store):
 
     assert rejudge(store, None) == 24  # back to the rule-based parser
     frame = store.answers_frame(catalog=catalog)
-    assert set(frame["verdict_method"]) == {"rules"} and list(frame["answer"]) == answers_before
+    assert set(frame["verdict_method"]) == {RULES_METHOD} and list(frame["answer"]) == answers_before
 
     # A cached answer with a rules verdict gets the judge's verdict when a sweep runs with the judge.
     judge3 = FakeJudge()
@@ -238,7 +239,7 @@ def test_judge_replaces_rules_and_rejudge_updates_verdicts(catalog, store):
     assert rejudge(store, judge2, {"prompt_id": "abnormal"}) == 2
     frame = store.answers_frame(catalog=catalog)
     assert set(frame.loc[frame.prompt_id == "abnormal", "verdict_method"]) == {"judge:fake-judge"}
-    assert set(frame.loc[frame.prompt_id != "abnormal", "verdict_method"]) == {"rules"}
+    assert set(frame.loc[frame.prompt_id != "abnormal", "verdict_method"]) == {RULES_METHOD}
 
 
 def test_a_batch_judge_gets_each_batch_in_one_call(catalog, store):
