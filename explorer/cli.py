@@ -5,6 +5,7 @@
   python -m explorer sweep   the study's cross product into a results store (resumable)
   python -m explorer metrics / export / import   measure, share and bring in results
   python -m explorer reproduce   the paper's findings and tables beside a run's (HTML + Markdown)
+  python -m explorer perturb   wording families on a few images: how much the answers move, the smallest flip
 """
 from __future__ import annotations
 
@@ -198,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_probes, cli_report, cli_results
+    from . import cli_perturb, cli_probes, cli_report, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER + cli_report.REGISTER
+    return cli_results.REGISTER + cli_probes.REGISTER + cli_report.REGISTER + cli_perturb.REGISTER
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
