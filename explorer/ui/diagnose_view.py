@@ -14,7 +14,7 @@ from typing import Any, Optional
 import gradio as gr
 import pandas as pd
 
-from . import render
+from . import names, render
 from .context import Background, SharedExplorer, gpu, user_message, warn
 from .embeddings_tab import bar
 
@@ -62,7 +62,7 @@ def case_cards(result, pairs) -> str:
                 rows = diag[(diag["model"] == spec.alias) & (diag["prompt_id"] == d["prompt_id"])]
                 cells = "".join(_diagnosis_row(r, result.case.label) for r in rows.to_dict("records"))
                 parts.append(
-                    f'<div class="vx-foot"><code>{render.escape(d["prompt_id"])}</code>'
+                    f'<div class="vx-foot"><b>{render.escape(names.prompt_name(d["prompt_id"]))}</b>'
                     f'{" · cached" if d["cached"] else ""}</div>'
                     f'<div class="vx-answer" style="max-height:140px">{text}</div>'
                     f'<table class="vx-table dx-diagnoses">{cells or "<tr><td>not diagnosed</td></tr>"}</table>')
@@ -78,8 +78,13 @@ def case_cards(result, pairs) -> str:
     return f'<div id="dx-cards">{head}<div class="vx-pairs">{"".join(groups)}</div></div>'
 
 
-def _runs_choices(runs: pd.DataFrame) -> list[tuple[str, str]]:
-    out = [("every stored description", ALL_RUNS)]
+def _own_runs(state) -> list[str]:
+    """The describe runs this visitor started (a public demo lists and diagnoses only these)."""
+    return list((state or {}).get("runs") or [])
+
+
+def _runs_choices(runs: pd.DataFrame, public: bool = False) -> list[tuple[str, str]]:
+    out = [] if public else [("every stored description", ALL_RUNS)]
     for r in runs.to_dict("records"):
         n_models = len(str(r["models"]).split(","))
         when = str(r["created_at"] or "")[:16].replace("T", " ")
@@ -91,14 +96,15 @@ class DiagnoseHandlers:
     def __init__(self, shared: SharedExplorer):
         self.shared = shared
 
-    def shown(self, task: str, diagnoser: Optional[str], case_id: Optional[str] = None, run: Optional[str] = None):
+    def shown(self, task: str, diagnoser: Optional[str], case_id: Optional[str] = None, run: Optional[str] = None,
+              state=None):
         """On entering the tab (or changing the task): the task's sample cases, the diagnosers available
         here, the stored runs; the user's picks are kept while they are still on offer."""
         ex = self.shared.get()
         try:
             cases = [(c.case_id.split(":", 2)[-1], c.case_id) for c in ex.example_cases(task)]
             options = ex.diagnoser_options()
-            runs = _runs_choices(ex.description_runs())
+            runs = _runs_choices(ex.description_runs(_own_runs(state)), self.shared.settings.public)
         except Exception as exc:
             warn(user_message(exc))
             return gr.skip(), gr.skip(), gr.skip()
@@ -174,7 +180,8 @@ class DiagnoseHandlers:
             yield gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         cancel = threading.Event()
-        state = {"cancel": cancel}
+        own = _own_runs(state)
+        state = {"cancel": cancel, "runs": own}
         yield (bar("dx-sweep-progress", 0, 0, "planning", "running"), render.notice(""), gr.skip(), gr.skip(),
                gr.update(value=None, interactive=False), gr.skip(), state)
 
@@ -184,7 +191,7 @@ class DiagnoseHandlers:
                 return ex.describe_sweep(list(models), list(tasks), int(per_class), bool(with_closed),
                                          diagnoser or "demo", list(templates), progress=progress, cancel=cancel)
             return ex.diagnose_run(None if run_pick in (None, ALL_RUNS) else run_pick, diagnoser or "demo",
-                                   list(templates), progress=progress, cancel=cancel)
+                                   list(templates), progress=progress, cancel=cancel, own_runs=own)
 
         bg = Background(job)
         last = ("", 0, 0)
@@ -200,7 +207,9 @@ class DiagnoseHandlers:
             warn(msg)
             ended = "cancelled" if cancel.is_set() else "failed"
             yield (bar("dx-sweep-progress", last[1], last[2], msg, ended), render.notice(msg), gr.skip(),
-                   gr.skip(), gr.skip(), gr.update(choices=_runs_choices(ex.description_runs())), {"cancel": None})
+                   gr.skip(), gr.skip(),
+                   gr.update(choices=_runs_choices(ex.description_runs(own), self.shared.settings.public)),
+                   {"cancel": None, "runs": own})
             return
         s = result.summary
         text = (f"{s.planned} diagnoses by {result.diagnoser} ({s.cached} from the store, {s.unparsed} unparsed, "
@@ -211,10 +220,12 @@ class DiagnoseHandlers:
             notes += render.notice(NOISE_NOTE, "info")
         path = Path(tempfile.mkdtemp(prefix="explorer-describe-")) / "describe_metrics.csv"
         result.metrics.to_csv(path, index=False)
-        runs = _runs_choices(ex.description_runs())
+        if fresh and result.run_id and result.run_id not in own:
+            own = own + [result.run_id]
+        runs = _runs_choices(ex.description_runs(own), self.shared.settings.public)
         yield (bar("dx-sweep-progress", s.planned, s.planned, "diagnosed", "done"), notes,
                metrics_table(result.metrics), result.recovered.round(3), gr.update(value=str(path), interactive=True),
-               gr.update(choices=runs, value=result.run_id or ALL_RUNS), {"cancel": None})
+               gr.update(choices=runs, value=result.run_id or ALL_RUNS), {"cancel": None, "runs": own})
 
     def new_sweep(self, tasks, per_class, with_closed, run_pick, models, diagnoser, templates, state):
         yield from self.run_sweep(tasks, per_class, with_closed, run_pick, models, diagnoser, templates, state, True)
@@ -233,15 +244,15 @@ def build(shared: SharedExplorer, catalog, preset, compare_case: gr.State) -> di
     from explorer.describe import recovered_summary, template_names
 
     h = DiagnoseHandlers(shared)
-    names = template_names(catalog)
+    template_list = template_names(catalog)
     gr.Markdown("Each VLM **describes** the image; a text-only model then answers Yes/No from the description "
                 "alone, with the study's three templates. Does describing first recover signal that the "
                 "closed-form answers miss?")
     with gr.Row(equal_height=True):
-        models = gr.CheckboxGroup([(f"{a} ({catalog.model(a).role})", a) for a in preset.models],
+        models = gr.CheckboxGroup([(names.model_label(catalog.model(a)), a) for a in preset.models],
                                   value=list(preset.models), label="Vision-language models", elem_id="dx-models",
                                   scale=4)
-        templates = gr.CheckboxGroup(names, value=names, label="Diagnosis templates", elem_id="dx-templates", scale=2)
+        templates = gr.CheckboxGroup(template_list, value=template_list, label="Diagnosis templates", elem_id="dx-templates", scale=2)
     diagnoser = gr.Radio([("offline text model with random weights: its diagnoses are noise", "demo")], value="demo",
                          label="Diagnoser (text only)", elem_id="dx-diagnoser")
     gr.Markdown("#### One case")
@@ -295,5 +306,5 @@ def build(shared: SharedExplorer, catalog, preset, compare_case: gr.State) -> di
     stored.click(gpu(600)(h.stored), inputs, outputs, api_name="diagnose_stored", concurrency_id="gpu",
                  concurrency_limit=shared.settings.gpu_concurrency)
     cancel.click(h.cancel, [state], [sweep_status], queue=False, api_visibility="private")
-    task.input(h.shown, [task, diagnoser, case, run_pick], [case, diagnoser, run_pick], api_visibility="private")
-    return {"shown": h.shown, "inputs": [task, diagnoser, case, run_pick], "outputs": [case, diagnoser, run_pick]}
+    task.input(h.shown, [task, diagnoser, case, run_pick, state], [case, diagnoser, run_pick], api_visibility="private")
+    return {"shown": h.shown, "inputs": [task, diagnoser, case, run_pick, state], "outputs": [case, diagnoser, run_pick]}

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from . import render
+from . import names, render
 from .context import Background, SharedExplorer, gpu, user_message, warn
 
 SOURCES = [("sample images", "samples"), ("those with stored answers", "answered"),
@@ -44,7 +44,7 @@ def probe_table(probes, roles: dict[str, str]) -> str:
     rows = []
     for r in probes.to_dict("records"):
         ci = f"[{_pct(r['probe_ci_lo'])}, {_pct(r['probe_ci_hi'])}]"
-        best = (f"{_pct(r['closed_accuracy_best'])} <small>({render.escape(str(r['closed_best_prompt']))})</small>"
+        best = (f"{_pct(r['closed_accuracy_best'])} <small>({render.escape(names.prompt_name(str(r['closed_best_prompt'])))})</small>"
                 if isinstance(r.get("closed_best_prompt"), str) else "n/a")
         k = int(r["closed_prompts"] or 0)
         prompts = f"{k} prompt{'s' if k != 1 else ''}"
@@ -65,7 +65,7 @@ def probe_table(probes, roles: dict[str, str]) -> str:
         "<th>model's own answers: accuracy</th><th>best prompt</th><th>chance</th><th>images</th></tr></thead>"
         f'<tbody>{"".join(rows)}</tbody></table>'
         '<div class="vx-foot">Probe: standardised features, logistic regression, stratified k-fold CV. The model\'s '
-        "accuracy counts its answered closed-form replies on the same images (refusals and hedges left out).</div>")
+        "accuracy counts its answered closed-form replies on the same images (non-answers: refusals, hedges and unclear replies, left out).</div>")
 
 
 def write_csv(view) -> str:
@@ -146,7 +146,7 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     with gr.Row(equal_height=True):
         task = gr.Dropdown([(catalog.task(k).title, k) for k in preset.tasks], value=preset.tasks[0], label="Task",
                            elem_id="emb-task", scale=2, min_width=200)
-        models = gr.CheckboxGroup([(f"{a} ({catalog.model(a).role})", a) for a in preset.models],
+        models = gr.CheckboxGroup([(names.model_label(catalog.model(a)), a) for a in preset.models],
                                   value=list(preset.models), label="Models", elem_id="emb-models", scale=5)
     with gr.Row(equal_height=False):
         source = gr.Radio(SOURCES, value="samples", label="Images", elem_id="emb-source", scale=3)

@@ -302,15 +302,19 @@ def shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + f"… ({len(text):,} characters)"
 
 
-def case_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Every answer stored for one case: prompts (rows) x models (columns), verdict-coloured; hover for text."""
+def case_table(rows: Sequence[Mapping[str, Any]], model_names: Optional[Mapping[str, str]] = None) -> str:
+    """Every answer stored for one case: wordings (rows) x models (columns), verdict-coloured; hover for text.
+    Models under `model_names` where given, wordings under their names."""
+    from .names import prompt_name
+
+    model_names = model_names or {}
     if not rows:
         return '<div class="vx-empty">Select a row of the table to see every answer for its case.</div>'
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     prompts = list(dict.fromkeys(str(r["prompt_id"]) for r in rows))
     text_of = {str(r["prompt_id"]): shorten(r.get("prompt_text") or "") for r in rows}
     cell = {(str(r["prompt_id"]), str(r["model"])): r for r in rows}
-    head = "".join(f'<th class="vx-col">{escape(m)}</th>' for m in models)
+    head = "".join(f'<th class="vx-col" data-model="{escape(m)}">{escape(model_names.get(m, m))}</th>' for m in models)
     body = []
     for p in prompts:
         tds = []
@@ -325,7 +329,7 @@ def case_table(rows: Sequence[Mapping[str, Any]]) -> str:
             tip = str(r.get("error") or r.get("answer") or "")
             tds.append(f'<td class="vx-cell vx-v-{escape(verdict)}" data-verdict="{escape(verdict)}" '
                        f'title="{escape(tip[:600])}">{escape(verdict)}{mark}</td>')
-        body.append(f'<tr><th class="vx-row" title="{escape(text_of[p])}"><code>{escape(p)}</code>'
+        body.append(f'<tr><th class="vx-row" title="{escape(text_of[p])}"><b>{escape(prompt_name(p))}</b>'
                     f'<div class="vx-row-text">{escape(text_of[p])}</div></th>{"".join(tds)}</tr>')
-    return (f'<table class="vx-grid" id="case-answers"><thead><tr><th>prompt</th>{head}</tr></thead>'
+    return (f'<table class="vx-grid" id="case-answers"><thead><tr><th>wording</th>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')

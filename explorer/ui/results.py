@@ -2,13 +2,16 @@
 where base and medical models disagree or where the wording flips the answer. No model is needed."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 import pandas as pd
 
-from . import render
+from explorer.presets import load_catalog
+
+from . import names, render
 from .context import SharedExplorer, user_message, warn
 
 FILTERS = ("model", "task", "prompt_id", "verdict")
@@ -17,10 +20,25 @@ MAX_ROWS = 5000  # the table shows this many; filters narrow it, downloads of th
 GALLERY_MAX = 24
 
 
-def _choices(frame: pd.DataFrame, col: str) -> list[str]:
+def _choices(frame: pd.DataFrame, col: str) -> list[tuple[str, str]]:
+    """A filter's choices: models and wordings under their names, the ids as values."""
     if col not in frame.columns:
         return []
-    return sorted(str(v) for v in frame[col].dropna().unique())
+    values = sorted(str(v) for v in frame[col].dropna().unique())
+    return [(_display(col, v), v) for v in values]
+
+
+@lru_cache(maxsize=1)
+def _catalog():
+    return load_catalog()  # the presets' names for models (YAML only)
+
+
+def _display(col: str, value: str) -> str:
+    if col == "model":
+        return names.model_name(_catalog().models.get(value), value)
+    if col == "prompt_id":
+        return names.prompt_name(value)
+    return value
 
 
 def _filtered(frame: pd.DataFrame, picks: dict[str, list[str]]) -> pd.DataFrame:
@@ -33,7 +51,10 @@ def _filtered(frame: pd.DataFrame, picks: dict[str, list[str]]) -> pd.DataFrame:
 def _shown(view: pd.DataFrame) -> pd.DataFrame:
     out = view.reindex(columns=SHOW).head(MAX_ROWS).copy()
     out["answer"] = out["answer"].fillna("").astype(str).str.slice(0, 160)
-    return out
+    for col in ("model", "prompt_id"):
+        out[col] = [_display(col, str(v)) for v in out[col]]
+    out["case_id"] = out["case_id"].astype(str).str.split(":", n=2).str[-1]  # the sample's name, not the id
+    return out.rename(columns={"prompt_id": "wording", "case_id": "case"})
 
 
 class ResultsHandlers:
@@ -127,15 +148,17 @@ class ResultsHandlers:
         rows = frame[(frame["task"] == task) & (frame["case_id"] == case_id)]
         first = rows.iloc[0]
         image = self._image(ex, task, first.get("image_hash"))
-        head = (f'<div class="vx-cards-heading"><b>{render.escape(str(case_id))}</b> · task {render.escape(str(task))}'
+        title = _catalog().tasks[task].title if task in _catalog().tasks else str(task)
+        head = (f'<div class="vx-cards-heading"><b>{render.escape(str(case_id).split(":", 2)[-1])}</b> · {render.escape(title)}'
                 f' · truth: {render.escape(str(first.get("label") if isinstance(first.get("label"), str) else "unknown"))}'
                 + ("" if image is not None else " · image not available here") + "</div>")
-        table = render.case_table(rows.to_dict("records"))
+        models = {a: names.model_name(spec, a) for a, spec in _catalog().models.items()}
+        table = render.case_table(rows.to_dict("records"), models)
         detail = ""
         if row is not None:
             detail = (f'<div class="vx-cards-heading">{render.escape(render.shorten(row.get("prompt_text") or row["prompt_id"]))}</div>'
                       f'<div class="vx-card"><div class="vx-badges">{render.verdict_badge(row.get("verdict"))}'
-                      f'<span class="vx-title">{render.escape(str(row["model"]))}</span></div>'
+                      f'<span class="vx-title">{render.escape(_display("model", str(row["model"])))}</span></div>'
                       f'<div class="vx-answer">{render.escape(str(row.get("error") or row.get("answer") or ""))}</div></div>')
         return image, head + table, detail
 
@@ -169,9 +192,9 @@ def build(shared: SharedExplorer, catalog, preset, my_uploads: Optional[gr.State
         open_path = gr.Button("Open path", visible=not shared.settings.public, elem_id="results-open", scale=1)
     status = gr.HTML("", elem_id="results-status", js_on_load=None)
     with gr.Row():
-        filters = [gr.Dropdown([], value=[], multiselect=True, label=c.replace("_", " "), elem_id=f"filter-{c}")
+        filters = [gr.Dropdown([], value=[], multiselect=True, label={"prompt_id": "wording"}.get(c, c), elem_id=f"filter-{c}")
                    for c in FILTERS]
-    table = gr.Dataframe(pd.DataFrame(columns=SHOW), elem_id="results-table", interactive=False, max_height=300,
+    table = gr.Dataframe(_shown(pd.DataFrame(columns=SHOW)), elem_id="results-table", interactive=False, max_height=300,
                          wrap=False, label="Answers (select a row to open its case)",
                          column_widths=["11%", "10%", "20%", "7%", "11%", "8%", "33%"])
     with gr.Row(equal_height=False):
