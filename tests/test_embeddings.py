@@ -238,3 +238,25 @@ def test_a_missing_study_checkpoint_falls_back_to_its_alt_id_loudly(tmp_path, mo
     line = availability.model_availability(spec)
     assert line.source == alt and f"another conversion than the study's {spec.hf_id}" in line.reason
     backend.close()
+
+
+def test_embedding_sample_reads_the_main_branch_as_the_study_did(monkeypatch):
+    """src/tsne_analysis.py loaded every dataset from its main branch; the VQA scripts read brain MRI and
+    skin lesions from the parquet conversion (tasks.yaml's revision). The embedding sample follows the former."""
+    import datasets as hf
+
+    from explorer.datasets import embedding_cases
+
+    calls = []
+    features = hf.Features({"image": hf.Image(), "label": hf.Value("int64")})
+    images = [_image(16, 16, i) for i in range(8)]
+
+    def load_dataset(repo_id, revision=None, split=None, **_):
+        calls.append((repo_id, revision, split))
+        return hf.Dataset.from_dict({"image": images, "label": [0, 1] * 4}, features=features)
+
+    monkeypatch.setattr(hf, "load_dataset", load_dataset)
+    report = embedding_cases("brain_tumor", per_class=3)
+    assert calls == [("tanzuhuggingface/brainmri", None, "train")] and len(report.cases) == 6
+    embedding_cases("brain_tumor", per_class=3, main_branch=False)
+    assert calls[-1] == ("tanzuhuggingface/brainmri", "refs/convert/parquet", "train")
