@@ -68,6 +68,9 @@ def add_sweep(sub) -> None:
     p.add_argument("--tasks", help="comma-separated task keys (default: the preset's)")
     p.add_argument("--prompts", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
     p.add_argument("--describe", action="store_true", help="also run the two description prompts")
+    p.add_argument("--families", help="comma-separated wording families (presets/families.yaml) that add edited "
+                   "wordings of the chosen prompts, or 'all'; see `perturb --list`")
+    p.add_argument("--family-count", type=_positive_int, help="edits per family and prompt (default: each family's own)")
     p.add_argument("--per-class", type=_positive_int, help="images per class (the study: 50)")
     p.add_argument("--seed", type=int, help="sampling seed (the study: 42)")
     p.add_argument("--samples", help="folder with one subfolder per task, each with negative/ and positive/ "
@@ -99,7 +102,7 @@ def add_sweep(sub) -> None:
                    help="reproduce the study's execution: one request at a time, no prefix reuse, the authors' dtype "
                    "(slow; its answers are stored apart from batched ones)")
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
-                   help="engine for local models: transformers, or vLLM (pip install .[vllm]; GPU)")
+                   help="engine for local models: transformers, or vLLM (pip install vllm; GPU)")
     p.add_argument("--gpu-concurrency", type=_positive_int, default=1,
                    help="generate calls at once on the local device (default 1)")
     local = p.add_argument_group("local models (transformers)")
@@ -160,6 +163,7 @@ def cmd_sweep(args) -> int:
             describe=args.describe or None, per_class=args.per_class, seed=args.seed,
             prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens, judge=args.judge,
             selection=selection, shard=parse_shard(args.shard) if args.shard else None,
+            families=_split(args.families) or None, family_count=args.family_count,
         )
         random_weights = ex.any_random_weights(spec.models)  # an unknown alias raises PresetError here
     except (PresetError, BackendError, ValueError) as exc:
