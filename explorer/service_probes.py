@@ -12,13 +12,14 @@ import os
 import threading
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pandas as pd
 
 from . import datasets
 from . import describe as D
 from . import embeddings as E
+from .public import PolicyError
 from .schema import Case
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -160,20 +161,35 @@ class ProbeActions:
         return CaseDiagnosis(case, described, _with_correct(frame), d.label, summary,
                              self.any_random_weights(models) or self.diagnoser_is_noise(diagnoser))
 
-    def description_runs(self) -> pd.DataFrame:
-        """Runs that hold description answers, newest first: run_id, created_at, models, tasks, cases, n."""
+    def description_runs(self, own_runs: Optional[Iterable[str]] = None) -> pd.DataFrame:
+        """Runs that hold description answers, newest first: run_id, created_at, models, tasks, cases, n.
+
+        In public mode only own_runs (the runs this visitor started) are listed: the others are other
+        visitors' (their descriptions may be of images they uploaded)."""
         rows = self.store.fetch_all(
             "SELECT ri.run_id AS run_id, r.created_at AS created_at, GROUP_CONCAT(DISTINCT ri.model) AS models, "
             "GROUP_CONCAT(DISTINCT ri.task) AS tasks, COUNT(DISTINCT ri.case_id) AS cases, COUNT(*) AS n "
             "FROM run_items ri JOIN answers a ON a.id = ri.answer_id JOIN runs r ON r.run_id = ri.run_id "
             "WHERE a.prompt_kind = 'describe' GROUP BY ri.run_id ORDER BY r.created_at DESC")
-        return pd.DataFrame(rows, columns=["run_id", "created_at", "models", "tasks", "cases", "n"])
+        frame = pd.DataFrame(rows, columns=["run_id", "created_at", "models", "tasks", "cases", "n"])
+        if self.policy.enabled:
+            frame = frame[frame["run_id"].isin(list(own_runs or ()))].reset_index(drop=True)
+        return frame
+
+    def _check_own_run(self, run_id: Optional[str], own_runs: Optional[Iterable[str]]) -> None:
+        """Public mode: only a run this visitor started may be diagnosed and measured."""
+        if self.policy.enabled and (run_id is None or run_id not in set(own_runs or ())):
+            raise PolicyError("This public demo diagnoses only the describe runs you started in this session: "
+                              "run a describe sweep first.")
 
     def diagnose_run(self, run_id: Optional[str] = None, diagnoser: str = "demo",
                      templates: Optional[Sequence[str]] = None, progress: Optional[StageProgress] = None,
-                     cancel: Optional[threading.Event] = None, sweep_summary: Any = None) -> SweepDiagnosis:
+                     cancel: Optional[threading.Event] = None, sweep_summary: Any = None,
+                     own_runs: Optional[Iterable[str]] = None) -> SweepDiagnosis:
         """Diagnose a run's stored descriptions (run_id None: every stored description) and measure them
-        against the same models' closed-form F1_all on the same images."""
+        against the same models' closed-form F1_all on the same images. In public mode run_id must be
+        one of own_runs (see description_runs)."""
+        self._check_own_run(run_id, own_runs)
         answers = D.description_answers(self.store, run_id=run_id)
         if not answers:
             raise ValueError("No stored descriptions" + (f" in run {run_id}" if run_id else "")
@@ -211,7 +227,8 @@ class ProbeActions:
                              cancel=cancel)
         if summary.cancelled:
             raise ValueError("Cancelled: the answers so far are stored; run it again to resume.")
-        return self.diagnose_run(summary.run_id, diagnoser, templates, progress, cancel, sweep_summary=summary)
+        return self.diagnose_run(summary.run_id, diagnoser, templates, progress, cancel, sweep_summary=summary,
+                                 own_runs=[summary.run_id])
 
     # ------------------------------------------------------------ embeddings
     def embedding_cases(self, task: str, source: str = "samples") -> list[Case]:
