@@ -562,3 +562,14 @@ def generate(
                 seen_texts.add(item.variant.text)
                 out.append(item)
     return out
+
+
+def family_variants(catalog: Catalog, task: str, parents: Sequence[PromptVariant], families: Sequence[str],
+                    seed: int = 0, count: Optional[int] = None,
+                    selection: PromptSelection = PromptSelection()) -> list[PromptVariant]:
+    """The variants a sweep adds for `families` (by name; "all" for every family but paraphrases)."""
+    fc = load_families()
+    names = [n for n in fc.names() if fc.family(n).generator != "paraphrase"] if list(families) == ["all"] else families
+    words = task_words(catalog, task, fc)
+    return [p.variant for p in generate(parents, names, words, seed=seed, count=count, family_catalog=fc,
+                                        catalog=catalog, selection=selection)]

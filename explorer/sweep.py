@@ -22,6 +22,7 @@ from . import prompts as prompt_lib
 from .judge import JUDGE_ERROR, JudgeError, needs_rejudge, stored_judge_failed
 from .presets import Catalog, PresetError, PromptSelection, StudyPreset
 from .generation_gates import GenerationGates
+from .perturb import family_variants
 from .requests import build_request
 from .scheduler import Unit, lane_shape, run_units
 from .schema import Case, GenerationSettings, PromptVariant, Request, Response, Verdict, request_fingerprint
@@ -165,6 +166,8 @@ class SweepSpec:
     judge: bool = False  # LLM judge instead of the rule-based parser
     case_source: str = "huggingface"
     shard: tuple[int, int] = (1, 1)  # (i, n): only the i-th of n deterministic parts of the plan
+    families: tuple[str, ...] = ()  # wording families (presets/families.yaml) adding edits of the closed prompts
+    family_count: Optional[int] = None  # edits per family and prompt (None: each family's own count)
 
     @classmethod
     def from_preset(cls, preset: StudyPreset, **overrides: Any) -> "SweepSpec":
@@ -183,7 +186,7 @@ class SweepSpec:
         for key, value in overrides.items():
             if value is None:
                 continue
-            if key in ("models", "tasks", "prompt_ids"):
+            if key in ("models", "tasks", "prompt_ids", "families"):
                 value = (value,) if isinstance(value, str) else tuple(value)
             clean[key] = value
         try:
@@ -199,6 +202,14 @@ class SweepSpec:
         return None
 
     def variants(self, catalog: Catalog, task: str) -> list[PromptVariant]:
+        chosen = self._chosen_variants(catalog, task)
+        if not self.families:
+            return chosen
+        closed = [v for v in chosen if v.kind == "closed"]
+        return chosen + family_variants(catalog, task, closed, self.families, self.seed, self.family_count,
+                                        self.selection)
+
+    def _chosen_variants(self, catalog: Catalog, task: str) -> list[PromptVariant]:
         closed = prompt_lib.closed_variants(catalog, task, self.selection)
         described = [v for v in prompt_lib.all_variants(catalog, task, self.selection) if v.kind == "describe"]
         if not self.prompt_ids:

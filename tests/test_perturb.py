@@ -233,10 +233,10 @@ def test_digit_labels_read_as_options():
     assert read("1", labelled) == "negative" and read("2)", labelled) == "positive"
 
 
-@pytest.mark.xfail(strict=True, reason="reader gap (reported): a JSON answer {\"answer\": \"yes\"} reads as unclear")
 def test_json_answers_are_read():
     json_variant = [i.variant for i in all_of("answer_format", study()["evidence"]) if "JSON" in i.variant.text][0]
     assert read('{"answer": "yes"}', json_variant) == "positive"
+    assert read('{"answer": "no"}', json_variant) == "negative"
 
 
 def test_framing_adds_a_role_cue_context_or_confidence_and_keeps_the_question():
@@ -309,3 +309,21 @@ def test_parts_labels_phrase():
     parts = Parts(stem="Which?", options=(("positive", "Tumor"), ("negative", "No tumor")), label_style="(a)")
     assert parts.labels_phrase() == "a or b" and parts.text() == "Which?\n(a) Tumor\n(b) No tumor"
     assert FamilySpec("x", "X", "casing").count == 3
+
+
+def test_a_sweep_spec_adds_the_families_edits_seeded_by_its_seed():
+    from explorer.sweep import SweepSpec
+
+    preset = CATALOG.study("demo")
+    plain = SweepSpec.from_preset(preset, prompt_ids=["evidence", "mc_pos_first"])
+    mixed = SweepSpec.from_preset(preset, prompt_ids=["evidence", "mc_pos_first"], families=["typos", "study"],
+                                  family_count=1, seed=3)
+    variants = mixed.variants(CATALOG, "pneumonia")
+    assert variants[:2] == plain.variants(CATALOG, "pneumonia")
+    typos = [v for v in variants if v.family == "typos"]
+    assert len(typos) == 2 and {v.parent for v in typos} == {"evidence", "mc_pos_first"}
+    # the study family adds one of the study's other wordings (the two chosen are already there)
+    assert len([v for v in variants if family_group(v.family) == "study"]) == 3
+    assert [v.prompt_id for v in mixed.variants(CATALOG, "pneumonia")] == [v.prompt_id for v in variants]
+    with pytest.raises(PresetError, match="unknown wording family"):
+        SweepSpec.from_preset(preset, families=["nope"]).variants(CATALOG, "pneumonia")
