@@ -79,11 +79,12 @@ class AnswerReading:
 
 
 # ---------------------------------------------------------------- clean-up
+_TAG = re.compile(r"</?[A-Za-z_][\w-]{0,30}\s*/?>")
 _MARKDOWN = re.compile(r"[*_`#>|~\[\]{}]")
 _ROLE_LEAK = re.compile(r"\s*(?:human|user|patient|question|q|doctor|physician)\s*[:：]", re.I)
 _LABEL_PREFIX = re.compile(
     r"\s*(?:(?:assistant|gpt|ai|bot|model|response|output|system|radiologist|llava|gemini|medgemma)\s*[:：]|"
-    r"(?:final\s+|short\s+|my\s+)?answer\s*[:：=-]|a\s*[:：](?=\s*(?:yes|no)\b)|ans\s*[:：])\s*",
+    r"[\"']?(?:final\s+|short\s+|my\s+)?answer[\"']?\s*[:：=-]|a\s*[:：](?=\s*(?:yes|no)\b)|ans\s*[:：])\s*",
     re.I,
 )
 _NEXT_TURN = re.compile(
@@ -100,7 +101,7 @@ _USER_VOICE = re.compile(
 _COPYRIGHT = re.compile(r"©|\bcopyright\b|all rights reserved|licen[cs]ed under|creative commons", re.I)
 _CODE = re.compile(
     r"^\s*(?:return\b|def\s|print\s*\(|import\s|from\s+\w+\s+import|#include|function\b|var\s|const\s|"
-    r"let\s|public\s|private\s|if\s*\(|for\s*\(|while\s*\(|<\w+[^>]*>|\{|\}|//|/\*)|;\s*$|\breturn\s+[\"']",
+    r"let\s|public\s|private\s|if\s*\(|for\s*\(|while\s*\(|//|/\*)|;\s*$|\breturn\s+[\"']",
     re.I | re.M,
 )
 _CHOICES_ONLY = re.compile(r"\W*(?:(?:options?|choices?)\W*(?:yes|no)\W*(?:or|/|,)?|(?:yes|no)\s*(?:or|/))\W*(?:yes|no)\W*$", re.I)
@@ -111,6 +112,7 @@ def _working_copy(answer: str) -> str:
     """Same length as the answer: quotes straightened, markdown blanked, anything after a leaked
     next turn blanked."""
     text = answer.translate(_QUOTES)
+    text = _TAG.sub(lambda m: " " * len(m.group()), text)  # <answer>No</answer>
     text = _MARKDOWN.sub(" ", text)
     m = _NEXT_TURN.search(text, 1)
     if m and text[: m.start()].strip():
@@ -242,6 +244,10 @@ _HEDGE = re.compile(
     r"(?:needed|required|necessary|recommended|warranted)|"
     r"both\s+\(?[A-Z]\)?\s+and\s+\(?[A-Z]\)?|either\s+(?:option\s+)?\(?[A-Z]\)?\s+or\s+(?:option\s+)?\(?[A-Z]\)?|"
     r"neither\s+(?:of\s+the\s+)?(?:\w+\s+)?(?:options|choices|answers)|"
+    r"I\s+(?:don't|do\s+not)\s+know|no\s+idea|(?:cannot|can't|can\s+not|unable\s+to)\s+(?:be\s+)?(?:\w+\s+){0,2}?"
+    r"(?:determined?|tell|say)(?=\s*(?:[.!]|$|\n|from|based|with|without))|"
+    r"(?:too\s+(?:poor|low|blurry|small|limited|grainy)|insufficient|inadequate)\b[^.\n]{0,40}?\bto\s+"
+    r"(?:make|determine|assess|tell|say|evaluate)|make\s+a\s+(?:definitive\s+)?determination|"
     r"(?:not\s+possible|impossible|difficult|hard|unable)(?:\s+to)?(?=\s*\Z)|"  # cut off mid-hedge
     r"yes\s+and\s+no|either\s+way|could\s+be\s+either|50/50|equally\s+likely)\b",
     re.I,
@@ -335,6 +341,9 @@ def _in(spans: list[tuple[int, int]], pos: int) -> bool:
 
 
 # ---------------------------------------------------------------- statements about the target
+# Textbook talk, not a statement about this image.
+_GENERIC_MOOD = frozenset({"typically", "usually", "generally", "commonly", "often", "tends", "tend"})
+
 def _negated(text: str, toks: list[Token], i: int, clause_start: int) -> tuple[bool, int]:
     """(negated, where the negation starts) for the finding toks[i]."""
     start = toks[i].start
@@ -380,7 +389,8 @@ def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[
         post = POST_NEGATION.match(text, tok.end)
         if post:
             end = post.end()
-        tentative = any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start)
+        tentative = any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start) or \
+            any(t.lower in _GENERIC_MOOD for t in toks[i + 1:i + 4])  # "pneumonia typically appears as ..."
         found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative))
     return found
 
@@ -405,8 +415,36 @@ def _normality_statements(text: str, toks: list[Token], void: list[tuple[int, in
 _WORD_AT = re.compile(r"[\s\"'(]*([^\W\d_]+)", re.UNICODE)
 
 
+_LEANING = re.compile(
+    r"[\s\"'(]*(?:(?P<no>(?:probably|likely|most\s+likely|almost\s+certainly|definitely|certainly)\s+not|"
+    r"unlikely|not\s+likely|I\s+(?:don't|do\s+not)\s+(?:think|believe)\s+so)|"
+    r"(?P<yes>I\s+(?:think|believe)\s+so|(?:most\s+)?likely|probably|possibly|definitely|certainly|absolutely))"
+    r"(?=\s*(?:[,.;:!]|$|\n))",
+    re.I,
+)
+_LEADING_ADVERB = re.compile(r"[\s\"'(]*(?:(?:I\s+(?:think|believe|would\s+say)(?:\s+so)?|probably|likely|most\s+likely|"
+                             r"possibly|definitely|certainly|absolutely|perhaps)\s*,?\s*)", re.I)
+
+
 def _answer_word(text: str, pos: int) -> Optional[_Cue]:
-    """A yes/no opening text[pos:] and standing on its own."""
+    """A yes/no opening text[pos:] and standing on its own ("Probably not." and "I think so, yes." too)."""
+    leaning = _LEANING.match(text, pos)
+    if leaning:
+        adverb = _LEADING_ADVERB.match(text, pos)
+        after = _answer_word_plain(text, leaning.end() + 1) if text[leaning.end():leaning.end() + 1] == "," else None
+        if after is not None and adverb:
+            return after  # "I think so, yes."
+        s, e = leaning.span("no") if leaning.group("no") else leaning.span("yes")
+        return _Cue("no" if leaning.group("no") else "yes", s, e, "answer word")
+    adverb = _LEADING_ADVERB.match(text, pos)
+    if adverb and adverb.end() > pos:
+        cue = _answer_word_plain(text, adverb.end())
+        if cue is not None:
+            return cue  # "Likely yes."
+    return _answer_word_plain(text, pos)
+
+
+def _answer_word_plain(text: str, pos: int) -> Optional[_Cue]:
     rest = text[pos:pos + 40]
     stripped = rest.lstrip(" \t\n\"'(")
     offset = pos + len(rest) - len(stripped)
@@ -523,6 +561,7 @@ def _stance(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: lis
         if re.search(r"\b(?:definitive|definite|certain|conclusive|accurate|precise|confident)\b", text[m.start():e], re.I):
             hedges.append(m)  # "I cannot provide a definitive diagnosis": engages, without a verdict
             continue
+        e = sentences.clause_end(m.end(), e) if isinstance(sentences, _Sentences) else e
         engaged = re.search(r"\b(?:whether|if)\b|presence", text[m.start():e], re.I) or any(
             t.stem in target for t in toks if m.end() <= t.start < e)
         if engaged and re.search(r"\b(?:determine|tell|say|confirm|assess|know|be\s+(?:sure|certain))\b",
@@ -764,6 +803,11 @@ def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
             return _result(answer, "hedge", None, conflict[0],
                            f"mixed statements: {_quote(answer, conflict[0])} vs {_quote(answer, conflict[1])}",
                            others=conflict[1:])
+        if stance is not None and stance.value == "refusal" and not stance.weak and \
+                all(c.tentative or c.weak for c in statements):
+            # "I'm not able to analyze medical images, but pneumonia typically appears as ...": declined.
+            return _result(answer, "refusal", None, stance, f"declines, then only talks in general: "
+                           f"{_quote(answer, stance)}", others=[cue])
         if stance is not None and stance.value == "hedge" and (cue.tentative or not stance.start > cue.start):
             # "difficult to determine whether ... ; there may be ..." ends without a verdict.
             if cue.tentative or cue.weak:
@@ -1011,6 +1055,10 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
     if stance is not None:
         return _result(answer, stance.value, None, stance, f"{stance.value} with no choice: {_quote(answer, stance)}",
                        confident=not stance.weak)
+    both = re.search(r"\bboth\b", text[start:], re.I)
+    if both:
+        cue = _Cue("hedge", start + both.start(), start + both.end(), "hedge")
+        return _result(answer, "hedge", None, cue, f"takes both options: {_quote(answer, cue)}")
     if word:
         return _result(answer, "unclear", None, word, f"{_quote(answer, word)} does not answer an either/or question")
     if restated:
