@@ -304,6 +304,7 @@ class _Cue:
     how: str
     tentative: bool = False
     weak: bool = False
+    generic: bool = False  # textbook talk ("pneumonia typically appears as ..."), not about this image
 
 
 def _void_spans(text: str, sentences: list[tuple[int, int]], focus: Focus) -> list[tuple[int, int]]:
@@ -389,9 +390,9 @@ def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[
         post = POST_NEGATION.match(text, tok.end)
         if post:
             end = post.end()
-        tentative = any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start) or \
-            any(t.lower in _GENERIC_MOOD for t in toks[i + 1:i + 4])  # "pneumonia typically appears as ..."
-        found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative))
+        generic = any(t.lower in _GENERIC_MOOD for t in toks[i + 1:i + 4])  # "pneumonia typically appears as"
+        tentative = generic or any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start)
+        found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative, generic=generic))
     return found
 
 
@@ -804,7 +805,7 @@ def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
                            f"mixed statements: {_quote(answer, conflict[0])} vs {_quote(answer, conflict[1])}",
                            others=conflict[1:])
         if stance is not None and stance.value == "refusal" and not stance.weak and \
-                all(c.tentative or c.weak for c in statements):
+                all(c.generic or c.weak for c in statements):
             # "I'm not able to analyze medical images, but pneumonia typically appears as ...": declined.
             return _result(answer, "refusal", None, stance, f"declines, then only talks in general: "
                            f"{_quote(answer, stance)}", others=[cue])
