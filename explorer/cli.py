@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .printable import printable
+
 DEMO_MODELS = "demo-llava,demo-llava-med,demo-gemma,demo-medgemma"
 
 
@@ -24,7 +26,7 @@ def _split(text: Optional[str]) -> list[str]:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)  # names from files may hold terminal escapes
     return code
 
 
@@ -76,7 +78,7 @@ def _cmd_ask(args) -> int:
         elif images.is_dir():
             report = datasets.folder_cases(images, args.task, per_class=args.per_class)
             for where, why in report.skipped:
-                print(f"skipped {where}: {why}", file=sys.stderr)
+                print(f"skipped {printable(where)}: {printable(why)}", file=sys.stderr)
             cases = list(report.cases)
             if not cases:  # a plain folder of images: each one with its truth unknown
                 cases = _loose_images(images, args.task)
@@ -122,7 +124,7 @@ def _loose_images(folder: Path, task: str) -> list:
         try:
             cases.append(datasets.upload_case(path, task, name=path.name))
         except (ImageLoadError, ValueError) as exc:
-            print(f"skipped {path.name}: {exc}", file=sys.stderr)
+            print(f"skipped {printable(path.name)}: {printable(exc)}", file=sys.stderr)
     if cases:
         print(f"note: {folder} has no class subfolders: {len(cases)} images with the truth unknown", file=sys.stderr)
     return cases

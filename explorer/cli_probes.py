@@ -11,6 +11,7 @@ from typing import Optional
 
 from .cli_results import _positive_int
 from .datasets import TASK_ALIASES
+from .printable import printable
 
 DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
 RANDOM_NOTE = ("NOTE: demo-* models (and the demo diagnoser) have RANDOM WEIGHTS: their outputs are noise, "
@@ -22,7 +23,7 @@ def _split(text: Optional[str]) -> list[str]:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)  # names from files may hold terminal escapes
     return code
 
 
@@ -225,7 +226,7 @@ def cmd_embed(args) -> int:
     except (PresetError, ValueError) as exc:
         return _fail(str(exc))
     for where, why in report.skipped:
-        print(f"skipped {where}: {why}", file=sys.stderr)
+        print(f"skipped {printable(where)}: {printable(why)}", file=sys.stderr)
     for notice in report.notices:
         print(f"note: {notice}", file=sys.stderr)
     if len(report.cases) < 3:

@@ -7,6 +7,8 @@ import sys
 import threading
 from pathlib import Path
 
+from .printable import printable
+
 DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
 
 
@@ -15,7 +17,7 @@ def _split(text):
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)  # names from files may hold terminal escapes
     return code
 
 
@@ -425,7 +427,7 @@ def cmd_import(args) -> int:
         except (ResultFileError, ValueError, OSError) as exc:
             return _fail(str(exc))
         total_added += added
-        print(f"{path}: {added} answers added, {existing} already in the store")
+        print(f"{printable(path)}: {added} answers added, {existing} already in the store")
     print(f"store {args.store}: {total_added} answers added; see `python -m explorer metrics --all --store {args.store}`")
     return 0
 

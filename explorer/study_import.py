@@ -38,6 +38,7 @@ import pandas as pd
 from .bounded_read import ReadBudget, ReadLimits, ResultFileError, read_csv_text, read_json_records, read_parquet
 from .csv_cells import restore_frame
 from .metrics import ANSWER_COLUMNS
+from .printable import short_repr
 from .schema import VERDICT_LABELS
 
 STUDY_COLUMNS = (
@@ -140,7 +141,7 @@ def _parse(frame: pd.DataFrame, column: str, parse: Callable[[Any], Any], path: 
         try:
             values.append(parse(value))
         except (TypeError, ValueError, KeyError, OverflowError):
-            raise _fail(path, f"bad value {value!r}; expected {expected}", column, row) from None
+            raise _fail(path, f"bad value {short_repr(value)}; expected {expected}", column, row) from None
     return values
 
 
@@ -496,7 +497,7 @@ def validate_answers(frame: pd.DataFrame, path: Union[str, Path] = "<frame>") ->
         bad = out[col].notna() & ~out[col].isin(values)
         if bad.any():
             row = int(bad.idxmax())
-            raise _fail(path, f"unknown value {out.at[row, col]!r}; expected {expected}", col, row + 1)
+            raise _fail(path, f"unknown value {short_repr(out.at[row, col])}; expected {expected}", col, row + 1)
     if "p_positive" in out.columns:
         probs = _parse(out, "p_positive", float, path, "a probability between 0 and 1", allow_blank=True)
         probs = np.array([np.nan if p is None else p for p in probs], dtype=float)
