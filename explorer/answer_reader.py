@@ -343,7 +343,7 @@ def _in(spans: list[tuple[int, int]], pos: int) -> bool:
 
 # ---------------------------------------------------------------- statements about the target
 # Textbook talk, not a statement about this image.
-_GENERIC_MOOD = frozenset({"typically", "usually", "generally", "commonly", "often", "tends", "tend"})
+_GENERIC_MOOD = re.compile(r"\b(?:typically|usually|generally|commonly|often|tends?\s+to|in\s+general)\b", re.I)
 
 def _negated(text: str, toks: list[Token], i: int, clause_start: int) -> tuple[bool, int]:
     """(negated, where the negation starts) for the finding toks[i]."""
@@ -390,7 +390,7 @@ def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[
         post = POST_NEGATION.match(text, tok.end)
         if post:
             end = post.end()
-        generic = any(t.lower in _GENERIC_MOOD for t in toks[i + 1:i + 4])  # "pneumonia typically appears as"
+        generic = bool(_GENERIC_MOOD.search(text, *_sentence_at(sentences, tok.start)))  # "X typically appears as"
         tentative = generic or any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start)
         found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative, generic=generic))
     return found
