@@ -298,6 +298,12 @@ def _print_metrics(store, run_id, catalog, cells=False, paired=False) -> None:
         answers = store.answers_frame(catalog=catalog)
     else:  # the plan's latest answer for every item, retries included
         answers = plan_answers(store, run_id, catalog=catalog).frame
+    from .rescore import older_reader_count
+
+    stale = older_reader_count(answers["verdict_method"]) if "verdict_method" in answers else 0
+    if stale:
+        print(f"note: {stale} answers were read by an older answer reader; run `python -m explorer rescore "
+              f"--store {store.path}` so one reader scores them all", file=sys.stderr)
     tables = metric_tables(answers, n_boot=300)
     summary = tables["metrics_summary"]
     if summary.empty:

@@ -15,7 +15,7 @@ from typing import Optional
 from .store import Store, variant_from_row
 from .verdicts import RULES_METHOD, is_rules_method, parse_verdict
 
-__all__ = ["RescoreSummary", "rescore"]
+__all__ = ["RescoreSummary", "older_reader_count", "rescore"]
 
 
 @dataclass
@@ -47,3 +47,8 @@ def rescore(store: Store, everything: bool = False, model: Optional[str] = None,
             summary.changed += 1
             summary.transitions[(row.get("verdict"), verdict.label)] += 1
     return summary
+
+
+def older_reader_count(methods) -> int:
+    """How many of these verdict methods come from an older version of the rule reader."""
+    return sum(1 for m in methods if is_rules_method(m) and m != RULES_METHOD)

@@ -40,6 +40,9 @@ def test_rescore_rereads_old_rule_verdicts_and_leaves_judged_ones(tmp_path):
                                  Verdict("negative", method="rules", detail="old reader")))
         store.record_answer(_row(catalog, 3, "evidence", "Whatever the judge said.",
                                  Verdict("positive", method="judge:gpt-5", detail="POSITIVE")))
+    before = subprocess.run([sys.executable, "-m", "explorer", "metrics", "--store", str(path), "--all"],
+                            capture_output=True, text=True, timeout=180)
+    assert "2 answers were read by an older answer reader" in before.stderr
     done = subprocess.run([sys.executable, "-m", "explorer", "rescore", "--store", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -54,6 +57,9 @@ def test_rescore_rereads_old_rule_verdicts_and_leaves_judged_ones(tmp_path):
     again = subprocess.run([sys.executable, "-m", "explorer", "rescore", "--store", str(path)],
                            capture_output=True, text=True, timeout=120)
     assert "re-read 0 answers" in again.stdout
+    after = subprocess.run([sys.executable, "-m", "explorer", "metrics", "--store", str(path), "--all"],
+                           capture_output=True, text=True, timeout=180)
+    assert "older answer reader" not in after.stderr
 
 
 def test_rescore_names_a_missing_store(tmp_path):
