@@ -312,7 +312,7 @@ SUMMARY_HEAD = ["task", "model", "paper", "accuracy mean ± prompt SD", "accurac
                 "refusal rate", "flip rate", "Fleiss' kappa", "prompts"]
 PAIRED_HEAD = ["task", "pair", "models", "paper", "case x prompt pairs", "b (base only right)", "c (medical only right)",
                "base acc_all", "medical acc_all", "p (McNemar)", "p (Holm)"]
-CELL_HEAD = ["task", "model", "prompt", "paper", "accuracy [95% CI]", "F1_all [95% CI]", "refusal rate", "AMBIGUOUS rate", "n"]
+CELL_HEAD = ["task", "model", "prompt", "paper", "accuracy [95% CI]", "F1_all [95% CI]", "refusal rate", "AMBIGUOUS / hedge rate", "n"]
 FINDING_HEAD = ["the paper says", "this run", "agrees?", "how it is checked"]
 SETUP_HEAD = ["", "paper", "this run"]
 
