@@ -290,7 +290,8 @@ def headline_svg(headline: pd.DataFrame, width: int = 760, height: int = 300) ->
             x = centre + (j - (len(grp) - 1) / 2) * (bar + 4) - bar / 2
             value = rec["f1_all_mean"]
             if _fmt(value) != "-":
-                parts.append(f'<rect x="{x:.1f}" y="{y(value):.1f}" width="{bar:.1f}" height="{y(0) - y(value):.1f}" '
+                tall = max(1.5, y(0) - y(value))  # a zero still shows as a sliver: scored, not missing
+                parts.append(f'<rect x="{x:.1f}" y="{y(0) - tall:.1f}" width="{bar:.1f}" height="{tall:.1f}" '
                              f'fill="{colours.get(rec["role"], "#999")}"><title>{html.escape(str(rec["model"]))}: '
                              f'{_with_ci(value, rec["f1_all_lo"], rec["f1_all_hi"])}</title></rect>')
                 if _fmt(rec["f1_all_lo"]) != "-" and _fmt(rec["f1_all_hi"]) != "-":
