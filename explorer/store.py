@@ -184,6 +184,8 @@ def variant_from_row(row: dict[str, Any]) -> PromptVariant:
 
 
 def verdict_columns(verdict: Optional[Verdict]) -> dict[str, Any]:
+    # A judge.JudgeError (label None) lands as verdict NULL with its method and reason: a judgement
+    # that failed is kept as such, never as a verdict, and is judged again later.
     if verdict is None:
         return dict(verdict=None, verdict_method=None, evidence=None, evidence_start=None,
                     evidence_end=None, verdict_detail=None, judged_at=None)
