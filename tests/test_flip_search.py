@@ -133,3 +133,57 @@ def test_bad_requests_say_why(setup):
         find_flip(ask, base, words(), MODEL, max_requests=1)
     with pytest.raises(ValueError, match="paraphrase"):
         find_flip(ask, base, words(), MODEL, families=["paraphrase"])
+
+
+# ---------------------------------------------------------------- the Variant grid's handlers (no browser)
+class Shared:
+    def __init__(self, ex):
+        self.ex = ex
+
+    def get(self):
+        return self.ex
+
+
+def test_generate_variants_runs_them_grouped_by_family(setup):
+    from explorer.ui.grid import GridHandlers, empty_state
+
+    ex, backend, base, ask = setup(no_words=["??"])
+    handlers = GridHandlers(Shared(ex))
+    image_case = _case_of(ex)
+    *_, last = handlers.generate_variants(image_case, [MODEL], "paper", ["punctuation", "polarity_flip"],
+                                          ["evidence"], 0, 0, empty_state())
+    table, flips, note, state, _ = last
+    assert "vx-notice-ok" in note
+    groups = [v.family for v in state["variants"]]
+    assert groups[0] == "evidence" and set(groups[1:]) == {"punctuation", "polarity_flip"}
+    assert len(state["views"]) == len(state["variants"])
+    for family, title in (("study", "The study&#x27;s wordings"), ("punctuation", "Punctuation"),
+                          ("polarity_flip", "Asked the other way round")):
+        assert f'data-family="{family}"><th colspan="2">{title}' in table
+    assert "Punctuation: double question mark" in table  # a human name, not an id
+    assert 'title="Does this image contain evidence of tumors??"' in table  # the full wording on hover
+    assert 'data-verdict="negative"' in table and 'data-verdict="positive"' in table
+    # a refused request keeps the grid and says why
+    *_, refused = handlers.generate_variants(image_case, [MODEL], "paper", [], ["evidence"], 0, 0, state)
+    assert "at least one wording family" in refused[2]
+
+
+def test_the_flip_button_shows_both_wordings_with_the_changed_words(setup):
+    from explorer.ui.grid import GridHandlers
+
+    ex, backend, base, ask = setup(no_words=["??"])
+    handlers = GridHandlers(Shared(ex))
+    html = handlers.flip_search(_case_of(ex), MODEL, "evidence", ["punctuation", "casing"], 24, 0, "paper")
+    assert 'data-found="true"' in html and "Flip found" in html
+    assert '<del class="vx-del">tumors?</del><ins class="vx-ins">tumors??</ins>' in html
+    assert html.count('class="vx-flip-side"') == 2 and "Yes." in html and "No." in html
+    assert 'data-verdict="positive"' in html and 'data-verdict="negative"' in html
+    none = handlers.flip_search(_case_of(ex), MODEL, "evidence", ["casing"], 3, 0, "paper")
+    assert 'data-found="false"' in none and "No flip within 3 requests" in none
+    bad = handlers.flip_search(_case_of(ex), MODEL, "evidence", ["casing"], 1, 0, "paper")
+    assert "between 2 and" in bad
+
+
+def _case_of(ex):
+    image = Image.new("RGB", (16, 16), (120, 30, 30))
+    return Case("brain_tumor:file:x.png", "brain_tumor", image, content_hash(image), label="positive")
