@@ -269,3 +269,21 @@ def test_cli_failing_judge_is_reported_not_refusal_and_rejudge_sends_exactly_tho
     assert len(server.bodies) == 3  # exactly the AMBIGUOUS ones; the judged one is left alone
     # The metrics count AMBIGUOUS as a non-answer (the study's refusal) and nothing else.
     assert main(["metrics", "--store", str(store_path), "--all", "--cells"]) == 0
+
+
+@pytest.mark.parametrize("model, reasoning", [("gpt-5", True), ("gpt-5-mini", True), ("gpt-5.1", True),
+                                              ("o4-mini", True), ("openai/gpt-5", True), ("gpt-4o", False),
+                                              ("llama-3.1-8b", False), ("o10-preview", False)])
+def test_which_judges_reason_and_what_they_are_sent(model, reasoning):
+    endpoint = EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, send_temperature=True)
+    chat = judge_endpoint(endpoint, model)
+    assert chat.stream is False
+    assert chat.send_temperature is (not reasoning)
+    assert (chat.extra.get("reasoning_effort") == "medium") is reasoning
+    assert judge_generation(model).max_new_tokens == (25_000 if reasoning else 16)
+    if reasoning:  # the Responses API spells it reasoning.effort; an effort the endpoint sets is kept
+        responses = judge_endpoint(EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, api="responses"),
+                                   model, "low")
+        assert responses.extra == {"reasoning": {"effort": "low"}}
+        own = EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, extra={"reasoning_effort": "high"})
+        assert judge_endpoint(own, model, "low").extra == {"reasoning_effort": "high"}
