@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -545,10 +546,20 @@ _COMMON = frozenset(
 
 
 def _looks_like_noise(text: str) -> bool:
-    words = re.findall(r"[A-Za-z']+", text[:3000])
+    """Word salad, as random-weight models write: hardly any common English words, or one word
+    repeated over and over ("diagnosis diagnosis diagnosis opacity You diagnosis ...")."""
+    words = [w.lower() for w in re.findall(r"[A-Za-z']+", text[:3000])]
     if len(words) < 8:
         return False
-    return sum(w.lower() in _COMMON for w in words) / len(words) < 0.08
+    if sum(w in _COMMON for w in words) / len(words) < 0.08:
+        return True
+    run = longest = 1
+    for a, b in zip(words, words[1:]):
+        run = run + 1 if a == b else 1
+        longest = max(longest, run)
+    content = Counter(w for w in words if w not in _COMMON)
+    top = max(content.values(), default=0)
+    return longest >= 4 or (len(words) >= 12 and top / len(words) > 0.3)
 
 
 def _stance(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: list[Token]) -> Optional[_Cue]:

@@ -53,6 +53,10 @@ CASES = [
     ("Human: What is the size of the mass?", "Is there a mass?", None, "unclear"),
     ("Is there a mass?", "Is there a mass?", None, "unclear"),
     ("", "Is there a mass?", None, "unclear"),
+    # word salad from a random-weight model, with medical words in it
+    ("diagnosis diagnosis diagnosis diagnosis diagnosis opacity You diagnosis opacity You diagnosis",
+     "Does this image contain evidence of pneumonia?", None, "unclear"),
+    ("Yes stroma to to to lobe to lobe to lobe to lobe density density density", "Is there a tumor?", None, "unclear"),
     ("© 2019 Radiology Society. All rights reserved.", "Is there a mass?", None, "unclear"),
     # two options
     ("Lower", "Is the lesion in the lower lobe or the upper lobe?", ["lower lobe", "upper lobe"], "A"),
