@@ -559,7 +559,7 @@ def _looks_like_noise(text: str) -> bool:
         longest = max(longest, run)
     content = Counter(w for w in words if w not in _COMMON)
     top = max(content.values(), default=0)
-    return longest >= 4 or (len(words) >= 12 and top / len(words) > 0.3)
+    return longest >= 3 or (len(words) >= 12 and top / len(words) > 0.25)
 
 
 def _stance(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: list[Token]) -> Optional[_Cue]:
