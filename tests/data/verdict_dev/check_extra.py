@@ -1,8 +1,9 @@
-"""Validate extra.jsonl (the project's extension of the verdict development set).
+"""Validate extra.jsonl and extra_refusals.jsonl (the project's extensions of the verdict development set).
 
-Checks fields, id uniqueness, gold values, the options format, and that no
-response repeats inside extra.jsonl or against ../shared/verdict-dev/answers.jsonl
-when that file is present; then prints the combined counts. Standard library only.
+Checks fields, id uniqueness across both files, gold values, the options format,
+and that no response repeats inside or across the two files or against
+../shared/verdict-dev/answers.jsonl when that file is present; then prints the
+combined counts. Standard library only.
 
     python tests/data/verdict_dev/check_extra.py [--base PATH] [--verify-git MIRROR_ROOT]
 
@@ -23,7 +24,7 @@ FIELDS = ["id", "source_repo", "source_path", "source_commit", "source_key", "mo
           "question", "options", "yes_means", "response", "gold", "notes"]
 GOLDS = {"YES", "NO", "OPTION_A", "OPTION_B", "REFUSAL", "HEDGE", "OFF_TOPIC"}
 OPTIONS_RE = re.compile(r"^A\) [^|]+\|B\) [^|]+$")
-ID_RE = re.compile(r"^ext\d{4}$")
+ID_RE = re.compile(r"^(ext\d{4}|exr\d{3})$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -50,7 +51,7 @@ def check_row(row, errors):
         errors.append(f"{where}: fields {list(row)} != {FIELDS}")
         return
     if not ID_RE.match(row["id"]):
-        errors.append(f"{where}: id must look like ext0001")
+        errors.append(f"{where}: id must look like ext0001 or exr001")
     if not COMMIT_RE.match(row["source_commit"]):
         errors.append(f"{where}: source_commit is not 40 lowercase hex digits")
     for field in ("source_repo", "source_path", "source_key", "model", "question", "response"):
@@ -88,18 +89,23 @@ def verify_git(rows, mirror_root, errors):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extra", default=str(HERE / "extra.jsonl"))
+    # a second extension file, kept apart because it has its own sources and ids
+    parser.add_argument("--refusals", default=str(HERE / "extra_refusals.jsonl"))
     parser.add_argument("--base", default=str(default_base()))
     parser.add_argument("--verify-git", metavar="MIRROR_ROOT")
     args = parser.parse_args()
 
     extra = load(args.extra)
+    refusals = load(args.refusals) if Path(args.refusals).is_file() else []
+    extra_only = len(extra)
+    extra = extra + refusals
     errors = []
     for row in extra:
         check_row(row, errors)
     ids = collections.Counter(row.get("id") for row in extra)
     errors += [f"{key}: id used {n} times" for key, n in ids.items() if n > 1]
     responses = collections.Counter(row.get("response") for row in extra)
-    errors += [f"response repeated {n} times in extra: {key[:60]!r}"
+    errors += [f"response repeated {n} times in the extension files: {key[:60]!r}"
                for key, n in responses.items() if n > 1]
 
     base = []
@@ -115,13 +121,16 @@ def main():
 
     combined = base + extra
     golds = collections.Counter(row["gold"] for row in combined)
-    print(f"extra rows: {len(extra)}   base rows: {len(base)}   combined: {len(combined)}")
+    print(f"extra rows: {extra_only}   extra_refusals rows: {len(refusals)}"
+          f"   base rows: {len(base)}   combined: {len(combined)}")
     print("combined gold counts: " + ", ".join(f"{g}={golds.get(g, 0)}" for g in sorted(GOLDS)))
     print(f"combined REFUSAL+HEDGE: {golds['REFUSAL'] + golds['HEDGE']}")
     print(f"combined rows with options: {sum(1 for row in combined if row['options'])}"
           f" (picking an option: {golds['OPTION_A'] + golds['OPTION_B']})")
     print("extra gold counts: " + ", ".join(
-        f"{g}={n}" for g, n in sorted(collections.Counter(r['gold'] for r in extra).items())))
+        f"{g}={n}" for g, n in sorted(collections.Counter(r['gold'] for r in extra[:extra_only]).items())))
+    print("extra_refusals gold counts: " + ", ".join(
+        f"{g}={n}" for g, n in sorted(collections.Counter(r['gold'] for r in refusals).items())))
     if errors:
         print(f"{len(errors)} problem(s):")
         for error in errors:
