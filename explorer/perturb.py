@@ -333,7 +333,8 @@ def gen_answer_format(parts: Parts, words, params, rng) -> list[Edit]:
         instruction = template.replace("{labels}", labels)
         if instruction == parts.instruction:
             continue
-        out.append(Edit(f"instruction: {instruction or 'none'}", {"instruction": template}, replace(parts, instruction=instruction)))
+        out.append(Edit(f"instruction: {instruction}" if instruction else "no instruction", {"instruction": template},
+                        replace(parts, instruction=instruction)))
     return out
 
 
@@ -361,10 +362,10 @@ def gen_templates(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     the positive reading); for multiple choice, new stems over the same options."""
     key = "choice" if parts.options else "yes_no"
     out = []
-    for template in params.get(key, ()):
+    for k, template in enumerate(params.get(key, ()), 1):
         stem = words.fill(template)
         if stem != parts.stem:
-            out.append(Edit(f"asked as: {template}", {"template": template}, replace(parts, stem=stem), "positive"))
+            out.append(Edit(f"question {k}", {"template": template}, replace(parts, stem=stem), "positive"))
     return out
 
 
@@ -391,9 +392,9 @@ def gen_polarity_flip(parts: Parts, words: TaskWords, params, rng, yes_means: Op
     """The question asked the other way round. For yes/no the new polarity is the opposite of the old;
     for multiple choice ("which does it not show?") every option's reading is flipped."""
     if parts.options:
-        return [Edit(f"asked as: {t}", {"template": t}, replace(
+        return [Edit(f"which it does not show ({k})", {"template": t}, replace(
             parts, stem=words.fill(t), options=tuple((_OPPOSITE[r], text) for r, text in parts.options)))
-                for t in params.get("choice", ())]
+                for k, t in enumerate(params.get("choice", ()), 1)]
     if yes_means not in _OPPOSITE:
         return []
     flipped = _OPPOSITE[yes_means]
@@ -406,8 +407,9 @@ def gen_polarity_flip(parts: Parts, words: TaskWords, params, rng, yes_means: Op
         out.append(Edit(f"{word} -> {swapped}", {"swap": f"{word}->{swapped}"},
                         replace(parts, stem=parts.stem[: m.start()] + swapped + parts.stem[m.end():]), flipped))
     key = "absent" if yes_means == "positive" else "present"
-    for template in params.get(key, ()):
-        out.append(Edit(f"asked as: {template}", {"template": template}, replace(parts, stem=words.fill(template)), flipped))
+    for k, template in enumerate(params.get(key, ()), 1):
+        out.append(Edit(f"asked about {'absence' if key == 'absent' else 'presence'} ({k})", {"template": template},
+                        replace(parts, stem=words.fill(template)), flipped))
     return out
 
 
@@ -417,11 +419,11 @@ _FRAMING_KINDS = ("role", "leading_cue", "patient_context", "confidence")
 def gen_framing(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     out = []
     for kind in _FRAMING_KINDS:
-        for template in params.get(kind, ()):
+        for k, template in enumerate(params.get(kind, ()), 1):
             line = words.fill(template)
             new = replace(parts, after=line) if kind == "confidence" else replace(
                 parts, before=f"{parts.before} {line}".strip())
-            out.append(Edit(f"{kind.replace('_', ' ')}: {line}", {"kind": kind, "template": template}, new))
+            out.append(Edit(f"{kind.replace('_', ' ')} ({k})", {"kind": kind, "template": template}, new))
     return out
 
 

@@ -19,7 +19,7 @@ from explorer.perturb import STUDY_GROUP, family_group, generate, load_families,
 from explorer.prompts import CLOSED_FAMILIES
 
 from . import history, names, render
-from .compare import case_caption
+from .compare import case_caption, case_name
 from .context import Background, SharedExplorer, gpu, user_message, warn
 
 NEW_ROW = "__new__"
@@ -128,7 +128,7 @@ def flip_html(result, model_name: str) -> str:
     """The flip search's outcome: the two wordings side by side with the words that changed, and both
     answers; or why there is none."""
     if not result.found:
-        return f'<div id="flip-result" class="vx-notice vx-info" data-found="false">{escape(result.message())}</div>'
+        return f'<div id="flip-result" class="vx-notice vx-notice-info" role="status" data-found="false">{escape(result.message())}</div>'
     before, after = result.base_answer, result.flip_answer
     diff = history.word_diff(result.base.text, result.flip.item.variant.text)
     family = load_families().family(result.flip.item.family).title
@@ -273,7 +273,7 @@ class GridHandlers:
         try:
             job.result()
             note = render.notice(f"{len(state['views'])} answers for {len(state['variants'])} wordings on "
-                                 f"{state['case'].source}.", "ok")
+                                 f"{case_name(state['case'])}.", "ok")
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
@@ -376,7 +376,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, style: 
             table = gr.HTML(grid_table(empty_state(), []), elem_id="grid-wrap", js_on_load=CELL_CLICK_JS,
                             css_template=GRID_CSS, apply_default_css=False)
             flips = gr.HTML("", elem_id="grid-flips", js_on_load=None)
-        with gr.Column(scale=2, min_width=280):
+        with gr.Column(scale=1, min_width=260):
             detail = gr.HTML(render.notice("Click a cell to read the full answer.", "info"),
                              elem_id="grid-detail", js_on_load=None)
             gr.Markdown("**Edit or add a row** — only that row runs again.")
