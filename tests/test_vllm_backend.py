@@ -198,3 +198,45 @@ def test_without_vllm_installed_the_error_says_how_to_get_it(catalog, monkeypatc
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(BackendError, match=r"pip install"):
         VLLMBackend(catalog).generate([_request(catalog, "gemma")[0]])
+
+
+# ---------------------------------------------------------------- OpenAI-compatible servers (vLLM serve)
+class _StubCompletions:
+    def __init__(self, completion):
+        self.completion, self.payloads = completion, []
+
+    def create(self, **payload):
+        self.payloads.append(payload)
+        return self.completion
+
+
+def test_a_server_with_logprobs_gives_the_first_token_readout(catalog, monkeypatch):
+    import openai.types.chat as chat_types
+
+    from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
+
+    top = [{"token": "Yes", "logprob": math.log(0.5), "bytes": None}, {"token": " yes", "logprob": math.log(0.2), "bytes": None},
+           {"token": "No", "logprob": math.log(0.2), "bytes": None}, {"token": "The", "logprob": math.log(0.1), "bytes": None}]
+    completion = chat_types.ChatCompletion.model_validate({
+        "id": "c1", "object": "chat.completion", "created": 0, "model": "g",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Yes."},
+                     "logprobs": {"content": [{"token": "Yes", "logprob": math.log(0.5), "bytes": None,
+                                               "top_logprobs": top}]}}],
+    })
+    stub = _StubCompletions(completion)
+    client = types.SimpleNamespace(chat=types.SimpleNamespace(completions=stub))
+    request, variant = _request(catalog, "gemma", style="official")
+    for logprobs in (True, False):
+        backend = OpenAIBackend({"gemma": EndpointConfig(base_url="http://127.0.0.1:9/v1", model="g", logprobs=logprobs)})
+        monkeypatch.setattr(backend, "_client", lambda cfg: client)
+        # With logprobs the reply is read whole even when the caller streams (the stub cannot stream).
+        [response] = backend.generate([request], on_text=(lambda i, t: None) if logprobs else None)
+        assert response.error is None and response.text == "Yes."
+        if logprobs:
+            assert stub.payloads[-1]["logprobs"] is True and stub.payloads[-1]["top_logprobs"] == 20
+            assert "stream" not in stub.payloads[-1]  # read whole: the first position's logprobs come with it
+            yes, no = 0.7, 0.2
+            expected = yes / (yes + no) if variant.yes_means == "positive" else no / (yes + no)
+            assert response.p_positive == pytest.approx(expected)
+        else:  # a server not marked as serving logprobs is not asked for them
+            assert "logprobs" not in stub.payloads[-1] and response.p_positive is None

@@ -33,6 +33,7 @@ import openai
 
 from ..schema import GenerationSettings, Message, Request, Response
 from .base import BackendError, OnText
+from .logprob_readout import TOP_LOGPROBS, first_top_logprobs, readout_from_top, wants_logprobs
 from .http_deadline import deadline, http_client, is_deadline_error
 from .openai_wire import (
     _BadReply,
@@ -78,6 +79,7 @@ class EndpointConfig:
     min_tokens_param: Optional[str] = None  # e.g. "min_tokens" for vLLM; None: min_new_tokens is not sent
     revision: Optional[str] = None  # what the server loaded, when known (provenance)
     dtype: Optional[str] = None
+    logprobs: bool = False  # ask for the first token's top logprobs (vLLM, OpenAI chat): the first-token readout
     backoff_base_s: float = 1.0
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 60.0  # a longer Retry-After is cut to this
@@ -392,13 +394,19 @@ class OpenAIBackend:
             if self._closed.is_set():
                 return Response(error="cancelled: the backend was closed", extra={"endpoint": cfg.host})
             client = self._client(cfg)
-            stream = on_text is not None and cfg.stream and cfg.api == "chat"
+            readout = cfg.logprobs and cfg.api == "chat" and wants_logprobs(request.readout)
+            if readout:
+                payload.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+            stream = on_text is not None and cfg.stream and cfg.api == "chat" and not readout
+            first_top: list = []
 
             def attempt() -> _Reply:
                 if stream:
                     return _stream_chat(client, payload, emit)
                 if cfg.api == "chat":
-                    reply = _read_chat(client.chat.completions.create(**payload))
+                    completion = client.chat.completions.create(**payload)
+                    reply = _read_chat(completion)
+                    first_top[:] = (first_top_logprobs(completion) or []) if readout else []
                 else:
                     reply = _read_responses(client.responses.create(**payload))
                 emit(reply.text)
@@ -412,11 +420,17 @@ class OpenAIBackend:
                 return Response(error=outcome.error, latency_s=outcome.latency_s, extra=extra)
             reply = outcome.reply
             extra.update(reply.extra)
+            p_positive = None
+            if first_top and request.readout is not None:
+                p_positive, raw = readout_from_top(first_top, request.readout)
+                if raw:
+                    extra["readout"] = raw
             return Response(
                 text=reply.text,
                 latency_s=outcome.latency_s,
                 input_tokens=reply.input_tokens,
                 output_tokens=reply.output_tokens,
+                p_positive=p_positive,
                 extra=extra,
             )
         except Exception as exc:  # the protocol: a per-request failure never escapes generate()
