@@ -85,6 +85,7 @@ class Recording:
         from collections import Counter
 
         self.backend, self.name, self.paths = backend, backend.name, Counter()
+        self.lengths: list[int] = []  # answer tokens per request
 
     def identity(self, alias):
         return self.backend.identity(alias)
@@ -92,6 +93,7 @@ class Recording:
     def generate(self, requests, on_text=None):
         responses = self.backend.generate(requests, on_text)
         self.paths.update(r.extra.get("reuse", "?") for r in responses)
+        self.lengths += [r.output_tokens or 0 for r in responses]
         return responses
 
     def close(self):
@@ -109,6 +111,7 @@ class Result:
     identical: dict[str, float] = field(default_factory=dict)  # reuse mode -> share identical to the loop
     paths: dict[str, str] = field(default_factory=dict)  # reuse mode asked -> paths that answered
     cached_s: float = 0.0
+    lengths: list[int] = field(default_factory=list)  # answer tokens of the engine's answers
     ask_ms: float = 0.0
     generate_ms: float = 0.0
     errors: int = 0
@@ -168,6 +171,8 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
             summary = run_sweep(plan, recording, store, batch_size=args.batch_size, on_item=keep)
             result.engine_s[mode] = time.perf_counter() - started
             result.paths[mode] = ", ".join(f"{k} x{n}" for k, n in sorted(recording.paths.items()))
+            if mode == "prefix" and recording.lengths:
+                result.lengths = sorted(recording.lengths)
             result.errors += summary.errors
             if mode == "prefix":
                 started = time.perf_counter()
@@ -298,6 +303,10 @@ def main(argv=None) -> int:
             results.append(r)
             extra = "".join(f"; {m} {r.engine_s[m]:.1f}s ({r.identical[m]:.0%} identical)" for m in args.modes if m != "prefix")
             print(f"  answered by: {r.paths['prefix']}")
+            if r.lengths:
+                n = len(r.lengths)
+                print(f"  answer tokens: min {r.lengths[0]}, median {r.lengths[n // 2]}, max {r.lengths[-1]} "
+                      f"(at the limit: {sum(x >= args.max_new_tokens for x in r.lengths)} of {n})")
             print(f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
                   f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}{extra}; cached re-run "
                   f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
