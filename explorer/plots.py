@@ -10,6 +10,7 @@ in the study's order, so figures line up with the paper's.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from dataclasses import dataclass
 from html import escape
@@ -68,6 +69,7 @@ PROMPT_LABELS = {
     "mc_neg_first": "A/B, no finding first",
 }
 ONE_WORD = "_ow"
+_GENERATED_ID = re.compile(r"([a-z][a-z_]*)_([0-9a-f]{8})")  # perturb.variant_id: family + parameter hash
 
 
 # ---------------------------------------------------------------- names and order
@@ -118,9 +120,13 @@ def prompt_order(prompt_ids: Sequence[Any]) -> list[str]:
 
 
 def prompt_label(prompt_id: str) -> str:
-    """A short readable name of a prompt variant ('Is it normal? (one word)'); unknown ids as they are."""
+    """A short readable name of a prompt variant ('Is it normal? (one word)'); a generated wording by its
+    family and the start of its hash ('typos 9e7d'); unknown ids as they are."""
     one_word = prompt_id.endswith(ONE_WORD)
     family = prompt_id[: -len(ONE_WORD)] if one_word else prompt_id
+    generated = _GENERATED_ID.fullmatch(prompt_id)
+    if generated and generated.group(1) != "custom":
+        return f"{generated.group(1).replace('_', ' ')} {generated.group(2)[:4]}"
     if family not in PROMPT_LABELS:
         return prompt_id
     return PROMPT_LABELS[family] + (" (one word)" if one_word else "")
@@ -500,6 +506,51 @@ def prompt_spread(cell_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Fi
                    legend=dict(y=-0.22))
 
 
+def family_flips(families_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Figure:
+    """How far each wording family moves the answers: per family (columns) and model (bars), the mean
+    share of a family's wordings whose reading differs from the image's majority, with its 95% CI
+    (sensitivity.family_sensitivity()). With several tasks, one task at a time behind a dropdown."""
+    title = "Which wording families flip the answer"
+    if not _usable(families_df, ["model", "task", "family", "flip_share"]):
+        return empty_figure(title=title)
+    from .perturb import STUDY_GROUP, load_families
+
+    declared = load_families()
+    names = {**{n: declared.family(n).title for n in declared.names()},
+             "all": "All wordings", STUDY_GROUP: "The study's wordings", "custom": "Your wordings"}
+    df = families_df.assign(task=families_df["task"].astype(str), family=families_df["family"].astype(str))
+    order = ["all", STUDY_GROUP] + [n for n in declared.names() if n != STUDY_GROUP] + ["custom"]
+    families = sorted(df["family"].unique(), key=lambda f: (order.index(f) if f in order else len(order), f))
+    ticks = [_br(names.get(f, f), 14) for f in families]
+    fig = go.Figure()
+    options = []
+    for t in task_order(df["task"].unique()):
+        indices = []
+        for alias, style in model_styles(df, catalog).items():
+            rows = df[(df["task"] == t) & (df["model"].astype(str) == alias)].set_index("family").reindex(families)
+            share = _num(rows["flip_share"])
+            lo = _num(rows["flip_share_lo"]) if "flip_share_lo" in rows else np.full(len(rows), np.nan)
+            hi = _num(rows["flip_share_hi"]) if "flip_share_hi" in rows else np.full(len(rows), np.nan)
+            n = _num(rows["n_images"]) if "n_images" in rows else np.full(len(rows), np.nan)
+            fig.add_trace(go.Bar(
+                name=style.legend, x=ticks, y=_none_nan(share), offsetgroup=alias,
+                marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
+                error_y=dict(type="data", array=_none_nan(np.where(np.isfinite(hi), hi - share, np.nan)),
+                             arrayminus=_none_nan(np.where(np.isfinite(lo), share - lo, np.nan)), thickness=1.2),
+                customdata=[f"{'' if _isnan(k) else int(k)} images · 95% CI {_pct(a)}–{_pct(b)}"
+                            for k, a, b in zip(n, lo, hi)],
+                hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>%{y:.0%} of its wordings off the majority"
+                              "<br>%{customdata}<extra></extra>",
+            ))
+            indices.append(len(fig.data) - 1)
+        options.append((task_title(t, catalog), indices))
+    subtitle = _dropdown(fig, options, "share of a family's wordings read differently from the image's majority")
+    fig.update_xaxes(categoryorder="array", categoryarray=ticks)
+    fig.update_yaxes(title_text="Wordings off the majority", tickformat=".0%", range=[0, 1.02])
+    return _layout(fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=120),
+                   legend=dict(y=-0.3))
+
+
 # ---------------------------------------------------------------- probabilities
 def roc_curves(answers_df: Optional[pd.DataFrame], task: Optional[str] = None, prompt_id: Optional[str] = None,
                catalog: Any = None) -> go.Figure:
@@ -706,6 +757,17 @@ def study_figures(answers: Optional[pd.DataFrame], catalog: Any = None, n_boot: 
         accuracy_by_prompt(cells, catalog=catalog),
         prompt_spread(cells, catalog),
         refusal_heatmap(cells, catalog),
-        flip_rate(summary, catalog),
+        _flips_by_wording(frame, summary, n_boot, catalog),
         roc_curves(answers, catalog=catalog),
     ]
+
+
+def _flips_by_wording(frame: pd.DataFrame, summary: pd.DataFrame, n_boot: int, catalog: Any) -> go.Figure:
+    """The flip chart: per wording family when the answers hold generated wordings, else per task."""
+    from .perturb import family_group
+    from .sensitivity import family_sensitivity
+
+    groups = {family_group(str(f or "")) for f in frame.get("prompt_family", pd.Series(dtype=object)).dropna()}
+    if not groups - {"study", "custom"}:
+        return flip_rate(summary, catalog)
+    return family_flips(family_sensitivity(frame, n_boot=min(n_boot, 500)), catalog)

@@ -121,3 +121,20 @@ def test_tables_from_a_real_store_carry_the_generated_families(tmp_path):
     assert set(tables["metrics_sensitivity_families"]["family"]) == {"all", "study", "polarity_flip"}
     empty = sensitivity_tables(frame.iloc[0:0])
     assert all(t.empty for t in empty.values())
+
+
+def test_family_columns_in_the_sweep_charts():
+    from explorer import plots
+
+    frame = hand_made()
+    fig = plots.family_flips(family_sensitivity(frame, n_boot=100))
+    assert [t.name for t in fig.data] and list(fig.data[0].x) == ["All wordings", "The study's<br>wordings",
+                                                                  "Letter case", "Framing"]
+    assert fig.data[0].y[0] == pytest.approx((2 / 6 + 0 + 0.5) / 3)
+    assert fig.data[0].error_y.array is not None
+    charts = plots.study_figures(frame, n_boot=50)
+    assert "wording families" in charts[4].layout.title.text
+    study_only = frame[frame["prompt_family"].isin(["abnormal", "evidence", "mc_pos_first"])]
+    assert "wording flips" in plots.study_figures(study_only, n_boot=50)[4].layout.title.text
+    assert plots.prompt_label("typos_9e7d568b") == "typos 9e7d" and plots.prompt_label("custom_fb8bf17a") == "custom_fb8bf17a"
+    assert plots.prompt_label("evidence_ow") == "Evidence of the finding? (one word)"
