@@ -416,6 +416,7 @@ def add_import(sub) -> None:
 
 def cmd_import(args) -> int:
     from .exports import import_answers
+    from .shard_merge import is_results_store, merge_store
     from .store import Store, StoreError
     from .results_files import open_results
     from .study_import import ResultFileError
@@ -428,8 +429,11 @@ def cmd_import(args) -> int:
     for raw in args.paths:
         path = Path(raw)
         try:
-            frame = open_results(path)  # a store, an export, or the study's CSVs (a file or its folder)
-            added, existing = import_answers(store, frame, origin=str(path.resolve()))  # unknown tasks refused
+            if is_results_store(path):  # a sweep --shard part: answers keep their cache keys
+                added, existing = merge_store(store, path)
+            else:
+                frame = open_results(path)  # an export, another results file, or the study's CSVs
+                added, existing = import_answers(store, frame, origin=str(path.resolve()))  # unknown tasks refused
         except (ResultFileError, ValueError, OSError) as exc:
             return _fail(str(exc))
         total_added += added

@@ -27,7 +27,7 @@ from .running_sweeps import RunningSweeps, SweepHandle
 from .schema import Case, GenerationSettings, PromptVariant
 from .service_probes import ProbeActions
 from .store import Store
-from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep, short_classes
+from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep, shard_plan, short_classes
 
 DEFAULT_STORE = Path("runs") / "explorer.sqlite"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -320,7 +320,8 @@ class Explorer(ProbeActions):
             self.policy.check_sweep(sum(
                 len(spec.models) * len(spec.variants(self.catalog, t)) * spec.per_class * 2 for t in spec.tasks
             ))
-        plan = plan_from_spec(self.catalog, spec, self._case_loader)
+        whole = plan_from_spec(self.catalog, replace(spec, shard=(1, 1)), self._case_loader)
+        plan = shard_plan(whole, *spec.shard)
         self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
         summary = run_sweep(
@@ -328,7 +329,9 @@ class Explorer(ProbeActions):
             progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
             unload_after=unload_after, gates=self.gates,
         )
-        summary.notes.extend(short_classes(plan, spec.per_class))
+        summary.notes.extend(short_classes(whole, spec.per_class))  # the whole plan's images, not one shard's
+        if spec.shard != (1, 1):
+            summary.notes.append(f"shard {spec.shard[0]}/{spec.shard[1]}: {len(plan)} of the plan's {len(whole)} items")
         return summary
 
     # ------------------------------------------------------------ app sweeps, by visitor

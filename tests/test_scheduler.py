@@ -156,3 +156,24 @@ def test_shard_text_is_checked():
     for bad in ("0/4", "5/4", "a/b", "3"):
         with pytest.raises(ValueError, match="shard"):
             parse_shard(bad)
+
+
+def test_shard_stores_merged_serve_the_whole_plan_from_cache(catalog, tmp_path):
+    from explorer.shard_merge import is_results_store, merge_store
+
+    plan = small_plan(catalog, models=MODELS, n_cases=3)
+    parts = []
+    for i in (1, 2):
+        part = Store(tmp_path / f"part{i}.sqlite")
+        run_sweep(shard_plan(plan, i, 2), FakeBackend(), part, batch_size=5)
+        part.close()
+        parts.append(tmp_path / f"part{i}.sqlite")
+    merged = Store(tmp_path / "merged.sqlite")
+    assert all(is_results_store(p) for p in parts)
+    counts = [merge_store(merged, p) for p in parts]
+    assert sum(added for added, _ in counts) == len(plan)
+    assert merge_store(merged, parts[0]) == (0, counts[0][0])  # merged twice: nothing new
+    backend = FakeBackend()
+    whole = run_sweep(plan, backend, merged, batch_size=5)
+    assert (whole.cached, whole.computed) == (len(plan), 0) and backend.asked == []
+    merged.close()
