@@ -239,7 +239,7 @@ _HEDGE = re.compile(
     r"examination|analysis|studies|history|views?)|"
     r"(?:no|not|n't|lack|without)\s+(?:\w+\s+){0,2}?(?:enough|sufficient|adequate)\s+(?:\w+\s+)?"
     r"(?:information|detail|resolution|context|data|evidence)|"
-    r"(?:could|may|might|can)\s+also\s+be|not\s+necessarily|"
+    r"(?:could|may|might|can)\s+also\s+be|not\s+necessarily|not\s+(?:a\s+)?(?:definitive|conclusive)|"
     r"further\s+(?:\w+\s+){0,2}?(?:tests?|testing|evaluation|imaging|investigation|examination|work-?up|"
     r"studies|assessment)\s+(?:\w+\s+){0,4}?(?:is|are|would\s+be|may\s+be|will\s+be)?\s*"
     r"(?:needed|required|necessary|recommended|warranted)|"
@@ -343,6 +343,7 @@ def _in(spans: list[tuple[int, int]], pos: int) -> bool:
 
 
 # ---------------------------------------------------------------- statements about the target
+_LISTED = re.compile(r"\b(?:such\s+as|including|e\.g\.|for\s+example|for\s+instance)\b", re.I)
 # Textbook talk, not a statement about this image.
 _GENERIC_MOOD = re.compile(r"\b(?:typically|usually|generally|commonly|often|tends?\s+to|in\s+general)\b", re.I)
 
@@ -392,7 +393,10 @@ def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[
         if post:
             end = post.end()
         generic = bool(_GENERIC_MOOD.search(text, *_sentence_at(sentences, tok.start)))  # "X typically appears as"
-        tentative = generic or any(t.lower in TENTATIVE for t in toks[max(0, i - 6):i] if t.start >= clause_start)
+        before = [t.lower for t in toks[max(0, i - 15):i] if t.start >= clause_start]
+        # "could potentially be a tumor or ... carcinoma", "conditions such as fibrosis": possibilities.
+        tentative = generic or any(w in TENTATIVE for w in before) or bool(
+            _LISTED.search(text, clause_start, tok.start))
         found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative, generic=generic))
     return found
 
