@@ -187,3 +187,15 @@ def test_the_flip_button_shows_both_wordings_with_the_changed_words(setup):
 def _case_of(ex):
     image = Image.new("RGB", (16, 16), (120, 30, 30))
     return Case("brain_tumor:file:x.png", "brain_tumor", image, content_hash(image), label="positive")
+
+
+def test_a_public_demo_caps_what_one_click_generates(setup):
+    from dataclasses import replace
+
+    from explorer.ui.grid import GridHandlers, empty_state
+
+    ex, backend, base, ask = setup()
+    ex.policy = replace(ex.policy, enabled=True, max_sweep_items=5)
+    *_, refused = GridHandlers(Shared(ex)).generate_variants(_case_of(ex), [MODEL], "paper", ["casing"],
+                                                             ["evidence"], 0, 0, empty_state())
+    assert "at most 5" in refused[2] and not backend.generated

@@ -211,6 +211,7 @@ class GridHandlers:
             if not made:
                 raise ValueError("These families make no new wording of the chosen ones (e.g. option families "
                                  "need a multiple-choice wording).")
+            ex.policy.check_sweep((len(parents) + len(made)) * len(models))  # a public demo's cap per visitor
         except Exception as exc:
             yield self._refuse(user_message(exc))
             return
