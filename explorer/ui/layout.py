@@ -45,7 +45,7 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
             with gr.Tab("Variant grid", id="grid", elem_id="tab-grid") as grid_tab:
                 g = grid.build(shared, catalog, preset, case_state, c["style"])
             with gr.Tab("Sweep", id="sweep", elem_id="tab-sweep"):
-                sweep_tab.build(shared, catalog, preset)
+                s = sweep_tab.build(shared, catalog, preset)
             with gr.Tab("Results", id="results", elem_id="tab-results") as results_tab:
                 r = results.build(shared, catalog, preset, my_uploads)
             with gr.Tab("Embeddings", id="embeddings", elem_id="tab-embeddings"):
@@ -59,6 +59,8 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
         examples = dict(fn=c["load"], inputs=[c["task"]], outputs=[c["examples"]], api_visibility="private",
                         concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
         demo.load(None, None, None, js=c["present_js"], api_visibility="private")
+        # The visitor's cookie first (a reload keeps it), then the visitor's running sweep, found again.
+        demo.load(None, None, None, js=s["visitor_js"], api_visibility="private").then(**s["reattach"])
         restored = demo.load(c["restore"], None, c["restore_outputs"], api_visibility="private").then(**examples)
         for step in c["after_restore"]:
             restored = restored.then(**step)

@@ -149,9 +149,10 @@ def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Op
         foot = (f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;'
                 + (f'<span class="vx-why"> &middot; {escape(why)}</span>' if verdict == "hedge" and why else "")
                 + "</div>")
-    cls = "vx-error" if error else "vx-done"
+    # A stale card is not "done": whoever waits for this run's answers must not count the last run's.
+    cls = "vx-stale" if stale else "vx-error" if error else "vx-done"
     return (
-        f'<div class="vx-card {cls}{" vx-stale" if stale else ""}" id="card-{escape(alias)}" data-alias="{escape(alias)}" '
+        f'<div class="vx-card {cls}" id="card-{escape(alias)}" data-alias="{escape(alias)}" '
         f'data-verdict="{escape("error" if error else str(verdict or ""))}">{head}<div class="vx-badges">{"".join(badges)}</div>'
         f'<div class="vx-meta">{"".join(meta)}</div>'
         f'<div class="vx-answer">{text or "<i>(empty answer)</i>"}</div>{foot}</div>'

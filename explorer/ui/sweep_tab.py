@@ -2,6 +2,7 @@
 the metrics table fills in while it runs, then the study's figures and downloads."""
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 import time
@@ -74,7 +75,7 @@ class SweepHandlers:
             warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, spec, previous=state, session=_session_of(request))
+        yield from self._execute(ex, spec, previous=state, session=_session_of(request), owner=owner_of(request))
 
     def resume(self, state, request: gr.Request = None):
         ex = self.shared.get()
@@ -83,37 +84,63 @@ class SweepHandlers:
             warn(msg)
             yield (gr.skip(), render.notice(msg), gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, gr.skip())
             return
-        yield from self._execute(ex, state["spec"], previous=state, session=_session_of(request))
+        yield from self._execute(ex, state["spec"], previous=state, session=_session_of(request),
+                                 owner=owner_of(request))
 
-    def cancel(self, state):
-        if state and state.get("cancel") is not None and not state["cancel"].is_set():
-            state["cancel"].set()
+    def cancel(self, state, request: gr.Request = None):
+        """Cancel this page's sweep, or after a reload the visitor's sweep this page re-attached to."""
+        event = (state or {}).get("cancel")
+        if event is None:
+            handle = self.shared.get().running_sweep(owner_of(request)) if owner_of(request) else None
+            event = handle.cancel_event if handle is not None and handle.running else None
+        if event is not None and not event.is_set():
+            event.set()
             return render.notice("Cancelling after the current batch; finished answers are kept. Resume picks up there.", "info")
         return render.notice("No sweep is running.", "info")
 
-    def _execute(self, ex, spec, previous=None, session=None):
+    def reattach(self, state, request: gr.Request = None):
+        """On page load: the visitor's sweep, when one is running (or just ended), is followed again, with
+        its progress, table, figures and downloads; Cancel and Resume act on it. Nothing when there is none."""
+        owner = owner_of(request)
+        ex = self.shared.get() if owner else None
+        handle = ex.attach_sweep(owner, _session_of(request)) if ex is not None else None
+        if handle is None:
+            yield (gr.skip(),) * (3 + N_CHARTS + N_FILES + 1)
+            return
+        state = {"spec": handle.spec, "cancel": handle.cancel_event}
+        snap = handle.snapshot()
+        yield (render.progress(snap.done, snap.total, "re-attached after a reload", "running" if handle.running
+                               else snap.state), render.notice("Your sweep, found again after the reload.", "info"),
+               gr.skip(), *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
+        yield from self._follow(ex, handle, state, state, started=True)
+
+    def _execute(self, ex, spec, previous=None, session=None, owner=None):
         """Run `spec`, streaming progress. The previous sweep's downloads and resume point stay until this
         one has really started: a sweep refused while planning (public limits, a missing samples folder)
         takes nothing away, and one that fails midway offers what it finished."""
         cancel = threading.Event()
         state = {"spec": spec, "cancel": cancel}  # out at once, so Cancel works while images load
-        latest: dict[str, Any] = {"done": 0, "total": 0, "info": {}}
-        no_files = [gr.update(value=None, interactive=False)] * N_FILES
         yield (render.progress(0, 0, "planning: loading images", "running"), render.notice(""), gr.skip(),
                *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, state)
 
         # The sweep belongs to this visitor's session, not to this handler: it runs in the engine, a
         # closed page cancels it (after a grace period for a reload), and it holds no gpu queue slot.
         try:
-            bg = ex.start_sweep(session or "anonymous", spec, session=session, cancel=cancel)
+            bg = ex.start_sweep(owner or session or "anonymous", spec, session=session, cancel=cancel)
         except ValueError as exc:  # e.g. public mode: one sweep per visitor at a time
             msg = user_message(exc)
             warn(msg)
             yield (render.progress(0, 0, msg, "failed"), render.notice(msg), gr.skip(),
                    *[gr.skip()] * N_CHARTS, *[gr.skip()] * N_FILES, previous)
             return
+        yield from self._follow(ex, bg, state, previous, started=False)
+
+    def _follow(self, ex, bg, state, previous, started: bool):
+        """Stream a running sweep (bg: the engine's SweepHandle) into the tab until it ends, then its
+        figures and downloads. `started`: the previous run's downloads were already taken away."""
+        latest: dict[str, Any] = {"done": 0, "total": 0, "info": {}}
+        no_files = [gr.update(value=None, interactive=False)] * N_FILES
         last_refresh = 0.0
-        started = False
         for items in bg.updates(poll_s=0.25):
             if not items:
                 continue
@@ -185,6 +212,31 @@ def _session_of(request) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
+VISITOR_COOKIE = "vx_visitor"
+_VISITOR_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
+# A random id per browser, kept in a cookie: a reload is a new Gradio session but the same visitor.
+VISITOR_JS = (
+    "() => { if (!document.cookie.split('; ').some(c => c.startsWith('" + VISITOR_COOKIE + "='))) {"
+    " const id = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()"
+    " : Math.random().toString(36).slice(2) + Date.now().toString(36);"
+    " document.cookie = '" + VISITOR_COOKIE + "=' + id + '; path=/; max-age=31536000; SameSite=Lax'; } }"
+)
+
+
+def owner_of(request) -> str | None:
+    """Whose sweep: the browser's visitor cookie, else (an API client) the Gradio session."""
+    if request is None:
+        return None
+    cookies = getattr(request, "cookies", None) or {}
+    value = cookies.get(VISITOR_COOKIE) if hasattr(cookies, "get") else None
+    if not value:
+        header = (getattr(request, "headers", None) or {}).get("cookie", "") or ""
+        value = next((part.split("=", 1)[1] for part in header.split("; ") if part.startswith(VISITOR_COOKIE + "=")), None)
+    if value and _VISITOR_ID.fullmatch(value):
+        return f"visitor:{value}"
+    return _session_of(request)
+
+
 def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     from explorer import prompts
 
@@ -227,4 +279,9 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     resume.click(gpu(600)(h.resume), [state], outputs, api_name="resume_sweep", concurrency_id="sweeps",
                  concurrency_limit=None)
     cancel.click(h.cancel, [state], [status], queue=False, api_visibility="private")
-    return {"run_event": running}
+    gr.Markdown("A sweep belongs to this browser: reload the page and it is found again; close every page "
+                "of it and it stops a minute later (finished answers stay in the store).", elem_id="sweep-note")
+    return {"run_event": running, "reattach": dict(fn=h.reattach, inputs=[state], outputs=outputs,
+                                                   api_visibility="private", concurrency_id="sweeps",
+                                                   concurrency_limit=None),
+            "visitor_js": VISITOR_JS}

@@ -187,3 +187,30 @@ def test_public_mode_has_no_load_unload_and_serves_no_uploaded_original(browser,
     _, note = client.predict("demo-llava", api_name="/unload_model")
     assert "does not let visitors load or unload" in note
     context.close()
+
+
+def test_reload_during_a_sweep_re_attaches_and_cancel_still_works(page):
+    """A sweep belongs to the browser (a cookie), not to the page: after a reload the Sweep tab follows it
+    again, and Cancel stops it."""
+    tools.open_tab(page, "Sweep")
+    tasks = page.locator("#sweep-tasks")
+    for title in tasks.locator("label").all_inner_texts():
+        if title.strip() != "Chest X-ray (pneumonia)":
+            tasks.get_by_label(title.strip(), exact=True).uncheck()
+    box = page.locator("#sweep-per-class input[type=number]")
+    box.fill("3")  # 4 models x 12 wordings x 6 images: long enough to reload in the middle
+    box.press("Enter")
+    page.locator("#run-sweep").click()
+    page.wait_for_function("(() => { const p = document.querySelector('#sweep-progress');"
+                           " return p && p.dataset.state === 'running' && +p.dataset.done > 0; })()")
+    page.reload()
+    page.locator("#run-compare").wait_for()
+    tools.open_tab(page, "Sweep")
+    page.wait_for_function("(() => { const p = document.querySelector('#sweep-progress');"
+                           " return p && p.dataset.state === 'running' && +p.dataset.total > 0; })()")
+    assert "found again" in page.locator("#sweep-status").inner_text()
+    before = int(page.locator("#sweep-progress").get_attribute("data-done"))
+    page.wait_for_function("b => +document.querySelector('#sweep-progress').dataset.done > b", arg=before)
+    page.locator("#cancel-sweep").click()
+    page.wait_for_function("document.querySelector('#sweep-status').innerText.includes('Cancelling')")
+    page.wait_for_selector("#sweep-progress[data-state=cancelled]", timeout=120_000)
