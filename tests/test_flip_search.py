@@ -196,6 +196,6 @@ def test_a_public_demo_caps_what_one_click_generates(setup):
 
     ex, backend, base, ask = setup()
     ex.policy = replace(ex.policy, enabled=True, max_sweep_items=5)
-    *_, refused = GridHandlers(Shared(ex)).generate_variants(_case_of(ex), [MODEL], "paper", ["casing"],
+    *_, refused = GridHandlers(Shared(ex)).generate_variants(_case_of(ex), [MODEL], "paper", ["casing", "punctuation"],
                                                              ["evidence"], 0, 0, empty_state())
-    assert "at most 5" in refused[2] and not backend.generated
+    assert "This sweep has 8 answers; a public demo runs at most 5" in refused[2] and not backend.generated
