@@ -327,3 +327,14 @@ def test_a_sweep_spec_adds_the_families_edits_seeded_by_its_seed():
     assert [v.prompt_id for v in mixed.variants(CATALOG, "pneumonia")] == [v.prompt_id for v in variants]
     with pytest.raises(PresetError, match="unknown wording family"):
         SweepSpec.from_preset(preset, families=["nope"]).variants(CATALOG, "pneumonia")
+
+
+def test_the_perturb_command_lists_wordings_and_names_bad_families(capsys):
+    from explorer.cli import main
+
+    assert main(["perturb", "--task", "pneumonia", "--images", "none", "--families", "option_labels", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "3 wordings from 2 starting wording(s) by 1 family (seed 0)" in out
+    assert "1=positive 2=negative" in out and "a=positive b=negative" in out
+    assert main(["perturb", "--task", "pneumonia", "--images", "none", "--families", "nope", "--list"]) == 2
+    assert "unknown wording family 'nope'" in capsys.readouterr().err
