@@ -58,13 +58,16 @@ def add_perturb(sub) -> None:
     p.add_argument("--list", action="store_true", help="only print the generated wordings, ask nothing")
     p.add_argument("--flip-search", action="store_true", help="also find the smallest edit that flips each answer")
     p.add_argument("--max-requests", type=_count, default=40, help="flip search budget per image and model (default 40)")
+    p.add_argument("--paraphraser", help="a text model alias from --endpoints that writes the 'paraphrase' family")
+    p.add_argument("--endpoints", help="YAML of OpenAI-compatible endpoints per model alias (default: $EXPLORER_ENDPOINTS)")
     p.set_defaults(func=cmd_perturb)
 
 
-def family_names(text: str, catalog) -> list[str]:
+def family_names(text: str, catalog, paraphrases: bool = False) -> list[str]:
+    """The named families; "all" is every family, paraphrases only when a text model writes them."""
     names = _split(text)
     if names == ["all"]:
-        return [n for n in catalog.names() if catalog.family(n).generator != "paraphrase"]
+        return [n for n in catalog.names() if paraphrases or catalog.family(n).generator != "paraphrase"]
     for name in names:
         catalog.family(name)  # unknown names fail here, listing the known ones
     return names
@@ -98,16 +101,24 @@ def cmd_perturb(args) -> int:
     from .images import ImageLoadError
     from .perturb import generate, load_families, task_words
     from .presets import PresetError
-    from .sensitivity import family_sensitivity, image_sensitivity
+    from .sensitivity import family_sensitivity, image_sensitivity, pair_sensitivity
     from .service import Explorer
+
+    from .backends.base import BackendError
+    from .backends.registry import load_endpoints
 
     models = _split(args.models)
     try:
-        ex = Explorer(preset="demo", store_path=args.store)
+        endpoints = load_endpoints(args.endpoints)
+        if args.paraphraser and args.paraphraser not in endpoints:
+            raise ValueError(f"--paraphraser {args.paraphraser!r} is not an endpoint; known: {', '.join(endpoints) or 'none'}")
+        ex = Explorer(preset="demo", store_path=args.store, endpoints=endpoints)
+        paraphraser = backend_paraphraser(ex.registry.for_model(args.paraphraser), args.paraphraser) \
+            if args.paraphraser else None
         for alias in models:
             ex.catalog.model(alias)
         families = load_families()
-        names = family_names(args.families, families)
+        names = family_names(args.families, families, paraphraser is not None)
         words = task_words(ex.catalog, args.task, families)
         by_id = {v.prompt_id: v for v in ex.variants(args.task) if v.kind == "closed"}
         unknown = [p for p in _split(args.parents) if p not in by_id]
@@ -115,9 +126,9 @@ def cmd_perturb(args) -> int:
             return _fail(f"unknown prompt ids {unknown}; known: {', '.join(by_id)}")
         parents = [by_id[p] for p in _split(args.parents)]
         generated = generate(parents, names, words, seed=args.seed, count=args.count, family_catalog=families,
-                             catalog=ex.catalog, selection=ex.preset.prompts)
+                             catalog=ex.catalog, selection=ex.preset.prompts, paraphraser=paraphraser)
         cases = [] if args.list else _cases(ex, Path(args.images), args.task, args.per_class)
-    except (PresetError, ImageLoadError, ValueError) as exc:
+    except (PresetError, ImageLoadError, ValueError, BackendError) as exc:
         return _fail(str(exc))
     print(f"{len(generated)} wordings from {len(parents)} starting wording(s) by {len(names)} famil"
           f"{'y' if len(names) == 1 else 'ies'} (seed {args.seed}):")
@@ -153,6 +164,11 @@ def cmd_perturb(args) -> int:
         print("\nPer family (mean over images, 95% bootstrap CI):")
         print(family_sensitivity(frame, n_boot=500)[["model", "family", "n_images", "flip_share", "flip_share_lo",
                                                       "flip_share_hi"]].to_string(index=False))
+        pairs = pair_sensitivity(frame, n_boot=500)
+        if not pairs.empty:
+            print("\nBase vs medical per family (medical minus base, paired over images, 95% CI):")
+            print(pairs[["pair", "family", "n_images", "base_flip_share", "medical_flip_share", "difference",
+                         "difference_lo", "difference_hi"]].to_string(index=False))
     if args.flip_search:
         base = parents[0]
         print(f"\nSmallest flip of {base.prompt_id!r} (at most {args.max_requests} requests per image and model):")
@@ -171,6 +187,26 @@ def cmd_perturb(args) -> int:
                                                                                 result.flip_answer))
     ex.close()
     return 0
+
+
+def backend_paraphraser(backend, alias: str):
+    """A paraphraser (perturb.Paraphraser) that asks a text model behind a backend for n rewrites at once,
+    one per line; a failed request is an error, never an empty family."""
+    import re
+
+    from .schema import GenerationSettings, Request
+
+    def paraphrase(instruction: str, n: int, seed: int) -> list[str]:
+        text = f"{instruction}\nGive {n} different versions, one per line, and nothing else."
+        request = Request(alias, ({"role": "user", "content": [text]},),
+                          GenerationSettings(max_new_tokens=64 * max(n, 1), seed=seed))
+        (response,) = backend.generate([request])
+        if response.error:
+            raise ValueError(f"The paraphrasing model {alias} failed: {response.error}")
+        lines = [re.sub(r"^\s*(?:\d+[.)]|[-*\u2022])\s*", "", line).strip() for line in response.text.splitlines()]
+        return [line for line in lines if line][:n]
+
+    return paraphrase
 
 
 def _family_of(prompt_id: str, variants) -> str:

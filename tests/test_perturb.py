@@ -338,3 +338,27 @@ def test_the_perturb_command_lists_wordings_and_names_bad_families(capsys):
     assert "1=positive 2=negative" in out and "a=positive b=negative" in out
     assert main(["perturb", "--task", "pneumonia", "--images", "none", "--families", "nope", "--list"]) == 2
     assert "unknown wording family 'nope'" in capsys.readouterr().err
+
+
+def test_a_configured_text_model_writes_the_paraphrase_family():
+    from explorer.cli_perturb import backend_paraphraser
+    from explorer.schema import Response
+
+    class TextModel:
+        def __init__(self, reply="", error=None):
+            self.reply, self.error, self.asked = reply, error, []
+
+        def generate(self, requests, on_text=None):
+            self.asked.extend(requests)
+            return [Response(text=self.reply, error=self.error)]
+
+    model = TextModel("1. Do you see pneumonia on this X-ray?\n2) Is pneumonia visible here?\n\n- Is this X-ray free of pneumonia?")
+    items = perturb(study("pneumonia")["evidence"], FAMILIES.family("paraphrase"), words("pneumonia"), seed=2,
+                    count=3, paraphraser=backend_paraphraser(model, "text-model"))
+    asked = model.asked[0]
+    assert asked.model == "text-model" and asked.generation.seed == 2 and "Give 3 different versions" in asked.text()
+    # numbering stripped; the one that asks the other way round is dropped rather than guessed
+    assert [i.variant.text for i in items] == ["Do you see pneumonia on this X-ray?", "Is pneumonia visible here?"]
+    with pytest.raises(ValueError, match="text-model failed: HTTP 500"):
+        perturb(study()["evidence"], FAMILIES.family("paraphrase"), words(),
+                paraphraser=backend_paraphraser(TextModel(error="HTTP 500"), "text-model"))
