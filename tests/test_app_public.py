@@ -152,7 +152,7 @@ def test_public_mode_refuses_where_the_user_looks_and_keeps_what_was_computed(st
     refused = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert refused.status_code == 413 and "size" in refused.text
     # ...and one that got past Gradio is refused by the app, in the Compare tab's status, the case kept.
-    case, preview, caption, status, upload, label = CompareHandlers(SharedExplorer(settings)).upload(
+    case, preview, caption, status, upload, label, *_ = CompareHandlers(SharedExplorer(settings)).upload(
         str(big), TASK, "unknown", None)
     assert "too large for this public demo" in status and "vx-notice-error" in status
     assert case == preview == caption == {"__type__": "update"}  # skipped: the current image stays

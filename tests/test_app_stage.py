@@ -194,6 +194,7 @@ def test_public_upload_is_de_identified_and_its_original_deleted(public_shared, 
     from explorer.ui import compare
 
     monkeypatch.setattr(compare, "warn", lambda msg: None)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where Gradio keeps uploads
     folder = tmp_path / "gradio" / "0123abcd"
     folder.mkdir(parents=True)
     original = folder / "Doe_Jane_MRN-4711.dcm"
@@ -211,6 +212,11 @@ def test_public_upload_is_de_identified_and_its_original_deleted(public_shared, 
     too_large.write_bytes(b"\0" * (public_shared.get().policy.max_upload_bytes + 1))
     out = h.upload(str(too_large), "brain_tumor", "unknown", None, [])
     assert "too large" in out[3] and not too_large.exists()
+    # A path outside Gradio's upload folder is never deleted (it is not an upload).
+    elsewhere = tmp_path / "mine.png"
+    elsewhere.write_bytes(b"\0" * (public_shared.get().policy.max_upload_bytes + 1))
+    h.upload(str(elsewhere), "brain_tumor", "unknown", None, [])
+    assert elsewhere.exists()
 
 
 def test_public_mode_refuses_load_and_unload(public_shared, monkeypatch):

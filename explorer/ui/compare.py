@@ -7,7 +7,6 @@ each wording on this image, with the words that changed. A link restores image, 
 from __future__ import annotations
 
 import dataclasses
-import os
 from html import escape
 from pathlib import Path
 from typing import Any, Optional
@@ -97,7 +96,7 @@ class CompareHandlers:
         case = self.shared.get().example_cases(task)[evt.index]
         return case, case.image, case_caption(case), case.label or "unknown", None, "", None, case_details(case)
 
-    def upload(self, path: Optional[str], task: str, label: str, case, mine):
+    def upload(self, path: Optional[str], task: str, label: str, case, mine: Optional[list] = None):
         """The uploaded file becomes the current case (truth unknown until the user says); the drop zone
         empties, ready for the next file. In public mode a DICOM is de-identified first and the original
         bytes leave Gradio's cache at once (its name there is the visitor's file name)."""
@@ -311,10 +310,17 @@ class CompareHandlers:
 
 def forget_upload(path: str) -> None:
     """Delete an uploaded file from Gradio's cache (and its folder, named by a hash, when empty) so the
-    original bytes, and the file name it was saved under, are no longer on the server or served."""
+    original bytes, and the file name it was saved under, are no longer on the server or served. Only
+    files inside Gradio's upload folder: a path from anywhere else is not ours to delete."""
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()).resolve()
+    target = Path(path).resolve()
+    if folder not in target.parents:
+        return
     try:
-        os.remove(path)
-        os.rmdir(os.path.dirname(path))
+        target.unlink()
+        target.parent.rmdir()
     except OSError:
         pass  # already gone, or the folder holds other files
 
@@ -388,8 +394,10 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
     outputs = [cards, answers, status, last, strip_rows, customs]
     shared_link = dict(fn=h.share_query, inputs=[task, variant, prompt, models, case_state, last],
                        outputs=[share_query], api_visibility="private")
+    # More handlers than device slots: the engine's gates bound generation, so a Compare served from the
+    # store never queues behind other visitors' Compares that are generating.
     gr.on([run.click, prompt.submit], gpu()(h.run), run_inputs, outputs, api_name="compare",
-          concurrency_id="gpu", concurrency_limit=shared.settings.gpu_concurrency).then(**shared_link)
+          concurrency_id="compare", concurrency_limit=4 * shared.settings.gpu_concurrency).then(**shared_link)
     # Picking a wording runs it: the box fills, then the same run as Enter.
     variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private").then(
         gpu()(h.run), run_inputs, outputs, api_visibility="private", concurrency_id="gpu").then(**shared_link)
