@@ -548,17 +548,25 @@ def generate(
     selection: PromptSelection = PromptSelection(),
     paraphraser: Optional[Paraphraser] = None,
 ) -> list[Perturbed]:
-    """Every family's variants of every parent, without repeats (the first id of a text wins)."""
+    """Every family's variants of every parent, without repeats (the first id of a text wins).
+
+    With a catalog, an edit that lands on one of the study's own wordings ("Is this image normal?" from
+    "...abnormal?") is left out unless the study family brings it: the store files an answer under the
+    wording that asked first, so the same text under two families would blur the families' numbers.
+    """
     fc = family_catalog or load_families()
     specs = [fc.family(name) for name in families]
     parents = list(parents)
     out: list[Perturbed] = []
+    study_texts = {v.text for v in closed_variants(catalog, words.task, selection)} if catalog is not None else set()
     seen_ids, seen_texts = set(), {p.text for p in parents}
     for spec in specs:
         sources = parents[:1] if spec.generator == "study" else parents
         for parent in sources:
             for item in perturb(parent, spec, words, seed, count, catalog, selection, paraphraser):
                 if item.variant.prompt_id in seen_ids or item.variant.text in seen_texts:
+                    continue
+                if spec.generator != "study" and item.variant.text in study_texts:
                     continue
                 seen_ids.add(item.variant.prompt_id)
                 seen_texts.add(item.variant.text)

@@ -362,3 +362,11 @@ def test_a_configured_text_model_writes_the_paraphrase_family():
     with pytest.raises(ValueError, match="text-model failed: HTTP 500"):
         perturb(study()["evidence"], FAMILIES.family("paraphrase"), words(),
                 paraphraser=backend_paraphraser(TextModel(error="HTTP 500"), "text-model"))
+
+
+def test_an_edit_that_lands_on_a_study_wording_is_left_to_the_study():
+    abnormal = study()["abnormal"]
+    free = generate([abnormal], ["polarity_flip"], words())
+    assert "Is this image normal?" in [p.variant.text for p in free]  # no catalog: the flip search wants it
+    with_catalog = generate([abnormal], ["polarity_flip"], words(), catalog=CATALOG)
+    assert "Is this image normal?" not in [p.variant.text for p in with_catalog] and with_catalog
