@@ -126,8 +126,8 @@ def test_public_mode_runs_one_sweep_per_visitor():
 
 
 def test_the_sweep_tab_holds_no_slot_of_the_gpu_queue(tmp_path, monkeypatch):
-    """In the app, Compare's gpu queue and the sweep handlers are separate: a running sweep cannot make
-    a cached Compare wait in Gradio's queue either."""
+    """In the app, Compare's queue and the sweep handlers are separate, and Compare has more handlers than
+    device slots: neither a running sweep nor generating Compares make a cached Compare wait in Gradio's queue."""
     from explorer.ui.context import AppSettings
     from explorer.ui.layout import build_demo
 
@@ -135,5 +135,5 @@ def test_the_sweep_tab_holds_no_slot_of_the_gpu_queue(tmp_path, monkeypatch):
     demo = build_demo(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite", gpu_concurrency=3))
     by_api = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
     assert by_api["sweep"].concurrency_id != by_api["compare"].concurrency_id
-    assert by_api["compare"].concurrency_limit == 3
+    assert by_api["compare"].concurrency_limit == 12  # handlers; generation itself is bounded by the engine
     assert any(t[1] == "unload" for fn in demo.fns.values() for t in fn.targets)
