@@ -210,16 +210,18 @@ def decompose(variant: PromptVariant, one_word_suffix: str = "\nAnswer in one wo
         instruction, text = suffix, text[: -len(suffix)].rstrip()
     if not variant.options:
         return Parts(stem=text, instruction=instruction) if variant.yes_means else None
-    first_line = None
+    first_line, last_end = None, 0
     for letter, _reading, option in variant.options:
         m = re.search(_LABEL_LINE.format(label=re.escape(letter), text=re.escape(option)), text, re.M | re.I)
         if m is None:
             return None
         first_line = m.start() if first_line is None else min(first_line, m.start())
+        last_end = max(last_end, m.end())
     stem = text[:first_line].strip()
     style = "A)" if variant.options[0][0].isupper() else "(a)" if variant.options[0][0].islower() else "1)"
+    # Text after the options stays with every edit (the study's fused prompt 6 carries a description request).
     return Parts(stem=stem, options=tuple((r, t) for _, r, t in variant.options), label_style=style,
-                 instruction=instruction)
+                 instruction=instruction, after=" ".join(text[last_end:].split()))
 
 
 # ---------------------------------------------------------------- generators
@@ -421,7 +423,7 @@ def gen_framing(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     for kind in _FRAMING_KINDS:
         for k, template in enumerate(params.get(kind, ()), 1):
             line = words.fill(template)
-            new = replace(parts, after=line) if kind == "confidence" else replace(
+            new = replace(parts, after=f"{parts.after} {line}".strip()) if kind == "confidence" else replace(
                 parts, before=f"{parts.before} {line}".strip())
             out.append(Edit(f"{kind.replace('_', ' ')} ({k})", {"kind": kind, "template": template}, new))
     return out

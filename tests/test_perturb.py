@@ -8,7 +8,7 @@ import pytest
 from explorer.perturb import (
     FamilySpec, Parts, decompose, family_group, generate, load_families, perturb, task_words, variant_id,
 )
-from explorer.presets import PresetError, load_catalog
+from explorer.presets import PresetError, PromptSelection, load_catalog
 from explorer.prompts import closed_variants
 from explorer.question_focus import question_polarity
 from explorer.schema import PromptVariant
@@ -370,3 +370,16 @@ def test_an_edit_that_lands_on_a_study_wording_is_left_to_the_study():
     assert "Is this image normal?" in [p.variant.text for p in free]  # no catalog: the flip search wants it
     with_catalog = generate([abnormal], ["polarity_flip"], words(), catalog=CATALOG)
     assert "Is this image normal?" not in [p.variant.text for p in with_catalog] and with_catalog
+
+
+def test_the_study_as_run_keeps_its_fused_description_request_through_every_edit():
+    """paper-as-run's prompt 6 (brain, IDC) has the description prompt fused after its options: every edit
+    keeps it; the as-run whitespace is normalised (one line per part)."""
+    as_run = {v.prompt_id: v for v in closed_variants(CATALOG, "brain_tumor", PromptSelection(prompt_set="paper-as-run"))}
+    fused = as_run["mc_neg_first"]
+    tail = "Describe this image in great detail"
+    assert tail in fused.text
+    for family in ("casing", "option_labels", "option_order", "framing", "polarity_flip"):
+        for item in all_of(family, fused):
+            assert tail.lower() in item.variant.text.lower(), (family, item.variant.text)
+            assert_reads_right(item.variant)
