@@ -28,9 +28,14 @@ PARSED_CLASS = {"yes": "vx-v-positive", "no": "vx-v-negative"}
 
 
 def metrics_table(table: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """The metrics under plain names (wordings by name, column headers in words); the CSV keeps the ids."""
+    headers = [names.metric_header(c) for c in METRICS]
     if table is None or table.empty:
-        return pd.DataFrame(columns=METRICS)
-    return table[METRICS].round(3)
+        return pd.DataFrame(columns=headers)
+    shown = table[METRICS].round(3)
+    shown["prompt_id"] = [names.prompt_name(str(p)) for p in shown["prompt_id"]]
+    shown.columns = headers
+    return shown
 
 
 def _diagnosis_row(r: dict, label: Optional[str]) -> str:
@@ -290,6 +295,7 @@ def build(shared: SharedExplorer, catalog, preset, compare_case: gr.State) -> di
     table = gr.Dataframe(metrics_table(None), label="Describe → diagnose metrics (recovered = F1_all − the model's "
                          "closed-form F1_all on the same images)", elem_id="dx-metrics", interactive=False,
                          max_height=320, wrap=False)
+    gr.Markdown(names.metric_legend(METRICS), elem_id="dx-metric-legend")
     summary = gr.Dataframe(recovered_summary(pd.DataFrame()),
                            label="Per model and task (mean over description prompts and templates)",
                            elem_id="dx-recovered", interactive=False, max_height=200, wrap=False)

@@ -38,6 +38,13 @@ METRIC_NAMES = {
     "sensitivity": ("sensitivity", "findings present that the model called present"),
     "specificity": ("specificity", "findings absent that the model called absent"),
     "p_positive": ("p(yes)", "probability of the positive reading from the first answer token"),
+    # Describe & diagnose
+    "template": ("diagnosis template", ""),
+    "n_unparsed": ("no yes/no", "diagnoses that gave neither yes nor no"),
+    "yes_rate": ("yes rate", "diagnoses that said yes / all diagnoses"),
+    "f1": ("F1", "F1 of the diagnoses that said yes or no"),
+    "closed_f1_all": ("closed-form F1", "the model's own yes/no answers on the same images, non-answers wrong"),
+    "signal_recovered": ("signal recovered", "F1 via the description minus the closed-form F1"),
 }
 
 

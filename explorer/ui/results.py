@@ -81,7 +81,7 @@ class ResultsHandlers:
     def open_store(self, mine: Optional[list] = None):
         ex = self.shared.get()
         try:
-            where = Path(ex.store.path).name if self.shared.settings.public else ex.store.path  # no server paths shown
+            where = Path(ex.store.path).name  # no server paths on screen (the Models tab's settings name it)
             return self._loaded(ex, self._with_own_uploads(ex, ex.browsable_answers(), mine),
                                 f"this app's store ({where})")
         except Exception as exc:
