@@ -175,6 +175,13 @@ class CompareHandlers:
         yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
                              lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id))
 
+    def run_picked(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs):
+        """A wording picked from the dropdown runs, once there is an image; before that it only fills the box."""
+        if case is None and not file:
+            yield (gr.skip(),) * 6
+            return
+        yield from self.run(file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs)
+
     def describe(self, file, task, label, models, style, case, last, strip_rows, customs):
         yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
                              lambda ex: next(v for v in ex.variants(task) if v.kind == "describe"))
@@ -400,7 +407,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
           concurrency_id="compare", concurrency_limit=4 * shared.settings.gpu_concurrency).then(**shared_link)
     # Picking a wording runs it: the box fills, then the same run as Enter.
     variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private").then(
-        gpu()(h.run), run_inputs, outputs, api_visibility="private", concurrency_id="gpu").then(**shared_link)
+        gpu()(h.run_picked), run_inputs, outputs, api_visibility="private", concurrency_id="gpu").then(**shared_link)
     describe.click(gpu()(h.describe), [upload, task, label, models, style, case_state, last, strip_rows, customs],
                    outputs, api_name="describe", concurrency_id="gpu")
     share_query.change(None, [share_query], [share], js=SHARE_JS, api_visibility="private")
