@@ -539,6 +539,24 @@ def _paraphrases(parts: Parts, parent: PromptVariant, words: TaskWords, family: 
     return edits
 
 
+def reader_agrees(parent: PromptVariant, variant: PromptVariant, words: TaskWords,
+                  finding: Optional[str] = None) -> bool:
+    """Whether the answer reader reads plain statements about the finding under `variant` as it does under
+    `parent` (`finding`: what the variant calls it, when a synonym). The rule reader takes its target from
+    the question's words, so some edits (a typo in the finding, a cue that names the finding, a "which does
+    it not show" question) leave it unable to read an answer it read before: a flip measured there would
+    be the reader's, not the model's."""
+    from .verdicts import parse_verdict
+
+    said = ("There are signs of {} in this image.", "No {} is seen in this image.")
+    for template in said:
+        before = parse_verdict(template.format(words.finding), parent).label
+        now = parse_verdict(template.format(finding or words.finding), variant).label
+        if before in ("positive", "negative") and now != before:
+            return False
+    return True
+
+
 def generate(
     parents: Iterable[PromptVariant],
     families: Sequence[str],
@@ -549,8 +567,11 @@ def generate(
     catalog: Optional[Catalog] = None,
     selection: PromptSelection = PromptSelection(),
     paraphraser: Optional[Paraphraser] = None,
+    reader_check: bool = True,
 ) -> list[Perturbed]:
     """Every family's variants of every parent, without repeats (the first id of a text wins).
+
+    reader_check: leave out a wording the answer reader cannot read as it reads its parent (reader_agrees).
 
     With a catalog, an edit that lands on one of the study's own wordings ("Is this image normal?" from
     "...abnormal?") is left out unless the study family brings it: the store files an answer under the
@@ -564,12 +585,23 @@ def generate(
     seen_ids, seen_texts = set(), {p.text for p in parents}
     for spec in specs:
         sources = parents[:1] if spec.generator == "study" else parents
+        limit = spec.count if count is None else count
         for parent in sources:
-            for item in perturb(parent, spec, words, seed, count, catalog, selection, paraphraser):
+            # Every candidate first, then the seed picks `limit` of those that pass, so a left-out
+            # candidate does not leave the family short.
+            everything = perturb(parent, spec, words, seed, limit if spec.generator == "paraphrase" else 0,
+                                 catalog, selection, paraphraser)
+            usable = []
+            for item in everything:
                 if item.variant.prompt_id in seen_ids or item.variant.text in seen_texts:
                     continue
                 if spec.generator != "study" and item.variant.text in study_texts:
                     continue
+                if reader_check and spec.generator != "study" and not reader_agrees(
+                        parent, item.variant, words, item.params.get("synonym")):
+                    continue
+                usable.append(item)
+            for item in _pick(usable, limit, random.Random(f"{seed}|{spec.name}|{parent.prompt_id}|pick")):
                 seen_ids.add(item.variant.prompt_id)
                 seen_texts.add(item.variant.text)
                 out.append(item)

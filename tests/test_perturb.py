@@ -366,9 +366,9 @@ def test_a_configured_text_model_writes_the_paraphrase_family():
 
 def test_an_edit_that_lands_on_a_study_wording_is_left_to_the_study():
     abnormal = study()["abnormal"]
-    free = generate([abnormal], ["polarity_flip"], words())
+    free = generate([abnormal], ["polarity_flip"], words(), count=0)
     assert "Is this image normal?" in [p.variant.text for p in free]  # no catalog: the flip search wants it
-    with_catalog = generate([abnormal], ["polarity_flip"], words(), catalog=CATALOG)
+    with_catalog = generate([abnormal], ["polarity_flip"], words(), catalog=CATALOG, count=0)
     assert "Is this image normal?" not in [p.variant.text for p in with_catalog] and with_catalog
 
 
@@ -383,3 +383,20 @@ def test_the_study_as_run_keeps_its_fused_description_request_through_every_edit
         for item in all_of(family, fused):
             assert tail.lower() in item.variant.text.lower(), (family, item.variant.text)
             assert_reads_right(item.variant)
+
+
+def test_a_wording_the_reader_cannot_read_like_its_parent_is_left_out():
+    """A typo in the finding ("tumrs") or a cue naming it leaves the rule reader unable to read
+    "There are signs of tumors": a flip there would be the reader's, so generate() leaves it out."""
+    ev = study()["evidence"]
+    every = generate([ev], ["typos", "framing"], words(), seed=0, count=0, reader_check=False)
+    kept = generate([ev], ["typos", "framing"], words(), seed=0, count=0)
+    dropped = {p.variant.text for p in every} - {p.variant.text for p in kept}
+    assert "I think this image is normal, but please check. Does this image contain evidence of tumors?" in dropped
+    assert all(read("There are signs of tumors in this image.", p.variant) == "positive" for p in kept)
+    assert any(read("There are signs of tumors in this image.", p.variant) != "positive" for p in every)
+    # a synonym is read with its own word
+    synonyms = generate([ev], ["synonyms"], words(), count=0)
+    assert "Does this image contain evidence of a neoplasm?" in [p.variant.text for p in synonyms]
+    # the count is filled from the candidates that pass
+    assert len(generate([ev], ["framing"], words(), seed=1, count=6)) == 6
