@@ -229,3 +229,18 @@ def test_public_mode_refuses_load_and_unload(public_shared, monkeypatch):
         assert "does not let visitors load or unload" in note
     assert public_shared.get().model_status()  # nothing was loaded by the attempt
     assert not any(s.state == "loaded" for s in public_shared.get().model_status())
+
+
+def test_results_show_a_public_visitor_their_own_uploads_and_nobody_elses(public_shared, monkeypatch):
+    from explorer.ui.results import ResultsHandlers
+
+    ex = public_shared.get()
+    rows = [dict(model="demo-gemma", task="pneumonia", case_id=cid, image_hash="h", label=None, prompt_id="abnormal",
+                 prompt_family="abnormal", prompt_text="Is this image abnormal?", verdict="positive", answer="Yes",
+                 pair="demo-gemma", role="base", prompt_kind="closed", error=None)
+            for cid in ("pneumonia:upload:mine", "pneumonia:upload:theirs", "pneumonia:file:negative/a.png")]
+    everything = pd.DataFrame(rows)
+    monkeypatch.setattr(type(ex), "answers_frame", lambda self, **kw: everything)
+    shown = lambda mine: set(ResultsHandlers(public_shared).open_store(mine)[0]["frame"]["case_id"])  # noqa: E731
+    assert shown([]) == {"pneumonia:file:negative/a.png"}
+    assert shown(["pneumonia:upload:mine"]) == {"pneumonia:file:negative/a.png", "pneumonia:upload:mine"}

@@ -20,7 +20,7 @@ TITLE = "Medical VLM prompt-sensitivity explorer"
 def header(preset) -> str:
     return (
         f'<div id="app-title"><h1>{TITLE}</h1><p>Base vs medical vision-language models: '
-        f"do the answers move when only the wording changes? Preset <b>{escape(preset.name)}</b>.</p></div>"
+        f"do the answers move when only the wording changes? &middot; preset <b>{escape(preset.name)}</b></p></div>"
     )
 
 
