@@ -5,6 +5,7 @@ are recorded, and `mode` says how it answers:
   "trickle"      HTTP 200 headers, then one byte every `trickle_s` seconds, never a complete reply
   "null_stream"  a chat stream whose deltas all carry content null, then finish_reason "stop"
   "huge"         a complete chat reply of `huge_chars` characters (a server ignoring max_tokens)
+  "http500"      HTTP 500 at once (a retryable failure)
   "ok"           a short ordinary chat reply (streamed when asked)
 """
 from __future__ import annotations
@@ -84,6 +85,14 @@ class MisbehavingServer:
 
             def _huge(self, body: dict) -> None:
                 self._reply(body, "y" * owner.huge_chars)
+
+            def _http500(self, body: dict) -> None:
+                blob = b'{"error": {"message": "scripted failure"}}'
+                self.send_response(500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob)
 
             def _ok(self, body: dict) -> None:
                 self._reply(body, "Yes.")

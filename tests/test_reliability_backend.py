@@ -29,7 +29,7 @@ def case(tmp_path):
 
 
 def _explorer(tmp_path, server: MisbehavingServer, **endpoint) -> Explorer:
-    cfg = EndpointConfig(base_url=server.base_url, model="served", max_retries=0, **endpoint)
+    cfg = EndpointConfig(base_url=server.base_url, model="served", **{"max_retries": 0, **endpoint})
     return Explorer(preset="demo", store_path=tmp_path / "s.sqlite", endpoints={MODEL: cfg})
 
 
@@ -70,16 +70,17 @@ def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_path, ca
 
 
 def test_retries_stop_at_the_deadline(tmp_path, case):
-    with MisbehavingServer("trickle", trickle_s=0.2) as server:
-        ex = _explorer(tmp_path, server, timeout_s=0.5, deadline_s=1.0)
-        ex.registry.endpoints[MODEL] = EndpointConfig(base_url=server.base_url, model="served", timeout_s=0.5,
-                                                      deadline_s=1.0, max_retries=10, backoff_base_s=0.01)
+    """Backoff 0.3, 0.6, 1.2 s...: the retry that could not finish by the 1 s deadline is not made."""
+    with MisbehavingServer("http500") as server:
+        ex = _explorer(tmp_path, server, deadline_s=1.0, max_retries=10, backoff_base_s=0.3, backoff_max_s=5.0)
         try:
             started = time.perf_counter()
             view = _ask(ex, case, streamed=False)
+            took = time.perf_counter() - started
         finally:
             ex.close()
-    assert view.error and time.perf_counter() - started < 3.5
+    assert view.error and "no time left to retry within the 1 s deadline" in view.error
+    assert took < 2.0 and 1 <= len(server.requests) <= 3
 
 
 # ---------------------------------------------------------------- 14: replies capped
