@@ -95,7 +95,7 @@ def _cmd_ask(args) -> int:
     if ex.any_random_weights(models):
         print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise, shown to exercise the "
               "real code path, not to measure anything.\n")
-    total = 0
+    total = failed = 0
     for case in cases:
         generation = None
         rows = []
@@ -104,12 +104,16 @@ def _cmd_ask(args) -> int:
                 generation = {"max_new_tokens": args.max_new_tokens}
             rows += ex.grid(case, variants, [alias], args.prompt_style, generation=generation)
         total += len(rows)
-        print(f"== {case.case_id}  ({case.source})  label={case.label or 'unknown'}  image={case.image_hash[:12]}")
+        failed += sum(bool(r.error) for r in rows)
+        print(f"== {printable(case.case_id)}  ({printable(case.source)})  label={case.label or 'unknown'}  "
+              f"image={case.image_hash[:12]}")
         _print_rows(rows, args.answer_width)
         print()
     print(f"{total} answers from {len(models)} models x {len(variants)} prompts x {len(cases)} images "
           f"(store: {args.store})")
     ex.close()
+    if failed:  # printed as ERROR above; the exit code says it too
+        return _fail(f"{failed} of {total} answers failed (stored with their errors; ask again to retry them)", 1)
     return 0
 
 
