@@ -92,6 +92,18 @@ def test_a_sweep_with_failed_items_exits_non_zero_with_the_count(fake_openai, tm
     assert rc == 0 and "error:" not in err and "4 planned, 0 from the store, 4 generated, 0 errors" in out
 
 
+def test_ask_exits_non_zero_when_an_answer_failed(fake_openai, tmp_path, monkeypatch):
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(yaml.safe_dump({MODEL: {"base_url": fake_openai.base_url, "model": "served",
+                                                 "api_key_env": KEY_ENV, "max_retries": 0}}))
+    monkeypatch.setenv("EXPLORER_ENDPOINTS", str(endpoints))
+    fake_openai.add_faults(Fault.http(500))
+    rc, out, err = _cli(["ask", "--task", "pneumonia", "--images", str(_samples(tmp_path / "s") / "pneumonia"),
+                         "--models", MODEL, "--prompts", "abnormal", "--store", str(tmp_path / "a.sqlite")])
+    assert rc == 1 and "ERROR:" in out
+    assert _one_line_error(err).startswith("error: 1 of 2 answers failed")
+
+
 def test_describe_exits_non_zero_when_every_diagnosis_fails(tmp_path):
     """12 descriptions? No: 2 cases x 2 description prompts x 3 templates; the diagnoser is a server
     that refuses every connection, so all diagnoses fail."""
