@@ -106,14 +106,7 @@ class CompareHandlers:
         ex = self.shared.get()
         public = self.shared.settings.public
         try:
-            try:
-                ex.policy.check_upload(path)
-                data = Path(path).read_bytes()
-            finally:
-                if public:
-                    forget_upload(path)  # refused or not, the original leaves the server now
-            if public and dicom_view.is_dicom(data):
-                data = dicom_view.deidentify(data)
+            data = self._read_upload(ex, path)
             pixels = dicom_view.read_pixels(data)
             case = ex.case_from_upload(data, task, None, name=None if public else Path(path).name)
         except Exception as exc:
@@ -161,8 +154,23 @@ class CompareHandlers:
         return self.shared.get().variant(task, prompt_id).text
 
     # ---------------------------------------------------------------- running
+    def _read_upload(self, ex, path: str) -> bytes:
+        """An uploaded file's bytes, within the size limit. In public mode the file leaves Gradio's cache
+        at once, refused or not, and a DICOM comes back de-identified (the header never goes further)."""
+        try:
+            ex.policy.check_upload(path)
+            data = Path(path).read_bytes()
+        finally:
+            if self.shared.settings.public:
+                forget_upload(path)
+        if self.shared.settings.public and dicom_view.is_dicom(data):
+            data = dicom_view.deidentify(data)
+        return data
+
     def _resolve(self, ex, file, task, label, case):
         if case is None or case.task != task:
+            if file and self.shared.settings.public:  # an API client's upload: the same care as the tab's
+                file = self._read_upload(ex, file)
             source = file or (case.image if case is not None else None)
             if source is None:
                 raise ValueError("Upload an image or pick an example first.")

@@ -186,6 +186,14 @@ def test_public_mode_has_no_load_unload_and_serves_no_uploaded_original(browser,
     assert "does not let visitors load or unload" in note
     _, note = client.predict("demo-llava", api_name="/unload_model")
     assert "does not let visitors load or unload" in note
+    # The same DICOM through the API: answered, and no file of that name is left in Gradio's cache.
+    from gradio.utils import get_upload_folder
+    from gradio_client import handle_file
+
+    _, answers, _ = client.predict(handle_file(str(dicom)), "pneumonia", "unknown", "Is this image abnormal?",
+                                   "abnormal", ["demo-gemma"], "paper", api_name="/compare")
+    assert answers and answers[0]["error"] is None and "upload" in answers[0]["case_id"]
+    assert not list(Path(get_upload_folder()).rglob("Qwertyson*"))
     context.close()
 
 
