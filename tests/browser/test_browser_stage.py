@@ -79,11 +79,25 @@ def test_answers_above_the_fold_dropdown_runs_history_and_diff(page):
     assert page.locator("#share-link textarea, #share-link input").first.input_value() == link
     assert "wording=normal" in link and "case=" in link and "models=" in link
     other = page.context.new_page()
-    other.goto(link)
+    other.goto(link + "&present=1")
     _wait_answers(other, "Is it normal?")
     assert other.locator("#case-info").inner_text() == page.locator("#case-info").inner_text()
     assert other.locator(f"{DONE} .vx-cached").count() == N_MODELS  # the same answers, from the store
+    # ...in presentation mode: no title, tabs or side column, larger type than the normal page.
+    assert other.evaluate("document.body.classList.contains('vx-present')")
+    assert not other.locator("#app-title").is_visible() and not other.locator("#compare-side").is_visible()
+    size = "e => parseFloat(getComputedStyle(e).fontSize)"
+    assert other.locator(f"{DONE} .vx-answer").first.evaluate(size) > page.locator(f"{DONE} .vx-answer").first.evaluate(size)
     other.close()
+
+    # An edited wording is "your wording 1", in the heading, the strip and a link that carries its text.
+    box = page.locator("#prompt textarea")
+    box.fill("Is this chest X-ray normal?")
+    box.press("Enter")
+    _wait_answers(page, "your wording 1")
+    assert page.locator("#history-strip tbody tr").first.locator("th").inner_text() == "your wording 1"
+    assert "custom_" not in page.locator("#compare-cards").inner_text()  # no ids on screen
+    page.wait_for_function("location.search.includes('text=')")
 
 
 def test_phone_shows_both_cards_of_each_pair(browser, app_url):
