@@ -244,3 +244,25 @@ def test_results_show_a_public_visitor_their_own_uploads_and_nobody_elses(public
     shown = lambda mine: set(ResultsHandlers(public_shared).open_store(mine)[0]["frame"]["case_id"])  # noqa: E731
     assert shown([]) == {"pneumonia:file:negative/a.png"}
     assert shown(["pneumonia:upload:mine"]) == {"pneumonia:file:negative/a.png", "pneumonia:upload:mine"}
+
+
+def test_setting_the_truth_after_a_run_rescores_cards_and_strip(tmp_path):
+    from PIL import Image
+
+    from explorer.ui.compare import CompareHandlers, case_key
+    from explorer.ui.context import AppSettings, SharedExplorer
+
+    shared = SharedExplorer(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite"))
+    h = CompareHandlers(shared)
+    case = shared.get().case_from_upload(Image.new("RGB", (32, 32)), "pneumonia", None, name="x.png")
+    views = [_view("demo-llava", "positive"),
+             _view("demo-llava-med", "negative")]
+    last = {"heading": "h", "models": ["demo-llava", "demo-llava-med"], "describe": False, "views": views,
+            "case": case_key(case), "prompt_id": "abnormal", "previous": {}}
+    rows = history.add([], history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?", views), case_key(case))
+    case = replace(case, label="positive")
+    html, last2, rows2 = h.rescore(case, last, rows, {})
+    assert html.count("&#10003; correct") == 1 and html.count("&#10007; wrong") == 1
+    assert rows2[0]["correct"] == {"demo-llava": True, "demo-llava-med": False}
+    assert [v.correct for v in last2["views"]] == [True, False]
+    shared.get().close()
