@@ -406,7 +406,8 @@ class Explorer(ProbeActions):
             frame = frame[~frame["case_id"].map(is_upload)].reset_index(drop=True)
         return frame
 
-    def open_results(self, path: str | Path, uploaded: bool = False) -> pd.DataFrame:
+    def open_results(self, path: str | Path, uploaded: bool = False,
+                     cancel: Optional[threading.Event] = None) -> pd.DataFrame:
         """A results store, an export or the study code's CSVs (a file or its folder) as an answers frame.
 
         In public mode only files the visitor uploaded (uploaded=True) can be opened, never server paths.
@@ -416,9 +417,10 @@ class Explorer(ProbeActions):
         if not uploaded:
             self.policy.check_server_path(path)
             return results_files.open_results(path, self.catalog)
-        # An upload is read within limits (a public Space's are tight) and as an unchanging file.
-        limits = (public_limits(self.policy.max_upload_bytes) if self.policy.enabled
-                  else replace(ReadLimits(), immutable=True))
+        # An upload is read within limits (a public Space's are tight) and as an unchanging file; `cancel`
+        # (set when the visitor's page closes) stops the read at its next batch or SQLite step.
+        limits = (public_limits(self.policy.max_upload_bytes, cancel) if self.policy.enabled
+                  else replace(ReadLimits(), immutable=True, cancel=cancel))
         try:
             return results_files.open_results(path, self.catalog, limits)
         except (ValueError, OSError) as exc:

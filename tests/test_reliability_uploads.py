@@ -181,6 +181,30 @@ def test_a_read_past_its_deadline_or_cancelled_stops(tmp_path):
         open_results(store, limits=ReadLimits(cancel=gone))
 
 
+def test_a_read_whose_page_closed_is_cancelled(tmp_path, monkeypatch):
+    """The visitor leaves mid-read (the app's demo.unload calls end_session): the read stops at its
+    next step instead of running on to its limit."""
+    import explorer.bounded_read as bounded_read
+
+    monkeypatch.setattr(bounded_read, "SQLITE_FETCH_ROWS", 5)  # a slow read: ~40,000 steps
+    store = _store_with(tmp_path / "long.sqlite", "INSERT INTO answers (fingerprint, deterministic, model, "
+                        "model_identity, task, case_id, prompt_id, prompt_text, answer, created_at) WITH RECURSIVE "
+                        "r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 190000) SELECT 'f' || x, 0, "
+                        "'demo-gemma', '{}', 'pneumonia', 'c' || x, 'abnormal', 'p', 'an answer', 'now' FROM r;")
+    handlers = _handlers(tmp_path)
+    handlers.shared.get()
+    visitor = type("Request", (), {"session_hash": "page-1"})()
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(out=handlers.open_upload(str(store), visitor)))
+    reader.start()
+    time.sleep(0.3)
+    closed = time.perf_counter()
+    handlers.shared.end_session("page-1")
+    reader.join(20)
+    assert not reader.is_alive() and time.perf_counter() - closed < 2
+    assert "reading was cancelled" in _status(result["out"])
+
+
 def test_file_size_and_json_share_of_memory_are_checked_before_parsing(tmp_path):
     csv = _answers_csv(tmp_path / "a.csv", 50)
     with pytest.raises(ResultFileError, match=r"a.csv: .* is above the .* file size limit"):

@@ -8,6 +8,7 @@ shared by everyone) lives here, and it is created on first use, never at import 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
@@ -65,6 +66,7 @@ class SharedExplorer:
         self.settings = settings
         self._explorer = None
         self._lock = threading.Lock()
+        self._reads: dict[Optional[str], set[threading.Event]] = {}  # session -> its reads in progress
 
     def get(self):
         with self._lock:
@@ -83,9 +85,24 @@ class SharedExplorer:
 
     def end_session(self, session: Optional[str]) -> None:
         """A page closed (demo.unload): the sweeps it followed are cancelled after a grace period, in
-        which a reload re-attaches to them. Nothing to do when no Explorer was ever built."""
+        which a reload re-attaches to them, and any results file it is still reading is abandoned."""
+        with self._lock:
+            for cancel in self._reads.pop(session, ()):
+                cancel.set()
         if session and self._explorer is not None:
             self._explorer.end_session(session)
+
+    @contextlib.contextmanager
+    def session_read(self, session: Optional[str]) -> Iterator[threading.Event]:
+        """An event set when the page `session` closes while the block runs (a read it abandoned)."""
+        cancel = threading.Event()
+        with self._lock:
+            self._reads.setdefault(session, set()).add(cancel)
+        try:
+            yield cancel
+        finally:
+            with self._lock:
+                self._reads.get(session, set()).discard(cancel)
 
 
 def gpu(duration_s: int = 120) -> Callable[[Callable], Callable]:

@@ -87,20 +87,22 @@ class ResultsHandlers:
         except Exception as exc:
             return self._fail(exc)
 
-    def _open(self, path: Optional[str], uploaded: bool):
+    def _open(self, path: Optional[str], uploaded: bool, cancel=None):
         ex = self.shared.get()
         try:
             if not path or not str(path).strip():
                 raise ValueError("Choose a file first: a results store (.sqlite), an export (.csv, .parquet, "
                                  ".jsonl) or the study's *_vqa_results.csv.")
             path = str(path).strip()
-            frame = ex.open_results(path, uploaded=uploaded)
+            frame = ex.open_results(path, uploaded=uploaded, cancel=cancel)
             return self._loaded(ex, frame, Path(path).name if uploaded else path)
         except Exception as exc:
             return self._fail(exc)
 
-    def open_upload(self, path: Optional[str]):
-        return self._open(path, uploaded=True)
+    def open_upload(self, path: Optional[str], request: gr.Request = None):
+        """A visitor's upload; abandoned (its read cancelled) if their page closes meanwhile."""
+        with self.shared.session_read(getattr(request, "session_hash", None)) as cancel:
+            return self._open(path, uploaded=True, cancel=cancel)
 
     def open_path(self, path: Optional[str]):
         """A path typed by the user: refused by the engine's public policy on a public deployment."""
