@@ -408,7 +408,8 @@ def main() -> int:
 
 def _public_rows(a: dict) -> list[tuple[str, object]]:
     rows = [
-        (f"public app under attack for {a['seconds']:g} s", f"{a['cached_compares']} cached Compares by another visitor"),
+        (f"public app under attack for {a['seconds']:g} s",
+         f"{a['cached_compares']} cached Compares by another visitor"),
         ("  cached Compare, median / max", f"{a['cached_median_s']} s / {a['cached_max_s']} s "
                                            f"(before the attack: {a['cached_baseline_s']} s)"),
         (f"  cached Compares over {CACHED_COMPARE_LIMIT_S:g} s", a["cached_over_limit"]),

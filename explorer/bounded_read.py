@@ -188,7 +188,8 @@ def read_parquet(path: Path, budget: ReadBudget) -> pd.DataFrame:
         for batch in pfile.iter_batches(batch_size=batch_rows, use_threads=False):
             budget.add(path, batch.num_rows, batch.nbytes)
             batches.append(batch)
-        table = pa.Table.from_batches(batches, schema=pfile.schema_arrow) if batches else pfile.schema_arrow.empty_table()
+        schema = pfile.schema_arrow
+        table = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
         return table.to_pandas()
     except ResultFileError:
         raise
