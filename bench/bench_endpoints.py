@@ -7,6 +7,8 @@ side has N times the throughput of one; one that walks the models one after anot
   python bench/bench_endpoints.py                      # 1 vs 2 servers, 0.2 s latency
   python bench/bench_endpoints.py --servers 1,2,4 --models 4 --latency 0.2 --max-concurrency 8
 
+Models are dealt to servers in turn, and one model's requests go to its own server, so the gain is
+bounded by how evenly the models spread (3 models on 2 servers: 2:1, about 1.5x).
 The servers are tests/fake_openai_server.py (a test server answering with an echo, not a model).
 """
 from __future__ import annotations
