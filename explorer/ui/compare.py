@@ -360,7 +360,7 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
                     run = gr.Button("Run", variant="primary", elem_id="run-compare", size="sm")
                     present = gr.Button("Present", elem_id="present", size="sm")  # toggles: press again to leave
             status = gr.HTML("", elem_id="compare-status", js_on_load=None)
-            cards = gr.HTML(render.cards([], [], {}), elem_id="compare-cards", js_on_load=None)
+            cards = gr.HTML(START_HERE, elem_id="compare-cards", js_on_load=None)
             gr.HTML(render.legend(), elem_id="legend-box", js_on_load=None)
             with gr.Row(equal_height=True, elem_id="compare-controls"):
                 models = gr.CheckboxGroup(model_choices, value=list(preset.models), label="Models",
@@ -427,6 +427,8 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
             "after_restore": [shared_link, viewer["refresh"]], "present_js": PRESENT_ON_LOAD_JS}
 
 
+START_HERE = ('<div class="vx-empty">Pick an example or upload an image, then press Run (or Enter in the '
+              "prompt). The answers appear here.</div>")
 PRIVACY_NOTE = (
     '<div class="vx-privacy" id="privacy-note"><b>Privacy:</b> this is a public demo. An upload is read '
     "into memory and its file is deleted at once; a DICOM's patient tags (names, ids, dates, institution, "
