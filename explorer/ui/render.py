@@ -123,7 +123,7 @@ def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Op
     if not describe and not error:
         badges.append(correctness(_get(view, "correct"), _get(view, "label")))
     if stale:
-        badges.append('<span class="vx-stale-tag">previous wording: updating&hellip;</span>')
+        badges.append('<span class="vx-stale-tag">earlier answer: updating&hellip;</span>')
     elif previous and previous.get("verdict") and not describe and not error:
         before = str(previous["verdict"])
         if before != verdict:
