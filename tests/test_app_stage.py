@@ -266,3 +266,16 @@ def test_setting_the_truth_after_a_run_rescores_cards_and_strip(tmp_path):
     assert rows2[0]["correct"] == {"demo-llava": True, "demo-llava-med": False}
     assert [v.correct for v in last2["views"]] == [True, False]
     shared.get().close()
+
+
+def test_a_sweep_belongs_to_the_browser_cookie_else_the_session():
+    from explorer.ui.sweep_tab import VISITOR_COOKIE, owner_of
+
+    page = SimpleNamespace(session_hash="s1", cookies={VISITOR_COOKIE: "0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})
+    reloaded = SimpleNamespace(session_hash="s2", cookies={}, headers={"cookie": f"x=1; {VISITOR_COOKIE}=0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})
+    assert owner_of(page) == owner_of(reloaded) == "visitor:0f8c2a1e-aaaa-bbbb-cccc-123456789abc"
+    api_client = SimpleNamespace(session_hash="s3", cookies={}, headers={})
+    assert owner_of(api_client) == "s3"
+    forged = SimpleNamespace(session_hash="s4", cookies={VISITOR_COOKIE: "<script>"}, headers={})
+    assert owner_of(forged) == "s4"  # not an id we hand out: the session owns it
+    assert owner_of(None) is None
