@@ -205,9 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import cli_perturb, cli_probes, cli_report, cli_results
+    from . import cli_perturb, cli_probes, cli_report, cli_rescore, cli_results
 
-    return cli_results.REGISTER + cli_probes.REGISTER + cli_report.REGISTER + cli_perturb.REGISTER
+    return (cli_results.REGISTER + cli_probes.REGISTER + cli_rescore.REGISTER + cli_report.REGISTER
+            + cli_perturb.REGISTER)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -30,3 +30,5 @@ def cmd_rescore(args) -> int:
         summary = rescore(store, everything=args.all, model=args.model, task=args.task)
     print("\n".join(summary.lines()))
     return 0
+
+REGISTER = [add_rescore]
