@@ -367,8 +367,8 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
                                           elem_id="models", scale=3)
                 style = gr.Radio([("as the study ran them", "paper"), ("each model's own template", "official")],
                                  value=preset.prompt_format, label="Prompt format", elem_id="style", scale=2)
-            with gr.Row(equal_height=True, elem_id="compare-extra"):
-                describe = gr.Button("Describe the image", elem_id="describe", scale=1)
+            with gr.Row(equal_height=False, elem_id="compare-extra"):
+                describe = gr.Button("Describe the image", elem_id="describe", scale=1, size="md")
                 share = gr.Textbox("", label="Link to this view (image, wording, models)", interactive=False,
                                    buttons=["copy"], elem_id="share-link", scale=3)
             share_query = gr.Textbox("", visible="hidden", elem_id="share-query")
