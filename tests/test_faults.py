@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
 from explorer.backends.transformers_backend import TransformersBackend
 from explorer.cli import main
-from explorer.judge import LLMJudge
+from explorer.judge import JUDGE_ERROR, LLMJudge
 from explorer.presets import load_catalog
 from explorer.prompts import closed_variants
 from explorer.store import Store
@@ -174,15 +174,17 @@ def test_a_failing_judge_keeps_the_answers_and_rejudge_repairs_the_verdicts(fake
             assert (summary.computed, summary.errors, summary.status) == (3, 0, "finished")
             rows = store.answers()
             assert all(r["answer"] for r in rows)  # every answer kept
-            assert [r["verdict"] for r in rows] == ["refusal"] * 3  # the study's reading of a failed judgement
-            assert all(r["verdict_detail"].startswith("judge failed: ") for r in rows)
+            # A failed judgement is a judge error (no verdict, left out of the metrics), never a refusal.
+            assert [r["verdict"] for r in rows] == [None] * 3
+            assert all(r["verdict_detail"].startswith(JUDGE_ERROR) for r in rows)
             # The judge is back: re-judging replaces the failed verdicts, the raw answers stay.
             judge_server.add_faults(Fault.reply("POSITIVE"), Fault.reply("NEGATIVE"), Fault.reply("AMBIGUOUS"))
             assert rejudge(store, judge) == 3
             after = store.answers()
-            assert [r["verdict"] for r in after] == ["positive", "negative", "refusal"]
+            assert [r["verdict"] for r in after] == ["positive", "negative", "hedge"]  # AMBIGUOUS: a hedge
+            assert after[2]["verdict_detail"].startswith("AMBIGUOUS")
             assert [r["answer"] for r in after] == [r["answer"] for r in rows]
-            assert all(r["verdict_method"] == "judge:judge" and not r["verdict_detail"].startswith("judge failed")
+            assert all(r["verdict_method"].startswith("judge:judge") and not r["verdict_detail"].startswith(JUDGE_ERROR)
                        for r in after)
         judge_backend.close()
     answers.close()
