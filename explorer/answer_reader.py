@@ -528,10 +528,10 @@ def _quote(answer: str, cue: _Cue) -> str:
     return repr(words if len(words) <= 80 else words[:77] + "...")
 
 
-def _not_an_answer(text: str, start: int) -> Optional[str]:
+def _not_an_answer(text: str, start: int, has_options: bool = False) -> Optional[str]:
     body = text[start:]
     letters = sum(ch.isalpha() for ch in body[:2000])
-    if letters < 1:
+    if letters < 1 and not (has_options and re.fullmatch(r"\W*\d{1,2}\W*", body)):  # "2)" names an option
         return "no words"
     first_line = body.strip().split("\n", 1)[0]
     if _COPYRIGHT.search(first_line):
@@ -685,7 +685,7 @@ def _read(answer: str, question: str, options: Optional[list[str]],
         if restated:
             return _result(answer, "hedge", None, None, "restates the options without choosing")
         return _result(answer, "unclear", None, None, "empty output")
-    problem = _not_an_answer(text, start)
+    problem = _not_an_answer(text, start, bool(focus.options))
     if problem:
         return _result(answer, "unclear", None, None, problem)
     if _looks_like_noise(text):
@@ -725,7 +725,9 @@ def target_statements(text: str, focus: Focus, toks: list[Token], void: list[tup
                     for c in cues]
         return _flip(cues, focus.negated), True
     antonyms = frozenset().union(*(ANTONYMS.get(s, frozenset()) for s in focus.primary)) - focus.primary
-    cues = _statements(text, toks, focus.primary, void, sentences, antonyms)
+    # A misspelt finding ("pnemonia") still names it; a word that is another target term does not.
+    near = _near_spellings(toks, focus.primary, focus.primary | antonyms | focus.secondary, strict=True)
+    cues = _statements(text, toks, focus.primary | near, void, sentences, antonyms)
     if cues:
         return _flip(cues, focus.negated), True
     if focus.secondary:
@@ -903,7 +905,8 @@ def _edit_distance(a: str, b: str, limit: int = 2) -> int:
     return previous[-1]
 
 
-def _near_spellings(toks: list[Token], stems: frozenset[str], taken: frozenset[str]) -> frozenset[str]:
+def _near_spellings(toks: list[Token], stems: frozenset[str], taken: frozenset[str],
+                    strict: bool = False) -> frozenset[str]:
     """Words in the answer a letter or two away from an option's ("sagittal" for the question's
     "saggital"); never a word that is another option's own ("hypodense" is not "hyperdense")."""
     near = set()
@@ -912,8 +915,9 @@ def _near_spellings(toks: list[Token], stems: frozenset[str], taken: frozenset[s
         if len(word) < 7 or t.stem in taken:
             continue
         for target in stems:
+            limit = (1 if len(target) < 8 else 2) if strict else 2
             if len(target) >= 6 and word[0] == target[0] and abs(len(t.stem) - len(target)) <= 1 and \
-                    _edit_distance(t.stem, target) <= 2:
+                    _edit_distance(t.stem, target, limit) <= limit:
                 near.add(t.stem)
     return frozenset(near)
 

@@ -55,6 +55,10 @@ _ABNORMAL_WORDS = re.compile(
     r"\b(?:abnormal(?:ity|ities)?|patholog(?:y|ical|ic)|diseased|anything\s+(?:wrong|unusual))\b", re.I
 )
 _NOT_NORMAL = re.compile(r"\b(?:not|non-?|isn't|aren't)\s*normal\b", re.I)
+_CLAUSE_QUESTION = re.compile(
+    r"(?:[,;]|\bbut|\bso|\band|\bnow)\s+(?P<aux>(?:is|are|does|do|did|can|could|was|were|has|have|will|would|should)\s)",
+    re.I,
+)
 _NORMALITY_STEMS = NORMAL_STEMS | frozenset(stem(w) for w in "abnormal abnormality pathology pathological diseased".split())
 _OPTION_LABEL = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[).:\]]|[-*•])\s*")
 
@@ -98,6 +102,10 @@ def _core_question(question: str) -> str:
         head, _, tail = core.rpartition(":")
         if tail.strip():
             core = tail
+    # "I think this image is normal, but is there a tumor?": the clause that asks.
+    asks = list(_CLAUSE_QUESTION.finditer(core))
+    if asks and asks[-1].start() > 0:
+        core = core[asks[-1].start("aux"):]
     return core.strip()
 
 
@@ -238,5 +246,5 @@ def question_polarity(question: str) -> Optional[str]:
     if focus.primary & (NORMAL_STEMS | {stem("absent"), stem("negative")}):
         return "positive" if focus.negated else "negative"
     if any(s in ANTONYMS and ANTONYMS[s] & NORMAL_STEMS for s in focus.primary):
-        return "positive"
+        return "negative" if focus.negated else "positive"  # "free of malignant skin cancer?"
     return "negative" if focus.negated else "positive"

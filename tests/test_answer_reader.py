@@ -93,6 +93,8 @@ CASES = [
     ("The image is a sagittal view of the brain.", "Is this an axial or saggital view?", ["axial", "saggital"], "B"),
     ("Therefore, neither of the provided options is correct.", "Is it a tumor or normal tissue?",
      ["tumor", "normal tissue"], "hedge"),
+    ("There are signs of pnemonia in the right lung.", "Does this image contain evidence of pneumonia?", None, "yes"),
+    ("Yes, a tumor is present.", "I think this image is normal, but is there a tumor?", None, "yes"),
     # languages and confidence suffixes
     ("是的", "Is there a tumor?", None, "yes"),
     ("Sí.", "Is there a tumor?", None, "yes"),
@@ -122,3 +124,8 @@ def test_weak_readings_say_so():
     reading = read_answer("The lungs appear normal.", "Is there a pneumothorax?")
     assert reading.answer == "no" and not reading.confident
     assert read_answer("No.", "Is there a pneumothorax?").confident
+
+
+def test_digit_labels_name_their_option():
+    reading = read_answer("2)", "Which does this image show?\n1) No tumor\n2) Tumor", ["No tumor", "Tumor"], ["1", "2"])
+    assert reading.answer == "B"

@@ -193,8 +193,6 @@ def test_polarity_flips_flip_the_reading(task):
     assert [i.variant.text for i in all_of("polarity_flip", vs["normal"])][0] == "Is this image abnormal?"
 
 
-@pytest.mark.xfail(strict=True, reason="reader gap (reported): question_polarity misses the negation in "
-                   "'free of malignant skin cancer' / 'no evidence of invasive ductal carcinoma'")
 @pytest.mark.parametrize("task", ["skin_cancer", "histo_idc"])
 def test_the_reader_sees_the_flip_of_multiword_findings(task):
     for item in all_of("polarity_flip", study(task)["evidence"], task=task):
@@ -227,7 +225,6 @@ def test_option_labels_set_the_letter_to_the_label_shown():
     assert read("Option 2", by_style["1)"]) == "positive" and read("2) Tumor", by_style["1)"]) == "positive"
 
 
-@pytest.mark.xfail(strict=True, reason="reader gap (reported): a bare digit answer ('1', '2)') reads as 'no words'")
 def test_digit_labels_read_as_options():
     labelled = {i.params["style"]: i.variant for i in all_of("option_labels", study()["mc_neg_first"])}["1)"]
     assert read("1", labelled) == "negative" and read("2)", labelled) == "positive"
