@@ -26,8 +26,9 @@ from .public import PublicPolicy
 from .running_sweeps import RunningSweeps, SweepHandle
 from .schema import Case, GenerationSettings, PromptVariant
 from .service_probes import ProbeActions
-from .store import Store
+from .store import Store, variant_from_row
 from .sweep import SweepSpec, SweepSummary, plan_from_spec, plan_sweep, run_sweep, shard_plan, short_classes
+from .verdicts import is_rules_method, parse_verdict
 
 DEFAULT_STORE = Path("runs") / "explorer.sqlite"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,14 @@ class AnswerView:
     task: str = ""
     case_id: str = ""
     image_hash: str = ""
+    spans: tuple = ()  # every span behind the verdict: both sides of a hedge's conflict
+
+
+def _conflict_spans(row: dict, verdict: str) -> tuple:
+    """Both sides of a rule-read hedge (the store keeps one span; the reader finds both again)."""
+    if verdict != "hedge" or not is_rules_method(row.get("verdict_method")) or not row.get("answer"):
+        return ()
+    return parse_verdict(row["answer"], variant_from_row(row)).spans
 
 
 class Explorer(ProbeActions):
@@ -305,6 +314,7 @@ class Explorer(ProbeActions):
             task=row.get("task") or "",
             case_id=row.get("case_id") or "",
             image_hash=row.get("image_hash") or "",
+            spans=_conflict_spans(row, verdict),
         )
 
     # ------------------------------------------------------------ sweeps and results
