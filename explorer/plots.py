@@ -347,23 +347,26 @@ def headline_f1(headline_df: Optional[pd.DataFrame], catalog: Any = None) -> go.
 
 # ---------------------------------------------------------------- per model x task heatmaps and bars
 def refusal_heatmap(frame: Optional[pd.DataFrame], catalog: Any = None) -> go.Figure:
-    """Refusal rate per model (rows) x task (columns), from cell_metrics() (mean over prompts) or
-    model_task_summary() (refusal_rate_mean). One heatmap trace."""
-    title = "Refusal rate by model and task"
-    subtitle = "Answers read as neither yes nor no (refused, hedged, unclear) · mean over prompts"
+    """Non-answer rate (refused, hedged or unclear: the study's "refusal rate") per model (rows) x task
+    (columns), from cell_metrics() (mean over prompts) or model_task_summary(). One heatmap trace.
+    "Refusal" on its own means a declined answer everywhere else, so the chart says "non-answer"."""
+    title = "Non-answer rate by model and task"
+    subtitle = "Refused, hedged or unclear (the study's 'refusal rate') · mean over prompts"
     if frame is None or len(frame) == 0:
         return empty_figure(title=title)
-    if "refusal_rate" in frame.columns:
+    cell_col = "non_answer_rate" if "non_answer_rate" in frame.columns else "refusal_rate"
+    summary_col = "non_answer_rate_mean" if "non_answer_rate_mean" in frame.columns else "refusal_rate_mean"
+    if cell_col in frame.columns:
         _usable(frame, ["model", "task"])
-        df = frame.assign(rate=_num(frame["refusal_rate"]))
+        df = frame.assign(rate=_num(frame[cell_col]))
         df = df.groupby(["model", "task"], sort=False, dropna=False).agg(
             rate=("rate", "mean"), n_cells=("rate", "size"),
             **({"pair": ("pair", "first")} if "pair" in df else {}),
             **({"role": ("role", "first")} if "role" in df else {}),
         ).reset_index()
     else:
-        _usable(frame, ["model", "task", "refusal_rate_mean"])
-        df = frame.assign(rate=_num(frame["refusal_rate_mean"]),
+        _usable(frame, ["model", "task", summary_col])
+        df = frame.assign(rate=_num(frame[summary_col]),
                           n_cells=_num(frame["n_prompts"]) if "n_prompts" in frame else np.nan)
     styles = model_styles(df, catalog)
     tasks = task_order(df["task"].unique())
@@ -377,14 +380,14 @@ def refusal_heatmap(frame: Optional[pd.DataFrame], catalog: Any = None) -> go.Fi
             z_row.append(None if not np.isfinite(rate) else float(rate))
             t_row.append(_pct(rate, "") if (alias, t) in lookup else "")
             h_row.append(f"<b>{escape(style.legend)}</b><br>{escape(task_title(t, catalog))}<br>"
-                         + (f"refusal rate {_pct(rate)} (mean of {'' if not np.isfinite(n) else int(n)} prompts)"
+                         + (f"non-answer rate {_pct(rate)} (mean of {'' if not np.isfinite(n) else int(n)} prompts)"
                             if (alias, t) in lookup else "not run"))
         z.append(z_row), text.append(t_row), hover.append(h_row)
     fig = go.Figure(go.Heatmap(
         z=z, x=[_task_tick(t, catalog) for t in tasks], y=[_br(s.legend, 22) for s in styles.values()],
         zmin=0, zmax=1, colorscale=[[0, "#ffffff"], [1, VERDICT_COLOURS["refusal"]]],
         text=text, texttemplate="%{text}", hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-        xgap=2, ygap=2, colorbar=dict(title=dict(text="Refused"), tickformat=".0%", thickness=12),
+        xgap=2, ygap=2, colorbar=dict(title=dict(text="No answer"), tickformat=".0%", thickness=12),
     ))
     fig.update_yaxes(autorange="reversed", title_text="Model")
     fig.update_xaxes(title_text="Task", side="bottom")
