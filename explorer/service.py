@@ -6,6 +6,8 @@ go through one code path: plan -> backend -> verdict -> store. Per-user state li
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -178,14 +180,19 @@ class Explorer(ProbeActions):
                 return v
         raise PresetError(f"task {task!r} has no prompt {prompt_id!r}")
 
-    def custom_variant(self, task: str, text: str, based_on_id: Optional[str] = None) -> PromptVariant:
-        """The preset's variant when the text is unchanged, else a user variant with inferred polarity."""
+    def custom_variant(self, task: str, text: str, based_on_id: Optional[str] = None,
+                       yes_means: Optional[str] = None) -> PromptVariant:
+        """The preset's variant when the text is unchanged, else a user variant whose polarity comes from
+        its own words; `yes_means` ("positive"/"negative") sets it for an edited yes/no wording instead."""
         based_on = self.variant(task, based_on_id) if based_on_id else None
         cleaned = prompts.validate_prompt_text(text)
         for v in self.variants(task):
             if v.text.strip() == cleaned:
                 return v
-        return prompts.custom_variant(cleaned, self.catalog.task(task), based_on)
+        variant = prompts.custom_variant(cleaned, self.catalog.task(task), based_on)
+        if yes_means in ("positive", "negative") and variant.kind == "closed" and not variant.is_multiple_choice:
+            variant = dataclasses.replace(variant, yes_means=yes_means)
+        return variant
 
     def case_from_upload(self, source, task: str, label: Optional[str] = None, name: Optional[str] = None) -> Case:
         """An uploaded image as a case, within the public limits (file size, then pixels before decoding)."""

@@ -178,17 +178,22 @@ class CompareHandlers:
             case = ex.case_from_upload(source, task, _label(label) if case is None else None)
         return case
 
-    def run(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs):
-        """Stream every chosen model's answer; on failure keep the previous answers on screen."""
+    def run(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
+            yes_means="auto"):
+        """Stream every chosen model's answer; on failure keep the previous answers on screen.
+        `yes_means` (a session state, not an API argument): how an edited yes/no wording is read."""
+        chosen = yes_means if yes_means in ("positive", "negative") else None
         yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
-                             lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id))
+                             lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id, yes_means=chosen))
 
-    def run_picked(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs):
+    def run_picked(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
+                   yes_means="auto"):
         """A wording picked from the dropdown runs, once there is an image; before that it only fills the box."""
         if case is None and not file:
             yield (gr.skip(),) * 6
             return
-        yield from self.run(file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs)
+        yield from self.run(file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
+                            yes_means)
 
     def describe(self, file, task, label, models, style, case, last, strip_rows, customs):
         yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
@@ -222,7 +227,8 @@ class CompareHandlers:
         name, customs = self.wording_name(variant, customs)
         key = case_key(case)
         heading = (f'<b>{escape(name)}</b>{" (edited)" if variant.custom else ""}: '
-                   f'{escape(render.shorten(variant.text))} <span class="vx-on">on {escape(case_name(case))}</span>')
+                   f'{escape(render.shorten(variant.text))} <span class="vx-on">on {escape(case_name(case))}</span>'
+                   + yes_reading_note(variant))
         # The answers on screen stay (dimmed) until each model's new text arrives: nothing blanks.
         stale = {v.model: v for v in (last or {}).get("views", [])}
         before = history.previous_verdicts(strip_rows, key, variant.prompt_id)
@@ -340,6 +346,14 @@ def forget_upload(path: str) -> None:
         pass  # already gone, or the folder holds other files
 
 
+def yes_reading_note(variant) -> str:
+    """For an edited yes/no wording: how its "yes" is read (set under "An edited wording's yes means")."""
+    if not variant.custom or variant.kind != "closed" or variant.is_multiple_choice:
+        return ""
+    meaning = "the finding is present" if variant.yes_means == "positive" else "normal / absent"
+    return f' <span class="vx-yes-note" id="yes-note">· a “yes” is read as <b>{meaning}</b></span>'
+
+
 def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uploads: gr.State) -> dict[str, Any]:
     """Lay out the tab and wire its events; returns the components other tabs reuse."""
     from explorer import prompts
@@ -367,6 +381,9 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
                                           elem_id="models", scale=3)
                 style = gr.Radio([("as the study ran them", "paper"), ("each model's own template", "official")],
                                  value=preset.prompt_format, label="Prompt format", elem_id="style", scale=2)
+                yes_choice = gr.Radio([("from its words", "auto"), ("finding present", "positive"),
+                                       ("normal / absent", "negative")], value="auto",
+                                      label="An edited yes/no wording: “yes” means", elem_id="yes-means", scale=2)
             with gr.Row(equal_height=False, elem_id="compare-extra"):
                 describe = gr.Button("Describe the image", elem_id="describe", scale=1, size="md")
                 share = gr.Textbox("", label="Link to this view (image, wording, models)", interactive=False,
@@ -405,7 +422,11 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
     task.input(h.task_changed, [task], [variant, prompt], api_visibility="private").then(
         h.retask, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
         **viewer["refresh"])
-    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs]
+    # The reading choice travels as session state, so the public /compare API keeps its arguments.
+    yes_means = gr.State("auto")
+    yes_choice.change(lambda choice: choice, [yes_choice], [yes_means], api_visibility="private")
+    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs,
+                  yes_means]
     outputs = [cards, answers, status, last, strip_rows, customs]
     shared_link = dict(fn=h.share_query, inputs=[task, variant, prompt, models, case_state, last],
                        outputs=[share_query], api_visibility="private")
