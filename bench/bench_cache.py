@@ -32,13 +32,13 @@ def main(argv=None) -> int:
     parser.add_argument("--store", type=Path, default=None, help="store file (default: a fresh temporary one)")
     args = parser.parse_args(argv)
 
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
-    from explorer.store import Store
-    from explorer.sweep import plan_sweep, run_sweep
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import plan_sweep, run_sweep
 
     try:
-        from explorer.backends.transformers_backend import TransformersBackend
+        from explorer.models.backends.transformers_backend import TransformersBackend
     except ImportError as exc:
         print(f"bench_cache: the transformers backend is missing ({exc}); nothing to measure.")
         return 2

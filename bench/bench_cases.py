@@ -22,7 +22,7 @@ def synthetic_cases(task: str, n: int, seed: int = 0, sizes=NOISE_SIZES):
     import numpy as np
     from PIL import Image
 
-    from explorer.images import content_hash
+    from explorer.cases.images import content_hash
     from explorer.schema import Case
 
     rng = np.random.default_rng(seed)
@@ -37,7 +37,7 @@ def synthetic_cases(task: str, n: int, seed: int = 0, sizes=NOISE_SIZES):
 
 def load_cases(task: str, n: int, samples: Path | None, noise_sizes=NOISE_SIZES):
     """(cases, where they came from)."""
-    from explorer import datasets
+    from explorer.cases import hub as datasets
 
     folder = None
     if samples is not None and samples.is_dir():

@@ -32,9 +32,9 @@ def run_once(n_servers: int, aliases, plan, latency: float, max_concurrency: int
 
     from fake_openai_server import FakeOpenAIServer
 
-    from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
 
     os.environ.setdefault("BENCH_FAKE_KEY", "not-a-secret")
     servers = [FakeOpenAIServer(delay_s=latency).start() for _ in range(n_servers)]
@@ -69,9 +69,9 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=8, help="requests in flight per server")
     args = parser.parse_args()
 
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
-    from explorer.sweep import plan_sweep
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
+    from explorer.runs.sweep import plan_sweep
 
     catalog = load_catalog()
     aliases = MODELS[: args.models]

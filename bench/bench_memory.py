@@ -30,8 +30,8 @@ def main() -> int:
 
     import torch
 
-    from explorer.backends.prefix_reuse import initial_room, kv_cache_bytes
-    from explorer.model_manager import GB, known_params, weight_bytes
+    from explorer.models.backends.prefix_reuse import initial_room, kv_cache_bytes
+    from explorer.models.manager import GB, known_params, weight_bytes
 
     print(f"{args.rows} rows, max_new_tokens {args.max_new_tokens}, bf16, one {args.gpu_gb:g} GB GPU")
     print("| architecture | weights GB | KV up front (old) GB | KV at start (now) GB | KV at 2,048 tokens GB "

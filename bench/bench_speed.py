@@ -41,7 +41,7 @@ REAL_MODELS = {"llava_next": "llava", "llava": "llava-med", "gemma3": "gemma"}  
 
 def full_sizes():
     """DemoSize per architecture at the real models' widths and depths (random weights)."""
-    from explorer.demo_models import DemoSize
+    from explorer.models.demo import DemoSize
 
     study = DemoSize.study_shapes()
     mistral = dict(text_hidden=4096, text_layers=32, text_heads=32, text_kv_heads=8, text_intermediate=14336,
@@ -125,12 +125,12 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     import torch
     import transformers
 
-    from explorer.backends.registry import BackendRegistry
-    from explorer.requests import build_request
+    from explorer.models.backends.registry import BackendRegistry
+    from explorer.prompts.messages import build_request
     from explorer.schema import GenerationSettings
-    from explorer.service import Explorer
-    from explorer.store import Store
-    from explorer.sweep import plan_sweep, run_sweep
+    from explorer.service.core import Explorer
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import plan_sweep, run_sweep
 
     spec = catalog.model(alias)
     real = catalog.model(spec.demo_of) if spec.demo_of else spec
@@ -264,9 +264,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from explorer.demo_models import DemoSize
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
+    from explorer.models.demo import DemoSize
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
 
     if args.threads:
         torch.set_num_threads(args.threads)

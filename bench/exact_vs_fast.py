@@ -33,9 +33,9 @@ def peak_memory(device: str) -> str:
 def run(plan, catalog, size, workdir: Path, device: str, **options) -> tuple[dict, float, str]:
     import torch
 
-    from explorer.backends.transformers_backend import TransformersBackend
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.models.backends.transformers_backend import TransformersBackend
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
 
     backend = TransformersBackend(catalog, device=device, demo_size=size, demo_cache_dir=workdir / "models", **options)
     if device.startswith("cuda"):
@@ -79,10 +79,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from explorer.demo_models import DemoSize
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
-    from explorer.sweep import plan_sweep
+    from explorer.models.demo import DemoSize
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
+    from explorer.runs.sweep import plan_sweep
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         workdir = Path(tempfile.mkdtemp(prefix=f"exact_vs_fast_{arch}_"))
         try:
             # Built once before any timing (every run then loads the same weights from disk).
-            from explorer.demo_models import ensure_demo_model
+            from explorer.models.demo import ensure_demo_model
 
             ensure_demo_model(spec, sizes[arch], workdir / "models")
             # The real model's dtype rule (the demo stand-ins have none of their own).

@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from explorer.answer_reader import read_answer  # noqa: E402
+from explorer.scoring.reader import read_answer
 
 SHARED = ROOT.parent / "shared" / "verdict-dev" / "answers.jsonl"
 LOCAL = ROOT / "tests" / "data" / "verdict_dev"

@@ -77,9 +77,9 @@ def soak_sweeps(rounds: int, cases: int, rng: random.Random, work: Path) -> dict
 # ------------------------------------------------------------------ kill -9 during exports
 def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
     from crash_worker import check_export, crash_plan, run_and_kill, stdout_has, temp_files, worker_command
-    from explorer.exports import export_results
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.analysis.exports import export_results
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
     from sweep_worker import FakeBackend
 
     store_path, out = work / "export.sqlite", work / "export"
@@ -117,10 +117,10 @@ def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
 
 # ------------------------------------------------------------------ a storm of server faults
 def soak_faults(items_wanted: int, faults_wanted: int, rng: random.Random, work: Path) -> dict:
-    from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-    from explorer.presets import load_catalog
-    from explorer.store import Store
-    from explorer.sweep import retry_errors, run_sweep
+    from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+    from explorer.catalog.presets import load_catalog
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import retry_errors, run_sweep
     from fake_openai_server import Fault, FakeOpenAIServer
     from sweep_worker import small_plan
 
@@ -218,9 +218,9 @@ def soak_public_attack(seconds: float, work: Path) -> dict:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    from explorer.ui.context import AppSettings, SharedExplorer
-    from explorer.ui.layout import build_demo, launch_kwargs
-    from explorer.ui.results import ResultsHandlers
+    from explorer.app.context import AppSettings, SharedExplorer
+    from explorer.app.layout import build_demo, launch_kwargs
+    from explorer.app.results import ResultsHandlers
     from misbehaving_server import MisbehavingServer
 
     warnings.filterwarnings("ignore", category=UserWarning)  # each refusal also raises a gr.Warning

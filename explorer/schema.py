@@ -53,7 +53,7 @@ class PromptVariant:
     options: tuple[tuple[str, Reading, str], ...] = ()  # (letter, reading, option text)
     one_word: bool = False
     custom: bool = False  # edited or added by a user, not from a preset
-    parent: str = ""  # the prompt_id a generated variant was made from (explorer/perturb.py); "" for others
+    parent: str = ""  # the prompt_id a generated variant was made from (explorer/prompts/perturb.py); "" for others
 
     @property
     def is_multiple_choice(self) -> bool:

@@ -32,7 +32,7 @@ EXPORT_TABLES = ("answers", "metrics_cells", "metrics_summary", "metrics_headlin
 
 
 def crash_plan(n_cases: int):
-    from explorer.presets import load_catalog
+    from explorer.catalog.presets import load_catalog
     from sweep_worker import small_plan
 
     return small_plan(load_catalog(), models=MODELS, n_cases=n_cases)
@@ -44,8 +44,8 @@ def item_key(model: str, case_id: str, prompt_id: str) -> str:
 
 # ------------------------------------------------------------------ the processes
 def _sweep(args: argparse.Namespace) -> int:
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
     from sweep_worker import FakeBackend
 
     plan = crash_plan(args.cases)
@@ -63,8 +63,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from explorer.exports import export_results
-    from explorer.store import Store
+    from explorer.analysis.exports import export_results
+    from explorer.runs.store import Store
 
     with Store(args.store) as store:
         print("ready", flush=True)
@@ -166,7 +166,7 @@ def done_keys(done_log: Path) -> list[str]:
 
 def check_store(store_path: Path, finished: set[str]) -> dict:
     """Integrity, and each finished item stored exactly once. Returns counts and problems."""
-    from explorer.store import Store
+    from explorer.runs.store import Store
 
     problems: list[str] = []
     with Store(store_path) as store:

@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 from PIL import Image  # noqa: E402
 
-from explorer.images import content_hash  # noqa: E402
-from explorer.schema import Case, Request, Response  # noqa: E402
+from explorer.cases.images import content_hash
+from explorer.schema import Case, Request, Response
 
 ANSWERS = ("Yes.", "No.", "A", "B", "I cannot tell from this image.", "Yes, there is evidence of it.")
 
@@ -96,8 +96,8 @@ def make_cases(task: str, n: int, size: int = 8) -> list[Case]:
 
 
 def small_plan(catalog, models=("demo-gemma",), task="pneumonia", n_cases=4, generation_override=None):
-    from explorer.prompts import closed_variants
-    from explorer.sweep import plan_sweep
+    from explorer.prompts.variants import closed_variants
+    from explorer.runs.sweep import plan_sweep
 
     cases = make_cases(task, n_cases)
     return plan_sweep(catalog, list(models), [task], {task: cases}, {task: closed_variants(catalog, task)},
@@ -112,9 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=2)
     args = parser.parse_args(argv)
 
-    from explorer.presets import load_catalog
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.catalog.presets import load_catalog
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
 
     catalog = load_catalog()
     backend = FakeBackend(delay_s=args.delay, log_path=Path(args.asked_log))

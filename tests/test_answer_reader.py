@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.answer_reader import read_answer
+from explorer.scoring.reader import read_answer
 
 LR = ["left", "right"]
 # (answer, question, options, expected: "yes"/"no"/"A"/"B"/"refusal"/"hedge"/"unclear")

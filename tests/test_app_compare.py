@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from explorer.ui.compare import CompareHandlers
-from explorer.ui.context import AppSettings, SharedExplorer
+from explorer.app.compare import CompareHandlers
+from explorer.app.context import AppSettings, SharedExplorer
 
 
 def test_changing_the_task_resets_the_truth_and_keeps_the_file_name(tmp_path):
@@ -30,7 +30,7 @@ def test_changing_the_task_resets_the_truth_and_keeps_the_file_name(tmp_path):
 
 
 def test_a_long_prompt_is_shortened_in_headings_not_in_what_is_asked():
-    from explorer.ui import render
+    from explorer.app import render
 
     long = "Is there pneumonia? " * 1000
     short = render.shorten(long)

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from explorer import describe as D
-from explorer.plots import LABEL_COLOURS, VERDICT_SYMBOLS
-from explorer.public import PolicyError
-from explorer.service import Explorer
-from explorer.service_probes import CaseDiagnosis
-from explorer.ui.context import AppSettings, SharedExplorer
-from explorer.ui.diagnose_view import ALL_RUNS, COMPARE_CASE, DiagnoseHandlers, case_cards
-from explorer.ui.embeddings_tab import EmbeddingHandlers
+from explorer.probes import describe as D
+from explorer.analysis.plots import LABEL_COLOURS, VERDICT_SYMBOLS
+from explorer.service.public import PolicyError
+from explorer.service.core import Explorer
+from explorer.service.probes import CaseDiagnosis
+from explorer.app.context import AppSettings, SharedExplorer
+from explorer.app.diagnose_view import ALL_RUNS, COMPARE_CASE, DiagnoseHandlers, case_cards
+from explorer.app.embeddings_tab import EmbeddingHandlers
 
 TASK = "pneumonia"
 MODELS = ["demo-llava", "demo-gemma"]  # a CLIP and a SigLIP tower
@@ -110,7 +110,7 @@ def test_embeddings_bad_input_is_reported_where_the_user_looks(shared, tmp_path,
 def test_a_model_without_local_weights_is_reported_and_the_rest_still_run(samples, tmp_path):
     from types import SimpleNamespace
 
-    from explorer.backends.openai_backend import EndpointConfig
+    from explorer.models.backends.openai_backend import EndpointConfig
 
     # demo-gemma served by an endpoint: no vision tower to read features from (nothing is sent to it).
     ex = Explorer(preset="demo", store_path=tmp_path / "r.sqlite", samples_dir=samples,
@@ -166,7 +166,7 @@ def test_describe_and_diagnose_one_case(shared):
 
 def test_one_case_from_the_compare_tab_under_another_task(shared, samples):
     """The image open in Compare (uploaded as another task) is described for this tab's task."""
-    from explorer.datasets import upload_case
+    from explorer.cases.hub import upload_case
 
     compare_case = upload_case(next((samples / TASK / "positive").glob("*.png")), "brain_tumor", name="up.png")
     out = _last(DiagnoseHandlers(shared).run_case(TASK, COMPARE_CASE, ["demo-medgemma"], "demo", ["tight"],
@@ -222,7 +222,7 @@ def test_cancel_without_a_running_sweep_says_so(shared):
 
 
 def test_app_has_the_probe_tabs(samples, tmp_path):
-    from explorer.ui.layout import build_demo
+    from explorer.app.layout import build_demo
 
     demo = build_demo(AppSettings(preset="demo", samples_dir=samples, store_path=tmp_path / "a.sqlite"))
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
@@ -232,9 +232,9 @@ def test_app_has_the_probe_tabs(samples, tmp_path):
 def test_the_studys_hugging_face_embedding_sample_is_a_case_source(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from explorer import datasets
-    from explorer.public import PolicyError
-    from explorer.service import Explorer
+    from explorer.cases import hub as datasets
+    from explorer.service.public import PolicyError
+    from explorer.service.core import Explorer
 
     asked = {}
 

@@ -77,8 +77,8 @@ def warnings(monkeypatch) -> list[str]:
 @pytest.fixture()
 def start_app(tmp_path, monkeypatch, warnings):
     """start(env, public_flag=None) -> (url, settings, warnings): the app in this process under `env`."""
-    from explorer.ui.context import AppSettings
-    from explorer.ui.layout import build_demo, launch_kwargs
+    from explorer.app.context import AppSettings
+    from explorer.app.layout import build_demo, launch_kwargs
 
     demos = []
 
@@ -126,8 +126,8 @@ def _offered_models(props: dict) -> list[str]:
 def test_public_mode_refuses_where_the_user_looks_and_keeps_what_was_computed(start_app, tmp_path, env, flag):
     from gradio_client import Client, handle_file
 
-    from explorer.ui.compare import CompareHandlers
-    from explorer.ui.context import SharedExplorer
+    from explorer.app.compare import CompareHandlers
+    from explorer.app.context import SharedExplorer
 
     url, settings, warnings = start_app(env, flag)
     assert settings.public
@@ -221,8 +221,8 @@ def test_explorer_public_0_turns_it_off_inside_a_space(start_app, tmp_path):
 def test_a_refused_grid_keeps_the_grid_on_screen(warnings, tmp_path, monkeypatch):
     """The engine refuses a model the preset does not list (the API's choices stop it first; the grid
     handler must cope with the engine's refusal too): warning, status, and the previous grid stays."""
-    from explorer.ui.context import AppSettings, SharedExplorer
-    from explorer.ui.grid import GridHandlers, empty_state
+    from explorer.app.context import AppSettings, SharedExplorer
+    from explorer.app.grid import GridHandlers, empty_state
 
     monkeypatch.setenv("EXPLORER_PUBLIC", "1")
     settings = AppSettings.from_env(preset="demo", samples_dir=None, store_path=tmp_path / "grid.sqlite")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 from PIL import Image
 
-from explorer.ui.context import AppSettings, SharedExplorer
-from explorer.ui.results import ResultsHandlers
+from explorer.app.context import AppSettings, SharedExplorer
+from explorer.app.results import ResultsHandlers
 
 
 def test_the_store_opens_with_a_gallery_of_disagreements_whose_images_the_app_has(tmp_path, monkeypatch):

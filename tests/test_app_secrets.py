@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from explorer.store import Store
+from explorer.runs.store import Store
 from fake_openai_server import Fault, FakeOpenAIServer
 
 CUSTOM_ENV = "EXPLORER_TEST_CUSTOM_KEY"

@@ -88,16 +88,16 @@ def _samples(root: Path) -> Path:
 @pytest.fixture()
 def app(tmp_path, monkeypatch):
     """The app in this process, with counters on the gpu-queue handlers and on generation itself."""
-    import explorer.service as service
-    from explorer.ui.compare import CompareHandlers
-    from explorer.ui.context import AppSettings
-    from explorer.ui.layout import build_demo, launch_kwargs
-    from explorer.ui.sweep_tab import SweepHandlers
+    import explorer.service.core as service
+    from explorer.app.compare import CompareHandlers
+    from explorer.app.context import AppSettings
+    from explorer.app.layout import build_demo, launch_kwargs
+    from explorer.app.sweep_tab import SweepHandlers
 
     for name in ("EXPLORER_PUBLIC", "SPACE_ID", "EXPLORER_ENDPOINTS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from explorer.backends.transformers_backend import TransformersBackend
+    from explorer.models.backends.transformers_backend import TransformersBackend
 
     handlers, sweeps, engine, generation = Gauge(), Gauge(), Gauge(), Gauge()
     monkeypatch.setattr(CompareHandlers, "run", _counted_generator(CompareHandlers.run, handlers))
@@ -123,7 +123,7 @@ def app(tmp_path, monkeypatch):
 
 def _image(path: Path, seed: int) -> str:
     """A different image per session; returns the content hash the engine gives it."""
-    from explorer.images import load_image
+    from explorer.cases.images import load_image
 
     rng = np.random.default_rng(1000 + seed)
     Image.fromarray(rng.integers(0, 255, (40 + seed, 48), dtype=np.uint8), "L").save(path)
@@ -133,8 +133,8 @@ def _image(path: Path, seed: int) -> str:
 def test_ten_sessions_and_a_sweep_keep_their_own_state(app, tmp_path):
     from gradio_client import Client, handle_file
 
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
 
     catalog = load_catalog()
     variants = closed_variants(catalog, TASK, catalog.study("demo").prompts)[:N_PROMPTS]

@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.service import AnswerView
-from explorer.ui import history, names, render
+from explorer.service.core import AnswerView
+from explorer.app import history
+from explorer.app import names
+from explorer.app import render
 
 
 def _view(model: str, verdict: str, answer: str = "Yes.", **kw) -> AnswerView:
@@ -86,7 +88,7 @@ def test_a_hedge_marks_both_sides_of_its_conflict():
 
 
 def test_a_new_truth_rescores_without_asking_again():
-    from explorer.ui.compare import rescored
+    from explorer.app.compare import rescored
 
     yes, hedge = _view("b", "positive"), _view("m", "hedge")
     assert rescored(yes, "positive").correct is True and rescored(yes, "negative").correct is False
@@ -95,7 +97,7 @@ def test_a_new_truth_rescores_without_asking_again():
 
 
 def test_names_instead_of_ids():
-    from explorer.presets import load_catalog
+    from explorer.catalog.presets import load_catalog
 
     catalog = load_catalog()
     assert names.prompt_name("mc_neg_first_ow") == "A/B, no finding first (one word)"
@@ -110,7 +112,7 @@ def test_names_instead_of_ids():
 
 
 def test_non_answer_rate_counts_refusals_hedges_and_unclear_answers():
-    from explorer import metrics
+    from explorer.analysis import metrics
 
     verdicts = ["positive", "negative", "refusal", "hedge", "unclear", "positive", "negative", "positive"]
     frame = pd.DataFrame({"model": "m", "task": "pneumonia", "prompt_id": "abnormal", "prompt_family": "abnormal",
@@ -151,7 +153,7 @@ def _dicom(modality: str = "CT", body_part: str = "CHEST") -> bytes:
 def test_dicom_is_de_identified_and_still_an_image():
     import pydicom
 
-    from explorer import images
+    from explorer.cases import images
 
     raw = _dicom()
     clean = images.deidentify_dicom(raw)
@@ -170,7 +172,7 @@ def test_dicom_is_de_identified_and_still_an_image():
 
 
 def test_a_chest_ct_under_the_brain_mri_task_is_flagged():
-    from explorer.ui import dicom_view
+    from explorer.app import dicom_view
 
     header = {"Modality": "CT", "BodyPartExamined": "CHEST"}
     warning = dicom_view.mismatch(header, "brain_tumor", "Brain MRI (tumor)")
@@ -182,7 +184,7 @@ def test_a_chest_ct_under_the_brain_mri_task_is_flagged():
 
 @pytest.fixture()
 def public_shared(tmp_path):
-    from explorer.ui.context import AppSettings, SharedExplorer
+    from explorer.app.context import AppSettings, SharedExplorer
 
     shared = SharedExplorer(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite", public=True))
     yield shared
@@ -191,7 +193,7 @@ def public_shared(tmp_path):
 
 
 def test_public_upload_is_de_identified_and_its_original_deleted(public_shared, tmp_path, monkeypatch):
-    from explorer.ui import compare
+    from explorer.app import compare
 
     monkeypatch.setattr(compare, "warn", lambda msg: None)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # where Gradio keeps uploads
@@ -220,7 +222,7 @@ def test_public_upload_is_de_identified_and_its_original_deleted(public_shared, 
 
 
 def test_public_mode_refuses_load_and_unload(public_shared, monkeypatch):
-    from explorer.ui import models_tab
+    from explorer.app import models_tab
 
     monkeypatch.setattr(models_tab, "warn", lambda msg: None)
     h = models_tab.ModelHandlers(public_shared)
@@ -232,7 +234,7 @@ def test_public_mode_refuses_load_and_unload(public_shared, monkeypatch):
 
 
 def test_results_show_a_public_visitor_their_own_uploads_and_nobody_elses(public_shared, monkeypatch):
-    from explorer.ui.results import ResultsHandlers
+    from explorer.app.results import ResultsHandlers
 
     ex = public_shared.get()
     rows = [dict(model="demo-gemma", task="pneumonia", case_id=cid, image_hash="h", label=None, prompt_id="abnormal",
@@ -249,8 +251,8 @@ def test_results_show_a_public_visitor_their_own_uploads_and_nobody_elses(public
 def test_setting_the_truth_after_a_run_rescores_cards_and_strip(tmp_path):
     from PIL import Image
 
-    from explorer.ui.compare import CompareHandlers, case_key
-    from explorer.ui.context import AppSettings, SharedExplorer
+    from explorer.app.compare import CompareHandlers, case_key
+    from explorer.app.context import AppSettings, SharedExplorer
 
     shared = SharedExplorer(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite"))
     h = CompareHandlers(shared)
@@ -269,7 +271,7 @@ def test_setting_the_truth_after_a_run_rescores_cards_and_strip(tmp_path):
 
 
 def test_a_sweep_belongs_to_the_browser_cookie_else_the_session():
-    from explorer.ui.sweep_tab import VISITOR_COOKIE, owner_of
+    from explorer.app.sweep_tab import VISITOR_COOKIE, owner_of
 
     page = SimpleNamespace(session_hash="s1", cookies={VISITOR_COOKIE: "0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})
     reloaded = SimpleNamespace(session_hash="s2", cookies={}, headers={"cookie": f"x=1; {VISITOR_COOKIE}=0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})

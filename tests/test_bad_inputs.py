@@ -29,15 +29,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer import datasets
-from explorer.cli import main
-from explorer.datasets import CaseSourceError
-from explorer.images import ImageLoadError, image_from_data_url
-from explorer.presets import PRESETS_DIR, Catalog, PresetError, load_catalog
-from explorer.public import PolicyError, PublicPolicy
-from explorer.service import Explorer
-from explorer.store import Store
-from explorer.sweep import run_sweep
+from explorer.cases import hub as datasets
+from explorer.cli.main import main
+from explorer.cases.hub import CaseSourceError
+from explorer.cases.images import ImageLoadError, image_from_data_url
+from explorer.catalog.presets import PRESETS_DIR, Catalog, PresetError, load_catalog
+from explorer.service.public import PolicyError, PublicPolicy
+from explorer.service.core import Explorer
+from explorer.runs.store import Store
+from explorer.runs.sweep import run_sweep
 from sweep_worker import FakeBackend, small_plan
 
 TASK = "pneumonia"
@@ -790,7 +790,7 @@ def _record(bad: BadInput, message: str, tmp_path: Path, failed: bool) -> None:
 
 
 def test_validate_prompt_text_refuses_text_that_is_only_invisible_characters():
-    from explorer.prompts import validate_prompt_text
+    from explorer.prompts.variants import validate_prompt_text
 
     with pytest.raises(ValueError, match="empty"):
         validate_prompt_text("\x00\u200b\u202e")

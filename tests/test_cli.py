@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.cli import main
-from explorer.exports import export_results, import_answers
-from explorer.store import Store
-from explorer.study_import import read_answers_file
+from explorer.cli.main import main
+from explorer.analysis.exports import export_results, import_answers
+from explorer.runs.store import Store
+from explorer.runs.study_import import read_answers_file
 
 
 def _image(path: Path, seed: int) -> None:

@@ -18,9 +18,9 @@ from crash_worker import (
     EXPORT_TABLES, check_export, check_store, crash_plan, done_keys, item_key, run_and_kill, stdout_has,
     temp_files, worker_command,
 )
-from explorer.exports import export_results
-from explorer.store import Store
-from explorer.sweep import run_sweep
+from explorer.analysis.exports import export_results
+from explorer.runs.store import Store
+from explorer.runs.sweep import run_sweep
 from sweep_worker import FakeBackend
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")

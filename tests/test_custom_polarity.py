@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.service import Explorer
-from explorer.ui.compare import yes_reading_note
+from explorer.service.core import Explorer
+from explorer.app.compare import yes_reading_note
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 datasets = pytest.importorskip("datasets")
 
-from explorer.datasets import (  # noqa: E402
+from explorer.cases.hub import (
     CaseLoadReport,
     CaseSourceError,
     embedding_cases,
@@ -24,7 +24,7 @@ from explorer.datasets import (  # noqa: E402
     study_sample,
     upload_case,
 )
-from explorer.presets import load_catalog  # noqa: E402
+from explorer.catalog.presets import load_catalog
 
 CHEXPERT_CODES = ["unlabeled", "uncertain", "absent", "present"]
 

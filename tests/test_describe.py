@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import cli_probes
-from explorer import describe as D
-from explorer.backends.base import BackendError
-from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.datasets import upload_case
-from explorer.presets import load_catalog
-from explorer.prompts import describe_variants
-from explorer.store import Store
-from explorer.sweep import plan_sweep, run_sweep
+from explorer.cli import probes as cli_probes
+from explorer.probes import describe as D
+from explorer.models.backends.base import BackendError
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.cases.hub import upload_case
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import describe_variants
+from explorer.runs.store import Store
+from explorer.runs.sweep import plan_sweep, run_sweep
 from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
 
 TASK = "pneumonia"

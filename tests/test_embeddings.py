@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer import cli_probes
-from explorer import embeddings as E
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.datasets import upload_case
-from explorer.presets import load_catalog
+from explorer.cli import probes as cli_probes
+from explorer.probes import embeddings as E
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.cases.hub import upload_case
+from explorer.catalog.presets import load_catalog
 
 ARCHITECTURES = {"demo-llava": "llava_next", "demo-llava-med": "llava", "demo-gemma": "gemma3"}
 
@@ -198,7 +198,7 @@ def test_embed_cli_on_samples(samples_dir, tmp_path, monkeypatch, capsys):
 def test_the_models_own_accuracy_counts_the_studys_wordings_not_ones_a_user_typed():
     import pandas as pd
 
-    from explorer.embeddings import closed_form_accuracy
+    from explorer.probes.embeddings import closed_form_accuracy
 
     rows = [dict(model="m", task="pneumonia", image_hash=f"h{i}", case_id=f"c{i}", label="positive", prompt_id=pid,
                  prompt_family=pid, verdict=verdict, prompt_kind="closed", custom=custom)
@@ -215,7 +215,7 @@ def test_a_missing_study_checkpoint_falls_back_to_its_alt_id_loudly(tmp_path, mo
 
     from huggingface_hub import constants
 
-    from explorer import availability
+    from explorer.models import availability
 
     spec = load_catalog().model("llava-med")
     alt = spec.alt_ids[0]
@@ -229,10 +229,10 @@ def test_a_missing_study_checkpoint_falls_back_to_its_alt_id_loudly(tmp_path, mo
     monkeypatch.setattr(availability, "_ANNOUNCED", set())
 
     backend = TransformersBackend(load_catalog())
-    with caplog.at_level(logging.WARNING, logger="explorer.availability"):
+    with caplog.at_level(logging.WARNING, logger="explorer.models.availability"):
         source = backend._resolve_hub(spec)
     assert source.path == alt
-    [record] = [r for r in caplog.records if r.name == "explorer.availability"]
+    [record] = [r for r in caplog.records if r.name == "explorer.models.availability"]
     assert spec.hf_id in record.getMessage() and f"so {alt} is used" in record.getMessage()
     assert backend.identity("llava-med")["model"] == alt
     line = availability.model_availability(spec)
@@ -245,7 +245,7 @@ def test_embedding_sample_reads_the_main_branch_as_the_study_did(monkeypatch):
     skin lesions from the parquet conversion (tasks.yaml's revision). The embedding sample follows the former."""
     import datasets as hf
 
-    from explorer.datasets import embedding_cases
+    from explorer.cases.hub import embedding_cases
 
     calls = []
     features = hf.Features({"image": hf.Image(), "label": hf.Value("int64")})

@@ -12,14 +12,14 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.cli import main
-from explorer.judge import JUDGE_ERROR, LLMJudge
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variants
-from explorer.store import Store
-from explorer.sweep import plan_sweep, rejudge, retry_errors, run_sweep
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.cli.main import main
+from explorer.scoring.judge import JUDGE_ERROR, LLMJudge
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variants
+from explorer.runs.store import Store
+from explorer.runs.sweep import plan_sweep, rejudge, retry_errors, run_sweep
 from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
 from sweep_worker import make_cases, small_plan
 

@@ -6,14 +6,14 @@ from typing import Sequence
 import pytest
 from PIL import Image
 
-from explorer.flip_search import candidates, find_flip, word_distance
-from explorer.images import content_hash
-from explorer.perturb import load_families, task_words
-from explorer.presets import load_catalog
-from explorer.prompts import find_variant
+from explorer.probes.flip_search import candidates, find_flip, word_distance
+from explorer.cases.images import content_hash
+from explorer.prompts.perturb import load_families, task_words
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import find_variant
 from explorer.schema import Case, Request, Response
-from explorer.service import Explorer
-from explorer.store import variant_from_row
+from explorer.service.core import Explorer
+from explorer.runs.store import variant_from_row
 
 CATALOG = load_catalog()
 FAMILIES = load_families()
@@ -145,7 +145,7 @@ class Shared:
 
 
 def test_generate_variants_runs_them_grouped_by_family(setup):
-    from explorer.ui.grid import GridHandlers, empty_state
+    from explorer.app.grid import GridHandlers, empty_state
 
     ex, backend, base, ask = setup(no_words=["??"])
     handlers = GridHandlers(Shared(ex))
@@ -169,7 +169,7 @@ def test_generate_variants_runs_them_grouped_by_family(setup):
 
 
 def test_the_flip_button_shows_both_wordings_with_the_changed_words(setup):
-    from explorer.ui.grid import GridHandlers
+    from explorer.app.grid import GridHandlers
 
     ex, backend, base, ask = setup(no_words=["??"])
     handlers = GridHandlers(Shared(ex))
@@ -192,7 +192,7 @@ def _case_of(ex):
 def test_a_public_demo_caps_what_one_click_generates(setup):
     from dataclasses import replace
 
-    from explorer.ui.grid import GridHandlers, empty_state
+    from explorer.app.grid import GridHandlers, empty_state
 
     ex, backend, base, ask = setup()
     ex.policy = replace(ex.policy, enabled=True, max_sweep_items=5)

@@ -1,4 +1,4 @@
-"""explorer.images: every file a clinician may drop -> RGB + hash, or a clear ImageLoadError."""
+"""explorer.cases.images: every file a clinician may drop -> RGB + hash, or a clear ImageLoadError."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from explorer.images import (
+from explorer.cases.images import (
     ImageLoadError,
     LoadedImage,
     content_hash,

@@ -5,8 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from explorer.judge import (
-    AMBIGUOUS, JUDGE_ERROR, JUDGE_GENERATION, JudgeError, JudgeTokens, LLMJudge, is_judge_failure, read_judgement,
+from explorer.scoring.judge import (
+    AMBIGUOUS,
+    JUDGE_ERROR,
+    JUDGE_GENERATION,
+    JudgeError,
+    JudgeTokens,
+    LLMJudge,
+    is_judge_failure,
+    read_judgement,
 )
 from explorer.schema import PromptVariant, Response
 
@@ -225,8 +232,8 @@ def test_read_judgement_does_not_count_positive_inside_negative_token():
 
 def test_presets_tokens_fit_the_judge():
     """The study's task presets give tokens the judge accepts, and prompts that carry them."""
-    from explorer.presets import load_catalog
-    from explorer.prompts import closed_variants
+    from explorer.catalog.presets import load_catalog
+    from explorer.prompts.variants import closed_variants
 
     catalog = load_catalog()
     tokens = {key: catalog.task(key).judge_tokens for key in ("brain_tumor", "pneumonia", "skin_cancer", "histo_idc")}

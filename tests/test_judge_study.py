@@ -17,14 +17,20 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-from explorer.cli import main
-from explorer.judge import (
-    AMBIGUOUS, JUDGE_ERROR, JudgeError, LLMJudge, judge_endpoint, judge_generation, study_judge_prompts,
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.cli.main import main
+from explorer.scoring.judge import (
+    AMBIGUOUS,
+    JUDGE_ERROR,
+    JudgeError,
+    LLMJudge,
+    judge_endpoint,
+    judge_generation,
+    study_judge_prompts,
 )
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variants
-from explorer.store import Store
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variants
+from explorer.runs.store import Store
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"
 REASONING_TOKENS = 300  # what the fake model "thinks" before it answers

@@ -10,10 +10,17 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from explorer import metrics
-from explorer.metrics import (
-    cell_metrics, f1_all_from_counts, flip_rate, folded_prediction, headline, model_task_summary,
-    paired_tests, prepare, variant_kappa,
+from explorer.analysis import metrics
+from explorer.analysis.metrics import (
+    cell_metrics,
+    f1_all_from_counts,
+    flip_rate,
+    folded_prediction,
+    headline,
+    model_task_summary,
+    paired_tests,
+    prepare,
+    variant_kappa,
 )
 
 

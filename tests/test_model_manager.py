@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from explorer.backends.base import BackendError
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.model_manager import (
+from explorer.models.backends.base import BackendError
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.models.manager import (
     MemoryBudgetError,
     ModelManager,
     ParamCounts,
@@ -16,7 +16,7 @@ from explorer.model_manager import (
     safetensors_params,
     weight_bytes,
 )
-from explorer.presets import load_catalog
+from explorer.catalog.presets import load_catalog
 
 
 class Clock:
@@ -190,7 +190,7 @@ def test_quantized_loading_needs_cuda_and_changes_the_identity(demo_sizes, tmp_p
 
 
 def test_the_facade_shows_what_is_loaded_its_size_and_the_budget(tmp_path):
-    from explorer.service import Explorer
+    from explorer.service.core import Explorer
 
     ex = Explorer("demo", store_path=tmp_path / "s.sqlite", backend_options={"memory_budget": 10**9})
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.running_sweeps import RunningSweeps
+from explorer.runs.running_sweeps import RunningSweeps
 
 TASK = "pneumonia"
 
@@ -28,7 +28,7 @@ def _samples(root: Path) -> Path:
 
 @pytest.fixture()
 def explorer(tmp_path, monkeypatch):
-    from explorer.service import Explorer
+    from explorer.service.core import Explorer
 
     monkeypatch.delenv("EXPLORER_ENDPOINTS", raising=False)
     ex = Explorer(preset="demo", store_path=tmp_path / "store.sqlite", samples_dir=_samples(tmp_path / "samples"),
@@ -38,7 +38,7 @@ def explorer(tmp_path, monkeypatch):
 
 
 def test_a_cached_compare_returns_while_another_sessions_sweep_generates(explorer, monkeypatch):
-    from explorer.backends.transformers_backend import TransformersBackend
+    from explorer.models.backends.transformers_backend import TransformersBackend
 
     case = explorer.example_cases(TASK)[0]
     first, second = [v for v in explorer.variants(TASK) if v.kind == "closed"][:2]
@@ -128,8 +128,8 @@ def test_public_mode_runs_one_sweep_per_visitor():
 def test_the_sweep_tab_holds_no_slot_of_the_gpu_queue(tmp_path, monkeypatch):
     """In the app, Compare's queue and the sweep handlers are separate, and Compare has more handlers than
     device slots: neither a running sweep nor generating Compares make a cached Compare wait in Gradio's queue."""
-    from explorer.ui.context import AppSettings
-    from explorer.ui.layout import build_demo
+    from explorer.app.context import AppSettings
+    from explorer.app.layout import build_demo
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_demo(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite", gpu_concurrency=3))

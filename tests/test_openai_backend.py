@@ -9,8 +9,8 @@ import time
 import pytest
 from PIL import Image
 
-from explorer.backends.base import BackendError
-from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.models.backends.base import BackendError
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 from explorer.schema import GenerationSettings, ImagePart, Request
 from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
 

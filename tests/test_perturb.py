@@ -5,15 +5,23 @@ import textwrap
 
 import pytest
 
-from explorer.perturb import (
-    FamilySpec, Parts, decompose, family_group, generate, load_families, perturb, task_words, variant_id,
+from explorer.prompts.perturb import (
+    FamilySpec,
+    Parts,
+    decompose,
+    family_group,
+    generate,
+    load_families,
+    perturb,
+    task_words,
+    variant_id,
 )
-from explorer.presets import PresetError, PromptSelection, load_catalog
-from explorer.prompts import closed_variants
-from explorer.question_focus import question_polarity
+from explorer.catalog.presets import PresetError, PromptSelection, load_catalog
+from explorer.prompts.variants import closed_variants
+from explorer.scoring.question_focus import question_polarity
 from explorer.schema import PromptVariant
-from explorer.store import polarity_of, variant_from_row
-from explorer.verdicts import parse_verdict
+from explorer.runs.store import polarity_of, variant_from_row
+from explorer.scoring.verdicts import parse_verdict
 
 CATALOG = load_catalog()
 FAMILIES = load_families()
@@ -309,7 +317,7 @@ def test_parts_labels_phrase():
 
 
 def test_a_sweep_spec_adds_the_families_edits_seeded_by_its_seed():
-    from explorer.sweep import SweepSpec
+    from explorer.runs.sweep import SweepSpec
 
     preset = CATALOG.study("demo")
     plain = SweepSpec.from_preset(preset, prompt_ids=["evidence", "mc_pos_first"])
@@ -327,7 +335,7 @@ def test_a_sweep_spec_adds_the_families_edits_seeded_by_its_seed():
 
 
 def test_the_perturb_command_lists_wordings_and_names_bad_families(capsys):
-    from explorer.cli import main
+    from explorer.cli.main import main
 
     assert main(["perturb", "--task", "pneumonia", "--images", "none", "--families", "option_labels", "--list"]) == 0
     out = capsys.readouterr().out
@@ -338,7 +346,7 @@ def test_the_perturb_command_lists_wordings_and_names_bad_families(capsys):
 
 
 def test_a_configured_text_model_writes_the_paraphrase_family():
-    from explorer.cli_perturb import backend_paraphraser
+    from explorer.cli.perturb import backend_paraphraser
     from explorer.schema import Response
 
     class TextModel:

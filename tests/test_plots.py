@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from explorer import metrics, plots
+from explorer.analysis import metrics
+from explorer.analysis import plots
 from explorer.schema import VERDICT_LABELS
 
 PAIRS = {"llava": ("llava", "base"), "llava-med": ("llava", "medical"),

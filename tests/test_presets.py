@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from explorer.presets import PRESETS_DIR, Catalog, PresetError, PromptSelection
-from explorer.prompts import (
+from explorer.catalog.presets import PRESETS_DIR, Catalog, PresetError, PromptSelection
+from explorer.prompts.variants import (
     all_variants,
     closed_variants,
     custom_variant,

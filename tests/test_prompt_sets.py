@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from explorer.describe import diagnosis_prompt
-from explorer.presets import PresetError, PromptSelection, load_catalog
-from explorer.prompts import (
-    all_variants, closed_variants, diagnosis_templates, prompt_set_info, prompt_set_variants,
+from explorer.probes.describe import diagnosis_prompt
+from explorer.catalog.presets import PresetError, PromptSelection, load_catalog
+from explorer.prompts.variants import (
+    all_variants,
+    closed_variants,
+    diagnosis_templates,
+    prompt_set_info,
+    prompt_set_variants,
 )
-from explorer.requests import build_request
+from explorer.prompts.messages import build_request
 from explorer.schema import Case
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"

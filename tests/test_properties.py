@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from explorer.images import ImageLoadError, content_hash, load_image
+from explorer.cases.images import ImageLoadError, content_hash, load_image
 from explorer.schema import VERDICT_LABELS, PromptVariant, Verdict
-from explorer.verdicts import RULES_METHOD, parse_verdict
+from explorer.scoring.verdicts import RULES_METHOD, parse_verdict
 from test_bad_inputs import dicom_bytes, dicom_with_broken_rows_element, gif_frames, multipage_tiff
 
 EXAMPLES = int(os.environ.get("EXPLORER_HYPOTHESIS_EXAMPLES", "150"))

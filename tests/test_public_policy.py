@@ -6,10 +6,14 @@ import io
 import pytest
 from PIL import Image
 
-from explorer.images import ImageLoadError
-from explorer.presets import load_catalog
-from explorer.public import (
-    DEFAULT_MAX_SWEEP_ITEMS, PolicyError, PublicPolicy, current_policy, public_mode_enabled,
+from explorer.cases.images import ImageLoadError
+from explorer.catalog.presets import load_catalog
+from explorer.service.public import (
+    DEFAULT_MAX_SWEEP_ITEMS,
+    PolicyError,
+    PublicPolicy,
+    current_policy,
+    public_mode_enabled,
 )
 
 

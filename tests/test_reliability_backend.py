@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer import datasets
-from explorer.backends.openai_backend import EndpointConfig
-from explorer.backends.openai_wire import MAX_REPLY_CHARS
-from explorer.diagnosers import is_openai_host, openai_diagnoser
-from explorer.service import Explorer
+from explorer.cases import hub as datasets
+from explorer.models.backends.openai_backend import EndpointConfig
+from explorer.models.backends.openai_wire import MAX_REPLY_CHARS
+from explorer.probes.diagnosers import is_openai_host, openai_diagnoser
+from explorer.service.core import Explorer
 from misbehaving_server import MisbehavingServer
 
 MODEL = "demo-gemma"  # chat-template prompts, so an OpenAI-compatible server can answer it

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from explorer.cli import main
-from explorer.exports import export_results, import_answers
-from explorer.store import Store
+from explorer.cli.main import main
+from explorer.analysis.exports import export_results, import_answers
+from explorer.runs.store import Store
 from fake_openai_server import Fault, fake_openai  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def test_after_retry_errors_metrics_and_export_cover_the_whole_plan(fake_openai,
 
 # ---------------------------------------------------------------- 10: --max-new-tokens caps
 def test_max_new_tokens_caps_a_models_limit_and_never_raises_it(fake_openai, tmp_path):
-    from explorer.presets import load_catalog
+    from explorer.catalog.presets import load_catalog
 
     own = load_catalog().model(MODEL).generation.settings().max_new_tokens
     rc, _, err = _cli(_sweep_args(fake_openai, tmp_path) + ["--max-new-tokens", str(own * 10)])
@@ -246,7 +246,7 @@ def test_a_100k_deep_json_import_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- 6 and 7: what an export writes
 def _store_with_answers(path: Path, answers: list[str]) -> Path:
-    from explorer.exports import import_answers
+    from explorer.analysis.exports import import_answers
 
     frame = pd.DataFrame([{"model": MODEL, "task": "pneumonia", "prompt_id": "abnormal", "case_id": f"c{i}",
                            "label": "positive", "verdict": "positive", "answer": text, "prompt_text": "Is it?"}
@@ -277,7 +277,7 @@ def test_csv_export_neutralises_formulas_and_keeps_them_raw_in_parquet_and_json(
 
 
 def test_an_export_that_dies_leaves_the_previous_complete_export_and_no_mix(tmp_path, monkeypatch):
-    import explorer.exports as exports
+    import explorer.analysis.exports as exports
 
     store = Store(_store_with_answers(tmp_path / "s.sqlite", ["first"]))
     out = tmp_path / "export"
@@ -375,7 +375,7 @@ def test_endpoint_ports_and_timeouts_are_validated(tmp_path, field, value, messa
 
 
 def test_duplicate_keys_in_a_preset_are_refused(tmp_path):
-    from explorer.presets import PresetError, load_catalog
+    from explorer.catalog.presets import PresetError, load_catalog
 
     presets = tmp_path / "presets"
     presets.mkdir()

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from explorer.bounded_read import ReadLimits, public_limits
-from explorer.results_files import open_results
-from explorer.store import Store
-from explorer.study_import import ResultFileError
-from explorer.ui.context import AppSettings, SharedExplorer
-from explorer.ui.results import ResultsHandlers
+from explorer.runs.bounded_read import ReadLimits, public_limits
+from explorer.runs.results_files import open_results
+from explorer.runs.store import Store
+from explorer.runs.study_import import ResultFileError
+from explorer.app.context import AppSettings, SharedExplorer
+from explorer.app.results import ResultsHandlers
 
 REPO = Path(__file__).resolve().parent.parent
 ANSWER = dict(model="demo-gemma", task="pneumonia", prompt_id="abnormal", prompt_family="abnormal",
@@ -125,8 +125,8 @@ def test_the_parquet_bomb_is_refused_within_bounded_memory(tmp_path):
     script = textwrap.dedent(f"""
         import resource, sys
         sys.path.insert(0, {str(REPO)!r})
-        from explorer.bounded_read import public_limits
-        from explorer.results_files import open_results
+        from explorer.runs.bounded_read import public_limits
+        from explorer.runs.results_files import open_results
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             open_results({str(bomb)!r}, limits=public_limits(50 * 2**20))
@@ -184,7 +184,7 @@ def test_a_read_past_its_deadline_or_cancelled_stops(tmp_path):
 def test_a_read_whose_page_closed_is_cancelled(tmp_path, monkeypatch):
     """The visitor leaves mid-read (the app's demo.unload calls end_session): the read stops at its
     next step instead of running on to its limit."""
-    import explorer.bounded_read as bounded_read
+    import explorer.runs.bounded_read as bounded_read
 
     monkeypatch.setattr(bounded_read, "SQLITE_FETCH_ROWS", 5)  # a slow read: ~40,000 steps
     store = _store_with(tmp_path / "long.sqlite", "INSERT INTO answers (fingerprint, deterministic, model, "
@@ -219,7 +219,7 @@ def test_file_size_and_json_share_of_memory_are_checked_before_parsing(tmp_path)
 def test_the_public_upload_limits_are_the_ones_applied(tmp_path, monkeypatch):
     """The app reads a public upload with public_limits: 200,000 rows, 256 MB, 20 s."""
     seen = []
-    import explorer.results_files as rf
+    import explorer.runs.results_files as rf
 
     real = rf.open_results
     monkeypatch.setattr(rf, "open_results", lambda path, catalog=None, limits=None: seen.append(limits) or

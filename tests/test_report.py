@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.cli import main
-from explorer.metrics import cell_metrics
-from explorer.presets import load_catalog
-from explorer.prompts import prompt_set_variants
-from explorer.report import NOT_GIVEN, build_report
-from explorer.results_files import open_results
-from explorer.study_import import EVAL_OUTPUT_COLUMNS, ResultFileError
+from explorer.cli.main import main
+from explorer.analysis.metrics import cell_metrics
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import prompt_set_variants
+from explorer.analysis.report import NOT_GIVEN, build_report
+from explorer.runs.results_files import open_results
+from explorer.runs.study_import import EVAL_OUTPUT_COLUMNS, ResultFileError
 
 TOKENS = {"brain_tumor": ("TUMOR", "NO_TUMOR", "tumor", "no_tumor"),
           "pneumonia": ("POSITIVE", "NEGATIVE", "pneumonia", "no_pneumonia"),

@@ -6,13 +6,13 @@ import sys
 
 from PIL import Image
 
-from explorer.images import content_hash
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variant
-from explorer.requests import build_request
+from explorer.cases.images import content_hash
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variant
+from explorer.prompts.messages import build_request
 from explorer.schema import Case, Response, Verdict, request_fingerprint
-from explorer.store import Store, answer_row
-from explorer.verdicts import RULES_METHOD
+from explorer.runs.store import Store, answer_row
+from explorer.scoring.verdicts import RULES_METHOD
 
 IDENTITY = {"backend": "fake", "id": "org/demo-gemma", "revision": "abc", "dtype": "float32"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from explorer.exports import import_answers
-from explorer.results_files import disagreements, open_results
-from explorer.store import Store
-from explorer.study_import import ResultFileError
+from explorer.analysis.exports import import_answers
+from explorer.runs.results_files import disagreements, open_results
+from explorer.runs.store import Store
+from explorer.runs.study_import import ResultFileError
 
 from test_study_import import BRAIN_PROMPTS, CASES, JUDGMENTS, study_records, write
 
@@ -82,7 +82,7 @@ def test_open_results_refuses_what_it_cannot_read_with_the_file_name(tmp_path, c
 
 
 def test_an_uploaded_file_that_cannot_be_read_is_named_without_the_server_folder(tmp_path):
-    from explorer.service import Explorer
+    from explorer.service.core import Explorer
 
     upload_dir = tmp_path / "gradio" / "6fb9056defece50"
     upload_dir.mkdir(parents=True)

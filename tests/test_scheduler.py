@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
-from explorer.generation_gates import GenerationGates
-from explorer.presets import load_catalog
-from explorer.store import Store
-from explorer.sweep import parse_shard, run_sweep, shard_plan
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.models.gates import GenerationGates
+from explorer.catalog.presets import load_catalog
+from explorer.runs.store import Store
+from explorer.runs.sweep import parse_shard, run_sweep, shard_plan
 from fake_openai_server import FakeOpenAIServer
 from sweep_worker import FakeBackend, small_plan
 
@@ -116,7 +116,7 @@ def test_the_judge_is_a_stage_of_its_own(catalog, store):
         method = "slow"
 
         def judge(self, answer, variant, task):
-            from explorer.verdicts import parse_verdict
+            from explorer.scoring.verdicts import parse_verdict
 
             time.sleep(0.05)
             with lock:
@@ -159,7 +159,7 @@ def test_shard_text_is_checked():
 
 
 def test_shard_stores_merged_serve_the_whole_plan_from_cache(catalog, tmp_path):
-    from explorer.shard_merge import is_results_store, merge_store
+    from explorer.runs.shard_merge import is_results_store, merge_store
 
     plan = small_plan(catalog, models=MODELS, n_cases=3)
     parts = []

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from explorer.cli import main
-from explorer.judge import JUDGE_ERROR
-from explorer.store import Store
+from explorer.cli.main import main
+from explorer.scoring.judge import JUDGE_ERROR
+from explorer.runs.store import Store
 from fake_openai_server import Fault, FakeOpenAIServer
 
 CUSTOM_ENV = "EXPLORER_TEST_CUSTOM_KEY"

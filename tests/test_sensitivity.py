@@ -6,10 +6,15 @@ import math
 import pandas as pd
 import pytest
 
-from explorer.sensitivity import family_sensitivity, image_sensitivity, pair_sensitivity, sensitivity_tables
+from explorer.analysis.sensitivity import (
+    family_sensitivity,
+    image_sensitivity,
+    pair_sensitivity,
+    sensitivity_tables,
+)
 from explorer.schema import Case, PromptVariant, GenerationSettings, Request, Response, Verdict
-from explorer.store import Store, answer_row
-from explorer.images import content_hash
+from explorer.runs.store import Store, answer_row
+from explorer.cases.images import content_hash
 from PIL import Image
 
 
@@ -123,7 +128,7 @@ def test_tables_from_a_real_store_carry_the_generated_families(tmp_path):
 
 
 def test_family_columns_in_the_sweep_charts():
-    from explorer import plots
+    from explorer.analysis import plots
 
     frame = hand_made()
     fig = plots.family_flips(family_sensitivity(frame, n_boot=100))

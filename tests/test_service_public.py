@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from explorer.public import PolicyError
-from explorer.service import Explorer
+from explorer.service.public import PolicyError
+from explorer.service.core import Explorer
 
 from test_study_import import BRAIN_PROMPTS, CASES, JUDGMENTS, study_records, write
 
@@ -49,7 +49,7 @@ def test_an_oversized_public_sweep_is_refused_before_any_dataset_is_touched(tmp_
     def no_download(*args, **kwargs):
         raise AssertionError("the dataset was loaded before the size check")
 
-    monkeypatch.setattr("explorer.datasets.hf_cases", no_download)
+    monkeypatch.setattr("explorer.cases.hub.hf_cases", no_download)
     ex = Explorer("paper", store_path=tmp_path / "s.sqlite", public=True)  # cases from Hugging Face
     try:
         # 4 models x 100 images x 46 prompts: the as-run set has 11 closed prompts for brain and IDC.

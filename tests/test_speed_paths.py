@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.backends import prefix_reuse as reuse_lib
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variants, describe_variants
-from explorer.readout import FirstLogits, answer_tokens, readout, readout_from_logits
+from explorer.models.backends import prefix_reuse as reuse_lib
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variants, describe_variants
+from explorer.models.readout import FirstLogits, answer_tokens, readout, readout_from_logits
 from explorer.schema import GenerationSettings, ImagePart, PromptVariant, Request
 
 DEMOS = ("demo-llava", "demo-llava-med", "demo-gemma", "demo-medgemma")
@@ -327,7 +327,7 @@ def _variant(catalog, family):
 
 
 def test_readout_maps_probabilities_through_polarity(catalog):
-    from explorer.readout import AnswerTokens
+    from explorer.models.readout import AnswerTokens
 
     tokens = AnswerTokens(yes=(1, 2), no=(3,), letters={"A": (4,), "B": (5,), "C": (), "D": ()})
     probs = torch.tensor([0.1, 0.4, 0.2, 0.2, 0.06, 0.04])  # P(yes)=0.6, P(no)=0.2, P(A)=0.06, P(B)=0.04

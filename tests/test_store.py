@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from explorer.images import content_hash
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variant
-from explorer.requests import build_request
+from explorer.cases.images import content_hash
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variant
+from explorer.prompts.messages import build_request
 from explorer.schema import Case, GenerationSettings, Response, Verdict, request_fingerprint
-from explorer.store import SCHEMA_VERSION, Store, StoreError, answer_row, variant_from_row
+from explorer.runs.store import SCHEMA_VERSION, Store, StoreError, answer_row, variant_from_row
 
 IDENTITY = {"backend": "fake", "id": "org/demo-gemma", "revision": "abc123", "dtype": "bfloat16"}
 

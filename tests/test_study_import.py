@@ -8,11 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.metrics import cell_metrics
-from explorer.presets import PromptSelection, load_catalog
-from explorer.prompts import closed_variants
-from explorer.study_import import (
-    ResultFileError, import_study_results, read_answers_file, read_study_results, study_family, study_prompt_id,
+from explorer.analysis.metrics import cell_metrics
+from explorer.catalog.presets import PromptSelection, load_catalog
+from explorer.prompts.variants import closed_variants
+from explorer.runs.study_import import (
+    ResultFileError,
+    import_study_results,
+    read_answers_file,
+    read_study_results,
+    study_family,
+    study_prompt_id,
 )
 
 TOKENS = {"brain_tumor": ("TUMOR", "NO_TUMOR"), "pneumonia": ("POSITIVE", "NEGATIVE")}

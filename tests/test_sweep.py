@@ -7,14 +7,12 @@ from collections import Counter
 
 import pytest
 
-from explorer.presets import load_catalog
-from explorer.prompts import closed_variants, describe_variants
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.variants import closed_variants, describe_variants
 from explorer.schema import GenerationSettings, Response, Verdict
-from explorer.store import Store
-from explorer.verdicts import RULES_METHOD
-from explorer.sweep import (
-    SweepSpec, plan_from_spec, plan_sweep, rejudge, retry_errors, run_sweep,
-)
+from explorer.runs.store import Store
+from explorer.scoring.verdicts import RULES_METHOD
+from explorer.runs.sweep import SweepSpec, plan_from_spec, plan_sweep, rejudge, retry_errors, run_sweep
 from sweep_worker import FakeBackend, make_cases, request_key, small_plan
 
 MODELS = ("demo-gemma", "demo-medgemma")
@@ -58,7 +56,7 @@ def test_generation_override_patches_each_models_settings(catalog):
 
 
 def test_plan_refuses_unknown_models_and_missing_cases(catalog):
-    from explorer.presets import PresetError
+    from explorer.catalog.presets import PresetError
 
     with pytest.raises(PresetError, match="unknown model"):
         small_plan(catalog, models=("no-such-model",))
@@ -330,7 +328,7 @@ def test_spec_from_preset_builds_the_same_plan_for_cli_and_app(catalog):
 def test_a_cached_answer_is_read_with_the_askers_own_polarity(catalog, store):
     from dataclasses import replace as dc_replace
 
-    from explorer.prompts import custom_variant
+    from explorer.prompts.variants import custom_variant
 
     task = catalog.task("pneumonia")
     as_abnormal = custom_variant("Is anything wrong here?", task, closed_variants(catalog, "pneumonia")[0])

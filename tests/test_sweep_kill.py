@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.store import Store
+from explorer.runs.store import Store
 
 WORKER = Path(__file__).resolve().parent / "sweep_worker.py"
 PLANNED = 48  # sweep_worker.small_plan: one model x 4 images x 12 prompts

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.backends import transformers_backend as tb
-from explorer.backends.base import BackendError
-from explorer.backends.transformers_backend import TransformersBackend
-from explorer.demo_models import ensure_demo_text_model
-from explorer.presets import load_catalog
+from explorer.models.backends import transformers_backend as tb
+from explorer.models.backends.base import BackendError
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.models.demo import ensure_demo_text_model
+from explorer.catalog.presets import load_catalog
 from explorer.schema import GenerationSettings, ImagePart, Request
 
 DEMOS = ("demo-llava", "demo-llava-med", "demo-gemma", "demo-medgemma")
@@ -226,7 +226,7 @@ def test_not_enough_memory_is_refused_before_loading(backend, catalog, monkeypat
 
 
 def test_real_sample_image_through_all_demos(backend, samples_dir):
-    from explorer.images import load_image
+    from explorer.cases.images import load_image
 
     path = sorted((samples_dir / "pneumonia").rglob("*.jp*g"))[0]
     image = load_image(path).image
@@ -244,9 +244,9 @@ def test_report_generate_times(capsys):
 def test_asking_for_cuda_without_a_gpu_says_so():
     import torch
 
-    from explorer.backends.base import BackendError
-    from explorer.backends.transformers_backend import TransformersBackend
-    from explorer.presets import load_catalog
+    from explorer.models.backends.base import BackendError
+    from explorer.models.backends.transformers_backend import TransformersBackend
+    from explorer.catalog.presets import load_catalog
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -6,14 +6,14 @@ import sys
 
 from PIL import Image
 
-from explorer.images import content_hash
-from explorer.presets import JudgeSpec, load_catalog
-from explorer.prompts import closed_variant
-from explorer.reader_agreement import rule_judge_agreement
-from explorer.requests import build_request
+from explorer.cases.images import content_hash
+from explorer.catalog.presets import JudgeSpec, load_catalog
+from explorer.prompts.variants import closed_variant
+from explorer.analysis.reader_agreement import rule_judge_agreement
+from explorer.prompts.messages import build_request
 from explorer.schema import Case, PromptVariant, Response, Verdict, request_fingerprint
-from explorer.store import Store, answer_row
-from explorer.unsure_judge import UnsureOnlyJudge
+from explorer.runs.store import Store, answer_row
+from explorer.scoring.unsure_judge import UnsureOnlyJudge
 
 EVIDENCE = PromptVariant("evidence", "evidence", "Does this image contain evidence of pneumonia?", yes_means="positive")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from explorer.schema import PromptVariant, Verdict
-from explorer.verdicts import RULES_METHOD, parse_verdict
+from explorer.scoring.verdicts import RULES_METHOD, parse_verdict
 
 ONE_WORD = "\nAnswer in one word."
 MC_STEM = "Which does this image show? Choose one answer."
@@ -369,7 +369,7 @@ def test_verdict_correctness_uses_the_schema():
 # ---- whatever the text, the parser answers with a valid verdict whose span indexes the answer
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from explorer.schema import VERDICT_LABELS  # noqa: E402
+from explorer.schema import VERDICT_LABELS
 
 _PIECES = st.sampled_from([
     "Yes", "No", "yes", "no", ",", ".", "\n", " ", "**", "A)", "B)", "(A)", "B", "A", "Answer:", "the answer is",

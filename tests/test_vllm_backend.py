@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import pytest
 from PIL import Image
 
-from explorer.backends.base import BackendError
-from explorer.backends.registry import BackendRegistry
-from explorer.backends.vllm_backend import READOUT_TOP_K, VLLMBackend
-from explorer.presets import load_catalog
-from explorer.requests import build_request
+from explorer.models.backends.base import BackendError
+from explorer.models.backends.registry import BackendRegistry
+from explorer.models.backends.vllm_backend import READOUT_TOP_K, VLLMBackend
+from explorer.catalog.presets import load_catalog
+from explorer.prompts.messages import build_request
 from explorer.schema import Case
-from explorer.images import content_hash
+from explorer.cases.images import content_hash
 
 
 @dataclass
@@ -106,7 +106,7 @@ def _case() -> Case:
 
 
 def _request(catalog, alias: str, style: str = "paper", prompt_id: str = None):
-    from explorer.prompts import closed_variants
+    from explorer.prompts.variants import closed_variants
 
     variants = closed_variants(catalog, "pneumonia")
     variant = next(v for v in variants if prompt_id is None or v.prompt_id == prompt_id)
@@ -176,13 +176,13 @@ def test_one_engine_at_a_time_and_parallel_options_reach_vllm(fake_vllm, catalog
 
 
 def test_chosen_by_the_registry_and_runs_a_sweep(fake_vllm, catalog, tmp_path):
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
 
     registry = BackendRegistry(catalog, {}, local_backend="vllm")
     assert isinstance(registry.for_model("gemma"), VLLMBackend)
     request, variant = _request(catalog, "gemma")
-    from explorer.sweep import plan_sweep
+    from explorer.runs.sweep import plan_sweep
 
     plan = plan_sweep(catalog, ["gemma", "llava"], ["pneumonia"], {"pneumonia": [_case()]},
                       {"pneumonia": [variant]}, "paper")
@@ -213,7 +213,7 @@ class _StubCompletions:
 def test_a_server_with_logprobs_gives_the_first_token_readout(catalog, monkeypatch):
     import openai.types.chat as chat_types
 
-    from explorer.backends.openai_backend import EndpointConfig, OpenAIBackend
+    from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 
     top = [{"token": "Yes", "logprob": math.log(0.5), "bytes": None}, {"token": " yes", "logprob": math.log(0.2), "bytes": None},
            {"token": "No", "logprob": math.log(0.2), "bytes": None}, {"token": "The", "logprob": math.log(0.1), "bytes": None}]
