@@ -21,6 +21,8 @@ VerdictLabel = Literal["positive", "negative", "refusal", "hedge", "unclear"]
 VERDICT_LABELS: tuple[str, ...] = ("positive", "negative", "refusal", "hedge", "unclear")
 # Verdicts that count as "no answer" (the study: a refusal is any AMBIGUOUS judgement).
 NON_ANSWERS: frozenset[str] = frozenset({"refusal", "hedge", "unclear"})
+# The columns every answers frame has (the store's, an import's), as the metrics read them.
+ANSWER_COLUMNS = ("model", "task", "prompt_id", "prompt_family", "case_id", "label", "verdict")
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,8 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from statsmodels.stats.multitest import multipletests
 
-from explorer.schema import NON_ANSWERS, VERDICT_LABELS
+from explorer.schema import ANSWER_COLUMNS, NON_ANSWERS, VERDICT_LABELS
 
-ANSWER_COLUMNS = ("model", "task", "prompt_id", "prompt_family", "case_id", "label", "verdict")
 CELL_KEYS = ["model", "task", "prompt_id"]
 MODEL_TASK_KEYS = ["model", "task"]
 LABELS = ("negative", "positive")

@@ -21,12 +21,12 @@ from explorer.cases.hub import (
     CaseLoadReport,
     CaseSourceError,
     Progress,
-    _case_from,
-    _image_error_types,
-    _loaded_case,
-    _norm,
-    _note_duplicates,
-    _task_spec,
+    case_from,
+    image_error_types,
+    loaded_case,
+    normalized_name,
+    note_duplicates,
+    task_spec,
     parse_label,
     resolve_task,
 )
@@ -49,7 +49,7 @@ def folder_cases(
     *, progress: Progress = None,
 ) -> CaseLoadReport:
     """Cases from root/<class>/... where <class> names a class (positive, tumor, no_tumor, 0, normal...)."""
-    task = _task_spec(task)
+    task = task_spec(task)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CaseSourceError(f"no such folder: {root}")
@@ -58,7 +58,7 @@ def folder_cases(
     folders: dict[Reading, list[str]] = {"negative": [], "positive": []}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         reading = parse_label(sub.name, task)
-        if reading is None and _norm(sub.name) in {*load_catalog().tasks, *TASK_ALIASES}:
+        if reading is None and normalized_name(sub.name) in {*load_catalog().tasks, *TASK_ALIASES}:
             report.notices.append(f"subfolder {sub.name!r} is a task, not a class: load {sub} instead; ignored")
             continue
         if reading is None:
@@ -90,17 +90,17 @@ def folder_cases(
     for done, (reading, path) in enumerate(chosen, start=1):
         rel = path.relative_to(root).as_posix()
         try:
-            case = _loaded_case(
+            case = loaded_case(
                 path, case_id=f"{task.key}:file:{rel}", task=task, label=reading, where=str(path),
                 meta={"path": str(path), "class_folder": path.relative_to(root).parts[0]},
             )
-        except _image_error_types() as exc:
+        except image_error_types() as exc:
             report.skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
         else:
             report.cases.append(case)
         if progress:
             progress(done, len(chosen))
-    _note_duplicates(report.cases, report)
+    note_duplicates(report.cases, report)
     return report
 
 
@@ -113,7 +113,7 @@ _COLUMN_ALIASES = {
 
 
 def _manifest_columns(header: list[str], csv_path: Path) -> dict[str, Optional[str]]:
-    by_norm = {_norm(h): h for h in header if h is not None}
+    by_norm = {normalized_name(h): h for h in header if h is not None}
     found = {}
     for role, aliases in _COLUMN_ALIASES.items():
         found[role] = next((by_norm[a] for a in aliases if a in by_norm), None)
@@ -137,7 +137,7 @@ def manifest_cases(
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise CaseSourceError(f"no such manifest: {csv_path}")
-    fixed = _task_spec(task) if task is not None else None
+    fixed = task_spec(task) if task is not None else None
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -159,7 +159,7 @@ def manifest_cases(
         written = (row.get(cols["path"]) or "").strip()
         raw_task = (row.get(cols["task"]) or "").strip() if cols["task"] else ""
         if fixed is not None:
-            if raw_task and _norm(TASK_ALIASES.get(_norm(raw_task), raw_task)) != fixed.key:
+            if raw_task and normalized_name(TASK_ALIASES.get(normalized_name(raw_task), raw_task)) != fixed.key:
                 other_tasks[raw_task] += 1
                 continue
             row_task = fixed
@@ -206,11 +206,11 @@ def manifest_cases(
         where = f"{csv_path.name} line {line} ({written})"
         rel = Path(written).as_posix()
         try:
-            case = _loaded_case(
+            case = loaded_case(
                 path, case_id=f"{row_task.key}:file:{rel}", task=row_task, label=reading, where=str(path),
                 meta={"path": str(path), "manifest": str(csv_path), "manifest_line": line},
             )
-        except _image_error_types() as exc:
+        except image_error_types() as exc:
             report.skipped.append((where, f"{type(exc).__name__}: {exc}"))
         else:
             if case.image_hash in hashes:
@@ -245,7 +245,7 @@ def upload_case(
     Raises images.ImageLoadError when the file cannot be read as an image, CaseSourceError for an
     unknown label.
     """
-    task = _task_spec(task)
+    task = task_spec(task)
     reading = None
     if label is not None and str(label).strip():
         reading = parse_label(label, task)
@@ -261,7 +261,7 @@ def upload_case(
         source = bytes(source)
     limits = {"max_pixels": max_pixels} if max_pixels else {}
     loaded = load_image(Path(source) if isinstance(source, str) else source, **limits)
-    return _case_from(
+    return case_from(
         loaded, case_id=f"{task.key}{UPLOAD_ID}{loaded.image_hash[:16]}", task=task, label=reading,
         where=f"upload: {name}", meta={"name": name},
     )

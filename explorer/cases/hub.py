@@ -99,7 +99,7 @@ class CaseLoadReport:
 
 
 # ---------------------------------------------------------------- shared helpers
-def _task_spec(task: Union[TaskSpec, str]) -> TaskSpec:
+def task_spec(task: Union[TaskSpec, str]) -> TaskSpec:
     if isinstance(task, TaskSpec):
         return task
     return resolve_task(task)
@@ -108,7 +108,7 @@ def _task_spec(task: Union[TaskSpec, str]) -> TaskSpec:
 def resolve_task(name: str, catalog=None) -> TaskSpec:
     """A task by key or by a common alias (e.g. the samples' folder name "histopathology")."""
     catalog = catalog or load_catalog()
-    key = _norm(name)
+    key = normalized_name(name)
     key = key if key in catalog.tasks else TASK_ALIASES.get(key, key)
     try:
         return catalog.task(key)
@@ -116,7 +116,7 @@ def resolve_task(name: str, catalog=None) -> TaskSpec:
         raise CaseSourceError(str(exc)) from None
 
 
-def _norm(text: Any) -> str:
+def normalized_name(text: Any) -> str:
     return re.sub(r"[^0-9a-z]+", "_", str(text).strip().lower()).strip("_")
 
 
@@ -129,7 +129,7 @@ def label_names(task: TaskSpec) -> dict[str, Reading]:
             getattr(task.judge_tokens, reading),
             getattr(task.prompts.options, reading),
         ):
-            names[_norm(text)] = reading
+            names[normalized_name(text)] = reading
     # "no_tumor" is also written "notumor" (the Kaggle brain MRI folders): accept both spellings.
     names.update({k.replace("_", ""): v for k, v in list(names.items()) if "_" in k})
     return names
@@ -137,14 +137,14 @@ def label_names(task: TaskSpec) -> dict[str, Reading]:
 
 def parse_label(text: Any, task: Union[TaskSpec, str]) -> Optional[Reading]:
     """'positive'/'negative' for a class name of this task (tumor, No tumor, 1, benign...); None if unknown."""
-    key = _norm(text)
+    key = normalized_name(text)
     if not key:
         return None
-    names = label_names(_task_spec(task))
+    names = label_names(task_spec(task))
     return names.get(key) or names.get(key.replace("_", ""))
 
 
-def _case_from(
+def case_from(
     loaded: Any, *, case_id: str, task: TaskSpec, label: Optional[Reading], where: str,
     row_id: Optional[int] = None, meta: Optional[dict] = None,
 ) -> Case:
@@ -159,16 +159,16 @@ def _case_from(
     )
 
 
-def _loaded_case(source: Any, **kwargs: Any) -> Case:
-    return _case_from(load_image(source), **kwargs)
+def loaded_case(source: Any, **kwargs: Any) -> Case:
+    return case_from(load_image(source), **kwargs)
 
 
-def _image_error_types() -> tuple[type[BaseException], ...]:
+def image_error_types() -> tuple[type[BaseException], ...]:
     # Decoders raise many things on a bad file; each is reported against that file, never raised.
     return (ValueError, OSError, SyntaxError, Image.DecompressionBombError)
 
 
-def _note_duplicates(cases: list[Case], report: CaseLoadReport) -> None:
+def note_duplicates(cases: list[Case], report: CaseLoadReport) -> None:
     seen: dict[str, Case] = {}
     for case in cases:
         first = seen.setdefault(case.image_hash, case)
@@ -510,11 +510,11 @@ def _rows_to_cases(
             "sampling": sampling,
         }
         try:
-            case = _loaded_case(
+            case = loaded_case(
                 _image_source(cells[row_id]), case_id=case_id, task=task, label=reading,
                 where=where, row_id=row_id, meta=meta,
             )
-        except _image_error_types() as exc:
+        except image_error_types() as exc:
             report.skipped.append((where, f"{type(exc).__name__}: {exc}"))
         else:
             report.cases.append(case)
@@ -530,7 +530,7 @@ def hf_cases(
     source: None (datasets.load_dataset of the task's id, revision and split), a save_to_disk folder,
     a parquet file or folder of parquet files, or an in-memory datasets.Dataset / DatasetDict.
     """
-    task = _task_spec(task)
+    task = task_spec(task)
     table = _open_table(task, source)
     _check_columns(table, [*label_columns(task), task.dataset.image_column])
     frame = table.frame(label_columns(task))
@@ -549,7 +549,7 @@ def embedding_cases(
     From the Hub, main_branch reads each dataset's main branch as the study's t-SNE script did (its VQA
     scripts read the parquet conversion of brain MRI and skin lesions, which tasks.yaml names); rows
     and their order can differ between the two, and with them the sample."""
-    task = _task_spec(task)
+    task = task_spec(task)
     if source is None and main_branch and task.dataset.revision:
         task = task.model_copy(update={"dataset": task.dataset.model_copy(update={"revision": None})})
     table = _open_table(task, source)

@@ -32,7 +32,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 # ------------------------------------------------------------------ ask
 def _add_ask(sub) -> None:
-    from explorer.cli.results import _positive_int
+    from explorer.cli.results import positive_int
 
     p = sub.add_parser(
         "ask", help="ask one task's prompts about a folder of images and print answers and verdicts",
@@ -47,8 +47,8 @@ def _add_ask(sub) -> None:
     p.add_argument("--prompts", default="", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
     p.add_argument("--prompt-style", choices=("paper", "official"), default="paper",
                    help="LLaVA-1.6 prompt format: as the study ran it (paper) or its own chat template (official)")
-    p.add_argument("--per-class", type=_positive_int, default=None, help="at most this many images per class (seeded)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="cap the models' generation limit (never raises it)")
+    p.add_argument("--per-class", type=positive_int, default=None, help="at most this many images per class (seeded)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="cap the models' generation limit (never raises it)")
     p.add_argument("--store", default=str(Path("runs") / "explorer.sqlite"), help="results store (answers are cached here)")
     p.add_argument("--answer-width", type=int, default=70, help="wrap answers at this width (0: one line)")
     p.set_defaults(func=_cmd_ask)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from explorer.cli.results import _positive_int
+from explorer.cli.results import positive_int
 from explorer.cases.hub import TASK_ALIASES
 from explorer.printable import printable
 
@@ -60,11 +60,11 @@ def add_describe(sub) -> None:
     p.add_argument("--models", default="", help="comma-separated model aliases (default: the preset's)")
     p.add_argument("--tasks", default="", help="comma-separated task keys (default: the preset's)")
     p.add_argument("--samples", default=None, help="folder with one class-subfolder folder per task (e.g. ../shared/samples)")
-    p.add_argument("--per-class", type=_positive_int, default=None, help="images per class (default: the preset's)")
+    p.add_argument("--per-class", type=positive_int, default=None, help="images per class (default: the preset's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--store", default=DEFAULT_STORE, help="results store (answers and diagnoses are cached here)")
     p.add_argument("--prompt-style", choices=("paper", "official"), default=None)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="cap the VLMs' generation length")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="cap the VLMs' generation length")
     p.add_argument("--prompts", default="", help="comma-separated closed-form prompt ids to compare with (default: all 12)")
     p.add_argument("--no-closed", action="store_true",
                    help="run only the description prompts (compare with closed-form answers already in the store)")
@@ -76,7 +76,7 @@ def add_describe(sub) -> None:
     p.add_argument("--diagnoser-key-env", default=None, help="environment variable holding the API key")
     p.add_argument("--reasoning-effort", default=None, help="sent as reasoning.effort (the study: none); '' to omit")
     p.add_argument("--no-json-schema", action="store_true", help="ask for plain text instead of the strict JSON schema")
-    p.add_argument("--max-output-tokens", type=_positive_int, default=None, help="the diagnoser's limit (the study: 64)")
+    p.add_argument("--max-output-tokens", type=positive_int, default=None, help="the diagnoser's limit (the study: 64)")
     p.add_argument("--templates", default="", help="comma-separated diagnosis templates (default: one_word,tight,disease)")
     p.add_argument("--csv", default=None, help="also write the metrics table to this CSV")
     p.set_defaults(func=cmd_describe)
@@ -185,17 +185,17 @@ def add_embed(sub) -> None:
     p.add_argument("--task", required=True, help="task key: brain_tumor, pneumonia, skin_cancer, histo_idc")
     p.add_argument("--samples", default=None,
                    help="folder of class subfolders (or of task folders); without it, the study's Hugging Face embedding sample")
-    p.add_argument("--per-class", type=_positive_int, default=None, help="images per class (default: all in --samples, else the preset's)")
+    p.add_argument("--per-class", type=positive_int, default=None, help="images per class (default: all in --samples, else the preset's)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--store", default=DEFAULT_STORE, help="results store: closed-form answers, and the feature cache beside it")
     p.add_argument("--out", default=None, help="t-SNE coordinates CSV (default: runs/tsne_<task>.csv)")
     p.add_argument("--verdict-prompt", default="evidence", help="whose verdicts to put in the CSV's verdict column")
-    p.add_argument("--pca-dims", type=_positive_int, default=None)
+    p.add_argument("--pca-dims", type=positive_int, default=None)
     p.add_argument("--perplexity", type=float, default=None)
     p.add_argument("--precision", choices=("study", "float64"), default=None,
                    help="features as the authors computed them (mean in the model dtype, float32 t-SNE; the "
                    "default) or in float64 (same picture, other coordinates)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.set_defaults(func=cmd_embed)
 
 

@@ -21,7 +21,7 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type for counts: argparse then prints `error: argument --x: ...` and exits 2."""
     try:
         value = int(text)
@@ -72,8 +72,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--describe", action="store_true", help="also run the two description prompts")
     p.add_argument("--families", help="comma-separated wording families (presets/families.yaml) that add edited "
                    "wordings of the chosen prompts, or 'all'; see `perturb --list`")
-    p.add_argument("--family-count", type=_positive_int, help="edits per family and prompt (default: each family's own)")
-    p.add_argument("--per-class", type=_positive_int, help="images per class (the study: 50)")
+    p.add_argument("--family-count", type=positive_int, help="edits per family and prompt (default: each family's own)")
+    p.add_argument("--per-class", type=positive_int, help="images per class (the study: 50)")
     p.add_argument("--seed", type=int, help="sampling seed (the study: 42)")
     p.add_argument("--samples", help="folder with one subfolder per task, each with negative/ and positive/ "
                    "(default for the demo preset: ../shared/samples when present)")
@@ -83,8 +83,8 @@ def add_sweep(sub) -> None:
     p.add_argument("--prompt-set", choices=("paper-as-run", "paper-clean"),
                    help="the study's strings as its first upload sent them (byte for byte; the paper preset's), "
                    "or as its later refactor tidied them")
-    p.add_argument("--max-new-tokens", type=_positive_int, help="cap each model's generation limit")
-    p.add_argument("--batch-size", type=_positive_int, default=12,
+    p.add_argument("--max-new-tokens", type=positive_int, help="cap each model's generation limit")
+    p.add_argument("--batch-size", type=positive_int, default=12,
                    help="requests per generate() call (default 12: fastest on CPU in the speed runs)")
     p.add_argument("--judge", dest="judge", action="store_true", default=None,
                    help="judge answers with the preset's LLM judge (needs an endpoint and key)")
@@ -105,7 +105,7 @@ def add_sweep(sub) -> None:
                    "(slow; its answers are stored apart from batched ones)")
     p.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
                    help="engine for local models: transformers, or vLLM (pip install vllm; GPU)")
-    p.add_argument("--gpu-concurrency", type=_positive_int, default=1,
+    p.add_argument("--gpu-concurrency", type=positive_int, default=1,
                    help="generate calls at once on the local device (default 1)")
     local = p.add_argument_group("local models (transformers)")
     local.add_argument("--device", help="cuda, cuda:1, cpu... (default: CUDA when available)")

@@ -22,7 +22,7 @@ Verdicts, as the judge module reads its own: the positive / negative token -> po
 AMBIGUOUS -> hedge (detail "AMBIGUOUS: ..."), ERROR or empty -> refusal (a failed call the study counted
 as a refusal; its number cannot be had any other way from the file). Both are non-answers, so the
 refusal rate is the study's.
-Both readers return the answers frame that explorer.analysis.metrics takes (ANSWER_COLUMNS and more), and both
+Both readers return the answers frame that explorer.analysis.metrics takes (schema.ANSWER_COLUMNS and more), and both
 raise ResultFileError naming the file, the column and the row (rows count from 1, header excluded).
 """
 from __future__ import annotations
@@ -44,9 +44,8 @@ from explorer.runs.bounded_read import (
     read_parquet,
 )
 from explorer.runs.csv_cells import restore_frame
-from explorer.analysis.metrics import ANSWER_COLUMNS
 from explorer.printable import short_repr
-from explorer.schema import VERDICT_LABELS
+from explorer.schema import ANSWER_COLUMNS, VERDICT_LABELS
 
 STUDY_COLUMNS = (
     "task", "model", "row_id", "label", "label_name", "prompt_type", "one_word", "prompt", "response",

@@ -41,16 +41,16 @@ from explorer.models.backends.logprob_readout import (
 )
 from explorer.models.backends.http_deadline import deadline, http_client, is_deadline_error
 from explorer.models.backends.openai_wire import (
-    _BadReply,
-    _chat_payload,
-    _DataUrls,
-    _parse_json_object,
-    _read_chat,
-    _read_responses,
-    _Reply,
-    _responses_payload,
-    _stream_chat,
-    _StreamCut,
+    BadReply,
+    chat_payload,
+    DataUrls,
+    parse_json_object,
+    read_chat,
+    read_responses,
+    Reply,
+    responses_payload,
+    stream_chat,
+    StreamCut,
 )
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class JsonCompletion:
 
 @dataclass
 class _Outcome:
-    reply: Optional[_Reply]
+    reply: Optional[Reply]
     error: Optional[str]
     attempts: int
     latency_s: float  # the last attempt
@@ -280,7 +280,7 @@ class OpenAIBackend:
         for i, cfg in enumerate(configs):
             groups.setdefault(cfg.url_key, []).append(i)
 
-        images = _DataUrls()
+        images = DataUrls()
         responses: list[Optional[Response]] = [None] * len(requests)
         pools: list[ThreadPoolExecutor] = []
         try:
@@ -338,21 +338,21 @@ class OpenAIBackend:
         )
         try:
             if cfg.api == "chat":
-                payload = _chat_payload(cfg, messages, generation, _DataUrls())
+                payload = chat_payload(cfg, messages, generation, DataUrls())
                 payload["response_format"] = {
                     "type": "json_schema",
                     "json_schema": {"name": name, "schema": schema, "strict": strict},
                 }
             else:
-                payload = _responses_payload(cfg, messages, generation, _DataUrls())
+                payload = responses_payload(cfg, messages, generation, DataUrls())
                 payload["text"] = {"format": {"type": "json_schema", "name": name, "schema": schema, "strict": strict}}
         except (TypeError, ValueError, OSError) as exc:
             return JsonCompletion(error=self._scrub(f"cannot encode the messages: {exc}"))
 
-        def attempt() -> _Reply:
+        def attempt() -> Reply:
             if cfg.api == "chat":
-                return _read_chat(client.chat.completions.create(**payload))
-            return _read_responses(client.responses.create(**payload))
+                return read_chat(client.chat.completions.create(**payload))
+            return read_responses(client.responses.create(**payload))
 
         outcome = self._with_retries(cfg, attempt)
         result = JsonCompletion(latency_s=outcome.latency_s)
@@ -363,13 +363,13 @@ class OpenAIBackend:
         reply = outcome.reply
         result.text, result.input_tokens, result.output_tokens = reply.text, reply.input_tokens, reply.output_tokens
         result.extra.update(reply.extra)
-        result.data, result.parse_error = _parse_json_object(reply.text, schema)
+        result.data, result.parse_error = parse_json_object(reply.text, schema)
         return result
 
     # --- one request -----------------------------------------------------------------------------
 
     def _generate_one(
-        self, index: int, request: Request, cfg: EndpointConfig, images: "_DataUrls", on_text: Optional[OnText]
+        self, index: int, request: Request, cfg: EndpointConfig, images: "DataUrls", on_text: Optional[OnText]
     ) -> Response:
         try:
             if request.prompt_format != "chat_template":
@@ -382,9 +382,9 @@ class OpenAIBackend:
                 )
             try:
                 if cfg.api == "chat":
-                    payload = _chat_payload(cfg, request.messages, request.generation, images)
+                    payload = chat_payload(cfg, request.messages, request.generation, images)
                 else:
-                    payload = _responses_payload(cfg, request.messages, request.generation, images)
+                    payload = responses_payload(cfg, request.messages, request.generation, images)
             except (TypeError, ValueError, OSError) as exc:
                 return Response(error=self._scrub(f"cannot encode the request: {exc}"))
 
@@ -405,15 +405,15 @@ class OpenAIBackend:
             stream = on_text is not None and cfg.stream and cfg.api == "chat" and not readout
             first_top: list = []
 
-            def attempt() -> _Reply:
+            def attempt() -> Reply:
                 if stream:
-                    return _stream_chat(client, payload, emit)
+                    return stream_chat(client, payload, emit)
                 if cfg.api == "chat":
                     completion = client.chat.completions.create(**payload)
-                    reply = _read_chat(completion)
+                    reply = read_chat(completion)
                     first_top[:] = (first_top_logprobs(completion) or []) if readout else []
                 else:
-                    reply = _read_responses(client.responses.create(**payload))
+                    reply = read_responses(client.responses.create(**payload))
                 emit(reply.text)
                 return reply
 
@@ -442,7 +442,7 @@ class OpenAIBackend:
             log.exception("unexpected failure in request %d", index)
             return Response(error=self._scrub(f"internal error: {type(exc).__name__}: {exc}"))
 
-    def _with_retries(self, cfg: EndpointConfig, call: Callable[[], _Reply]) -> _Outcome:
+    def _with_retries(self, cfg: EndpointConfig, call: Callable[[], Reply]) -> _Outcome:
         semaphore = self._semaphores[cfg.url_key]
         started = time.perf_counter()
         # One wall-clock deadline for the whole request (attempts, waits, a trickling stream).
@@ -500,9 +500,9 @@ class OpenAIBackend:
 
 def _classify(exc: BaseException, cfg: EndpointConfig) -> tuple[bool, Optional[float], str]:
     """(retry?, seconds the server asked us to wait, message for the user)."""
-    if isinstance(exc, _BadReply):
+    if isinstance(exc, BadReply):
         return False, None, str(exc)
-    if isinstance(exc, _StreamCut):
+    if isinstance(exc, StreamCut):
         return True, None, str(exc)
     if isinstance(exc, openai.APITimeoutError):
         return True, None, f"timed out after {cfg.timeout_s:g} s"

@@ -25,18 +25,18 @@ MAX_REPLY_CHARS = 200_000
 
 
 @dataclass
-class _Reply:
+class Reply:
     text: str
     input_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _BadReply(Exception):
+class BadReply(Exception):
     """The server answered, but with nothing usable (no choices, no content): not retried."""
 
 
-class _StreamCut(Exception):
+class StreamCut(Exception):
     """A stream that ended without a finish_reason: the connection was cut (retried)."""
 
 
@@ -50,12 +50,12 @@ def _capped(text: str, extra: dict[str, Any]) -> str:
 # --- reading replies -----------------------------------------------------------------------------
 
 
-def _read_chat(completion: Any) -> _Reply:
+def read_chat(completion: Any) -> Reply:
     choices = getattr(completion, "choices", None)
     if choices is None:
-        raise _BadReply(f"not a chat completion: {str(completion)[:200]!r}")
+        raise BadReply(f"not a chat completion: {str(completion)[:200]!r}")
     if not choices:
-        raise _BadReply("the server returned no choices")
+        raise BadReply("the server returned no choices")
     choice = choices[0]
     message = getattr(choice, "message", None)
     finish = getattr(choice, "finish_reason", None)
@@ -66,12 +66,12 @@ def _read_chat(completion: Any) -> _Reply:
     if content is None and refusal:
         content, extra["refusal"] = refusal, True
     if not isinstance(content, str):
-        raise _BadReply(f"the reply has no text content (finish_reason={finish})")
+        raise BadReply(f"the reply has no text content (finish_reason={finish})")
     reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
     if isinstance(reasoning, str) and reasoning:
         extra["reasoning"] = reasoning
     usage = getattr(completion, "usage", None)
-    return _Reply(
+    return Reply(
         text=_capped(content, extra),
         input_tokens=getattr(usage, "prompt_tokens", None),
         output_tokens=getattr(usage, "completion_tokens", None),
@@ -79,7 +79,7 @@ def _read_chat(completion: Any) -> _Reply:
     )
 
 
-def _stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[[str], None]) -> _Reply:
+def stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[[str], None]) -> Reply:
     emit("")  # a retried stream starts its text over
     text, saw_choice, finish, usage, response_id, server_model = "", False, None, None, None, None
     # Like the non-streaming path: a reply whose content is null throughout (no text, no refusal) is
@@ -112,17 +112,17 @@ def _stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[
                 text, finish = text[:MAX_REPLY_CHARS], finish or "length"
                 break
     if not saw_choice:
-        raise _BadReply("the stream carried no choices")
+        raise BadReply("the stream carried no choices")
     if finish is None:  # a close-delimited stream cut short ends without an error; this shows it
-        raise _StreamCut(f"the stream ended early, after {len(text)} characters")
+        raise StreamCut(f"the stream ended early, after {len(text)} characters")
     extra = {"finish_reason": finish, "response_id": response_id, "server_model": server_model, "streamed": True}
     if truncated:
         extra["truncated"] = truncated
     if not text and refusal:
         text, extra["refusal"] = _capped(refusal, extra), True
     elif not saw_content:
-        raise _BadReply(f"the reply has no text content (finish_reason={finish})")
-    return _Reply(
+        raise BadReply(f"the reply has no text content (finish_reason={finish})")
+    return Reply(
         text=text,
         input_tokens=getattr(usage, "prompt_tokens", None),
         output_tokens=getattr(usage, "completion_tokens", None),
@@ -130,13 +130,13 @@ def _stream_chat(client: openai.OpenAI, payload: dict[str, Any], emit: Callable[
     )
 
 
-def _read_responses(response: Any) -> _Reply:
+def read_responses(response: Any) -> Reply:
     output = getattr(response, "output", None)
     if output is None:
-        raise _BadReply(f"not a Responses API object: {str(response)[:200]!r}")
+        raise BadReply(f"not a Responses API object: {str(response)[:200]!r}")
     error = getattr(response, "error", None)
     if error:
-        raise _BadReply(f"the server reported an error: {getattr(error, 'message', error)}")
+        raise BadReply(f"the server reported an error: {getattr(error, 'message', error)}")
     status = getattr(response, "status", None)
     extra: dict[str, Any] = {"status": status, "response_id": getattr(response, "id", None),
                              "server_model": getattr(response, "model", None)}
@@ -156,7 +156,7 @@ def _read_responses(response: Any) -> _Reply:
                 refusals.append(getattr(part, "refusal", "") or "")
     if not saw_message:
         why = f" (status {status}, {extra.get('incomplete_reason')})" if status and status != "completed" else ""
-        raise _BadReply(f"the reply has no message{why}")
+        raise BadReply(f"the reply has no message{why}")
     text = _capped("".join(texts), extra)
     if not text and refusals:
         text, extra["refusal"] = _capped("".join(refusals), extra), True
@@ -164,7 +164,7 @@ def _read_responses(response: Any) -> _Reply:
     details = getattr(usage, "output_tokens_details", None)
     if getattr(details, "reasoning_tokens", None):
         extra["reasoning_tokens"] = details.reasoning_tokens
-    return _Reply(
+    return Reply(
         text=text,
         input_tokens=getattr(usage, "input_tokens", None),
         output_tokens=getattr(usage, "output_tokens", None),
@@ -172,7 +172,7 @@ def _read_responses(response: Any) -> _Reply:
     )
 
 
-def _parse_json_object(text: str, schema: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+def parse_json_object(text: str, schema: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """The reply as a dict, or why not: not JSON, not an object, a required key missing, a value
     outside a top-level enum. (A light check; strict servers enforce the full schema.)"""
     try:
@@ -211,8 +211,8 @@ def _extra_body(cfg: EndpointConfig, generation: GenerationSettings) -> dict[str
     return body
 
 
-def _chat_payload(
-    cfg: EndpointConfig, messages: Sequence[Message], generation: GenerationSettings, images: "_DataUrls"
+def chat_payload(
+    cfg: EndpointConfig, messages: Sequence[Message], generation: GenerationSettings, images: "DataUrls"
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": cfg.model,
@@ -226,8 +226,8 @@ def _chat_payload(
     return payload
 
 
-def _responses_payload(
-    cfg: EndpointConfig, messages: Sequence[Message], generation: GenerationSettings, images: "_DataUrls"
+def responses_payload(
+    cfg: EndpointConfig, messages: Sequence[Message], generation: GenerationSettings, images: "DataUrls"
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": cfg.model,
@@ -251,7 +251,7 @@ def _parts(message: Message) -> list[Any]:
     return parts
 
 
-def _chat_message(message: Message, images: "_DataUrls") -> dict[str, Any]:
+def _chat_message(message: Message, images: "DataUrls") -> dict[str, Any]:
     parts = _parts(message)
     if len(parts) == 1 and isinstance(parts[0], str):
         # Plain string content: what every server's chat template accepts.
@@ -263,7 +263,7 @@ def _chat_message(message: Message, images: "_DataUrls") -> dict[str, Any]:
     return {"role": message["role"], "content": content}
 
 
-def _responses_message(message: Message, images: "_DataUrls") -> dict[str, Any]:
+def _responses_message(message: Message, images: "DataUrls") -> dict[str, Any]:
     role, parts = message["role"], _parts(message)
     if len(parts) == 1 and isinstance(parts[0], str):
         return {"role": role, "content": parts[0]}
@@ -279,7 +279,7 @@ def _responses_message(message: Message, images: "_DataUrls") -> dict[str, Any]:
     return {"role": role, "content": content}
 
 
-class _DataUrls:
+class DataUrls:
     """PNG data URLs, encoded once per image within a batch (one image often has many prompts)."""
 
     def __init__(self) -> None:
