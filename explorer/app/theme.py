@@ -5,7 +5,9 @@ from pathlib import Path
 
 import gradio as gr
 
-CSS_PATH = Path(__file__).resolve().parents[2] / "assets" / "explorer.css"
+# The repository's assets/ in a checkout; the copy an installed package carries otherwise.
+_CHECKOUT_CSS = Path(__file__).resolve().parents[2] / "assets" / "explorer.css"
+CSS_PATH = _CHECKOUT_CSS if _CHECKOUT_CSS.is_file() else Path(__file__).resolve().parents[1] / "bundled_assets" / "explorer.css"
 
 
 def theme() -> gr.themes.Base:

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from explorer.schema import GenerationSettings
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
+# A checkout reads the repository's presets/; an installed package (pip install .) carries a copy.
+_CHECKOUT_PRESETS = Path(__file__).resolve().parents[2] / "presets"
+PRESETS_DIR = _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parents[1] / "bundled_presets"
 Architecture = Literal["llava_next", "llava", "gemma3"]
 
 

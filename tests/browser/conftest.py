@@ -79,3 +79,11 @@ def page(browser, app_url, app_log, tmp_path):
     p.locator("#run-compare").wait_for()
     yield p
     context.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Everything under tests/browser drives Chromium: `-m "not browser"` leaves it out.
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.browser)
