@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from explorer.catalog.presets import PresetError, load_catalog
 from explorer.app.context import AppSettings
 from explorer.app.layout import build_demo, launch_kwargs, random_weights
+from explorer.catalog.presets import PresetError, load_catalog
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

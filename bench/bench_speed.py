@@ -35,6 +35,7 @@ from pathlib import Path
 
 # bench/ is on sys.path when run as a script; bench_cases also makes the repo importable, offline.
 from bench_cases import DEFAULT_SAMPLES, load_cases, synthetic_cases
+
 ARCHITECTURES = {"llava_next": "demo-llava", "llava": "demo-llava-med", "gemma3": "demo-gemma"}
 REAL_MODELS = {"llava_next": "llava", "llava": "llava-med", "gemma3": "gemma"}  # --real: the study's checkpoints
 
@@ -127,10 +128,10 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
 
     from explorer.models.backends.registry import BackendRegistry
     from explorer.prompts.messages import build_request
-    from explorer.schema import GenerationSettings
-    from explorer.service.core import Explorer
     from explorer.runs.store import Store
     from explorer.runs.sweep import plan_sweep, run_sweep
+    from explorer.schema import GenerationSettings
+    from explorer.service.core import Explorer
 
     spec = catalog.model(alias)
     real = catalog.model(spec.demo_of) if spec.demo_of else spec
@@ -160,7 +161,7 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     for mode in args.modes:
         backend.reuse = mode
         backend.memo.clear()
-        answers, tokens = {}, {}
+        answers = {}
 
         def keep(item, row, answers=answers):
             answers[(item.case.case_id, item.variant.prompt_id)] = (row.get("answer") or "").strip()
@@ -264,8 +265,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from explorer.models.demo import DemoSize
     from explorer.catalog.presets import load_catalog
+    from explorer.models.demo import DemoSize
     from explorer.prompts.variants import closed_variants
 
     if args.threads:

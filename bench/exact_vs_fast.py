@@ -79,8 +79,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from explorer.models.demo import DemoSize
     from explorer.catalog.presets import load_catalog
+    from explorer.models.demo import DemoSize
     from explorer.prompts.variants import closed_variants
     from explorer.runs.sweep import plan_sweep
 

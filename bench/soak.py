@@ -77,10 +77,11 @@ def soak_sweeps(rounds: int, cases: int, rng: random.Random, work: Path) -> dict
 # ------------------------------------------------------------------ kill -9 during exports
 def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
     from crash_worker import check_export, crash_plan, run_and_kill, stdout_has, temp_files, worker_command
+    from sweep_worker import FakeBackend
+
     from explorer.analysis.exports import export_results
     from explorer.runs.store import Store
     from explorer.runs.sweep import run_sweep
-    from sweep_worker import FakeBackend
 
     store_path, out = work / "export.sqlite", work / "export"
     formats = ("csv", "parquet", "json")
@@ -117,12 +118,13 @@ def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
 
 # ------------------------------------------------------------------ a storm of server faults
 def soak_faults(items_wanted: int, faults_wanted: int, rng: random.Random, work: Path) -> dict:
-    from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+    from fake_openai_server import FakeOpenAIServer, Fault
+    from sweep_worker import small_plan
+
     from explorer.catalog.presets import load_catalog
+    from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
     from explorer.runs.store import Store
     from explorer.runs.sweep import retry_errors, run_sweep
-    from fake_openai_server import Fault, FakeOpenAIServer
-    from sweep_worker import small_plan
 
     os.environ[STORM_KEY_ENV] = STORM_KEY
     kinds = {
@@ -216,12 +218,12 @@ def soak_public_attack(seconds: float, work: Path) -> dict:
     import numpy as np
     import yaml
     from gradio_client import Client, handle_file
+    from misbehaving_server import MisbehavingServer
     from PIL import Image
 
     from explorer.app.context import AppSettings, SharedExplorer
     from explorer.app.layout import build_demo, launch_kwargs
     from explorer.app.results import ResultsHandlers
-    from misbehaving_server import MisbehavingServer
 
     warnings.filterwarnings("ignore", category=UserWarning)  # each refusal also raises a gr.Warning
     samples = work / "samples" / "pneumonia"

@@ -32,8 +32,9 @@ EXPORT_TABLES = ("answers", "metrics_cells", "metrics_summary", "metrics_headlin
 
 
 def crash_plan(n_cases: int):
-    from explorer.catalog.presets import load_catalog
     from sweep_worker import small_plan
+
+    from explorer.catalog.presets import load_catalog
 
     return small_plan(load_catalog(), models=MODELS, n_cases=n_cases)
 
@@ -44,9 +45,10 @@ def item_key(model: str, case_id: str, prompt_id: str) -> str:
 
 # ------------------------------------------------------------------ the processes
 def _sweep(args: argparse.Namespace) -> int:
+    from sweep_worker import FakeBackend
+
     from explorer.runs.store import Store
     from explorer.runs.sweep import run_sweep
-    from sweep_worker import FakeBackend
 
     plan = crash_plan(args.cases)
     done = open(args.done_log, "a", encoding="utf-8", buffering=1)  # a line reaches the OS at once

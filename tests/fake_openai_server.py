@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
@@ -97,11 +97,14 @@ class _State:
     max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    # The reply to a request with no fault queued: a function of the last user text (default: an echo).
+    replier: Optional[Callable[[str], str]] = None
 
 
 class FakeOpenAIServer:
-    def __init__(self, *, delay_s: float = 0.0, faults: tuple[Fault, ...] = ()):
-        self._state = _State(delay_s=delay_s, faults=deque(faults))
+    def __init__(self, *, delay_s: float = 0.0, faults: tuple[Fault, ...] = (),
+                 replier: Optional[Callable[[str], str]] = None):
+        self._state = _State(delay_s=delay_s, faults=deque(faults), replier=replier)
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -217,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "drop":
             self._drop()
             return None
-        text = fault.content if kind == "content" else _default_reply(body)
+        text = fault.content if kind == "content" else _default_reply(body, self.state.replier)
         chat = self.path == CHAT_PATH
         if chat and body.get("stream"):
             return self._stream_chat(body, text, drop_after_first=kind == "drop_mid_stream", empty=kind == "empty")
@@ -317,12 +320,14 @@ def _example(schema: dict) -> Any:
     return {"string": "echo", "number": 0, "integer": 0, "boolean": False}.get(kind)
 
 
-def _default_reply(body: dict) -> str:
+def _default_reply(body: dict, replier: Optional[Callable[[str], str]] = None) -> str:
     schema = _schema(body)
     if schema is not None:
         return json.dumps(_example(schema))
     users = [m for m in _messages(body) if m.get("role") == "user"]
     text, images = _text_and_images(users[-1]) if users else ("", 0)
+    if replier is not None:
+        return replier(text)
     suffix = f" [{images} image(s)]" if images else ""
     return f"echo {body.get('model')}: {text}{suffix}"
 

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from explorer.probes import describe as D
 from explorer.analysis.plots import LABEL_COLOURS, VERDICT_SYMBOLS
-from explorer.service.public import PolicyError
-from explorer.service.core import Explorer
-from explorer.service.probes import CaseDiagnosis
 from explorer.app.context import AppSettings, SharedExplorer
 from explorer.app.diagnose_view import ALL_RUNS, COMPARE_CASE, DiagnoseHandlers, case_cards
 from explorer.app.embeddings_tab import EmbeddingHandlers
+from explorer.probes import describe as D
+from explorer.service.core import Explorer
+from explorer.service.probes import CaseDiagnosis
+from explorer.service.public import PolicyError
 
 TASK = "pneumonia"
 MODELS = ["demo-llava", "demo-gemma"]  # a CLIP and a SigLIP tower
@@ -233,8 +233,8 @@ def test_the_studys_hugging_face_embedding_sample_is_a_case_source(tmp_path, mon
     from types import SimpleNamespace
 
     from explorer.cases import hub as datasets
-    from explorer.service.public import PolicyError
     from explorer.service.core import Explorer
+    from explorer.service.public import PolicyError
 
     asked = {}
 

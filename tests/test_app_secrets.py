@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from fake_openai_server import FakeOpenAIServer, Fault
 from PIL import Image
 
 from explorer.runs.store import Store
-from fake_openai_server import Fault, FakeOpenAIServer
 
 CUSTOM_ENV = "EXPLORER_TEST_CUSTOM_KEY"
 SENTINELS = {

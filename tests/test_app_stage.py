@@ -14,10 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from explorer.app import history, names, render
 from explorer.service.core import AnswerView
-from explorer.app import history
-from explorer.app import names
-from explorer.app import render
 
 
 def _view(model: str, verdict: str, answer: str = "Yes.", **kw) -> AnswerView:

@@ -28,17 +28,17 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from sweep_worker import FakeBackend, small_plan
 
 from explorer.cases import hub as datasets
-from explorer.cli.main import main
 from explorer.cases.hub import CaseSourceError
 from explorer.cases.images import ImageLoadError, image_from_data_url
 from explorer.catalog.presets import PRESETS_DIR, Catalog, PresetError, load_catalog
-from explorer.service.public import PolicyError, PublicPolicy
-from explorer.service.core import Explorer
+from explorer.cli.main import main
 from explorer.runs.store import Store
 from explorer.runs.sweep import run_sweep
-from sweep_worker import FakeBackend, small_plan
+from explorer.service.core import Explorer
+from explorer.service.public import PolicyError, PublicPolicy
 
 TASK = "pneumonia"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # decoders warn about what they tolerate

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.cli.main import main
 from explorer.analysis.exports import export_results, import_answers
+from explorer.cli.main import main
 from explorer.runs.store import Store
 from explorer.runs.study_import import read_answers_file
 

@@ -13,15 +13,22 @@ import signal
 import time
 
 import pytest
-
 from crash_worker import (
-    EXPORT_TABLES, check_export, check_store, crash_plan, done_keys, item_key, run_and_kill, stdout_has,
-    temp_files, worker_command,
+    check_export,
+    check_store,
+    crash_plan,
+    done_keys,
+    item_key,
+    run_and_kill,
+    stdout_has,
+    temp_files,
+    worker_command,
 )
+from sweep_worker import FakeBackend
+
 from explorer.analysis.exports import export_results
 from explorer.runs.store import Store
 from explorer.runs.sweep import run_sweep
-from sweep_worker import FakeBackend
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.service.core import Explorer
 from explorer.app.compare import yes_reading_note
+from explorer.service.core import Explorer
 
 
 @pytest.fixture(scope="module")

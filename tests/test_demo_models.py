@@ -10,9 +10,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from explorer.catalog.presets import load_catalog
 from explorer.models import demo as demo_models
 from explorer.models.demo import DemoSize, config_hash, ensure_demo_model, ensure_demo_text_model, read_marker
-from explorer.catalog.presets import load_catalog
 
 DEMOS = {
     "demo-llava": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor"),

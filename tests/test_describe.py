@@ -2,26 +2,27 @@
 Completions (a local fake server) and a local text model, the diagnoses table and its cache, and metrics."""
 from __future__ import annotations
 
-import json
 import argparse
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fake_openai_server import FakeOpenAIServer, Fault, fake_openai  # noqa: F401  (fixture)
 from PIL import Image
 
+from explorer.cases.hub import upload_case
+from explorer.catalog.presets import load_catalog
 from explorer.cli import probes as cli_probes
-from explorer.probes import describe as D
 from explorer.models.backends.base import BackendError
 from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 from explorer.models.backends.transformers_backend import TransformersBackend
-from explorer.cases.hub import upload_case
-from explorer.catalog.presets import load_catalog
+from explorer.probes import describe as D
+from explorer.probes import diagnosers as DX
 from explorer.prompts.variants import describe_variants
 from explorer.runs.store import Store
 from explorer.runs.sweep import plan_sweep, run_sweep
-from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
 
 TASK = "pneumonia"
 
@@ -126,8 +127,8 @@ def test_parse_yes_no(raw, expected):
 # ------------------------------------------------------------------ OpenAI Responses API
 def test_responses_api_with_the_studys_settings_and_cache(store, described, catalog, fake_openai):
     answers = _answers(store, described)
-    dx = D.openai_diagnoser("gpt-5.1", base_url=fake_openai.base_url)  # the study's settings by default
-    assert isinstance(dx, D.StructuredDiagnoser) and dx.label == "openai:gpt-5.1"
+    dx = DX.openai_diagnoser("gpt-5.1", base_url=fake_openai.base_url)  # the study's settings by default
+    assert isinstance(dx, DX.StructuredDiagnoser) and dx.label == "openai:gpt-5.1"
     summary = D.diagnose_descriptions(store, dx, catalog, answers)
     assert (summary.planned, summary.computed + summary.cached, summary.errors) == (24, 24, 0)
     # Random-weight descriptions often repeat: each distinct prompt is asked once.
@@ -139,7 +140,7 @@ def test_responses_api_with_the_studys_settings_and_cache(store, described, cata
     assert fake_openai.requests[0].path == "/v1/responses"
     assert body["model"] == "gpt-5.1" and body["temperature"] == 0 and body["max_output_tokens"] == 64
     assert body["reasoning"] == {"effort": "none"}
-    assert body["text"]["format"] == {"type": "json_schema", "name": "yes_no_answer", "schema": D.YES_NO_SCHEMA,
+    assert body["text"]["format"] == {"type": "json_schema", "name": "yes_no_answer", "schema": DX.YES_NO_SCHEMA,
                                       "strict": True}
     prompts = {r.body["input"][0]["content"] for r in fake_openai.requests}
     first = answers[0]
@@ -157,7 +158,7 @@ def test_responses_api_with_the_studys_settings_and_cache(store, described, cata
 
 def test_failed_call_is_stored_and_retried(store, described, catalog, fake_openai):
     answers = _answers(store, described)[:1]
-    dx = D.StructuredDiagnoser(_endpoint(fake_openai, "responses"), "dx")
+    dx = DX.StructuredDiagnoser(_endpoint(fake_openai, "responses"), "dx")
     fake_openai.add_faults(Fault.http(400, "model overloaded in a non-retryable way"))
     first = D.diagnose_descriptions(store, dx, catalog, answers, ["tight"])
     assert first.errors == 1 and "HTTP 400" in D.diagnoses_frame(store, answers)["error"].iloc[0]
@@ -169,7 +170,7 @@ def test_failed_call_is_stored_and_retried(store, described, catalog, fake_opena
 
 def test_responses_reply_that_is_not_json_is_unparsed(store, described, catalog, fake_openai):
     answers = _answers(store, described)[:1]
-    dx = D.StructuredDiagnoser(_endpoint(fake_openai, "responses"), "dx")
+    dx = DX.StructuredDiagnoser(_endpoint(fake_openai, "responses"), "dx")
     fake_openai.add_faults(Fault.reply('{"answer": Yes'))
     summary = D.diagnose_descriptions(store, dx, catalog, answers, ["one_word"])
     assert (summary.computed, summary.errors, summary.unparsed) == (1, 0, 1)
@@ -181,20 +182,20 @@ def test_responses_reply_that_is_not_json_is_unparsed(store, described, catalog,
 def test_diagnoser_from_arg_follows_the_preset(catalog, demo_cache, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(BackendError, match="OPENAI_API_KEY"):  # said before any work starts
-        D.diagnoser_from_arg("preset", catalog, catalog.study("paper").describe)
+        DX.diagnoser_from_arg("preset", catalog, catalog.study("paper").describe)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
-    paper = D.diagnoser_from_arg("preset", catalog, catalog.study("paper").describe)
+    paper = DX.diagnoser_from_arg("preset", catalog, catalog.study("paper").describe)
     ident = paper.identity()
-    assert isinstance(paper, D.StructuredDiagnoser) and paper.label == "openai:gpt-5.1"
+    assert isinstance(paper, DX.StructuredDiagnoser) and paper.label == "openai:gpt-5.1"
     assert ident["backend"]["api"] == "responses" and ident["backend"]["extra"] == {"reasoning": {"effort": "none"}}
     assert ident["max_output_tokens"] == 64 and ident["temperature"] == 0.0
-    plain = D.diagnoser_from_arg("openai:my-model", catalog, api="chat", reasoning_effort=None,
+    plain = DX.diagnoser_from_arg("openai:my-model", catalog, api="chat", reasoning_effort=None,
                                  base_url="http://127.0.0.1:9/v1")
     assert "extra" not in plain.identity()["backend"] and plain.identity()["backend"]["api"] == "chat"
-    demo = D.diagnoser_from_arg("preset", catalog, catalog.study("demo").describe, cache_dir=demo_cache)
-    assert isinstance(demo, D.TextDiagnoser) and demo.choice and demo.generation.max_new_tokens == 1
+    demo = DX.diagnoser_from_arg("preset", catalog, catalog.study("demo").describe, cache_dir=demo_cache)
+    assert isinstance(demo, DX.TextDiagnoser) and demo.choice and demo.generation.max_new_tokens == 1
     with pytest.raises(ValueError, match="unknown diagnoser"):
-        D.diagnoser_from_arg("gpt", catalog)
+        DX.diagnoser_from_arg("gpt", catalog)
     for dx in (paper, plain, demo):
         dx.close()
 
@@ -202,14 +203,14 @@ def test_diagnoser_from_arg_follows_the_preset(catalog, demo_cache, monkeypatch)
 # ------------------------------------------------------------------ Chat Completions
 def test_chat_json_schema_and_invalid_json_is_unparsed(store, described, catalog, fake_openai):
     answers = _distinct(_answers(store, described), 2)
-    dx = D.StructuredDiagnoser(_endpoint(fake_openai, "chat"), "dx")
+    dx = DX.StructuredDiagnoser(_endpoint(fake_openai, "chat"), "dx")
     fake_openai.add_faults(Fault.reply("Sure! The patient {clearly has"), Fault.reply("No."))
     summary = D.diagnose_descriptions(store, dx, catalog, answers, ["one_word"])
     assert (summary.computed, summary.errors, summary.unparsed) == (2, 0, 1)
     req = fake_openai.requests[0]
     assert req.path == "/v1/chat/completions"
     assert req.body["response_format"] == {"type": "json_schema", "json_schema": {
-        "name": "yes_no_answer", "schema": D.YES_NO_SCHEMA, "strict": True}}
+        "name": "yes_no_answer", "schema": DX.YES_NO_SCHEMA, "strict": True}}
     frame = D.diagnoses_frame(store, answers).set_index("answer_id")
     assert frame.loc[answers[0]["id"], "parsed"] == "unparsed"
     assert frame.loc[answers[0]["id"], "raw"] == "Sure! The patient {clearly has"  # kept as it came
@@ -218,7 +219,7 @@ def test_chat_json_schema_and_invalid_json_is_unparsed(store, described, catalog
 
 def test_chat_server_without_json_schema_falls_back_to_plain(store, described, catalog, fake_openai):
     answers = _distinct(_answers(store, described), 2)
-    dx = D.StructuredDiagnoser(_endpoint(fake_openai, "chat"), "dx")
+    dx = DX.StructuredDiagnoser(_endpoint(fake_openai, "chat"), "dx")
     fake_openai.add_faults(Fault.http(400, "response_format json_schema is not supported"), Fault.reply("No."),
                            Fault.reply("Yes"))
     summary = D.diagnose_descriptions(store, dx, catalog, answers, ["disease"])
@@ -232,9 +233,9 @@ def test_chat_server_without_json_schema_falls_back_to_plain(store, described, c
 
 def test_plain_chat_diagnoser_reads_text(store, described, catalog, fake_openai):
     answers = _answers(store, described)[:1]
-    dx = D.openai_diagnoser("some-local-model", api="chat", base_url=fake_openai.base_url, structured=False,
+    dx = DX.openai_diagnoser("some-local-model", api="chat", base_url=fake_openai.base_url, structured=False,
                             reasoning_effort=None)
-    assert isinstance(dx, D.TextDiagnoser)
+    assert isinstance(dx, DX.TextDiagnoser)
     fake_openai.add_faults(Fault.reply("Yes, there is consolidation."))
     D.diagnose_descriptions(store, dx, catalog, answers, ["tight"])
     body = fake_openai.requests[0].body
@@ -246,7 +247,7 @@ def test_plain_chat_diagnoser_reads_text(store, described, catalog, fake_openai)
 # ------------------------------------------------------------------ local text model
 def test_local_demo_text_model_noise_is_parsed_not_crashed(store, described, catalog, demo_cache):
     answers = _answers(store, described)
-    dx = D.demo_diagnoser(catalog, max_output_tokens=6, cache_dir=demo_cache)
+    dx = DX.demo_diagnoser(catalog, max_output_tokens=6, cache_dir=demo_cache)
     assert dx.identity()["backend"]["random_weights"] is True
     summary = D.diagnose_descriptions(store, dx, catalog, answers)
     assert summary.computed + summary.cached == 24 and summary.errors == 0
@@ -315,7 +316,7 @@ def test_describe_cli_offline(tmp_path, monkeypatch, capsys, explorer_cache):
 
 def test_a_local_diagnoser_chooses_yes_or_no_from_its_first_token_and_is_never_unparsed(catalog, demo_cache):
     """The local counterpart of the study's strict {"answer": "Yes"|"No"} schema: read, never guessed."""
-    choosing = D.demo_diagnoser(catalog, cache_dir=demo_cache)
+    choosing = DX.demo_diagnoser(catalog, cache_dir=demo_cache)
     prompts = [f"Description: {t}\nDoes this patient have pneumonia? Answer Yes or No."
                for t in ("patchy opacity in the right lower lobe", "clear lungs", "", "x" * 300)]
     replies = choosing.diagnose(prompts)
@@ -325,7 +326,7 @@ def test_a_local_diagnoser_chooses_yes_or_no_from_its_first_token_and_is_never_u
         assert data["answer"] == ("Yes" if data["p_yes"] >= 0.5 else "No")
         assert D.parse_yes_no(reply.raw)[0] == data["answer"].lower()
     assert choosing.identity()["choice"] == "first-token yes/no"
-    free = D.local_diagnoser(catalog, choosing.backend.local_paths[D.DEMO_TEXT_ALIAS], D.DEMO_TEXT_ALIAS,
+    free = DX.local_diagnoser(catalog, choosing.backend.local_paths[DX.DEMO_TEXT_ALIAS], DX.DEMO_TEXT_ALIAS,
                              max_output_tokens=4, choice=False)
     assert "choice" not in free.identity() and all(r.mode == "plain" for r in free.diagnose(prompts[:1]))
     choosing.close()

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.cli import probes as cli_probes
-from explorer.probes import embeddings as E
-from explorer.models.backends.transformers_backend import TransformersBackend
 from explorer.cases.hub import upload_case
 from explorer.catalog.presets import load_catalog
+from explorer.cli import probes as cli_probes
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.probes import embeddings as E
 
 ARCHITECTURES = {"demo-llava": "llava_next", "demo-llava-med": "llava", "demo-gemma": "gemma3"}
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from explorer.models.backends.transformers_backend import TransformersBackend
 from explorer.cases.images import content_hash
 from explorer.catalog.presets import load_catalog
+from explorer.models.backends.transformers_backend import TransformersBackend
 from explorer.prompts.variants import closed_variants
-from explorer.schema import Case, request_fingerprint
 from explorer.runs.store import Store
 from explorer.runs.sweep import plan_sweep, run_sweep
+from explorer.schema import Case, request_fingerprint
 
 MODEL = "demo-gemma"
 

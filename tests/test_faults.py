@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from fake_openai_server import FakeOpenAIServer, Fault, fake_openai  # noqa: F401  (fixture)
 from PIL import Image, ImageDraw
+from sweep_worker import make_cases, small_plan
 
+from explorer.catalog.presets import load_catalog
+from explorer.cli.main import main
 from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 from explorer.models.backends.transformers_backend import TransformersBackend
-from explorer.cli.main import main
-from explorer.scoring.judge import JUDGE_ERROR, LLMJudge
-from explorer.catalog.presets import load_catalog
 from explorer.prompts.variants import closed_variants
 from explorer.runs.store import Store
 from explorer.runs.sweep import plan_sweep, rejudge, retry_errors, run_sweep
-from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
-from sweep_worker import make_cases, small_plan
+from explorer.scoring.judge import JUDGE_ERROR, LLMJudge
 
 KEY_ENV = "EXPLORER_FAULTS_TEST_KEY"
 PASS = Fault.delay(0.0)  # an ordinary answer: ends a run of scripted faults for one item

@@ -6,14 +6,14 @@ from typing import Sequence
 import pytest
 from PIL import Image
 
-from explorer.probes.flip_search import candidates, find_flip, word_distance
 from explorer.cases.images import content_hash
-from explorer.prompts.perturb import load_families, task_words
 from explorer.catalog.presets import load_catalog
+from explorer.probes.flip_search import candidates, find_flip, word_distance
+from explorer.prompts.perturb import load_families, task_words
 from explorer.prompts.variants import find_variant
+from explorer.runs.store import variant_from_row
 from explorer.schema import Case, Request, Response
 from explorer.service.core import Explorer
-from explorer.runs.store import variant_from_row
 
 CATALOG = load_catalog()
 FAMILIES = load_families()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from explorer.service.core import _conflict_spans
 from explorer.app.render import evidence_spans
+from explorer.service.core import _conflict_spans
 
 
 def test_a_stored_hedge_gives_both_conflicting_spans_to_the_card():

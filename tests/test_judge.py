@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from explorer.schema import PromptVariant, Response
 from explorer.scoring.judge import (
     AMBIGUOUS,
     JUDGE_ERROR,
@@ -15,7 +16,6 @@ from explorer.scoring.judge import (
     is_judge_failure,
     read_judgement,
 )
-from explorer.schema import PromptVariant, Response
 
 TOKENS = {
     "brain_tumor": {"positive": "TUMOR", "negative": "NO_TUMOR", "image_kind": "brain MRI image",

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.catalog.presets import load_catalog
 from explorer.cli.main import main
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.prompts.variants import closed_variants
+from explorer.runs.store import Store
 from explorer.scoring.judge import (
     AMBIGUOUS,
     JUDGE_ERROR,
@@ -28,9 +31,6 @@ from explorer.scoring.judge import (
     judge_generation,
     study_judge_prompts,
 )
-from explorer.catalog.presets import load_catalog
-from explorer.prompts.variants import closed_variants
-from explorer.runs.store import Store
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"
 REASONING_TOKENS = 300  # what the fake model "thinks" before it answers

@@ -90,7 +90,7 @@ def test_f1_all_via_sklearn_equals_closed_formula_on_random_data():
         refused = int(verdict.isin(["refusal", "hedge", "unclear"]).sum())
         closed = 2 * tp / (2 * tp + fp + fn + refused) if (2 * tp + fp + fn + refused) else math.nan
         assert sk == pytest.approx(closed, nan_ok=True)
-        row = cell_metrics(answers([("p", f"c{i}", l, v) for i, (l, v) in enumerate(zip(label, verdict))]),
+        row = cell_metrics(answers([("p", f"c{i}", truth, v) for i, (truth, v) in enumerate(zip(label, verdict))]),
                            n_boot=0).iloc[0]
         assert row.f1_all == pytest.approx(closed, nan_ok=True)
         counts = np.array([row.tp, row.fn, row.fp, row.tn, row.refused_pos, row.refused_neg])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from explorer.catalog.presets import load_catalog
 from explorer.models.backends.base import BackendError
 from explorer.models.backends.transformers_backend import TransformersBackend
 from explorer.models.manager import (
@@ -16,7 +17,6 @@ from explorer.models.manager import (
     safetensors_params,
     weight_bytes,
 )
-from explorer.catalog.presets import load_catalog
 
 
 class Clock:

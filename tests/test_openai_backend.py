@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
+from fake_openai_server import FakeOpenAIServer, Fault, fake_openai  # noqa: F401  (fixture)
 from PIL import Image
 
 from explorer.models.backends.base import BackendError
 from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 from explorer.schema import GenerationSettings, ImagePart, Request
-from fake_openai_server import Fault, FakeOpenAIServer, fake_openai  # noqa: F401  (fixture)
 
 KEY_ENV = "EXPLORER_TEST_OPENAI_KEY"
 SENTINEL = "sk-test-SENTINEL-4b1d9e7f0c"

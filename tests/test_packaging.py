@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +26,8 @@ def test_every_package_folder_is_listed():
 
 def test_runtime_requirements_match_requirements_txt():
     def names(lines):
-        return {l.split(";")[0].split("#")[0].strip().split(">")[0].split("<")[0].split("=")[0].strip().lower()
-                for l in lines if l.strip() and not l.strip().startswith(("#", "-r"))}
+        return {line.split(";")[0].split("#")[0].strip().split(">")[0].split("<")[0].split("=")[0].strip().lower()
+                for line in lines if line.strip() and not line.strip().startswith(("#", "-r"))}
     declared = names(_pyproject()["project"]["dependencies"])
     assert declared == names((ROOT / "requirements.txt").read_text().splitlines())
 

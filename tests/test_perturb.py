@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from explorer.catalog.presets import PresetError, PromptSelection, load_catalog
 from explorer.prompts.perturb import (
     FamilySpec,
     Parts,
@@ -16,11 +17,10 @@ from explorer.prompts.perturb import (
     task_words,
     variant_id,
 )
-from explorer.catalog.presets import PresetError, PromptSelection, load_catalog
 from explorer.prompts.variants import closed_variants
-from explorer.scoring.question_focus import question_polarity
-from explorer.schema import PromptVariant
 from explorer.runs.store import polarity_of, variant_from_row
+from explorer.schema import PromptVariant
+from explorer.scoring.question_focus import question_polarity
 from explorer.scoring.verdicts import parse_verdict
 
 CATALOG = load_catalog()

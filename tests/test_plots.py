@@ -11,8 +11,7 @@ import plotly.graph_objects as go
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from explorer.analysis import metrics
-from explorer.analysis import plots
+from explorer.analysis import metrics, plots
 from explorer.schema import VERDICT_LABELS
 
 PAIRS = {"llava": ("llava", "base"), "llava-med": ("llava", "medical"),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from explorer.probes.describe import diagnosis_prompt
 from explorer.catalog.presets import PresetError, PromptSelection, load_catalog
+from explorer.probes.describe import diagnosis_prompt
+from explorer.prompts.messages import build_request
 from explorer.prompts.variants import (
     all_variants,
     closed_variants,
@@ -17,7 +18,6 @@ from explorer.prompts.variants import (
     prompt_set_info,
     prompt_set_variants,
 )
-from explorer.prompts.messages import build_request
 from explorer.schema import Case
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"

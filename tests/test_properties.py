@@ -17,11 +17,11 @@ import numpy as np
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_bad_inputs import dicom_bytes, dicom_with_broken_rows_element, gif_frames, multipage_tiff
 
 from explorer.cases.images import ImageLoadError, content_hash, load_image
 from explorer.schema import VERDICT_LABELS, PromptVariant, Verdict
 from explorer.scoring.verdicts import RULES_METHOD, parse_verdict
-from test_bad_inputs import dicom_bytes, dicom_with_broken_rows_element, gif_frames, multipage_tiff
 
 EXAMPLES = int(os.environ.get("EXPLORER_HYPOTHESIS_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,

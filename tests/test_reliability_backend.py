@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from misbehaving_server import MisbehavingServer
 from PIL import Image
 
 from explorer.cases import hub as datasets
@@ -15,7 +16,6 @@ from explorer.models.backends.openai_backend import EndpointConfig
 from explorer.models.backends.openai_wire import MAX_REPLY_CHARS
 from explorer.probes.diagnosers import is_openai_host, openai_diagnoser
 from explorer.service.core import Explorer
-from misbehaving_server import MisbehavingServer
 
 MODEL = "demo-gemma"  # chat-template prompts, so an OpenAI-compatible server can answer it
 SENTINEL = "sk-reliability-SENTINEL-0042"

@@ -21,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from fake_openai_server import Fault, fake_openai  # noqa: F401  (fixture)
 from PIL import Image, ImageDraw
 
-from explorer.cli.main import main
 from explorer.analysis.exports import export_results, import_answers
+from explorer.cli.main import main
 from explorer.runs.store import Store
-from fake_openai_server import Fault, fake_openai  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 KEY_ENV = "EXPLORER_RELIABILITY_TEST_KEY"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.service.public import PolicyError
 from explorer.app.context import AppSettings, SharedExplorer
 from explorer.app.diagnose_view import ALL_RUNS, DiagnoseHandlers
+from explorer.service.public import PolicyError
 
 TASK = "pneumonia"
 

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from explorer.app.context import AppSettings, SharedExplorer
+from explorer.app.results import ResultsHandlers
 from explorer.runs.bounded_read import ReadLimits, public_limits
 from explorer.runs.results_files import open_results
 from explorer.runs.store import Store
 from explorer.runs.study_import import ResultFileError
-from explorer.app.context import AppSettings, SharedExplorer
-from explorer.app.results import ResultsHandlers
 
 REPO = Path(__file__).resolve().parent.parent
 ANSWER = dict(model="demo-gemma", task="pneumonia", prompt_id="abnormal", prompt_family="abnormal",

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from explorer.cli.main import main
 from explorer.analysis.metrics import cell_metrics
-from explorer.catalog.presets import load_catalog
-from explorer.prompts.variants import prompt_set_variants
 from explorer.analysis.report import NOT_GIVEN, build_report
+from explorer.catalog.presets import load_catalog
+from explorer.cli.main import main
+from explorer.prompts.variants import prompt_set_variants
 from explorer.runs.results_files import open_results
 from explorer.runs.study_import import EVAL_OUTPUT_COLUMNS, ResultFileError
 

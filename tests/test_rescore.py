@@ -8,10 +8,10 @@ from PIL import Image
 
 from explorer.cases.images import content_hash
 from explorer.catalog.presets import load_catalog
-from explorer.prompts.variants import closed_variant
 from explorer.prompts.messages import build_request
-from explorer.schema import Case, Response, Verdict, request_fingerprint
+from explorer.prompts.variants import closed_variant
 from explorer.runs.store import Store, answer_row
+from explorer.schema import Case, Response, Verdict, request_fingerprint
 from explorer.scoring.verdicts import RULES_METHOD
 
 IDENTITY = {"backend": "fake", "id": "org/demo-gemma", "revision": "abc", "dtype": "float32"}

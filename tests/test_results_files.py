@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_study_import import BRAIN_PROMPTS, CASES, JUDGMENTS, study_records, write
 
 from explorer.analysis.exports import import_answers
 from explorer.runs.results_files import disagreements, open_results
 from explorer.runs.store import Store
 from explorer.runs.study_import import ResultFileError
-
-from test_study_import import BRAIN_PROMPTS, CASES, JUDGMENTS, study_records, write
 
 
 def answers(rows):

@@ -6,14 +6,14 @@ import threading
 import time
 
 import pytest
-
-from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
-from explorer.models.gates import GenerationGates
-from explorer.catalog.presets import load_catalog
-from explorer.runs.store import Store
-from explorer.runs.sweep import parse_shard, run_sweep, shard_plan
 from fake_openai_server import FakeOpenAIServer
 from sweep_worker import FakeBackend, small_plan
+
+from explorer.catalog.presets import load_catalog
+from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
+from explorer.models.gates import GenerationGates
+from explorer.runs.store import Store
+from explorer.runs.sweep import parse_shard, run_sweep, shard_plan
 
 MODELS = ("demo-gemma", "demo-medgemma")
 

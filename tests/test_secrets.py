@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_openai_server import FakeOpenAIServer, Fault
 from PIL import Image, ImageDraw
 
 from explorer.cli.main import main
-from explorer.scoring.judge import JUDGE_ERROR
 from explorer.runs.store import Store
-from fake_openai_server import Fault, FakeOpenAIServer
+from explorer.scoring.judge import JUDGE_ERROR
 
 CUSTOM_ENV = "EXPLORER_TEST_CUSTOM_KEY"
 SENTINELS = {

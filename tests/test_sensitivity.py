@@ -5,6 +5,7 @@ import math
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from explorer.analysis.sensitivity import (
     family_sensitivity,
@@ -12,10 +13,9 @@ from explorer.analysis.sensitivity import (
     pair_sensitivity,
     sensitivity_tables,
 )
-from explorer.schema import Case, PromptVariant, GenerationSettings, Request, Response, Verdict
-from explorer.runs.store import Store, answer_row
 from explorer.cases.images import content_hash
-from PIL import Image
+from explorer.runs.store import Store, answer_row
+from explorer.schema import Case, GenerationSettings, PromptVariant, Request, Response, Verdict
 
 
 def rows_for(model, case_id, label, answers):

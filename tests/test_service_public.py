@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-
-from explorer.service.public import PolicyError
-from explorer.service.core import Explorer
-
 from test_study_import import BRAIN_PROMPTS, CASES, JUDGMENTS, study_records, write
+
+from explorer.service.core import Explorer
+from explorer.service.public import PolicyError
 
 
 def test_the_facade_refuses_server_paths_in_public_mode_but_opens_uploads(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from explorer.catalog.presets import load_catalog
 from explorer.models.backends import prefix_reuse as reuse_lib
 from explorer.models.backends.transformers_backend import TransformersBackend
-from explorer.catalog.presets import load_catalog
-from explorer.prompts.variants import closed_variants, describe_variants
 from explorer.models.readout import FirstLogits, answer_tokens, readout, readout_from_logits
+from explorer.prompts.variants import closed_variants, describe_variants
 from explorer.schema import GenerationSettings, ImagePart, PromptVariant, Request
 
 DEMOS = ("demo-llava", "demo-llava-med", "demo-gemma", "demo-medgemma")

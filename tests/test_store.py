@@ -11,10 +11,10 @@ from PIL import Image
 
 from explorer.cases.images import content_hash
 from explorer.catalog.presets import load_catalog
-from explorer.prompts.variants import closed_variant
 from explorer.prompts.messages import build_request
-from explorer.schema import Case, GenerationSettings, Response, Verdict, request_fingerprint
+from explorer.prompts.variants import closed_variant
 from explorer.runs.store import SCHEMA_VERSION, Store, StoreError, answer_row, variant_from_row
+from explorer.schema import Case, GenerationSettings, Response, Verdict, request_fingerprint
 
 IDENTITY = {"backend": "fake", "id": "org/demo-gemma", "revision": "abc123", "dtype": "bfloat16"}
 

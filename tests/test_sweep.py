@@ -6,14 +6,14 @@ import threading
 from collections import Counter
 
 import pytest
+from sweep_worker import FakeBackend, make_cases, request_key, small_plan
 
 from explorer.catalog.presets import load_catalog
 from explorer.prompts.variants import closed_variants, describe_variants
-from explorer.schema import GenerationSettings, Response, Verdict
 from explorer.runs.store import Store
-from explorer.scoring.verdicts import RULES_METHOD
 from explorer.runs.sweep import SweepSpec, plan_from_spec, plan_sweep, rejudge, retry_errors, run_sweep
-from sweep_worker import FakeBackend, make_cases, request_key, small_plan
+from explorer.schema import GenerationSettings, Response, Verdict
+from explorer.scoring.verdicts import RULES_METHOD
 
 MODELS = ("demo-gemma", "demo-medgemma")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from explorer.catalog.presets import load_catalog
 from explorer.models.backends import transformers_backend as tb
 from explorer.models.backends.base import BackendError
 from explorer.models.backends.transformers_backend import TransformersBackend
 from explorer.models.demo import ensure_demo_text_model
-from explorer.catalog.presets import load_catalog
 from explorer.schema import GenerationSettings, ImagePart, Request
 
 DEMOS = ("demo-llava", "demo-llava-med", "demo-gemma", "demo-medgemma")
@@ -244,9 +244,9 @@ def test_report_generate_times(capsys):
 def test_asking_for_cuda_without_a_gpu_says_so():
     import torch
 
+    from explorer.catalog.presets import load_catalog
     from explorer.models.backends.base import BackendError
     from explorer.models.backends.transformers_backend import TransformersBackend
-    from explorer.catalog.presets import load_catalog
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -6,13 +6,13 @@ import sys
 
 from PIL import Image
 
+from explorer.analysis.reader_agreement import rule_judge_agreement
 from explorer.cases.images import content_hash
 from explorer.catalog.presets import JudgeSpec, load_catalog
-from explorer.prompts.variants import closed_variant
-from explorer.analysis.reader_agreement import rule_judge_agreement
 from explorer.prompts.messages import build_request
-from explorer.schema import Case, PromptVariant, Response, Verdict, request_fingerprint
+from explorer.prompts.variants import closed_variant
 from explorer.runs.store import Store, answer_row
+from explorer.schema import Case, PromptVariant, Response, Verdict, request_fingerprint
 from explorer.scoring.unsure_judge import UnsureOnlyJudge
 
 EVIDENCE = PromptVariant("evidence", "evidence", "Does this image contain evidence of pneumonia?", yes_means="positive")

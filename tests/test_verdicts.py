@@ -367,7 +367,8 @@ def test_verdict_correctness_uses_the_schema():
 
 
 # ---- whatever the text, the parser answers with a valid verdict whose span indexes the answer
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from explorer.schema import VERDICT_LABELS
 

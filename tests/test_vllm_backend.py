@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 import pytest
 from PIL import Image
 
+from explorer.cases.images import content_hash
+from explorer.catalog.presets import load_catalog
 from explorer.models.backends.base import BackendError
 from explorer.models.backends.registry import BackendRegistry
 from explorer.models.backends.vllm_backend import READOUT_TOP_K, VLLMBackend
-from explorer.catalog.presets import load_catalog
 from explorer.prompts.messages import build_request
 from explorer.schema import Case
-from explorer.cases.images import content_hash
 
 
 @dataclass

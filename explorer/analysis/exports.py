@@ -19,10 +19,10 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from explorer.analysis import metrics
-from explorer.runs.csv_cells import neutralise_frame
-from explorer.catalog.presets import PRESETS_DIR
-from explorer.runs.selection import plan_answers
 from explorer.analysis.sensitivity import SENSITIVITY_TABLES, sensitivity_tables
+from explorer.catalog.presets import PRESETS_DIR
+from explorer.runs.csv_cells import neutralise_frame
+from explorer.runs.selection import plan_answers
 from explorer.runs.store import Store, library_versions, utc_now
 
 FORMATS = ("csv", "parquet", "json")

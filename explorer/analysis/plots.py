@@ -767,8 +767,8 @@ def study_figures(answers: Optional[pd.DataFrame], catalog: Any = None, n_boot: 
 
 def _flips_by_wording(frame: pd.DataFrame, summary: pd.DataFrame, n_boot: int, catalog: Any) -> go.Figure:
     """The flip chart: per wording family when the answers hold generated wordings, else per task."""
-    from explorer.prompts.perturb import family_group
     from explorer.analysis.sensitivity import family_sensitivity
+    from explorer.prompts.perturb import family_group
 
     groups = {family_group(str(f or "")) for f in frame.get("prompt_family", pd.Series(dtype=object)).dropna()}
     if not groups - {"study", "custom"}:

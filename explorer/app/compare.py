@@ -14,10 +14,7 @@ from urllib.parse import urlencode
 
 import gradio as gr
 
-from explorer.app import dicom_view
-from explorer.app import history
-from explorer.app import names
-from explorer.app import render
+from explorer.app import dicom_view, history, names, render
 from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 
 LABELS = ["unknown", "negative", "positive"]

@@ -14,8 +14,7 @@ from typing import Any, Optional
 import gradio as gr
 import pandas as pd
 
-from explorer.app import names
-from explorer.app import render
+from explorer.app import names, render
 from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 from explorer.app.embeddings_tab import bar
 

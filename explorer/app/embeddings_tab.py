@@ -13,8 +13,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from explorer.app import names
-from explorer.app import render
+from explorer.app import names, render
 from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 
 SOURCES = [("sample images", "samples"), ("those with stored answers", "answered"),

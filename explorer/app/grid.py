@@ -14,15 +14,12 @@ from typing import Any, Optional
 
 import gradio as gr
 
+from explorer.app import history, names, render
+from explorer.app.compare import case_caption, case_name
+from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 from explorer.probes.flip_search import NOT_EDITS, find_flip
 from explorer.prompts.perturb import STUDY_GROUP, family_group, generate, load_families, task_words
 from explorer.prompts.variants import CLOSED_FAMILIES
-
-from explorer.app import history
-from explorer.app import names
-from explorer.app import render
-from explorer.app.compare import case_caption, case_name
-from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 
 NEW_ROW = "__new__"
 # Clicking a cell sends its "prompt_id|alias" key to Python; the rest of the table is plain HTML.

@@ -9,18 +9,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.catalog.presets import load_catalog
-
-from explorer.app import compare
-from explorer.app import diagnose_view
-from explorer.app import embeddings_tab
-from explorer.app import grid
-from explorer.app import models_tab
-from explorer.app import render
-from explorer.app import results
-from explorer.app import sweep_tab
-from explorer.app import theme
+from explorer.app import compare, diagnose_view, embeddings_tab, grid, models_tab, render, results, sweep_tab, theme
 from explorer.app.context import AppSettings, SharedExplorer
+from explorer.catalog.presets import load_catalog
 
 TITLE = "Medical VLM prompt-sensitivity explorer"
 

@@ -7,11 +7,9 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import render
-from explorer.service.public import PolicyError
-
-from explorer.app import names
+from explorer.app import names, render
 from explorer.app.context import SharedExplorer, user_message, warn
+from explorer.service.public import PolicyError
 
 
 def endpoints_html(ex) -> str:

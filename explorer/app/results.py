@@ -9,11 +9,9 @@ from typing import Any, Optional
 import gradio as gr
 import pandas as pd
 
-from explorer.catalog.presets import load_catalog
-
-from explorer.app import names
-from explorer.app import render
+from explorer.app import names, render
 from explorer.app.context import SharedExplorer, user_message, warn
+from explorer.catalog.presets import load_catalog
 
 FILTERS = ("model", "task", "prompt_id", "verdict")
 SHOW = ["model", "task", "case_id", "label", "prompt_id", "verdict", "answer"]

@@ -12,8 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from explorer.app import names
-from explorer.app import render
+from explorer.app import names, render
 from explorer.app.context import SharedExplorer, gpu, user_message, warn
 
 METRIC_COLUMNS = ["model", "task", "prompt_id", "n", "accuracy", "accuracy_all", "f1_all", "non_answer_rate",

@@ -26,9 +26,9 @@ from explorer.cases.hub import (
     loaded_case,
     normalized_name,
     note_duplicates,
-    task_spec,
     parse_label,
     resolve_task,
+    task_spec,
 )
 from explorer.cases.images import load_image
 from explorer.catalog.presets import TaskSpec, load_catalog

@@ -9,9 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from explorer.catalog.yaml_files import YamlFileError, load_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from explorer.catalog.yaml_files import YamlFileError, load_yaml
 from explorer.schema import GenerationSettings
 
 # A checkout reads the repository's presets/; an installed package (pip install .) carries a copy.

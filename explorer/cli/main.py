@@ -56,10 +56,9 @@ def _add_ask(sub) -> None:
 
 def _cmd_ask(args) -> int:
     from explorer.cases import hub as datasets
+    from explorer.cases.images import ImageLoadError
     from explorer.catalog.presets import PresetError
     from explorer.service.core import Explorer
-
-    from explorer.cases.images import ImageLoadError
 
     models = _split(args.models)
     try:
@@ -160,8 +159,8 @@ def _add_models(sub) -> None:
 
 
 def _cmd_models(args) -> int:
-    from explorer.models.availability import model_availability
     from explorer.catalog.presets import PresetError, load_catalog
+    from explorer.models.availability import model_availability
 
     catalog = load_catalog()
     try:

@@ -97,15 +97,14 @@ def _cases(ex, images: Path, task: str, per_class):
 def cmd_perturb(args) -> int:
     import pandas as pd
 
-    from explorer.probes.flip_search import find_flip
-    from explorer.cases.images import ImageLoadError
-    from explorer.prompts.perturb import generate, load_families, task_words
-    from explorer.catalog.presets import PresetError
     from explorer.analysis.sensitivity import family_sensitivity, image_sensitivity, pair_sensitivity
-    from explorer.service.core import Explorer
-
+    from explorer.cases.images import ImageLoadError
+    from explorer.catalog.presets import PresetError
     from explorer.models.backends.base import BackendError
     from explorer.models.backends.registry import load_endpoints
+    from explorer.probes.flip_search import find_flip
+    from explorer.prompts.perturb import generate, load_families, task_words
+    from explorer.service.core import Explorer
 
     models = _split(args.models)
     try:

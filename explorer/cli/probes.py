@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from explorer.cli.results import positive_int
 from explorer.cases.hub import TASK_ALIASES
+from explorer.cli.results import positive_int
 from explorer.printable import printable
 
 DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
@@ -83,7 +83,7 @@ def add_describe(sub) -> None:
 
 
 def _diagnoser(args, catalog, preset):
-    from explorer.probes.describe import diagnoser_from_arg
+    from explorer.probes.diagnosers import diagnoser_from_arg
 
     options = {"max_output_tokens": args.max_output_tokens}
     if args.diagnoser_api:
@@ -100,9 +100,10 @@ def _diagnoser(args, catalog, preset):
 
 
 def cmd_describe(args) -> int:
-    from explorer.probes import describe as D
-    from explorer.models.backends.base import BackendError
     from explorer.catalog.presets import PresetError
+    from explorer.models.backends.base import BackendError
+    from explorer.probes import describe as D
+    from explorer.probes import diagnosers as DX
     from explorer.service.core import Explorer
 
     try:
@@ -129,7 +130,7 @@ def cmd_describe(args) -> int:
         ex.close()
         return _fail(str(exc))
 
-    if ex.any_random_weights(models) or args.diagnoser == "demo" or getattr(diagnoser, "model_alias", "") == D.DEMO_TEXT_ALIAS:
+    if ex.any_random_weights(models) or args.diagnoser == "demo" or getattr(diagnoser, "model_alias", "") == DX.DEMO_TEXT_ALIAS:
         print(RANDOM_NOTE)
     try:
         summary = ex.sweep(spec, progress=_progress("answers"))
@@ -201,9 +202,9 @@ def add_embed(sub) -> None:
 
 def cmd_embed(args) -> int:
     from explorer.cases import hub as datasets
-    from explorer.probes import embeddings as E
-    from explorer.models.backends.registry import BackendRegistry, load_endpoints
     from explorer.catalog.presets import PresetError, load_catalog
+    from explorer.models.backends.registry import BackendRegistry, load_endpoints
+    from explorer.probes import embeddings as E
     from explorer.runs.store import Store
 
     catalog = load_catalog()

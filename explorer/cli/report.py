@@ -57,8 +57,8 @@ def _store_answers(args, catalog):
 def cmd_reproduce(args) -> int:
     import pandas as pd
 
-    from explorer.catalog.presets import PresetError, load_catalog
     from explorer.analysis.report import build_report, write_report
+    from explorer.catalog.presets import PresetError, load_catalog
     from explorer.runs.results_files import open_results
     from explorer.runs.study_import import ResultFileError
 

@@ -134,16 +134,16 @@ def _backend_options(args) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    from tqdm import tqdm
-
     import sqlite3
 
+    from tqdm import tqdm
+
+    from explorer.catalog.presets import PresetError
     from explorer.models.backends.base import BackendError
     from explorer.models.backends.registry import load_endpoints
-    from explorer.catalog.presets import PresetError
-    from explorer.service.core import Explorer, default_samples_dir
     from explorer.runs.store import StoreError
     from explorer.runs.sweep import parse_shard
+    from explorer.service.core import Explorer, default_samples_dir
 
     ex = None
     try:
@@ -235,8 +235,8 @@ def _print_judge_outcomes(rows) -> int:
 
 def _rejudge(ex, spec, progress, cancel, bar) -> int:
     """Re-send exactly the failed and AMBIGUOUS LLM judgements of the selected models and tasks."""
-    from explorer.scoring.judge import needs_rejudge
     from explorer.runs.sweep import rejudge
+    from explorer.scoring.judge import needs_rejudge
 
     filters = {"model": list(spec.models), "task": list(spec.tasks)}
     try:
@@ -416,9 +416,9 @@ def add_import(sub) -> None:
 
 def cmd_import(args) -> int:
     from explorer.analysis.exports import import_answers
+    from explorer.runs.results_files import open_results
     from explorer.runs.shard_merge import is_results_store, merge_store
     from explorer.runs.store import Store, StoreError
-    from explorer.runs.results_files import open_results
     from explorer.runs.study_import import ResultFileError
 
     try:

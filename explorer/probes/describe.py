@@ -30,23 +30,12 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from explorer.catalog.presets import Catalog, TaskSpec
 from explorer.probes.diagnosers import (
-    DiagnosisReply,
     Diagnoser,
-    TextDiagnoser,
-    StructuredDiagnoser,
-    openai_diagnoser,
-    local_diagnoser,
-    demo_diagnoser,
-    diagnoser_from_arg,
-    DEMO_TEXT_ALIAS,
-    OPENAI_BASE_URL,
-    SCHEMA_NAME,
-    STUDY_MAX_OUTPUT_TOKENS,
-    YES_NO_SCHEMA,
+    DiagnosisReply,
 )
 from explorer.prompts import variants as prompt_lib
-from explorer.catalog.presets import Catalog, TaskSpec
 from explorer.runs.store import Store, utc_now
 
 Parsed = Literal["yes", "no", "unparsed"]

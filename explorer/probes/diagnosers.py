@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 from urllib.parse import urlsplit
 
-from explorer.models.backends.base import BackendError
 from explorer.catalog.presets import Catalog, DescribeRunSpec
+from explorer.models.backends.base import BackendError
 from explorer.prompts.messages import text_request
 from explorer.schema import GenerationSettings, PromptVariant
 

@@ -35,8 +35,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from explorer.schema import Case
 from explorer.runs.store import utc_now
+from explorer.schema import Case
 
 FEATURES_VERSION = 1  # bump when the pooling below changes
 PRECISIONS = ("study", "float64")

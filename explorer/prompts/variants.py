@@ -22,8 +22,8 @@ from typing import Any, Optional
 import yaml
 
 from explorer.catalog.presets import PRESETS_DIR, Catalog, PresetError, PromptSelection, TaskSpec
-from explorer.scoring.question_focus import question_polarity
 from explorer.schema import PromptVariant
+from explorer.scoring.question_focus import question_polarity
 
 CLOSED_FAMILIES = ("abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first")
 DESCRIBE_FAMILIES = ("describe", "describe_dx")

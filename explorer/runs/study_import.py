@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from explorer.printable import short_repr
 from explorer.runs.bounded_read import (
     ReadBudget,
     ReadLimits,
@@ -44,7 +45,6 @@ from explorer.runs.bounded_read import (
     read_parquet,
 )
 from explorer.runs.csv_cells import restore_frame
-from explorer.printable import short_repr
 from explorer.schema import ANSWER_COLUMNS, VERDICT_LABELS
 
 STUDY_COLUMNS = (

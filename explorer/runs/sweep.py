@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
-from explorer.prompts import variants as prompt_lib
-from explorer.scoring.judge import JUDGE_ERROR, JudgeError, needs_rejudge, stored_judge_failed
 from explorer.catalog.presets import Catalog, PresetError, PromptSelection, StudyPreset
 from explorer.models.gates import GenerationGates
-from explorer.prompts.perturb import family_variants
+from explorer.prompts import variants as prompt_lib
 from explorer.prompts.messages import build_request
+from explorer.prompts.perturb import family_variants
 from explorer.runs.scheduler import Unit, lane_shape, run_units
+from explorer.runs.store import Store, answer_row, polarity_of, variant_from_row, verdict_columns
 from explorer.schema import (
     Case,
     GenerationSettings,
@@ -34,7 +34,7 @@ from explorer.schema import (
     Verdict,
     request_fingerprint,
 )
-from explorer.runs.store import Store, answer_row, polarity_of, variant_from_row, verdict_columns
+from explorer.scoring.judge import JUDGE_ERROR, JudgeError, needs_rejudge, stored_judge_failed
 from explorer.scoring.verdicts import parse_verdict
 
 ProgressFn = Callable[[int, int, dict], None]  # (done, total, info)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from explorer.scoring.words import (
-    ABNORMAL_STEMS,
     ANTONYMS,
     GENERIC_STEMS,
     NEGATORS,

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Sequence
 
+from explorer.scoring.question_focus import Focus, read_question
 from explorer.scoring.words import (
     ABNORMAL_STEMS,
-    SYNONYMS,
     ANTONYMS,
     CJK_NO,
     CJK_YES,
@@ -51,13 +51,13 @@ from explorer.scoring.words import (
     POST_NEGATION,
     PSEUDO_NEGATION,
     SCOPE_BREAKERS,
+    SYNONYMS,
     TENTATIVE,
     YES_WORDS,
     Token,
     stem,
     tokens,
 )
-from explorer.scoring.question_focus import Focus, read_question
 
 __all__ = ["AnswerReading", "READER_VERSION", "read_answer"]
 

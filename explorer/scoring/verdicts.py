@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from explorer.scoring.reader import READER_VERSION, AnswerReading, read_answer
-from explorer.scoring.question_focus import question_polarity
 from explorer.schema import PromptVariant, Reading, Verdict
+from explorer.scoring.question_focus import question_polarity
+from explorer.scoring.reader import READER_VERSION, AnswerReading, read_answer
 
 __all__ = ["RULES_METHOD", "parse_verdict", "question_polarity", "read_answer", "reading_of", "is_rules_method"]
 

@@ -7,7 +7,6 @@ go through one code path: plan -> backend -> verdict -> store. Per-user state li
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import threading
 from dataclasses import dataclass, replace
@@ -17,18 +16,15 @@ from typing import Callable, Iterable, Optional, Sequence
 import pandas as pd
 
 from explorer.cases import hub as datasets
-from explorer.prompts import variants as prompts
+from explorer.cases.folders import is_upload
+from explorer.catalog.presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
 from explorer.models.availability import Availability, model_availability
-from explorer.runs.bounded_read import ReadLimits, public_limits
 from explorer.models.backends.base import LOCAL_DEVICE
 from explorer.models.backends.registry import BackendRegistry, load_endpoints
-from explorer.catalog.presets import Catalog, ModelSpec, PresetError, StudyPreset, load_catalog
-from explorer.cases.folders import is_upload
 from explorer.models.gates import GenerationGates
-from explorer.service.public import PublicPolicy
+from explorer.prompts import variants as prompts
+from explorer.runs.bounded_read import ReadLimits, public_limits
 from explorer.runs.running_sweeps import RunningSweeps, SweepHandle
-from explorer.schema import Case, GenerationSettings, PromptVariant
-from explorer.service.probes import ProbeActions
 from explorer.runs.store import Store, variant_from_row
 from explorer.runs.sweep import (
     SweepSpec,
@@ -39,7 +35,10 @@ from explorer.runs.sweep import (
     shard_plan,
     short_classes,
 )
+from explorer.schema import Case, GenerationSettings, PromptVariant
 from explorer.scoring.verdicts import is_rules_method, parse_verdict
+from explorer.service.probes import ProbeActions
+from explorer.service.public import PublicPolicy
 
 DEFAULT_STORE = Path("runs") / "explorer.sqlite"
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,9 +18,10 @@ import pandas as pd
 
 from explorer.cases import hub as datasets
 from explorer.probes import describe as D
+from explorer.probes import diagnosers as DX
 from explorer.probes import embeddings as E
-from explorer.service.public import PolicyError
 from explorer.schema import Case
+from explorer.service.public import PolicyError
 
 StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 CASE_SOURCES = ("samples", "answered", "huggingface")
@@ -112,7 +113,7 @@ class ProbeActions:
                 if choice.startswith("openai:") and run.api != "transformers":
                     options = {"api": run.api, "reasoning_effort": run.reasoning_effort,
                                "max_output_tokens": run.max_output_tokens}
-                cache[choice] = D.diagnoser_from_arg(choice, self.catalog, run, **options)
+                cache[choice] = DX.diagnoser_from_arg(choice, self.catalog, run, **options)
             return cache[choice]
 
     def close_diagnosers(self) -> None:

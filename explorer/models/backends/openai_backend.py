@@ -31,27 +31,27 @@ from urllib.parse import urlsplit
 
 import openai
 
-from explorer.schema import GenerationSettings, Message, Request, Response
 from explorer.models.backends.base import BackendError, OnText
+from explorer.models.backends.http_deadline import deadline, http_client, is_deadline_error
 from explorer.models.backends.logprob_readout import (
     TOP_LOGPROBS,
     first_top_logprobs,
     readout_from_top,
     wants_logprobs,
 )
-from explorer.models.backends.http_deadline import deadline, http_client, is_deadline_error
 from explorer.models.backends.openai_wire import (
     BadReply,
-    chat_payload,
     DataUrls,
+    Reply,
+    StreamCut,
+    chat_payload,
     parse_json_object,
     read_chat,
     read_responses,
-    Reply,
     responses_payload,
     stream_chat,
-    StreamCut,
 )
+from explorer.schema import GenerationSettings, Message, Request, Response
 
 log = logging.getLogger(__name__)
 

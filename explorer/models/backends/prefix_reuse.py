@@ -21,14 +21,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
-
-from explorer.models.backends.image_memo import ImageMemo
 
 # Keys of a processor's output that are per-token, not per-image.
 _TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")

@@ -29,7 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from explorer.catalog.presets import Catalog, ModelSpec, PresetError
 from explorer.models.availability import announce_fallback, cached_repo_id, has_hf_token, hub_offline
+from explorer.models.backends.base import LOCAL_DEVICE, BackendError, OnText
+from explorer.models.backends.image_memo import ImageMemo
 from explorer.models.demo import BUILD_VERSION, DemoSize, config_hash, ensure_demo_model, read_marker
 from explorer.models.manager import (
     QUANTIZATIONS,
@@ -40,15 +43,14 @@ from explorer.models.manager import (
     human_bytes,
     known_params,
     measured_bytes,
-    memory_available_bytes as _memory_available_bytes,
     safetensors_params,
     weight_bytes,
 )
-from explorer.catalog.presets import Catalog, ModelSpec, PresetError
+from explorer.models.manager import (
+    memory_available_bytes as _memory_available_bytes,
+)
 from explorer.models.readout import FirstLogits, answer_tokens, readout_from_logits
 from explorer.schema import GenerationSettings, ImagePart, Request, Response
-from explorer.models.backends.base import LOCAL_DEVICE, BackendError, OnText
-from explorer.models.backends.image_memo import ImageMemo
 
 REUSE_MODES = ("prefix", "features", "none")
 

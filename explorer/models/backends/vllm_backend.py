@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from explorer.catalog.presets import Catalog, ModelSpec, PresetError
+from explorer.models.backends.base import LOCAL_DEVICE, BackendError, OnText
 from explorer.models.readout import answer_tokens, readout
 from explorer.schema import ImagePart, Request, Response
-from explorer.models.backends.base import LOCAL_DEVICE, BackendError, OnText
 
 EXACT_EXECUTION = "exact-v1: one request per call, no prefix caching, authors' dtype"
 READOUT_TOP_K = 20  # logprobs asked for the first answer token (vLLM's default max_logprobs is 20)
