@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 import screenshots as tools  # pytest puts this folder on sys.path (rootdir-less test folders)
 
 DONE = "#answer-cards .vx-card.vx-done"

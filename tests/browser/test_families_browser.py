@@ -2,9 +2,9 @@
 search for the smallest flip, and on a phone scroll the grid sideways with the wording column fixed.
 
 The demo models have random weights, so whether a flip exists is not known in advance: the test accepts
-the found flip (two wordings, the changed words marked) or the "No flip within N requests" message, and
-tests/test_flip_search.py checks the found-flip display through the handler with a backend whose
-answers depend on known words.
+the found flip (two wordings, the changed words marked) or the "No flip within N requests" message;
+test_families_found_flip.py finds a flip for certain, with a served model whose answers depend on known
+words.
 """
 from __future__ import annotations
 
