@@ -7,6 +7,7 @@ on first use. Without --preset: "demo" (offline random-weight models) when the H
 of reach or HF_HUB_OFFLINE is set, else "paper". The env vars EXPLORER_PRESET, EXPLORER_SAMPLES,
 EXPLORER_STORE and EXPLORER_PUBLIC set the same things for `import app` (a Space).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,14 @@ from explorer.catalog.presets import PresetError, load_catalog
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default=None, help="study preset name or YAML file (default: paper, or demo when offline)")
-    p.add_argument("--samples", default=None, help="folder of sample images with task/class subfolders "
-                   "(default: ../shared/samples when it exists)")
+    p.add_argument(
+        "--preset", default=None, help="study preset name or YAML file (default: paper, or demo when offline)"
+    )
+    p.add_argument(
+        "--samples",
+        default=None,
+        help="folder of sample images with task/class subfolders (default: ../shared/samples when it exists)",
+    )
     p.add_argument("--store", default=None, help="results store, SQLite (default: runs/explorer.sqlite)")
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -51,12 +57,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         demo = build_demo(settings)
     except PresetError as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"preset {settings.preset}; samples {settings.samples_dir or 'none'}; store {settings.store_path}"
-          + ("; public mode" if settings.public else ""))
+    print(
+        f"preset {settings.preset}; samples {settings.samples_dir or 'none'}; store {settings.store_path}"
+        + ("; public mode" if settings.public else "")
+    )
     catalog = load_catalog()
     if random_weights(catalog, catalog.study(settings.preset)):
-        print("NOTE: the offline demo models have RANDOM WEIGHTS: their answers are noise. "
-              "Use --preset paper on a machine that reaches the Hugging Face Hub for the study's models.")
+        print(
+            "NOTE: the offline demo models have RANDOM WEIGHTS: their answers are noise. "
+            "Use --preset paper on a machine that reaches the Hugging Face Hub for the study's models."
+        )
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs(settings))
 
 

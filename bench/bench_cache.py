@@ -9,6 +9,7 @@ times and their ratio. Model loading is timed apart, so the ratio compares gener
 
 Images: the sample folder beside the checkout when present (--samples), else synthetic noise images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,18 @@ def main(argv=None) -> int:
 
     cases, where = load_cases(args.task, args.cases, args.samples, noise_sizes=[(96, 96)])
     variants = closed_variants(catalog, args.task)[: max(1, min(12, args.prompts))]
-    plan = plan_sweep(catalog, models, [args.task], {args.task: cases}, {args.task: variants},
-                      generation_override={"max_new_tokens": args.max_new_tokens})
-    print(f"plan: {len(models)} models x {len(cases)} images ({where}) x {len(variants)} prompts "
-          f"= {len(plan)} answers, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}")
+    plan = plan_sweep(
+        catalog,
+        models,
+        [args.task],
+        {args.task: cases},
+        {args.task: variants},
+        generation_override={"max_new_tokens": args.max_new_tokens},
+    )
+    print(
+        f"plan: {len(models)} models x {len(cases)} images ({where}) x {len(variants)} prompts "
+        f"= {len(plan)} answers, max_new_tokens={args.max_new_tokens}, batch_size={args.batch_size}"
+    )
 
     backend = TransformersBackend(catalog, batch_size=args.batch_size)
     tmp = None
@@ -87,8 +96,12 @@ def main(argv=None) -> int:
         if tmp is not None:
             tmp.cleanup()
 
-    print(f"first run : {first.elapsed_s:8.3f} s  computed={first.computed} cached={first.cached} errors={first.errors}")
-    print(f"second run: {second.elapsed_s:8.3f} s  computed={second.computed} cached={second.cached} errors={second.errors}")
+    print(
+        f"first run : {first.elapsed_s:8.3f} s  computed={first.computed} cached={first.cached} errors={first.errors}"
+    )
+    print(
+        f"second run: {second.elapsed_s:8.3f} s  computed={second.computed} cached={second.cached} errors={second.errors}"
+    )
     if first.failures:
         for alias, why in first.failures.items():
             print(f"  {alias} failed: {why}")
@@ -97,8 +110,10 @@ def main(argv=None) -> int:
         return 1
     ratio = first.elapsed_s / max(second.elapsed_s, 1e-9)
     print(f"answers stored: {stored} (integrity {'ok' if ok else 'FAILED'})")
-    print(f"speed-up of the cached re-run: {ratio:.0f}x  "
-          f"({first.elapsed_s / max(len(plan), 1) * 1000:.1f} ms vs {second.elapsed_s / max(len(plan), 1) * 1000:.2f} ms per answer)")
+    print(
+        f"speed-up of the cached re-run: {ratio:.0f}x  "
+        f"({first.elapsed_s / max(len(plan), 1) * 1000:.1f} ms vs {second.elapsed_s / max(len(plan), 1) * 1000:.2f} ms per answer)"
+    )
     return 0 if ok else 1
 
 

@@ -1,5 +1,6 @@
 """Images for the benchmarks: sample images of a task when present (classes alternating, so a small n
 sees both), else synthetic noise of a few sizes. Shared by bench_speed.py and bench_cache.py."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,17 @@ def synthetic_cases(task: str, n: int, seed: int = 0, sizes=NOISE_SIZES):
     for i in range(n):
         w, h = sizes[i % len(sizes)]
         img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), "RGB")
-        cases.append(Case(case_id=f"{task}:bench:{i}", task=task, image=img, image_hash=content_hash(img),
-                          label="positive" if i % 2 else "negative", source="synthetic noise", row_id=i))
+        cases.append(
+            Case(
+                case_id=f"{task}:bench:{i}",
+                task=task,
+                image=img,
+                image_hash=content_hash(img),
+                label="positive" if i % 2 else "negative",
+                source="synthetic noise",
+                row_id=i,
+            )
+        )
     return cases
 
 
@@ -48,7 +58,7 @@ def load_cases(task: str, n: int, samples: Path | None, noise_sizes=NOISE_SIZES)
         cases = list(datasets.folder_cases(folder, task, per_class=per_class, seed=42).cases)
         pos = [c for c in cases if c.label == "positive"]
         neg = [c for c in cases if c.label != "positive"]
-        mixed = [c for pair in zip(pos, neg) for c in pair] + pos[len(neg):] + neg[len(pos):]
+        mixed = [c for pair in zip(pos, neg) for c in pair] + pos[len(neg) :] + neg[len(pos) :]
         if mixed:
             return mixed[:n], f"{min(n, len(mixed))} images from {folder}"
     return synthetic_cases(task, n, sizes=noise_sizes), f"{n} synthetic noise images"

@@ -11,6 +11,7 @@ Models are dealt to servers in turn, and one model's requests go to its own serv
 bounded by how evenly the models spread (3 models on 2 servers: 2:1, about 1.5x).
 The servers are tests/fake_openai_server.py (a test server answering with an echo, not a model).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,14 @@ def run_once(n_servers: int, aliases, plan, latency: float, max_concurrency: int
     servers = [FakeOpenAIServer(delay_s=latency).start() for _ in range(n_servers)]
     try:
         endpoints = {
-            alias: EndpointConfig(base_url=servers[k % n_servers].base_url, model=alias, api_key_env="BENCH_FAKE_KEY",
-                                  max_concurrency=max_concurrency, timeout_s=30.0, max_retries=0)
+            alias: EndpointConfig(
+                base_url=servers[k % n_servers].base_url,
+                model=alias,
+                api_key_env="BENCH_FAKE_KEY",
+                max_concurrency=max_concurrency,
+                timeout_s=30.0,
+                max_retries=0,
+            )
             for k, alias in enumerate(aliases)
         }
         with tempfile.TemporaryDirectory() as tmp:
@@ -55,8 +62,10 @@ def run_once(n_servers: int, aliases, plan, latency: float, max_concurrency: int
         for s in servers:
             s.stop()
     if summary.errors or summary.computed != len(plan):
-        raise SystemExit(f"{n_servers} server(s): {summary.errors} errors, {summary.computed} of {len(plan)} "
-                         f"answered: {summary.failures}")
+        raise SystemExit(
+            f"{n_servers} server(s): {summary.errors} errors, {summary.computed} of {len(plan)} "
+            f"answered: {summary.failures}"
+        )
     return {"servers": n_servers, "answers": len(plan), "wall_s": wall, "per_s": len(plan) / wall, "peaks": peaks}
 
 
@@ -76,13 +85,21 @@ def main() -> int:
     catalog = load_catalog()
     aliases = MODELS[: args.models]
     cases = synthetic_cases("pneumonia", args.images, sizes=[(64, 64)])
-    plan = plan_sweep(catalog, aliases, ["pneumonia"], {"pneumonia": cases},
-                      {"pneumonia": closed_variants(catalog, "pneumonia")}, "official")
+    plan = plan_sweep(
+        catalog,
+        aliases,
+        ["pneumonia"],
+        {"pneumonia": cases},
+        {"pneumonia": closed_variants(catalog, "pneumonia")},
+        "official",
+    )
     counts = [int(x) for x in args.servers.split(",")]
     rows = [run_once(n, aliases, plan, args.latency, args.max_concurrency) for n in counts]
     base = rows[0]["per_s"]
-    print(f"{len(plan)} answers, {len(aliases)} models spread over the servers, {args.latency:.2f} s per request, "
-          f"max_concurrency {args.max_concurrency} per server")
+    print(
+        f"{len(plan)} answers, {len(aliases)} models spread over the servers, {args.latency:.2f} s per request, "
+        f"max_concurrency {args.max_concurrency} per server"
+    )
     print("| servers | wall s | answers/s | x one server | most in flight per server |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -7,6 +7,7 @@ models' configs (layers, KV heads, head size) with prefix_reuse.kv_cache_bytes; 
   python bench/bench_memory.py                  # 12 rows (the study's prompts of one image), bf16
   python bench/bench_memory.py --rows 24 --max-new-tokens 512 --gpu-gb 24
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,11 @@ from bench_speed import full_sizes
 
 # Prompt widths in tokens: image tokens plus template and question (LLaVA-1.6's AnyRes tops out near 2,900).
 WIDTHS = {"llava_next": 2950, "llava": 620, "gemma3": 300}
-WEIGHTS = {"llava_next": "llava-hf/llava-v1.6-mistral-7b-hf", "llava": "wnkh/llava-med-v1.5-mistral-7b-hf",
-           "gemma3": "google/gemma-3-4b-it"}
+WEIGHTS = {
+    "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf",
+    "llava": "wnkh/llava-med-v1.5-mistral-7b-hf",
+    "gemma3": "google/gemma-3-4b-it",
+}
 
 
 def main() -> int:
@@ -34,15 +38,23 @@ def main() -> int:
     from explorer.models.manager import GB, known_params, weight_bytes
 
     print(f"{args.rows} rows, max_new_tokens {args.max_new_tokens}, bf16, one {args.gpu_gb:g} GB GPU")
-    print("| architecture | weights GB | KV up front (old) GB | KV at start (now) GB | KV at 2,048 tokens GB "
-          "| per-call loop GB | weights + KV now fit? |")
+    print(
+        "| architecture | weights GB | KV up front (old) GB | KV at start (now) GB | KV at 2,048 tokens GB "
+        "| per-call loop GB | weights + KV now fit? |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arch, size in full_sizes().items():
-        config = SimpleNamespace(num_attention_heads=size.text_heads, num_key_value_heads=size.text_kv_heads,
-                                 hidden_size=size.text_hidden, num_hidden_layers=size.text_layers,
-                                 head_dim=size.text_hidden // size.text_heads)
-        model = SimpleNamespace(config=SimpleNamespace(text_config=config, get_text_config=lambda decoder=True, c=config: c),
-                                dtype=torch.bfloat16)
+        config = SimpleNamespace(
+            num_attention_heads=size.text_heads,
+            num_key_value_heads=size.text_kv_heads,
+            hidden_size=size.text_hidden,
+            num_hidden_layers=size.text_layers,
+            head_dim=size.text_hidden // size.text_heads,
+        )
+        model = SimpleNamespace(
+            config=SimpleNamespace(text_config=config, get_text_config=lambda decoder=True, c=config: c),
+            dtype=torch.bfloat16,
+        )
         width = WIDTHS[arch]
         old = kv_cache_bytes(model, args.rows, width + args.max_new_tokens + 1)
         now = kv_cache_bytes(model, args.rows, width + initial_room(args.max_new_tokens, width))
@@ -50,10 +62,14 @@ def main() -> int:
         loop = kv_cache_bytes(model, 1, width + args.max_new_tokens)
         weights = weight_bytes(known_params(WEIGHTS[arch]), "bfloat16")
         fits = (weights + now) / GB <= args.gpu_gb
-        print(f"| {arch} | {weights / GB:.1f} | {old / GB:.2f} | {now / GB:.2f} | {full / GB:.2f} | {loop / GB:.2f} | "
-              f"{'yes' if fits else 'no'} ({(weights + now) / GB:.1f} GB) |")
-    print("\nKV at start grows by an eighth at a time only while some row is still generating; answers that stop "
-          "early never reach the 2,048-token column. Gemma 3's sliding-window layers are counted as full (an upper bound).")
+        print(
+            f"| {arch} | {weights / GB:.1f} | {old / GB:.2f} | {now / GB:.2f} | {full / GB:.2f} | {loop / GB:.2f} | "
+            f"{'yes' if fits else 'no'} ({(weights + now) / GB:.1f} GB) |"
+        )
+    print(
+        "\nKV at start grows by an eighth at a time only while some row is still generating; answers that stop "
+        "early never reach the 2,048-token column. Gemma 3's sliding-window layers are counted as full (an upper bound)."
+    )
     return 0
 
 

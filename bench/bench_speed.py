@@ -24,6 +24,7 @@ backend.generate for one compare call (Explorer.ask of one prompt on one case). 
 --full builds each random model in fp32 on disk (about 30 GB for a 7B one) and deletes it after its
 run; --real needs the weights (HF_TOKEN for the gated Gemma models).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,33 @@ def full_sizes():
     from explorer.models.demo import DemoSize
 
     study = DemoSize.study_shapes()
-    mistral = dict(text_hidden=4096, text_layers=32, text_heads=32, text_kv_heads=8, text_intermediate=14336,
-                   vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096)
-    gemma = dict(text_hidden=2560, text_layers=34, text_heads=8, text_kv_heads=4, text_intermediate=10240,
-                 vision_hidden=1152, vision_layers=27, vision_heads=16, vision_intermediate=4304)
-    return {"llava_next": replace(study, **mistral), "llava": replace(study, **mistral), "gemma3": replace(study, **gemma)}
+    mistral = dict(
+        text_hidden=4096,
+        text_layers=32,
+        text_heads=32,
+        text_kv_heads=8,
+        text_intermediate=14336,
+        vision_hidden=1024,
+        vision_layers=24,
+        vision_heads=16,
+        vision_intermediate=4096,
+    )
+    gemma = dict(
+        text_hidden=2560,
+        text_layers=34,
+        text_heads=8,
+        text_kv_heads=4,
+        text_intermediate=10240,
+        vision_hidden=1152,
+        vision_layers=27,
+        vision_heads=16,
+        vision_intermediate=4304,
+    )
+    return {
+        "llava_next": replace(study, **mistral),
+        "llava": replace(study, **mistral),
+        "gemma3": replace(study, **gemma),
+    }
 
 
 # ------------------------------------------------------------------ (a) the study's loop
@@ -63,14 +86,26 @@ def study_loop(pipe, architecture: str, fmt: str, cases, variants, settings):
     for variant in variants:
         for case in cases:
             if architecture == "gemma3":  # chat-template models: a message list, image then text
-                messages = [{"role": "user", "content": [{"type": "image", "image": case.image},
-                                                         {"type": "text", "text": variant.text}]}]
-                out = pipe(text=messages, max_new_tokens=settings.max_new_tokens, return_full_text=False,
-                           generate_kwargs=dict(generate_kwargs))
+                messages = [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "image": case.image}, {"type": "text", "text": variant.text}],
+                    }
+                ]
+                out = pipe(
+                    text=messages,
+                    max_new_tokens=settings.max_new_tokens,
+                    return_full_text=False,
+                    generate_kwargs=dict(generate_kwargs),
+                )
             else:  # the LLaVA models: a raw prompt with <image>, and images=...
-                out = pipe(images=case.image, text=fmt.replace("{prompt}", variant.text),
-                           max_new_tokens=settings.max_new_tokens, return_full_text=False,
-                           generate_kwargs=dict(generate_kwargs))
+                out = pipe(
+                    images=case.image,
+                    text=fmt.replace("{prompt}", variant.text),
+                    max_new_tokens=settings.max_new_tokens,
+                    return_full_text=False,
+                    generate_kwargs=dict(generate_kwargs),
+                )
             text = out[0]["generated_text"] if isinstance(out, list) and out else out
             if isinstance(text, list):  # chat output: the conversation with the new assistant turn
                 text = text[-1]["content"]
@@ -136,11 +171,18 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     spec = catalog.model(alias)
     real = catalog.model(spec.demo_of) if spec.demo_of else spec
     settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens, min_new_tokens=min(real.generation.min_new_tokens, args.max_new_tokens),
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=min(real.generation.min_new_tokens, args.max_new_tokens),
     )
     fmt = spec.prompt_format("paper")
-    registry = BackendRegistry(catalog, {}, demo_size=size, demo_cache_dir=workdir / "models" / architecture,
-                               batch_size=args.batch_size, device=args.device)
+    registry = BackendRegistry(
+        catalog,
+        {},
+        demo_size=size,
+        demo_cache_dir=workdir / "models" / architecture,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     backend = registry.local
     lm = backend.load(alias)
     pipe = transformers.pipeline("image-text-to-text", model=lm.model, processor=lm.processor)
@@ -155,8 +197,15 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     loop = study_loop(pipe, architecture, fmt, cases, variants, settings)
     loop_s = time.perf_counter() - started
 
-    plan = plan_sweep(catalog, [alias], [cases[0].task], {cases[0].task: cases}, {cases[0].task: variants},
-                      "paper", generation_override=settings)
+    plan = plan_sweep(
+        catalog,
+        [alias],
+        [cases[0].task],
+        {cases[0].task: cases},
+        {cases[0].task: variants},
+        "paper",
+        generation_override=settings,
+    )
     result = Result(architecture, alias, len(plan), [], loop_s)
     for mode in args.modes:
         backend.reuse = mode
@@ -186,7 +235,9 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         if mode == "prefix":
             for (case_id, prompt_id), text in loop.items():
                 if answers.get((case_id, prompt_id)) != text:
-                    print(f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}")
+                    print(
+                        f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}"
+                    )
     backend.reuse = "prefix"
 
     # Image tokens per image, as the processor counts them for this architecture.
@@ -232,12 +283,25 @@ def table(results, args) -> str:
     head += ["cached re-run x", "app overhead ms (ask vs generate)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        toks = f"{min(r.image_tokens)}-{max(r.image_tokens)}" if min(r.image_tokens) != max(r.image_tokens) else str(r.image_tokens[0])
-        cells = [f"{r.architecture} ({r.alias})", toks, str(r.answers), f"{r.loop_s:.1f}", f"{r.engine_s['prefix']:.1f}",
-                 f"{r.speedup:.1f}", f"{r.identical['prefix']:.0%}"]
+        toks = (
+            f"{min(r.image_tokens)}-{max(r.image_tokens)}"
+            if min(r.image_tokens) != max(r.image_tokens)
+            else str(r.image_tokens[0])
+        )
+        cells = [
+            f"{r.architecture} ({r.alias})",
+            toks,
+            str(r.answers),
+            f"{r.loop_s:.1f}",
+            f"{r.engine_s['prefix']:.1f}",
+            f"{r.speedup:.1f}",
+            f"{r.identical['prefix']:.0%}",
+        ]
         cells += [f"{r.engine_s[m]:.1f} ({r.identical[m]:.0%})" for m in modes]
-        cells += [f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}",
-                  f"{r.ask_ms - r.generate_ms:+.0f} ({r.ask_ms:.0f} vs {r.generate_ms:.0f})"]
+        cells += [
+            f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}",
+            f"{r.ask_ms - r.generate_ms:+.0f} ({r.ask_ms:.0f} vs {r.generate_ms:.0f})",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -250,14 +314,22 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=12, help="the first N closed-form prompts (1-12)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="32 = the study's min_new_tokens for LLaVA")
     parser.add_argument("--batch-size", type=int, default=12)
-    parser.add_argument("--modes", default="prefix", help="engine reuse modes to time (prefix always): prefix,features,none")
+    parser.add_argument(
+        "--modes", default="prefix", help="engine reuse modes to time (prefix always): prefix,features,none"
+    )
     parser.add_argument("--overhead-repeats", type=int, default=3)
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     parser.add_argument("--full", action="store_true", help="random models at the real widths and depths (CUDA)")
-    parser.add_argument("--real", action="store_true", help="the study's own checkpoints instead of random models (CUDA)")
+    parser.add_argument(
+        "--real", action="store_true", help="the study's own checkpoints instead of random models (CUDA)"
+    )
     parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--text-hidden", type=int, default=64, help="CPU widths: the language model's hidden size")
     parser.add_argument("--workdir", type=Path, default=None, help="where models and stores go (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -280,14 +352,18 @@ def main(argv=None) -> int:
     if unknown:
         print(f"bench_speed: unknown architectures {unknown}; known: {', '.join(ARCHITECTURES)}")
         return 2
-    sizes = full_sizes() if args.full else {a: DemoSize.study_shapes(text_hidden=args.text_hidden) for a in ARCHITECTURES}
+    sizes = (
+        full_sizes() if args.full else {a: DemoSize.study_shapes(text_hidden=args.text_hidden) for a in ARCHITECTURES}
+    )
     cases, where = load_cases(args.task, args.images, args.samples)
     variants = closed_variants(catalog, args.task)[: max(1, min(12, args.prompts))]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"bench_speed: {len(archs)} architectures x {len(cases)} images ({where}) x {len(variants)} prompts; "
-          f"greedy, max_new_tokens={args.max_new_tokens}; "
-          f"{'the study checkpoints' if args.real else 'full size, random weights' if args.full else 'study shapes, small widths'} "
-          f"on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+    print(
+        f"bench_speed: {len(archs)} architectures x {len(cases)} images ({where}) x {len(variants)} prompts; "
+        f"greedy, max_new_tokens={args.max_new_tokens}; "
+        f"{'the study checkpoints' if args.real else 'full size, random weights' if args.full else 'study shapes, small widths'} "
+        f"on {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    )
     tmp = None
     if args.workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_speed_")
@@ -302,16 +378,23 @@ def main(argv=None) -> int:
             print(f"\n{arch} ({alias}) ...", flush=True)
             r = bench_architecture(arch, alias, sizes[arch], args, catalog, cases, variants, workdir)
             results.append(r)
-            extra = "".join(f"; {m} {r.engine_s[m]:.1f}s ({r.identical[m]:.0%} identical)" for m in args.modes if m != "prefix")
+            extra = "".join(
+                f"; {m} {r.engine_s[m]:.1f}s ({r.identical[m]:.0%} identical)" for m in args.modes if m != "prefix"
+            )
             print(f"  answered by: {r.paths['prefix']}")
             if r.lengths:
                 n = len(r.lengths)
-                print(f"  answer tokens: min {r.lengths[0]}, median {r.lengths[n // 2]}, max {r.lengths[-1]} "
-                      f"(at the limit: {sum(x >= args.max_new_tokens for x in r.lengths)} of {n})")
-            print(f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
-                  f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}{extra}; cached re-run "
-                  f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
-                  f"ask {r.ask_ms:.0f} ms vs generate {r.generate_ms:.0f} ms; errors {r.errors}", flush=True)
+                print(
+                    f"  answer tokens: min {r.lengths[0]}, median {r.lengths[n // 2]}, max {r.lengths[-1]} "
+                    f"(at the limit: {sum(x >= args.max_new_tokens for x in r.lengths)} of {n})"
+                )
+            print(
+                f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
+                f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}{extra}; cached re-run "
+                f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
+                f"ask {r.ask_ms:.0f} ms vs generate {r.generate_ms:.0f} ms; errors {r.errors}",
+                flush=True,
+            )
     finally:
         if tmp is not None:
             tmp.cleanup()

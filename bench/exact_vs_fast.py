@@ -9,6 +9,7 @@ dtype, separates what batching changes from what the dtype changes.
   python bench/exact_vs_fast.py --threads 1                       # CPU, tiny widths, a few minutes
   python bench/exact_vs_fast.py --full --images 8 --max-new-tokens 128   # a GPU machine
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,7 @@ def run(plan, catalog, size, workdir: Path, device: str, **options) -> tuple[dic
     store = Store(workdir / f"store-{time.monotonic_ns()}.sqlite")
     rows: dict = {}
     started = time.perf_counter()
-    run_sweep(plan, backend, store, batch_size=12,
-              on_item=lambda item, row: rows.__setitem__(item.key, row))
+    run_sweep(plan, backend, store, batch_size=12, on_item=lambda item, row: rows.__setitem__(item.key, row))
     wall = time.perf_counter() - started
     memory = peak_memory(device)
     store.close()
@@ -56,11 +56,19 @@ def agreement(a: dict, b: dict) -> dict:
     keys = sorted(set(a) & set(b))
     same_text = sum((a[k].get("answer") or "") == (b[k].get("answer") or "") for k in keys)
     same_verdict = sum(a[k].get("verdict") == b[k].get("verdict") for k in keys)
-    diffs = [abs(a[k]["p_positive"] - b[k]["p_positive"]) for k in keys
-             if a[k].get("p_positive") is not None and b[k].get("p_positive") is not None]
+    diffs = [
+        abs(a[k]["p_positive"] - b[k]["p_positive"])
+        for k in keys
+        if a[k].get("p_positive") is not None and b[k].get("p_positive") is not None
+    ]
     errors = sum(bool(a[k].get("error")) or bool(b[k].get("error")) for k in keys)
-    return {"n": len(keys), "text": same_text / max(1, len(keys)), "verdict": same_verdict / max(1, len(keys)),
-            "p_diff": max(diffs) if diffs else None, "errors": errors}
+    return {
+        "n": len(keys),
+        "text": same_text / max(1, len(keys)),
+        "verdict": same_verdict / max(1, len(keys)),
+        "p_diff": max(diffs) if diffs else None,
+        "errors": errors,
+    }
 
 
 def main(argv=None) -> int:
@@ -91,21 +99,34 @@ def main(argv=None) -> int:
         print("exact_vs_fast: --full needs CUDA (4-7B parameters at random weights)")
         return 2
     catalog = load_catalog()
-    sizes = full_sizes() if args.full else {a: DemoSize.study_shapes(text_hidden=args.text_hidden) for a in ARCHITECTURES}
+    sizes = (
+        full_sizes() if args.full else {a: DemoSize.study_shapes(text_hidden=args.text_hidden) for a in ARCHITECTURES}
+    )
     cases, where = load_cases(args.task, args.images, args.samples)
     variants = closed_variants(catalog, args.task)[: max(1, min(12, args.prompts))]
-    print(f"exact_vs_fast: {len(cases)} images ({where}) x {len(variants)} prompts, greedy, max_new_tokens="
-          f"{args.max_new_tokens}, {'full size' if args.full else 'study shapes, small widths'}, random weights, "
-          f"{device}, torch {torch.__version__}")
+    print(
+        f"exact_vs_fast: {len(cases)} images ({where}) x {len(variants)} prompts, greedy, max_new_tokens="
+        f"{args.max_new_tokens}, {'full size' if args.full else 'study shapes, small widths'}, random weights, "
+        f"{device}, torch {torch.__version__}"
+    )
     rows = []
     for arch in [a.strip() for a in args.architectures.split(",") if a.strip()]:
         alias = ARCHITECTURES[arch]
         spec = catalog.model(alias)
         real = catalog.model(spec.demo_of)
-        settings = {"max_new_tokens": args.max_new_tokens,
-                    "min_new_tokens": min(real.generation.min_new_tokens, args.max_new_tokens)}
-        plan = plan_sweep(catalog, [alias], [args.task], {args.task: cases}, {args.task: variants}, "paper",
-                          generation_override=settings)
+        settings = {
+            "max_new_tokens": args.max_new_tokens,
+            "min_new_tokens": min(real.generation.min_new_tokens, args.max_new_tokens),
+        }
+        plan = plan_sweep(
+            catalog,
+            [alias],
+            [args.task],
+            {args.task: cases},
+            {args.task: variants},
+            "paper",
+            generation_override=settings,
+        )
         workdir = Path(tempfile.mkdtemp(prefix=f"exact_vs_fast_{arch}_"))
         try:
             # Built once before any timing (every run then loads the same weights from disk).
@@ -122,15 +143,22 @@ def main(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         a, b = agreement(exact, fast), agreement(exact, same)
         rows.append((arch, a, b, exact_s, fast_s, same_s, exact_mem, fast_mem, fast_dtype or "auto", exact_dtype))
-        print(f"  {arch}: exact {exact_s:.1f}s, fast {fast_s:.1f}s ({fast_dtype or 'auto'}), fast at {exact_dtype} "
-              f"{same_s:.1f}s; identical answers {a['text']:.0%} / {b['text']:.0%} at the same dtype", flush=True)
-    print("\n| architecture | answers | identical (fast) | same verdict (fast) | identical (fast, exact's dtype) "
-          "| max dp_positive (same dtype) | exact s | fast s | errors | memory exact / fast |")
+        print(
+            f"  {arch}: exact {exact_s:.1f}s, fast {fast_s:.1f}s ({fast_dtype or 'auto'}), fast at {exact_dtype} "
+            f"{same_s:.1f}s; identical answers {a['text']:.0%} / {b['text']:.0%} at the same dtype",
+            flush=True,
+        )
+    print(
+        "\n| architecture | answers | identical (fast) | same verdict (fast) | identical (fast, exact's dtype) "
+        "| max dp_positive (same dtype) | exact s | fast s | errors | memory exact / fast |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch, a, b, es, fs, ss, em, fm, fd, ed in rows:
         p = "-" if b["p_diff"] is None else f"{b['p_diff']:.2g}"
-        print(f"| {arch} | {a['n']} | {a['text']:.0%} ({fd}) | {a['verdict']:.0%} | {b['text']:.0%} ({ed}) | {p} | "
-              f"{es:.1f} | {fs:.1f} | {a['errors'] + b['errors']} | {em} / {fm} |")
+        print(
+            f"| {arch} | {a['n']} | {a['text']:.0%} ({fd}) | {a['verdict']:.0%} | {b['text']:.0%} ({ed}) | {p} | "
+            f"{es:.1f} | {fs:.1f} | {a['errors'] + b['errors']} | {em} / {fm} |"
+        )
     return 0
 
 

@@ -10,6 +10,7 @@ keyword baseline ("yes" without "no" -> YES) on the same rows, and with --misses
 --speed times the reader on 100,000-character answers of hostile shapes, next to the same shapes
 at 10,000 characters (a ratio near 1 or below means the cost does not grow with the answer).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,13 +110,17 @@ def _grouped(rows: list[dict], key: str) -> dict[str, list[dict]]:
 def report(rows: list[dict], show_misses: bool) -> str:
     ours, base = score(rows), score(rows, keyword_baseline)
     yes_no = [r for r in rows if not r.get("options") and r["gold"] in ("YES", "NO")]
-    lines = [f"rows: {len(rows)}  ({', '.join(f'{k}: {v}' for k, v in sorted(Counter(r['gold'] for r in rows).items()))})",
-             f"reader    exact {ours['exact']:.1%}  lenient {ours['lenient']:.1%}",
-             f"keywords  exact {base['exact']:.1%}  lenient {base['lenient']:.1%}"]
+    lines = [
+        f"rows: {len(rows)}  ({', '.join(f'{k}: {v}' for k, v in sorted(Counter(r['gold'] for r in rows).items()))})",
+        f"reader    exact {ours['exact']:.1%}  lenient {ours['lenient']:.1%}",
+        f"keywords  exact {base['exact']:.1%}  lenient {base['lenient']:.1%}",
+    ]
     if yes_no:
         a, b = score(yes_no), score(yes_no, keyword_baseline)
-        lines.append(f"yes/no rows ({len(yes_no)}): reader {a['exact']:.1%}  keywords {b['exact']:.1%}  "
-                     f"(+{(a['exact'] - b['exact']) * 100:.1f} points)")
+        lines.append(
+            f"yes/no rows ({len(yes_no)}): reader {a['exact']:.1%}  keywords {b['exact']:.1%}  "
+            f"(+{(a['exact'] - b['exact']) * 100:.1f} points)"
+        )
     lines.append("recall per class (reader / keywords):")
     for c, (value, count) in ours["recall"].items():
         lines.append(f"  {c:<10} {value:6.1%}  / {base['recall'][c][0]:6.1%}   n={count}")
@@ -129,9 +134,11 @@ def report(rows: list[dict], show_misses: bool) -> str:
         for r, p in zip(rows, ours["preds"]):
             if p != r["gold"]:
                 reading = read_answer(r["response"], r["question"], options_of(r))
-                lines.append(f"  {r['id']} gold {r['gold']} got {p}: {reading.reason}\n"
-                             f"      Q: {r['question'][:100]!r} {r.get('options', '')}\n"
-                             f"      A: {r['response'][:220]!r}")
+                lines.append(
+                    f"  {r['id']} gold {r['gold']} got {p}: {reading.reason}\n"
+                    f"      Q: {r['question'][:100]!r} {r.get('options', '')}\n"
+                    f"      A: {r['response'][:220]!r}"
+                )
     return "\n".join(lines)
 
 

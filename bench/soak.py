@@ -17,6 +17,7 @@ through gradio_client, and each of those must return within 2 s.
 The checks themselves are the tests' (tests/crash_worker.py, tests/fake_openai_server.py); the CI
 versions run 3 rounds each in tests/test_crash_safety.py and tests/test_faults.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,19 @@ def soak_sweeps(rounds: int, cases: int, rng: random.Random, work: Path) -> dict
             stored = 0
         threshold = len(done_keys(log)) + stored + 1
         outcome = run_and_kill(
-            worker_command("sweep", str(store), str(log), "--delay", str(rng.choice([0.0, 0.005, 0.02])),
-                           "--batch-size", str(rng.choice([1, 2, 4, 8])), "--cases", str(cases)),
-            fire_when=lambda proc: len(done_keys(log)) >= threshold, delay_s=rng.uniform(0.0, 0.5),
+            worker_command(
+                "sweep",
+                str(store),
+                str(log),
+                "--delay",
+                str(rng.choice([0.0, 0.005, 0.02])),
+                "--batch-size",
+                str(rng.choice([1, 2, 4, 8])),
+                "--cases",
+                str(cases),
+            ),
+            fire_when=lambda proc: len(done_keys(log)) >= threshold,
+            delay_s=rng.uniform(0.0, 0.5),
         )
         report = check_store(store, set(done_keys(log)))
         totals["rounds"] += 1
@@ -69,8 +80,10 @@ def soak_sweeps(rounds: int, cases: int, rng: random.Random, work: Path) -> dict
         totals["duplicates"] += report["duplicates"]
         totals["integrity_failures"] += any("integrity" in p for p in report["problems"])
         problems += [f"sweep round {round_}: {p}" for p in report["problems"]]
-        print(f"  sweep round {round_ + 1}/{rounds}: killed={outcome['killed']} rows={report['rows']}/{len(planned)}",
-              flush=True)
+        print(
+            f"  sweep round {round_ + 1}/{rounds}: killed={outcome['killed']} rows={report['rows']}/{len(planned)}",
+            flush=True,
+        )
     return {**totals, "problems": problems}
 
 
@@ -100,8 +113,12 @@ def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
             fire, delay = (lambda proc: bool(temp_files(out) - left)), rng.uniform(0.0, 0.15)
         else:  # anywhere in the export
             fire, delay = (lambda proc: stdout_has(proc, "ready", seen)), rng.uniform(0.0, 1.1) * took
-        outcome = run_and_kill(worker_command("export", str(store_path), str(out), "--formats", ",".join(formats)),
-                               fire_when=fire, delay_s=delay, poll_s=0.002)
+        outcome = run_and_kill(
+            worker_command("export", str(store_path), str(out), "--formats", ",".join(formats)),
+            fire_when=fire,
+            delay_s=delay,
+            poll_s=0.002,
+        )
         report = check_export(out, formats, expected)
         new_temp = set(report["temp_files"]) - left
         left |= new_temp
@@ -111,8 +128,11 @@ def soak_exports(rounds: int, rng: random.Random, work: Path) -> dict:
         totals["kills_while_writing"] += outcome["killed"] and bool(new_temp)
         totals["truncated_or_missing"] += len(report["problems"])
         problems += [f"export round {round_}: {p}" for p in report["problems"]]
-        print(f"  export round {round_ + 1}/{rounds}: killed={outcome['killed']} while_writing={bool(new_temp)} "
-              f"problems={len(report['problems'])}", flush=True)
+        print(
+            f"  export round {round_ + 1}/{rounds}: killed={outcome['killed']} while_writing={bool(new_temp)} "
+            f"problems={len(report['problems'])}",
+            flush=True,
+        )
     return {**totals, "temp_files_left": len(left), "problems": problems}
 
 
@@ -129,9 +149,13 @@ def soak_faults(items_wanted: int, faults_wanted: int, rng: random.Random, work:
     os.environ[STORM_KEY_ENV] = STORM_KEY
     kinds = {
         "429 Retry-After": lambda: Fault.http(429, retry_after=str(rng.choice([0, 0.05, 0.1]))),
-        "500": lambda: Fault.http(500), "502": lambda: Fault.http(502), "503": lambda: Fault.http(503),
-        "timeout": lambda: Fault.delay(1.0), "dropped connection": Fault.drop,
-        "truncated JSON": Fault.truncated, "empty choices": Fault.empty,
+        "500": lambda: Fault.http(500),
+        "502": lambda: Fault.http(502),
+        "503": lambda: Fault.http(503),
+        "timeout": lambda: Fault.delay(1.0),
+        "dropped connection": Fault.drop,
+        "truncated JSON": Fault.truncated,
+        "empty choices": Fault.empty,
         "400 (not retried)": lambda: Fault.http(400, "bad request"),
         "401 echoing the key": lambda: Fault.http(401, echo_auth=True),
         "invalid JSON reply text": lambda: Fault.reply('{"answer": '),
@@ -145,9 +169,20 @@ def soak_faults(items_wanted: int, faults_wanted: int, rng: random.Random, work:
             injected[name] += 1
             queue.append(kinds[name]())
         server.add_faults(*queue)
-        backend = OpenAIBackend({"demo-gemma": EndpointConfig(
-            base_url=server.base_url, model="served", api_key_env=STORM_KEY_ENV, timeout_s=0.3,
-            max_retries=3, max_concurrency=4, backoff_base_s=0.01, backoff_max_s=0.05)})
+        backend = OpenAIBackend(
+            {
+                "demo-gemma": EndpointConfig(
+                    base_url=server.base_url,
+                    model="served",
+                    api_key_env=STORM_KEY_ENV,
+                    timeout_s=0.3,
+                    max_retries=3,
+                    max_concurrency=4,
+                    backoff_base_s=0.01,
+                    backoff_max_s=0.05,
+                )
+            }
+        )
         with Store(work / "storm.sqlite") as store:
             first = run_sweep(plan, backend, store, batch_size=16)
             retries = 0
@@ -159,9 +194,17 @@ def soak_faults(items_wanted: int, faults_wanted: int, rng: random.Random, work:
         backend.close()
         requests = len(server.requests)
     leaks = sum(STORM_KEY.encode() in p.read_bytes() for p in work.glob("storm.sqlite*"))
-    return {"items": len(plan), "faults_injected": sum(injected.values()), "by_kind": dict(injected),
-            "requests": requests, "errors_first_pass": first.errors, "retry_passes": retries,
-            "lost": len(plan) - answered, "integrity_failures": int(not ok), "leaks": leaks}
+    return {
+        "items": len(plan),
+        "faults_injected": sum(injected.values()),
+        "by_kind": dict(injected),
+        "requests": requests,
+        "errors_first_pass": first.errors,
+        "retry_passes": retries,
+        "lost": len(plan) - answered,
+        "integrity_failures": int(not ok),
+        "leaks": leaks,
+    }
 
 
 # ------------------------------------------------------------------ attacks on a public app
@@ -179,21 +222,33 @@ def _attack_files(folder: Path) -> dict[str, Path]:
     files = {}
     view = folder / "view.sqlite"
     conn = sqlite3.connect(view)
-    conn.executescript("CREATE VIEW answers AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
-                       "SELECT x AS id, 'demo-gemma' AS model FROM r;")
+    conn.executescript(
+        "CREATE VIEW answers AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
+        "SELECT x AS id, 'demo-gemma' AS model FROM r;"
+    )
     conn.close()
     files["recursive view (SQLite)"] = view
     trigger = folder / "trigger.sqlite"
     conn = sqlite3.connect(trigger)
-    conn.executescript("CREATE TABLE answers (id INTEGER PRIMARY KEY, model TEXT); "
-                       "CREATE TRIGGER t AFTER INSERT ON answers BEGIN SELECT 1; END;")
+    conn.executescript(
+        "CREATE TABLE answers (id INTEGER PRIMARY KEY, model TEXT); "
+        "CREATE TRIGGER t AFTER INSERT ON answers BEGIN SELECT 1; END;"
+    )
     conn.close()
     files["trigger (SQLite)"] = trigger
     rows = 1_700
     model = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * 1_000_000]))
-    table = pa.table({"model": model, "task": ["pneumonia"] * rows, "prompt_id": ["abnormal"] * rows,
-                      "prompt_family": ["abnormal"] * rows, "case_id": [f"c{i}" for i in range(rows)],
-                      "label": ["positive"] * rows, "verdict": ["positive"] * rows})
+    table = pa.table(
+        {
+            "model": model,
+            "task": ["pneumonia"] * rows,
+            "prompt_id": ["abnormal"] * rows,
+            "prompt_family": ["abnormal"] * rows,
+            "case_id": [f"c{i}" for i in range(rows)],
+            "label": ["positive"] * rows,
+            "verdict": ["positive"] * rows,
+        }
+    )
     pq.write_table(table, folder / "bomb.parquet", compression="zstd", store_schema=False)
     files["dictionary bomb (Parquet, 1.7 GB decoded)"] = folder / "bomb.parquet"
     (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -235,15 +290,33 @@ def soak_public_attack(seconds: float, work: Path) -> dict:
     outcome: dict = {"bombs": {}, "trickle_s": [], "trickle_errors": [], "cached_s": [], "errors": []}
     with MisbehavingServer("trickle", trickle_s=0.2) as trickle:
         endpoints = work / "endpoints.yaml"
-        endpoints.write_text(yaml.safe_dump({"demo-medgemma": {
-            "base_url": trickle.base_url, "model": "served", "timeout_s": 2.0, "deadline_s": 3.0, "max_retries": 0}}))
-        os.environ.update({"EXPLORER_ENDPOINTS": str(endpoints), "EXPLORER_PUBLIC": "1",
-                           "GRADIO_ANALYTICS_ENABLED": "False", "EXPLORER_CACHE": str(work / "cache")})
+        endpoints.write_text(
+            yaml.safe_dump(
+                {
+                    "demo-medgemma": {
+                        "base_url": trickle.base_url,
+                        "model": "served",
+                        "timeout_s": 2.0,
+                        "deadline_s": 3.0,
+                        "max_retries": 0,
+                    }
+                }
+            )
+        )
+        os.environ.update(
+            {
+                "EXPLORER_ENDPOINTS": str(endpoints),
+                "EXPLORER_PUBLIC": "1",
+                "GRADIO_ANALYTICS_ENABLED": "False",
+                "EXPLORER_CACHE": str(work / "cache"),
+            }
+        )
         settings = AppSettings.from_env(preset="demo", samples_dir=work / "samples", store_path=work / "app.sqlite")
         demo = build_demo(settings)
         port = _free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **launch_kwargs(settings))
+        demo.launch(
+            server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+        )
         url = f"http://127.0.0.1:{port}/"
         try:
             victim = Client(url, verbose=False, download_files=str(work / "downloads-victim"))
@@ -251,8 +324,16 @@ def soak_public_attack(seconds: float, work: Path) -> dict:
             question = ("Is this chest X-ray abnormal?", "abnormal")
 
             def compare(client, models, prompt=question):
-                return client.predict(handle_file(str(image)), "pneumonia", "unknown", prompt[0], prompt[1], models,
-                                      "paper", api_name="/compare")
+                return client.predict(
+                    handle_file(str(image)),
+                    "pneumonia",
+                    "unknown",
+                    prompt[0],
+                    prompt[1],
+                    models,
+                    "paper",
+                    api_name="/compare",
+                )
 
             compare(victim, ["demo-gemma"])  # the victim's answers are now in the store
             started = time.perf_counter()
@@ -308,24 +389,35 @@ def soak_public_attack(seconds: float, work: Path) -> dict:
             demo.close()
     cached = outcome["cached_s"] or [float("inf")]
     return {
-        "seconds": seconds, "cached_compares": len(outcome["cached_s"]),
-        "cached_median_s": round(statistics.median(cached), 3), "cached_max_s": round(max(cached), 3),
+        "seconds": seconds,
+        "cached_compares": len(outcome["cached_s"]),
+        "cached_median_s": round(statistics.median(cached), 3),
+        "cached_max_s": round(max(cached), 3),
         "cached_over_limit": sum(t > CACHED_COMPARE_LIMIT_S for t in cached),
         "cached_baseline_s": outcome.get("cached_baseline_s"),
         "trickle_compares": len(outcome["trickle_s"]),
         "trickle_max_s": round(max(outcome["trickle_s"] or [0.0]), 2),
         "trickle_ended_by_deadline": sum(outcome["trickle_errors"]),
-        "bombs": outcome["bombs"], "errors": outcome["errors"],
+        "bombs": outcome["bombs"],
+        "errors": outcome["errors"],
     }
 
 
 # ------------------------------------------------------------------ more property examples
 def soak_properties(examples: int) -> dict:
     env = {**os.environ, "EXPLORER_HYPOTHESIS_EXAMPLES": str(examples)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "tests/test_properties.py"],
-                          cwd=REPO, env=env, capture_output=True, text=True)
-    return {"examples_per_property": examples, "returncode": proc.returncode,
-            "summary": (proc.stdout.strip().splitlines() or [""])[-1]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "tests/test_properties.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "examples_per_property": examples,
+        "returncode": proc.returncode,
+        "summary": (proc.stdout.strip().splitlines() or [""])[-1],
+    }
 
 
 def main() -> int:
@@ -379,8 +471,11 @@ def main() -> int:
         ("  finished items lost", s["lost"]),
         ("  items stored twice", s["duplicates"]),
         ("  integrity_check failures", s["integrity_failures"]),
-        ("exports killed with SIGKILL", f"{e['kills']} of {e['rounds']} ({e['mid_export_kills']} mid-export, "
-                                        f"{e['kills_while_writing']} while writing files)"),
+        (
+            "exports killed with SIGKILL",
+            f"{e['kills']} of {e['rounds']} ({e['mid_export_kills']} mid-export, "
+            f"{e['kills_while_writing']} while writing files)",
+        ),
         ("  truncated or missing export files", e["truncated_or_missing"]),
         ("  temp files left beside them", e["temp_files_left"]),
         ("server faults injected", f"{f['faults_injected']} over {f['items']} items ({f['requests']} requests)"),
@@ -410,17 +505,25 @@ def main() -> int:
 
 def _public_rows(a: dict) -> list[tuple[str, object]]:
     rows = [
-        (f"public app under attack for {a['seconds']:g} s",
-         f"{a['cached_compares']} cached Compares by another visitor"),
-        ("  cached Compare, median / max", f"{a['cached_median_s']} s / {a['cached_max_s']} s "
-                                           f"(before the attack: {a['cached_baseline_s']} s)"),
+        (
+            f"public app under attack for {a['seconds']:g} s",
+            f"{a['cached_compares']} cached Compares by another visitor",
+        ),
+        (
+            "  cached Compare, median / max",
+            f"{a['cached_median_s']} s / {a['cached_max_s']} s (before the attack: {a['cached_baseline_s']} s)",
+        ),
         (f"  cached Compares over {CACHED_COMPARE_LIMIT_S:g} s", a["cached_over_limit"]),
-        ("  trickling-server Compares", f"{a['trickle_compares']}, longest {a['trickle_max_s']} s "
-                                        f"(deadline 3 s), {a['trickle_ended_by_deadline']} ended by the deadline"),
+        (
+            "  trickling-server Compares",
+            f"{a['trickle_compares']}, longest {a['trickle_max_s']} s "
+            f"(deadline 3 s), {a['trickle_ended_by_deadline']} ended by the deadline",
+        ),
     ]
     for name, b in a["bombs"].items():
-        rows.append((f"  upload: {name}", f"{b['refused']} of {b['tries']} refused, slowest {b['max_s']} s: "
-                                          f"{b['message']}"))
+        rows.append(
+            (f"  upload: {name}", f"{b['refused']} of {b['tries']} refused, slowest {b['max_s']} s: {b['message']}")
+        )
     return rows
 
 

@@ -5,6 +5,7 @@ rewrite the title or hide the lines before them) and can be megabytes long. Prin
 "\\x1b[2K\\x1b[1Aok.csv" erases the error above it. Control characters other than newline and tab are
 shown as escapes (\\x1b), and a text longer than `limit` characters is cut with a note.
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ case -> prompt variant -> request -> backend -> response -> verdict -> store.
 Everything here is a dataclass with no behaviour beyond small derived views, so any
 module (and any test) can build these without importing a model library.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -120,19 +121,11 @@ class Request:
 
     def image_hashes(self) -> list[str]:
         return [
-            part.image_hash
-            for message in self.messages
-            for part in message["content"]
-            if isinstance(part, ImagePart)
+            part.image_hash for message in self.messages for part in message["content"] if isinstance(part, ImagePart)
         ]
 
     def images(self) -> list[Image.Image]:
-        return [
-            part.image
-            for message in self.messages
-            for part in message["content"]
-            if isinstance(part, ImagePart)
-        ]
+        return [part.image for message in self.messages for part in message["content"] if isinstance(part, ImagePart)]
 
 
 def request_fingerprint(request: Request, model_identity: dict[str, Any]) -> str:

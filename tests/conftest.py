@@ -1,4 +1,5 @@
 """Shared fixtures: the optional sample images that sit beside the checkout."""
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@
 The checks: a store passes PRAGMA integrity_check and holds every finished item exactly once; an
 export folder holds only complete files (each parses, with all its rows), never a truncated one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     print("ready", flush=True)
     with Store(args.store) as store:
-        summary = run_sweep(plan, FakeBackend(delay_s=args.delay), store, batch_size=args.batch_size,
-                            on_item=finished)
+        summary = run_sweep(plan, FakeBackend(delay_s=args.delay), store, batch_size=args.batch_size, on_item=finished)
     print(json.dumps(summary.as_dict()), flush=True)
     return 0
 
@@ -100,8 +100,13 @@ def worker_command(*args: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *args]
 
 
-def run_and_kill(cmd: list[str], fire_when: Callable[[subprocess.Popen], bool], delay_s: float,
-                 timeout_s: float = 120.0, poll_s: float = 0.01) -> dict:
+def run_and_kill(
+    cmd: list[str],
+    fire_when: Callable[[subprocess.Popen], bool],
+    delay_s: float,
+    timeout_s: float = 120.0,
+    poll_s: float = 0.01,
+) -> dict:
     """Start cmd; once fire_when(proc) is true, wait delay_s and SIGKILL it (unless it ended first).
 
     Returns {"killed": bool, "returncode": int, "stdout": str}.
@@ -187,8 +192,7 @@ def check_store(store_path: Path, finished: set[str]) -> dict:
     fingerprints = Counter(r["fingerprint"] for r in rows)
     if any(n > 1 for n in fingerprints.values()):
         problems.append("a fingerprint is stored twice")
-    return {"rows": len(rows), "lost": len(lost), "duplicates": len(doubles), "runs": len(runs),
-            "problems": problems}
+    return {"rows": len(rows), "lost": len(lost), "duplicates": len(doubles), "runs": len(runs), "problems": problems}
 
 
 def read_export(path: Path):

@@ -12,6 +12,7 @@ misbehave: faults queue up and each call takes the next one, in arrival order.
 The default reply is derived from the prompt: "echo <model>: <last user text> [<n> image(s)]", or,
 when a JSON schema is asked for, the first allowed value of each property.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ class Fault:
     content: str = ""
 
     @classmethod
-    def http(cls, status: int, message: str = "scripted failure", retry_after: Optional[str] = None,
-             echo_auth: bool = False) -> "Fault":
+    def http(
+        cls, status: int, message: str = "scripted failure", retry_after: Optional[str] = None, echo_auth: bool = False
+    ) -> "Fault":
         headers = (("Retry-After", retry_after),) if retry_after is not None else ()
         return cls("http", status=status, headers=headers, message=message, echo_auth=echo_auth)
 
@@ -102,8 +104,9 @@ class _State:
 
 
 class FakeOpenAIServer:
-    def __init__(self, *, delay_s: float = 0.0, faults: tuple[Fault, ...] = (),
-                 replier: Optional[Callable[[str], str]] = None):
+    def __init__(
+        self, *, delay_s: float = 0.0, faults: tuple[Fault, ...] = (), replier: Optional[Callable[[str], str]] = None
+    ):
         self._state = _State(delay_s=delay_s, faults=deque(faults), replier=replier)
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -119,8 +122,9 @@ class FakeOpenAIServer:
         Handler.state = state
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-openai-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -187,10 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         with state.lock:
             fault = state.faults.popleft() if state.faults else None
-            state.requests.append(RecordedRequest(
-                path=self.path, headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-                arrived=time.monotonic(), fault=fault.kind if fault else None,
-            ))
+            state.requests.append(
+                RecordedRequest(
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                    arrived=time.monotonic(),
+                    fault=fault.kind if fault else None,
+                )
+            )
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
@@ -215,8 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
             message = fault.message
             if fault.echo_auth:
                 message += f" (Incorrect API key provided: {self.headers.get('Authorization', '')})"
-            return self._json(fault.status, {"error": {"message": message, "type": "scripted", "code": None}},
-                              headers=fault.headers)
+            return self._json(
+                fault.status, {"error": {"message": message, "type": "scripted", "code": None}}, headers=fault.headers
+            )
         if kind == "drop":
             self._drop()
             return None
@@ -337,13 +347,21 @@ def _usage(body: dict, text: str, chat: bool) -> dict:
     completion = len(text.split())
     if chat:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    return {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    return {
+        "input_tokens": prompt,
+        "output_tokens": completion,
+        "total_tokens": prompt + completion,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def _chat_completion(body: dict, text: str) -> dict:
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body.get("model"),
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model"),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": _usage(body, text, chat=True),
     }
@@ -351,10 +369,22 @@ def _chat_completion(body: dict, text: str) -> dict:
 
 def _response_object(body: dict, text: str) -> dict:
     return {
-        "id": "resp-fake", "object": "response", "created_at": 0, "model": body.get("model"),
-        "status": "completed", "error": None, "incomplete_details": None,
-        "output": [{"type": "message", "id": "msg-fake", "role": "assistant", "status": "completed",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "id": "resp-fake",
+        "object": "response",
+        "created_at": 0,
+        "model": body.get("model"),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "output": [
+            {
+                "type": "message",
+                "id": "msg-fake",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
         "usage": _usage(body, text, chat=False),
     }
 

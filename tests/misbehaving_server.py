@@ -8,6 +8,7 @@ are recorded, and `mode` says how it answers:
   "http500"      HTTP 500 at once (a retryable failure)
   "ok"           a short ordinary chat reply (streamed when asked)
 """
+
 from __future__ import annotations
 
 import json
@@ -61,22 +62,44 @@ class MisbehavingServer:
                 self.close_connection = True
 
             def _chunk(self, body: dict, delta: dict, finish: Any = None) -> dict:
-                return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body.get("model"),
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
 
             def _null_stream(self, body: dict) -> None:
-                self._events([self._chunk(body, {"role": "assistant", "content": None}),
-                              self._chunk(body, {"content": None}),
-                              self._chunk(body, {}, "stop")])
+                self._events(
+                    [
+                        self._chunk(body, {"role": "assistant", "content": None}),
+                        self._chunk(body, {"content": None}),
+                        self._chunk(body, {}, "stop"),
+                    ]
+                )
 
             def _reply(self, body: dict, text: str) -> None:
                 if body.get("stream"):
-                    self._events([self._chunk(body, {"role": "assistant", "content": ""}),
-                                  self._chunk(body, {"content": text}), self._chunk(body, {}, "stop")])
+                    self._events(
+                        [
+                            self._chunk(body, {"role": "assistant", "content": ""}),
+                            self._chunk(body, {"content": text}),
+                            self._chunk(body, {}, "stop"),
+                        ]
+                    )
                     return
-                blob = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": text}}]}).encode()
+                blob = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model"),
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        ],
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(blob)))

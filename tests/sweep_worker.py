@@ -8,6 +8,7 @@ prove what was (and was not) generated. Run as a script, it sweeps a small plan 
 
 (used by test_sweep_kill.py, which kills it midway and runs it again).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,13 @@ class FakeBackend:
 
     name = "fake"
 
-    def __init__(self, delay_s: float = 0.0, fail_when: Optional[str] = None, raise_for: Sequence[str] = (),
-                 log_path: Optional[Path] = None):
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        fail_when: Optional[str] = None,
+        raise_for: Sequence[str] = (),
+        log_path: Optional[Path] = None,
+    ):
         self.delay_s = delay_s
         self.fail_when = fail_when  # a prompt substring whose requests get Response.error
         self.raise_for = set(raise_for)  # model aliases whose generate() raises
@@ -75,8 +81,15 @@ class FakeBackend:
                 text = f"{text} (sample {self.sample_counter})"
             if on_text is not None:
                 on_text(i, text)
-            out.append(Response(text=text, latency_s=self.delay_s, input_tokens=10, output_tokens=2,
-                                p_positive=(digest % 1000) / 1000))
+            out.append(
+                Response(
+                    text=text,
+                    latency_s=self.delay_s,
+                    input_tokens=10,
+                    output_tokens=2,
+                    p_positive=(digest % 1000) / 1000,
+                )
+            )
         return out
 
     def close(self) -> None:
@@ -88,10 +101,17 @@ def make_cases(task: str, n: int, size: int = 8) -> list[Case]:
     cases = []
     for i in range(n):
         img = Image.new("RGB", (size, size), (i * 37 % 256, i * 91 % 256, i * 53 % 256))
-        cases.append(Case(
-            case_id=f"{task}:test:{i}", task=task, image=img, image_hash=content_hash(img),
-            label="positive" if i % 2 else "negative", source="test", row_id=i,
-        ))
+        cases.append(
+            Case(
+                case_id=f"{task}:test:{i}",
+                task=task,
+                image=img,
+                image_hash=content_hash(img),
+                label="positive" if i % 2 else "negative",
+                source="test",
+                row_id=i,
+            )
+        )
     return cases
 
 
@@ -100,8 +120,15 @@ def small_plan(catalog, models=("demo-gemma",), task="pneumonia", n_cases=4, gen
     from explorer.runs.sweep import plan_sweep
 
     cases = make_cases(task, n_cases)
-    return plan_sweep(catalog, list(models), [task], {task: cases}, {task: closed_variants(catalog, task)},
-                      "paper", generation_override=generation_override)
+    return plan_sweep(
+        catalog,
+        list(models),
+        [task],
+        {task: cases},
+        {task: closed_variants(catalog, task)},
+        "paper",
+        generation_override=generation_override,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,6 +3,7 @@
 The examples are made up in the style of real VLM output (the real ones are measured in
 bench/reader_accuracy.py and tests/test_reader_accuracy.py); each names the kind of mistake it guards.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -33,17 +34,35 @@ CASES = [
     # a stray word must not override a clear answer
     ("Yes, a mass displaces the otherwise normal ventricles.", "Is there a mass?", None, "yes"),
     ("No. I am an AI and cannot give a diagnosis; please consult a radiologist.", "Is there a mass?", None, "no"),
-    ("Yes, there is pneumonia. However, I am not a doctor, so please consult a physician.",
-     "Does this image contain evidence of pneumonia?", None, "yes"),
-    ("Yes, the unclear area in the left lobe is a nodule.", "Is the unclear area in the left lobe a nodule?", None, "yes"),
+    (
+        "Yes, there is pneumonia. However, I am not a doctor, so please consult a physician.",
+        "Does this image contain evidence of pneumonia?",
+        None,
+        "yes",
+    ),
+    (
+        "Yes, the unclear area in the left lobe is a nodule.",
+        "Is the unclear area in the left lobe a nodule?",
+        None,
+        "yes",
+    ),
     # refusal vs hedge
     ("I can't tell from this image whether the kidney is enlarged.", "Is the kidney enlarged?", None, "hedge"),
-    ("It is difficult to determine whether there is pneumonia without further information.",
-     "Does this image contain evidence of pneumonia?", None, "hedge"),
+    (
+        "It is difficult to determine whether there is pneumonia without further information.",
+        "Does this image contain evidence of pneumonia?",
+        None,
+        "hedge",
+    ),
     ("I'm sorry, but I can't help with that.", "Is there a tumor?", None, "refusal"),
     ("As an AI, I am not able to interpret medical images.", "Is this image abnormal?", None, "refusal"),
     ("I cannot see images.", "Is this image abnormal?", None, "refusal"),
-    ("I'm unable to provide a diagnosis. Please consult a healthcare professional.", "Is there a tumor?", None, "refusal"),
+    (
+        "I'm unable to provide a diagnosis. Please consult a healthcare professional.",
+        "Is there a tumor?",
+        None,
+        "refusal",
+    ),
     ("The finding may or may not represent pneumonia.", "Is there pneumonia?", None, "hedge"),
     # not answers
     ("User: yes, my doctor ordered this scan", "Is there a fracture?", None, "unclear"),
@@ -54,30 +73,61 @@ CASES = [
     ("Is there a mass?", "Is there a mass?", None, "unclear"),
     ("", "Is there a mass?", None, "unclear"),
     # word salad from a random-weight model, with medical words in it
-    ("diagnosis diagnosis diagnosis diagnosis diagnosis opacity You diagnosis opacity You diagnosis",
-     "Does this image contain evidence of pneumonia?", None, "unclear"),
+    (
+        "diagnosis diagnosis diagnosis diagnosis diagnosis opacity You diagnosis opacity You diagnosis",
+        "Does this image contain evidence of pneumonia?",
+        None,
+        "unclear",
+    ),
     ("Yes stroma to to to lobe to lobe to lobe to lobe density density density", "Is there a tumor?", None, "unclear"),
     ("© 2019 Radiology Society. All rights reserved.", "Is there a mass?", None, "unclear"),
     # two options
     ("Lower", "Is the lesion in the lower lobe or the upper lobe?", ["lower lobe", "upper lobe"], "A"),
     ("Solid.", "Is it a solid mass or a cystic mass?", ["solid mass", "cystic mass"], "A"),
     ("No, it is on the right.", "Is the lesion on the left or right?", LR, "B"),
-    ("The lesion is abnormal and the mass looks cystic.", "Is it a solid mass or a cystic mass?",
-     ["solid mass", "cystic mass"], "B"),
+    (
+        "The lesion is abnormal and the mass looks cystic.",
+        "Is it a solid mass or a cystic mass?",
+        ["solid mass", "cystic mass"],
+        "B",
+    ),
     ("Yes.", "Is the lesion on the left or right?", LR, "unclear"),
     ("B", "Which does this image show? Choose one answer.\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "B"),
     ("A) Tumor", "Which does this image show? Choose one answer.\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "A"),
-    ("There is no tumor in this image.", "Which does this image show?\nA) Tumor\nB) No tumor", ["Tumor", "No tumor"], "B"),
-    ("It could be either hyperdense or hypodense.", "Is it hyperdense or hypodense?", ["hyperdense", "hypodense"], "hedge"),
+    (
+        "There is no tumor in this image.",
+        "Which does this image show?\nA) Tumor\nB) No tumor",
+        ["Tumor", "No tumor"],
+        "B",
+    ),
+    (
+        "It could be either hyperdense or hypodense.",
+        "Is it hyperdense or hypodense?",
+        ["hyperdense", "hypodense"],
+        "hedge",
+    ),
     ("This is an MRI scan.", "Is this a CT or an MRI?", ["CT", "MRI"], "B"),
     # the way chat models answer, decline and hedge
-    ("I'm not able to analyze medical images, but I can tell you that pneumonia typically appears as areas of "
-     "consolidation on chest X-rays.", "Does this image show pneumonia?", None, "refusal"),
-    ("I'm sorry, but I can't provide a diagnosis. However, the image appears to show a mass in the left lung.",
-     "Is there a mass?", None, "yes"),
-    ("Based on the image, it's not possible to definitively say whether there is a pleural effusion. There appears to "
-     "be some blunting of the costophrenic angle, which could suggest a small effusion.", "Is there a pleural effusion?",
-     None, "hedge"),
+    (
+        "I'm not able to analyze medical images, but I can tell you that pneumonia typically appears as areas of "
+        "consolidation on chest X-rays.",
+        "Does this image show pneumonia?",
+        None,
+        "refusal",
+    ),
+    (
+        "I'm sorry, but I can't provide a diagnosis. However, the image appears to show a mass in the left lung.",
+        "Is there a mass?",
+        None,
+        "yes",
+    ),
+    (
+        "Based on the image, it's not possible to definitively say whether there is a pleural effusion. There appears to "
+        "be some blunting of the costophrenic angle, which could suggest a small effusion.",
+        "Is there a pleural effusion?",
+        None,
+        "hedge",
+    ),
     ("**Answer:** No\n\n**Explanation:** The lung fields are clear.", "Is there pneumonia?", None, "no"),
     ("I think so, yes.", "Is there a tumor?", None, "yes"),
     ("Probably not.", "Is there a tumor?", None, "no"),
@@ -88,11 +138,19 @@ CASES = [
     ('{"answer": "Yes"}', "Is there a tumor?", None, "yes"),
     ("Pneumonia cannot be excluded.", "Does this image contain evidence of pneumonia?", None, "hedge"),
     ("Both sides are affected.", "Is the lesion on the left or right?", LR, "hedge"),
-    ("In this image, the liver appears to be smaller than the spleen.", "Which is bigger, liver or spleen?",
-     ["liver", "spleen"], "B"),
+    (
+        "In this image, the liver appears to be smaller than the spleen.",
+        "Which is bigger, liver or spleen?",
+        ["liver", "spleen"],
+        "B",
+    ),
     ("The image is a sagittal view of the brain.", "Is this an axial or saggital view?", ["axial", "saggital"], "B"),
-    ("Therefore, neither of the provided options is correct.", "Is it a tumor or normal tissue?",
-     ["tumor", "normal tissue"], "hedge"),
+    (
+        "Therefore, neither of the provided options is correct.",
+        "Is it a tumor or normal tissue?",
+        ["tumor", "normal tissue"],
+        "hedge",
+    ),
     ("There are signs of pnemonia in the right lung.", "Does this image contain evidence of pneumonia?", None, "yes"),
     ("Yes, a tumor is present.", "I think this image is normal, but is there a tumor?", None, "yes"),
     # languages and confidence suffixes
@@ -110,7 +168,7 @@ def test_reads_the_answer(answer, question, options, expected):
     got = reading.answer if reading.label == "answer" else reading.label
     assert got == expected, reading.reason
     if reading.span is not None:
-        assert answer[reading.span[0]:reading.span[1]] == reading.evidence
+        assert answer[reading.span[0] : reading.span[1]] == reading.evidence
     assert reading.reason
 
 

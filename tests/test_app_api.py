@@ -1,5 +1,6 @@
 """The app's API through gradio_client: one compare call on the offline demo models, then the same
 call again, which must come back from the store (cached)."""
+
 from __future__ import annotations
 
 import importlib
@@ -30,8 +31,9 @@ def app_url(tmp_path, monkeypatch):
     app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
     port = _free_port()
     settings = app.AppSettings.from_env()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.launch_kwargs(settings))
+    app.demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs(settings)
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -63,6 +65,7 @@ def test_compare_api_answers_then_serves_from_cache(app_url, tmp_path):
     assert [a["answer"] for a in again] == [a["answer"] for a in answers]
     assert html2.count(">cached<") == 2 and "from the store" in status2
 
-    _, _, bad = client.predict(handle_file(str(path)), "pneumonia", "unknown", "   ", "abnormal", MODELS, "paper",
-                               api_name="/compare")
+    _, _, bad = client.predict(
+        handle_file(str(path)), "pneumonia", "unknown", "   ", "abnormal", MODELS, "paper", api_name="/compare"
+    )
     assert "prompt is empty" in bad

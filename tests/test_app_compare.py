@@ -1,4 +1,5 @@
 """Compare-tab handlers called directly: a label belongs to its task."""
+
 from __future__ import annotations
 
 from PIL import Image
@@ -12,8 +13,9 @@ def test_changing_the_task_resets_the_truth_and_keeps_the_file_name(tmp_path):
         for i, cls in enumerate(("negative", "positive")):
             (tmp_path / "samples" / task / cls).mkdir(parents=True)
             Image.new("L", (64, 64), 50 + 100 * i).save(tmp_path / "samples" / task / cls / f"{task}_{cls}.png")
-    shared = SharedExplorer(AppSettings(preset="demo", samples_dir=tmp_path / "samples",
-                                        store_path=tmp_path / "s.sqlite"))
+    shared = SharedExplorer(
+        AppSettings(preset="demo", samples_dir=tmp_path / "samples", store_path=tmp_path / "s.sqlite")
+    )
     h = CompareHandlers(shared)
     mri = next(c for c in shared.get().example_cases("brain_tumor") if c.label == "positive")
     # Same task, new truth: the label follows the radio.

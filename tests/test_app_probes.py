@@ -1,5 +1,6 @@
 """The probes in the app: the Embeddings and Describe & diagnose handlers and their facade methods, on the
 offline demo models, a temporary store and images this test makes (3 per class, pneumonia)."""
+
 from __future__ import annotations
 
 import warnings
@@ -81,8 +82,7 @@ def test_embeddings_tab_draws_scatter_and_probe_beside_model_accuracy(shared):
 def test_embedding_probe_facade_compares_on_the_answered_cases(shared):
     ex = shared.get()
     ex.embedding_probe(TASK, ["demo-medgemma"], verdict_prompt="abnormal")  # asks "abnormal" on all six
-    view = ex.embedding_probe(TASK, ["demo-medgemma"], source="answered", verdict_prompt="abnormal",
-                              ask_verdicts=False)
+    view = ex.embedding_probe(TASK, ["demo-medgemma"], source="answered", verdict_prompt="abnormal", ask_verdicts=False)
     # "answered": the images with stored closed-form answers; the probe and the model see the same set.
     assert view.n_cases == 6 and list(view.probes["model"]) == ["demo-medgemma"]
     row = view.probes.iloc[0]
@@ -113,8 +113,12 @@ def test_a_model_without_local_weights_is_reported_and_the_rest_still_run(sample
     from explorer.models.backends.openai_backend import EndpointConfig
 
     # demo-gemma served by an endpoint: no vision tower to read features from (nothing is sent to it).
-    ex = Explorer(preset="demo", store_path=tmp_path / "r.sqlite", samples_dir=samples,
-                  endpoints={"demo-gemma": EndpointConfig(base_url="http://127.0.0.1:9/v1", model="x")})
+    ex = Explorer(
+        preset="demo",
+        store_path=tmp_path / "r.sqlite",
+        samples_dir=samples,
+        endpoints={"demo-gemma": EndpointConfig(base_url="http://127.0.0.1:9/v1", model="x")},
+    )
     try:
         h = EmbeddingHandlers(SimpleNamespace(get=lambda: ex))
         out = _last(h.compute(TASK, ["demo-llava", "demo-gemma"], "samples", "evidence", False))[-1]
@@ -169,8 +173,9 @@ def test_one_case_from_the_compare_tab_under_another_task(shared, samples):
     from explorer.cases.hub import upload_case
 
     compare_case = upload_case(next((samples / TASK / "positive").glob("*.png")), "brain_tumor", name="up.png")
-    out = _last(DiagnoseHandlers(shared).run_case(TASK, COMPARE_CASE, ["demo-medgemma"], "demo", ["tight"],
-                                                  compare_case))[-1]
+    out = _last(
+        DiagnoseHandlers(shared).run_case(TASK, COMPARE_CASE, ["demo-medgemma"], "demo", ["tight"], compare_case)
+    )[-1]
     assert "2 descriptions, 2 diagnoses" in out[1] and 'data-alias="demo-medgemma"' in out[2]
 
 
@@ -185,10 +190,30 @@ def test_one_case_needs_an_image_and_a_template(shared):
 def test_cards_mark_right_and_wrong_diagnoses(shared):
     """The demo diagnoser rarely says a clean Yes/No, so the marks are checked on a made-up result."""
     case = shared.get().example_cases(TASK)[4]  # positive
-    described = pd.DataFrame([{"model": "demo-llava", "prompt_id": "describe", "prompt_text": "Describe.",
-                               "description": "Patchy <opacity>.", "error": None, "cached": False}])
-    rows = [{"model": "demo-llava", "prompt_id": "describe", "template": t, "parsed": p, "raw": p, "error": None,
-             "label": case.label} for t, p in zip(TEMPLATES, ("yes", "no", "unparsed"))]
+    described = pd.DataFrame(
+        [
+            {
+                "model": "demo-llava",
+                "prompt_id": "describe",
+                "prompt_text": "Describe.",
+                "description": "Patchy <opacity>.",
+                "error": None,
+                "cached": False,
+            }
+        ]
+    )
+    rows = [
+        {
+            "model": "demo-llava",
+            "prompt_id": "describe",
+            "template": t,
+            "parsed": p,
+            "raw": p,
+            "error": None,
+            "label": case.label,
+        }
+        for t, p in zip(TEMPLATES, ("yes", "no", "unparsed"))
+    ]
     diag = pd.DataFrame(rows)
     diag["correct"] = [True, False, None]
     result = CaseDiagnosis(case, described, diag, "demo", D.DiagnoseSummary(), True)
@@ -205,8 +230,14 @@ def test_describe_sweep_metrics_then_stored_descriptions_from_the_store(shared):
     # 2 VLMs x 2 description prompts x 3 templates, each with its closed-form reference.
     # The table shows plain names (the CSV download keeps the ids).
     assert len(table) == 12 and set(table["diagnosis template"]) == set(TEMPLATES)
-    assert {"accuracy (answered)", "yes rate", "F1", "F1, non-answers wrong", "closed-form F1",
-            "signal recovered"} <= set(table.columns)
+    assert {
+        "accuracy (answered)",
+        "yes rate",
+        "F1",
+        "F1, non-answers wrong",
+        "closed-form F1",
+        "signal recovered",
+    } <= set(table.columns)
     assert table["closed-form F1"].notna().all()
     assert set(recovered["model"]) == set(MODELS)
     assert len(pd.read_csv(download["value"])) == 12

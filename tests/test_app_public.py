@@ -13,6 +13,7 @@ the --public flag; EXPLORER_PUBLIC=0 inside a Space turns it off. In public mode
   - only the preset's models are offered.
 Every refusal also raises a gr.Warning (recorded here by wrapping gradio.Warning).
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,8 +30,11 @@ from PIL import Image
 
 TASK = "pneumonia"
 PRESET_MODELS = ["demo-llava", "demo-llava-med", "demo-gemma", "demo-medgemma"]
-LIMITS = {"EXPLORER_PUBLIC_MAX_UPLOAD_MB": "0.05", "EXPLORER_PUBLIC_MAX_PIXELS": "1000000",
-          "EXPLORER_PUBLIC_MAX_SWEEP_ITEMS": "4"}
+LIMITS = {
+    "EXPLORER_PUBLIC_MAX_UPLOAD_MB": "0.05",
+    "EXPLORER_PUBLIC_MAX_PIXELS": "1000000",
+    "EXPLORER_PUBLIC_MAX_SWEEP_ITEMS": "4",
+}
 MAX_UPLOAD_BYTES = int(0.05 * 2**20)
 PATH_REFUSED = "does not read files from the server by path"
 BIG_SWEEP = (["demo-gemma", "demo-medgemma"], [TASK], ["abnormal", "normal"], 1, "paper")  # 2x2x2 = 8 answers
@@ -85,12 +89,17 @@ def start_app(tmp_path, monkeypatch, warnings):
     def start(env: dict[str, str], public_flag=None):
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        settings = AppSettings.from_env(preset="demo", samples_dir=_samples(tmp_path / "samples"),
-                                        store_path=tmp_path / "explorer.sqlite", public=public_flag)
+        settings = AppSettings.from_env(
+            preset="demo",
+            samples_dir=_samples(tmp_path / "samples"),
+            store_path=tmp_path / "explorer.sqlite",
+            public=public_flag,
+        )
         demo = build_demo(settings)
         port = _free_port()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **launch_kwargs(settings))
+        demo.launch(
+            server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+        )
         demos.append(demo)
         return f"http://127.0.0.1:{port}/", settings, warnings
 
@@ -121,8 +130,11 @@ def _offered_models(props: dict) -> list[str]:
     return [value for _, value in props["choices"]]
 
 
-@pytest.mark.parametrize("env,flag", [({"EXPLORER_PUBLIC": "1"}, None), ({"SPACE_ID": "someone/explorer"}, None),
-                                      ({}, True)], ids=["EXPLORER_PUBLIC=1", "SPACE_ID", "--public"])
+@pytest.mark.parametrize(
+    "env,flag",
+    [({"EXPLORER_PUBLIC": "1"}, None), ({"SPACE_ID": "someone/explorer"}, None), ({}, True)],
+    ids=["EXPLORER_PUBLIC=1", "SPACE_ID", "--public"],
+)
 def test_public_mode_refuses_where_the_user_looks_and_keeps_what_was_computed(start_app, tmp_path, env, flag):
     from gradio_client import Client, handle_file
 
@@ -147,21 +159,38 @@ def test_public_mode_refuses_where_the_user_looks_and_keeps_what_was_computed(st
     big = _noise_png(tmp_path / "big.png", 400)
     assert big.stat().st_size > MAX_UPLOAD_BYTES and config["max_file_size"] == MAX_UPLOAD_BYTES
     with pytest.raises(ValueError, match="exceeds the maximum file size"):
-        client.predict(handle_file(str(big)), TASK, "unknown", "Is this image abnormal?", "abnormal",
-                       ["demo-gemma"], "paper", api_name="/compare")
+        client.predict(
+            handle_file(str(big)),
+            TASK,
+            "unknown",
+            "Is this image abnormal?",
+            "abnormal",
+            ["demo-gemma"],
+            "paper",
+            api_name="/compare",
+        )
     refused = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", big.read_bytes(), "image/png")})
     assert refused.status_code == 413 and "size" in refused.text
     # ...and one that got past Gradio is refused by the app, in the Compare tab's status, the case kept.
     case, preview, caption, status, upload, label, *_ = CompareHandlers(SharedExplorer(settings)).upload(
-        str(big), TASK, "unknown", None)
+        str(big), TASK, "unknown", None
+    )
     assert "too large for this public demo" in status and "vx-notice-error" in status
     assert case == preview == caption == {"__type__": "update"}  # skipped: the current image stays
     assert "too large for this public demo" in warnings[-1]
     # An image over the pixel limit (few bytes, many pixels) is refused in the status of a compare.
     wide = _flat_png(tmp_path / "wide.png", 1250, 1000)
     assert wide.stat().st_size < MAX_UPLOAD_BYTES
-    _, _, status = client.predict(handle_file(str(wide)), TASK, "unknown", "Is this image abnormal?",
-                                        "abnormal", ["demo-gemma"], "paper", api_name="/compare")
+    _, _, status = client.predict(
+        handle_file(str(wide)),
+        TASK,
+        "unknown",
+        "Is this image abnormal?",
+        "abnormal",
+        ["demo-gemma"],
+        "paper",
+        api_name="/compare",
+    )
     assert "image is too large" in status and "1 megapixel limit" in status and "vx-notice-error" in status, status
     assert "megapixel" in warnings[-1]
 
@@ -205,8 +234,16 @@ def test_explorer_public_0_turns_it_off_inside_a_space(start_app, tmp_path):
 
     # The limits in the environment do not apply: a wide image runs, a sweep of 8 runs.
     wide = _flat_png(tmp_path / "wide.png", 1250, 1000)
-    _, answers, status = client.predict(handle_file(str(wide)), TASK, "unknown", "Is this image abnormal?",
-                                        "abnormal", ["demo-gemma"], "paper", api_name="/compare")
+    _, answers, status = client.predict(
+        handle_file(str(wide)),
+        TASK,
+        "unknown",
+        "Is this image abnormal?",
+        "abnormal",
+        ["demo-gemma"],
+        "paper",
+        api_name="/compare",
+    )
     assert [a["model"] for a in answers] == ["demo-gemma"] and "1 answers" in status, status
     swept = client.predict(*BIG_SWEEP, api_name="/sweep")
     assert 'data-state="done"' in swept[0] and 'data-total="8"' in swept[0], swept[0]

@@ -9,6 +9,7 @@ Results tab's store, the Models & settings tab's handlers (model_status, load_mo
 page, /config and /gradio_api/info. Then the app's stdout/stderr, every stored row and the raw bytes
 of the SQLite files. No sentinel may appear in any of them, and the servers must have received the keys.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,7 +38,8 @@ MODELS = ["demo-gemma", "demo-medgemma", "demo-llava"]  # two on the fake endpoi
 
 def _tools():
     spec = importlib.util.spec_from_file_location(
-        "explorer_screenshots", Path(__file__).parent / "browser" / "screenshots.py")
+        "explorer_screenshots", Path(__file__).parent / "browser" / "screenshots.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,7 +52,7 @@ def _get(url: str) -> str:
 
 def _where(text: str) -> str:
     i = text.index(MARK)
-    return text[max(0, i - 120):i + 40]
+    return text[max(0, i - 120) : i + 40]
 
 
 def test_no_key_reaches_the_app_pages_api_logs_store_or_exports(tmp_path, monkeypatch):
@@ -71,12 +73,24 @@ def test_no_key_reaches_the_app_pages_api_logs_store_or_exports(tmp_path, monkey
 
     with FakeOpenAIServer() as gemma, FakeOpenAIServer() as medgemma:
         endpoints = tmp_path / "endpoints.yaml"
-        endpoints.write_text(yaml.safe_dump({
-            "demo-gemma": {"base_url": gemma.base_url, "model": "served-gemma", "api_key_env": "OPENAI_API_KEY",
-                           **common},
-            "demo-medgemma": {"base_url": medgemma.base_url, "model": "served-medgemma", "api_key_env": CUSTOM_ENV,
-                              **common},
-        }))
+        endpoints.write_text(
+            yaml.safe_dump(
+                {
+                    "demo-gemma": {
+                        "base_url": gemma.base_url,
+                        "model": "served-gemma",
+                        "api_key_env": "OPENAI_API_KEY",
+                        **common,
+                    },
+                    "demo-medgemma": {
+                        "base_url": medgemma.base_url,
+                        "model": "served-medgemma",
+                        "api_key_env": CUSTOM_ENV,
+                        **common,
+                    },
+                }
+            )
+        )
         monkeypatch.setenv("EXPLORER_ENDPOINTS", str(endpoints))
         # First compare: gemma's server refuses the key and echoes it back, medgemma's names the key in
         # its message (neither is retried: each becomes the answer's error, shown on its card).
@@ -94,20 +108,37 @@ def test_no_key_reaches_the_app_pages_api_logs_store_or_exports(tmp_path, monkey
                 seen[name] = json.dumps(out, default=str)
                 return out
 
-            _, failed, status = call("compare (servers refuse)", handle_file(str(image)), TASK, "unknown",
-                                     "Is this image abnormal?", "abnormal", MODELS, "paper", api_name="/compare")
+            _, failed, status = call(
+                "compare (servers refuse)",
+                handle_file(str(image)),
+                TASK,
+                "unknown",
+                "Is this image abnormal?",
+                "abnormal",
+                MODELS,
+                "paper",
+                api_name="/compare",
+            )
             errors = {a["model"]: a["error"] for a in failed}
             assert errors["demo-gemma"] and errors["demo-medgemma"] and not errors["demo-llava"], status
             assert "[redacted]" in errors["demo-gemma"] + errors["demo-medgemma"]
-            _, answered, _ = call("compare (answered)", handle_file(str(image)), TASK, "unknown",
-                                  "Is this image normal?", "normal", MODELS, "paper", api_name="/compare")
+            _, answered, _ = call(
+                "compare (answered)",
+                handle_file(str(image)),
+                TASK,
+                "unknown",
+                "Is this image normal?",
+                "normal",
+                MODELS,
+                "paper",
+                api_name="/compare",
+            )
             assert not any(a["error"] for a in answered), [a["error"] for a in answered]
             assert answered[0]["answer"].startswith("echo served-gemma")  # it really went to the endpoint
             call("describe", handle_file(str(image)), TASK, "unknown", MODELS, "paper", api_name="/describe")
             call("grid", ["demo-gemma"], "paper", api_name="/grid")
             gemma.add_faults(Fault.http(500, echo_auth=True))  # retried (and logged), then answered
-            sweep = call("sweep", ["demo-gemma", "demo-medgemma"], [TASK], ["abnormal"], 1, "paper",
-                         api_name="/sweep")
+            sweep = call("sweep", ["demo-gemma", "demo-medgemma"], [TASK], ["abnormal"], 1, "paper", api_name="/sweep")
             assert 'data-state="done"' in sweep[0], sweep[0]
             downloads = [Path(d["value"] if isinstance(d, dict) else d) for d in sweep[9:]]
             assert {p.name for p in downloads} >= {"answers.csv", "answers.parquet", "manifest.json"}

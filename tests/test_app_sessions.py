@@ -8,6 +8,7 @@ and Sweep handlers and the engine's generation call wrapped in counters. Ten gra
 again (which must come back from the store); an eleventh session runs a small sweep through the Sweep
 tab's API at the same time.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -62,6 +63,7 @@ def _counted_generator(fn, gauge: Gauge):
     def wrapper(*args, **kwargs):
         with gauge.held():
             yield from fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -70,6 +72,7 @@ def _counted(fn, gauge: Gauge):
     def wrapper(*args, **kwargs):
         with gauge.held():
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -108,15 +111,27 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setattr(TransformersBackend, "generate", _counted(TransformersBackend.generate, generation))
 
     store = tmp_path / "explorer.sqlite"
-    settings = AppSettings(preset="demo", samples_dir=_samples(tmp_path / "samples"), store_path=store,
-                           public=False, gpu_concurrency=GPU_CONCURRENCY)
+    settings = AppSettings(
+        preset="demo",
+        samples_dir=_samples(tmp_path / "samples"),
+        store_path=store,
+        public=False,
+        gpu_concurrency=GPU_CONCURRENCY,
+    )
     demo = build_demo(settings)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_kwargs(settings))
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(settings)
+    )
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "store": store, "handlers": handlers, "engine": engine,
-               "sweeps": sweeps, "generation": generation}
+        yield {
+            "url": f"http://127.0.0.1:{port}/",
+            "store": store,
+            "handlers": handlers,
+            "engine": engine,
+            "sweeps": sweeps,
+            "generation": generation,
+        }
     finally:
         demo.close()
 
@@ -151,16 +166,18 @@ def test_ten_sessions_and_a_sweep_keep_their_own_state(app, tmp_path):
         start.wait()
         calls = []
         for v in (*variants, variants[0]):  # the first prompt again: from the store this time
-            html, answers, status = client.predict(handle_file(str(path)), TASK, "unknown", v.text, v.prompt_id,
-                                                   MODELS, "paper", api_name="/compare")
+            html, answers, status = client.predict(
+                handle_file(str(path)), TASK, "unknown", v.text, v.prompt_id, MODELS, "paper", api_name="/compare"
+            )
             calls.append((v.prompt_id, html, answers, status))
         return calls
 
     def sweeper():
         client = Client(app["url"], verbose=False, download_files=str(tmp_path / "dl_sweep"))
         start.wait()
-        return client.predict(MODELS, [TASK], [v.prompt_id for v in variants], SWEEP_PER_CLASS, "paper",
-                              api_name="/sweep")
+        return client.predict(
+            MODELS, [TASK], [v.prompt_id for v in variants], SWEEP_PER_CLASS, "paper", api_name="/sweep"
+        )
 
     with concurrent.futures.ThreadPoolExecutor(N_SESSIONS + 1) as pool:
         sweep_future = pool.submit(sweeper)
@@ -207,10 +224,15 @@ def test_ten_sessions_and_a_sweep_keep_their_own_state(app, tmp_path):
     # ---- the store: every answer once, exactly the expected rows
     with contextlib.closing(sqlite3.connect(app["store"])) as db:
         dupes = db.execute(
-            "SELECT fingerprint, COUNT(*) FROM answers GROUP BY fingerprint HAVING COUNT(*) > 1").fetchall()
+            "SELECT fingerprint, COUNT(*) FROM answers GROUP BY fingerprint HAVING COUNT(*) > 1"
+        ).fetchall()
         total = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-        stored = {(h, m, p): (a, n) for h, m, p, a, n in db.execute(
-            "SELECT image_hash, model, prompt_id, answer, COUNT(*) FROM answers GROUP BY image_hash, model, prompt_id")}
+        stored = {
+            (h, m, p): (a, n)
+            for h, m, p, a, n in db.execute(
+                "SELECT image_hash, model, prompt_id, answer, COUNT(*) FROM answers GROUP BY image_hash, model, prompt_id"
+            )
+        }
         errors = db.execute("SELECT COUNT(*) FROM answers WHERE error IS NOT NULL").fetchone()[0]
     assert dupes == [] and errors == 0
     assert total == N_SESSIONS * N_PROMPTS * len(MODELS) + n_sweep

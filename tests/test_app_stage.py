@@ -4,6 +4,7 @@ History strip and word diff, cards that keep the old answers while new ones stre
 flags, flips, both sides of a hedge, re-scoring on a new truth, names instead of ids, the non-answer
 rate, DICOM de-identification and the modality warning, public refusals of load/unload.
 """
+
 from __future__ import annotations
 
 import io
@@ -19,15 +20,35 @@ from explorer.service.core import AnswerView
 
 
 def _view(model: str, verdict: str, answer: str = "Yes.", **kw) -> AnswerView:
-    base = dict(model=model, title=model, pair="p", role="base", prompt_id="abnormal", prompt_text="Is it abnormal?",
-                answer=answer, verdict=verdict, evidence="", span=None, correct=None, label=None, latency_s=0.1,
-                cached=False, error=None, p_positive=None, random_weights=True)
+    base = dict(
+        model=model,
+        title=model,
+        pair="p",
+        role="base",
+        prompt_id="abnormal",
+        prompt_text="Is it abnormal?",
+        answer=answer,
+        verdict=verdict,
+        evidence="",
+        span=None,
+        correct=None,
+        label=None,
+        latency_s=0.1,
+        cached=False,
+        error=None,
+        p_positive=None,
+        random_weights=True,
+    )
     base.update(kw)
     return AnswerView(**base)
 
 
-PAIRS = [(SimpleNamespace(alias="b", title="Base", role="base", pair="p"),
-          SimpleNamespace(alias="m", title="Med", role="medical", pair="p"))]
+PAIRS = [
+    (
+        SimpleNamespace(alias="b", title="Base", role="base", pair="p"),
+        SimpleNamespace(alias="m", title="Med", role="medical", pair="p"),
+    )
+]
 
 
 def test_word_diff_marks_added_and_dropped_words():
@@ -39,20 +60,33 @@ def test_word_diff_marks_added_and_dropped_words():
 
 
 def test_history_strip_keeps_wordings_per_image_and_measures_flips_from_the_one_before():
-    rows = history.add([], history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?",
-                                         [_view("b", "positive"), _view("m", "negative")]), "img1")
+    rows = history.add(
+        [],
+        history.entry(
+            "abnormal", "Is it abnormal?", "Is this image abnormal?", [_view("b", "positive"), _view("m", "negative")]
+        ),
+        "img1",
+    )
     assert history.strip(rows, "img1", ["b", "m"], {}) == ""  # one wording: nothing to compare yet
-    rows = history.add(rows, history.entry("normal", "Is it normal?", "Is this image normal?",
-                                           [_view("b", "positive"), _view("m", "positive")]), "img1")
+    rows = history.add(
+        rows,
+        history.entry(
+            "normal", "Is it normal?", "Is this image normal?", [_view("b", "positive"), _view("m", "positive")]
+        ),
+        "img1",
+    )
     html = history.strip(rows, "img1", ["b", "m"], {"b": "Base", "m": "Med"})
     assert 'id="wording-diff"' in html and "Is it abnormal? &rarr; Is it normal?" in html
     assert html.count("<tr") == 3 and "Base" in html and html.index("Is it normal?") < html.index("<tbody>") + 60
     assert history.previous_verdicts(rows, "img1", "evidence") == {
-        "b": {"verdict": "positive", "name": "Is it normal?"}, "m": {"verdict": "positive", "name": "Is it normal?"}}
+        "b": {"verdict": "positive", "name": "Is it normal?"},
+        "m": {"verdict": "positive", "name": "Is it normal?"},
+    }
     # Another image starts a new strip; the same wording again replaces its row.
     assert history.strip(rows, "img2", ["b", "m"], {}) == ""
-    again = history.add(rows, history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?",
-                                            [_view("b", "negative")]), "img1")
+    again = history.add(
+        rows, history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?", [_view("b", "negative")]), "img1"
+    )
     assert [r["prompt_id"] for r in again] == ["abnormal", "normal"]
 
 
@@ -61,8 +95,12 @@ def test_cards_keep_old_answers_while_new_ones_stream_and_flag_the_pair():
     streaming = render.cards(PAIRS, ["b", "m"], {}, {"b": "Ye"}, stale=old)
     assert "Yes, old." not in streaming and "Ye" in streaming  # b's new text replaced its old card
     assert "No, old." in streaming and "vx-stale" in streaming  # m's old answer stays, dimmed
-    done = render.cards(PAIRS, ["b", "m"], {"b": _view("b", "positive"), "m": _view("m", "negative")},
-                        previous={"b": {"verdict": "negative", "name": "w1"}, "m": {"verdict": "negative", "name": "w1"}})
+    done = render.cards(
+        PAIRS,
+        ["b", "m"],
+        {"b": _view("b", "positive"), "m": _view("m", "negative")},
+        previous={"b": {"verdict": "negative", "name": "w1"}, "m": {"verdict": "negative", "name": "w1"}},
+    )
     assert 'data-flag="disagree"' in done and "DISAGREE" in done
     assert "flipped: was negative" in done and "same as before" in done
     agree = render.cards(PAIRS, ["b", "m"], {"b": _view("b", "hedge"), "m": _view("m", "hedge")})
@@ -74,8 +112,14 @@ def test_cards_keep_old_answers_while_new_ones_stream_and_flag_the_pair():
 
 def test_a_hedge_marks_both_sides_of_its_conflict():
     answer = "Yes, there is a mass. However the image is normal."
-    view = _view("b", "hedge", answer, evidence="Yes", span=(0, 3),
-                 verdict_detail="answer word 'Yes' (positive) contradicted by 'the image is normal' (negative)")
+    view = _view(
+        "b",
+        "hedge",
+        answer,
+        evidence="Yes",
+        span=(0, 3),
+        verdict_detail="answer word 'Yes' (positive) contradicted by 'the image is normal' (negative)",
+    )
     html = render.answer_card("b", "Base", "base", view)
     assert html.count("<mark class='vx-evidence'>") == 2
     assert "<mark class='vx-evidence'>the image is normal</mark>" in html
@@ -113,9 +157,17 @@ def test_non_answer_rate_counts_refusals_hedges_and_unclear_answers():
     from explorer.analysis import metrics
 
     verdicts = ["positive", "negative", "refusal", "hedge", "unclear", "positive", "negative", "positive"]
-    frame = pd.DataFrame({"model": "m", "task": "pneumonia", "prompt_id": "abnormal", "prompt_family": "abnormal",
-                          "case_id": [f"c{i}" for i in range(8)], "label": ["positive", "negative"] * 4,
-                          "verdict": verdicts})
+    frame = pd.DataFrame(
+        {
+            "model": "m",
+            "task": "pneumonia",
+            "prompt_id": "abnormal",
+            "prompt_family": "abnormal",
+            "case_id": [f"c{i}" for i in range(8)],
+            "label": ["positive", "negative"] * 4,
+            "verdict": verdicts,
+        }
+    )
     cell = metrics.cell_metrics(frame, n_boot=0).iloc[0]
     assert cell["non_answer_rate"] == pytest.approx(3 / 8)
     assert cell["hedge_rate"] == pytest.approx(1 / 8)
@@ -136,7 +188,11 @@ def _dicom(modality: str = "CT", body_part: str = "CHEST") -> bytes:
     ds.InstitutionName, ds.ReferringPhysicianName, ds.StudyDate = "St Elsewhere", "House^Gregory", "20240101"
     ds.StudyDescription = "CT THORAX Jane Doe"
     ds.Modality, ds.BodyPartExamined = modality, body_part
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID, generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.StudyInstanceUID = (
+        CTImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+        generate_uid(),
+    )
     ds.Rows = ds.Columns = 32
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -201,7 +257,8 @@ def test_public_upload_is_de_identified_and_its_original_deleted(public_shared, 
     original.write_bytes(_dicom())
     h = compare.CompareHandlers(public_shared)
     case, image, caption, status, upload, label, pixels, details, mine = h.upload(
-        str(original), "brain_tumor", "unknown", None, [])
+        str(original), "brain_tumor", "unknown", None, []
+    )
     assert not original.exists() and not folder.exists()  # the original bytes and its name are gone
     assert "Doe" not in case.source and "Doe" not in caption and case.meta.get("name") == "upload"
     assert mine == [case.case_id] and pixels.header["Modality"] == "CT"
@@ -235,10 +292,25 @@ def test_results_show_a_public_visitor_their_own_uploads_and_nobody_elses(public
     from explorer.app.results import ResultsHandlers
 
     ex = public_shared.get()
-    rows = [dict(model="demo-gemma", task="pneumonia", case_id=cid, image_hash="h", label=None, prompt_id="abnormal",
-                 prompt_family="abnormal", prompt_text="Is this image abnormal?", verdict="positive", answer="Yes",
-                 pair="demo-gemma", role="base", prompt_kind="closed", error=None)
-            for cid in ("pneumonia:upload:mine", "pneumonia:upload:theirs", "pneumonia:file:negative/a.png")]
+    rows = [
+        dict(
+            model="demo-gemma",
+            task="pneumonia",
+            case_id=cid,
+            image_hash="h",
+            label=None,
+            prompt_id="abnormal",
+            prompt_family="abnormal",
+            prompt_text="Is this image abnormal?",
+            verdict="positive",
+            answer="Yes",
+            pair="demo-gemma",
+            role="base",
+            prompt_kind="closed",
+            error=None,
+        )
+        for cid in ("pneumonia:upload:mine", "pneumonia:upload:theirs", "pneumonia:file:negative/a.png")
+    ]
     everything = pd.DataFrame(rows)
     monkeypatch.setattr(type(ex), "answers_frame", lambda self, **kw: everything)
     shown = lambda mine: set(ResultsHandlers(public_shared).open_store(mine)[0]["frame"]["case_id"])  # noqa: E731
@@ -255,11 +327,19 @@ def test_setting_the_truth_after_a_run_rescores_cards_and_strip(tmp_path):
     shared = SharedExplorer(AppSettings(preset="demo", samples_dir=None, store_path=tmp_path / "s.sqlite"))
     h = CompareHandlers(shared)
     case = shared.get().case_from_upload(Image.new("RGB", (32, 32)), "pneumonia", None, name="x.png")
-    views = [_view("demo-llava", "positive"),
-             _view("demo-llava-med", "negative")]
-    last = {"heading": "h", "models": ["demo-llava", "demo-llava-med"], "describe": False, "views": views,
-            "case": case_key(case), "prompt_id": "abnormal", "previous": {}}
-    rows = history.add([], history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?", views), case_key(case))
+    views = [_view("demo-llava", "positive"), _view("demo-llava-med", "negative")]
+    last = {
+        "heading": "h",
+        "models": ["demo-llava", "demo-llava-med"],
+        "describe": False,
+        "views": views,
+        "case": case_key(case),
+        "prompt_id": "abnormal",
+        "previous": {},
+    }
+    rows = history.add(
+        [], history.entry("abnormal", "Is it abnormal?", "Is this image abnormal?", views), case_key(case)
+    )
     case = replace(case, label="positive")
     html, last2, rows2 = h.rescore(case, last, rows, {})
     assert html.count("&#10003; correct") == 1 and html.count("&#10007; wrong") == 1
@@ -272,7 +352,9 @@ def test_a_sweep_belongs_to_the_browser_cookie_else_the_session():
     from explorer.app.sweep_tab import VISITOR_COOKIE, owner_of
 
     page = SimpleNamespace(session_hash="s1", cookies={VISITOR_COOKIE: "0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})
-    reloaded = SimpleNamespace(session_hash="s2", cookies={}, headers={"cookie": f"x=1; {VISITOR_COOKIE}=0f8c2a1e-aaaa-bbbb-cccc-123456789abc"})
+    reloaded = SimpleNamespace(
+        session_hash="s2", cookies={}, headers={"cookie": f"x=1; {VISITOR_COOKIE}=0f8c2a1e-aaaa-bbbb-cccc-123456789abc"}
+    )
     assert owner_of(page) == owner_of(reloaded) == "visitor:0f8c2a1e-aaaa-bbbb-cccc-123456789abc"
     api_client = SimpleNamespace(session_hash="s3", cookies={}, headers={})
     assert owner_of(api_client) == "s3"

@@ -6,6 +6,7 @@
 - No import circles between modules (counting module-level imports).
 - No module imports another module's private (_underscore) names.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,8 +39,12 @@ def _imports(path: Path):
     module = _module_name(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     top = {id(n) for n in tree.body}
-    top |= {id(n) for stmt in tree.body if isinstance(stmt, (ast.If, ast.Try)) and not _type_checking(stmt)
-            for n in ast.walk(stmt)}
+    top |= {
+        id(n)
+        for stmt in tree.body
+        if isinstance(stmt, (ast.If, ast.Try)) and not _type_checking(stmt)
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -113,7 +118,7 @@ def test_no_import_circles():
 
     def visit(node):
         if node in on_path:
-            cycles.append(on_path[on_path.index(node):] + [node])
+            cycles.append(on_path[on_path.index(node) :] + [node])
             return
         if node in seen:
             return

@@ -1,4 +1,5 @@
 """The command line on images the test makes: ask, sweep, metrics, export, import, models."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,23 @@ def _demo_cache(tmp_path_factory, monkeypatch):
 
 def test_ask_prints_every_answer_and_verdict(sample_tree, tmp_path, capsys):
     store = tmp_path / "s.sqlite"
-    rc = main(["ask", "--task", "pneumonia", "--images", str(sample_tree / "pneumonia"),
-               "--models", "demo-llava-med,demo-gemma", "--prompts", "abnormal,mc_neg_first",
-               "--max-new-tokens", "6", "--store", str(store)])
+    rc = main(
+        [
+            "ask",
+            "--task",
+            "pneumonia",
+            "--images",
+            str(sample_tree / "pneumonia"),
+            "--models",
+            "demo-llava-med,demo-gemma",
+            "--prompts",
+            "abnormal,mc_neg_first",
+            "--max-new-tokens",
+            "6",
+            "--store",
+            str(store),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "RANDOM WEIGHTS" in out
@@ -50,9 +65,23 @@ def test_ask_prints_every_answer_and_verdict(sample_tree, tmp_path, capsys):
     assert "16 answers from 2 models x 2 prompts x 4 images" in out
 
     # The same question again comes from the store.
-    main(["ask", "--task", "pneumonia", "--images", str(sample_tree / "pneumonia"),
-          "--models", "demo-llava-med,demo-gemma", "--prompts", "abnormal,mc_neg_first",
-          "--max-new-tokens", "6", "--store", str(store)])
+    main(
+        [
+            "ask",
+            "--task",
+            "pneumonia",
+            "--images",
+            str(sample_tree / "pneumonia"),
+            "--models",
+            "demo-llava-med,demo-gemma",
+            "--prompts",
+            "abnormal,mc_neg_first",
+            "--max-new-tokens",
+            "6",
+            "--store",
+            str(store),
+        ]
+    )
     again = capsys.readouterr().out
     assert again.count("(cached)") == 16
 
@@ -63,8 +92,23 @@ def test_ask_on_a_plain_folder_of_images_answers_each_with_the_truth_unknown(tmp
     for i in range(2):
         Image.new("L", (48, 48), 90 * i).save(folder / f"scan_{i}.png")
     (folder / "readme.png").write_text("not an image")
-    rc = main(["ask", "--task", "pneumonia", "--images", str(folder), "--models", "demo-gemma",
-               "--prompts", "abnormal", "--max-new-tokens", "4", "--store", str(tmp_path / "s.sqlite")])
+    rc = main(
+        [
+            "ask",
+            "--task",
+            "pneumonia",
+            "--images",
+            str(folder),
+            "--models",
+            "demo-gemma",
+            "--prompts",
+            "abnormal",
+            "--max-new-tokens",
+            "4",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0
     assert "skipped readme.png: This file is not an image" in captured.err
@@ -86,9 +130,25 @@ def test_ask_bad_input_is_a_clear_error(tmp_path, capsys):
 
 def test_sweep_metrics_export_import_round_trip(sample_tree, tmp_path, capsys):
     store_path = tmp_path / "sweep.sqlite"
-    args = ["sweep", "--preset", "demo", "--samples", str(sample_tree), "--tasks", "pneumonia",
-            "--models", "demo-llava,demo-llava-med", "--prompts", "abnormal,normal,mc_pos_first",
-            "--per-class", "2", "--max-new-tokens", "5", "--store", str(store_path)]
+    args = [
+        "sweep",
+        "--preset",
+        "demo",
+        "--samples",
+        str(sample_tree),
+        "--tasks",
+        "pneumonia",
+        "--models",
+        "demo-llava,demo-llava-med",
+        "--prompts",
+        "abnormal,normal,mc_pos_first",
+        "--per-class",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--store",
+        str(store_path),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "24 planned, 0 from the store, 24 generated, 0 errors" in out

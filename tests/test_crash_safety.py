@@ -5,6 +5,7 @@ finished exactly once; an export folder holds the previous complete files or the
 never a truncated one (exports are written to a temp file and moved into place with os.replace).
 bench/soak.py runs the same rounds many more times.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,9 +51,11 @@ def test_a_sweep_killed_again_and_again_loses_nothing_and_stores_nothing_twice(t
         # Fire once this round has committed something new (earlier items come back as cached first).
         threshold = lines_before + stored_before + 1
         outcome = run_and_kill(
-            worker_command("sweep", str(store), str(log), "--delay", "0.02", "--batch-size", "4",
-                           "--cases", str(CASES)),
-            fire_when=lambda proc: len(done_keys(log)) >= threshold, delay_s=rng.uniform(0.0, 0.3),
+            worker_command(
+                "sweep", str(store), str(log), "--delay", "0.02", "--batch-size", "4", "--cases", str(CASES)
+            ),
+            fire_when=lambda proc: len(done_keys(log)) >= threshold,
+            delay_s=rng.uniform(0.0, 0.3),
         )
         kills += outcome["killed"]
         finished = set(done_keys(log))
@@ -62,8 +65,11 @@ def test_a_sweep_killed_again_and_again_loses_nothing_and_stores_nothing_twice(t
     assert kills >= max(1, ROUNDS - 1), "the sweep kept finishing before it could be killed"
 
     # The last run finishes the plan: every item once, in the one run that was resumed each time.
-    outcome = run_and_kill(worker_command("sweep", str(store), str(log), "--delay", "0", "--cases", str(CASES)),
-                           fire_when=lambda proc: False, delay_s=0.0)
+    outcome = run_and_kill(
+        worker_command("sweep", str(store), str(log), "--delay", "0", "--cases", str(CASES)),
+        fire_when=lambda proc: False,
+        delay_s=0.0,
+    )
     assert not outcome["killed"] and outcome["returncode"] == 0
     report = check_store(store, set(done_keys(log)))
     assert not report["problems"] and report["rows"] == len(planned) and report["runs"] == 1
@@ -107,9 +113,12 @@ def test_an_export_killed_midway_leaves_complete_files_only(big_store, tmp_path)
             fire, delay = (lambda proc: bool(temp_files(out) - left)), rng.uniform(0.0, 0.02)
         else:
             fire, delay = (lambda proc: stdout_has(proc, "ready", seen)), rng.uniform(0.05, 0.95) * took
-        outcome = run_and_kill(worker_command("export", str(big_store), str(out), "--formats", ",".join(formats),
-                                              "--n-boot", str(N_BOOT)),
-                               fire_when=fire, delay_s=delay, poll_s=0.002)
+        outcome = run_and_kill(
+            worker_command("export", str(big_store), str(out), "--formats", ",".join(formats), "--n-boot", str(N_BOOT)),
+            fire_when=fire,
+            delay_s=delay,
+            poll_s=0.002,
+        )
         report = check_export(out, formats, expected)
         assert not report["problems"], f"round {round_}: {report['problems']}"
         mid_export += outcome["killed"] and "done" not in outcome["stdout"]

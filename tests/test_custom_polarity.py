@@ -1,5 +1,6 @@
 """An edited wording is read by its own words, never by the wording it was edited from (issue: a
 'Yes' to 'Is this chest X-ray normal?' edited from the evidence prompt was read as pneumonia)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,15 +16,18 @@ def ex(tmp_path_factory):
     explorer.store.close()
 
 
-@pytest.mark.parametrize("text,yes_means", [
-    ("Is this chest X-ray normal?", "negative"),
-    ("Is this chest X-ray not normal?", "positive"),
-    ("Is there anything abnormal in this X-ray?", "positive"),
-    ("Is this chest X-ray ｎｏｒｍａｌ?", "negative"),  # full-width letters
-    ("Are the lungs clear?", "negative"),
-    ("Is there no pneumonia?", "negative"),
-    ("Is pneumonia visible here?", "positive"),
-])
+@pytest.mark.parametrize(
+    "text,yes_means",
+    [
+        ("Is this chest X-ray normal?", "negative"),
+        ("Is this chest X-ray not normal?", "positive"),
+        ("Is there anything abnormal in this X-ray?", "positive"),
+        ("Is this chest X-ray ｎｏｒｍａｌ?", "negative"),  # full-width letters
+        ("Are the lungs clear?", "negative"),
+        ("Is there no pneumonia?", "negative"),
+        ("Is pneumonia visible here?", "positive"),
+    ],
+)
 def test_polarity_comes_from_the_words(ex, text, yes_means):
     for based_on in ("evidence", "normal", "abnormal"):
         variant = ex.custom_variant("pneumonia", text, based_on_id=based_on)

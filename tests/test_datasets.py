@@ -1,4 +1,5 @@
 """Case sources: the study's Hugging Face sampling, class folders, CSV manifests, uploads."""
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,11 @@ def brain_like(n=120, seed=0, image=png):
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=["no", "yes"]), "note": datasets.Value("string")}
     )
     return datasets.Dataset.from_dict(
-        {"image": [{"bytes": image(i), "path": None} for i in range(n)], "label": labels, "note": [f"r{i}" for i in range(n)]},
+        {
+            "image": [{"bytes": image(i), "path": None} for i in range(n)],
+            "label": labels,
+            "note": [f"r{i}" for i in range(n)],
+        },
         features=features,
     )
 
@@ -254,8 +259,11 @@ def test_the_hub_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     spec = task("pneumonia")
     spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"id": "explorer-tests/not-cached"})})
-    with pytest.raises(CaseSourceError, match=r"explorer-tests/not-cached is not in the local Hugging Face cache "
-                                              r"and the Hub is unreachable \(offline"):
+    with pytest.raises(
+        CaseSourceError,
+        match=r"explorer-tests/not-cached is not in the local Hugging Face cache "
+        r"and the Hub is unreachable \(offline",
+    ):
         hf_cases(spec)
 
 
@@ -263,7 +271,9 @@ def test_a_gated_dataset_asks_for_a_token(monkeypatch):
     from datasets.exceptions import DatasetNotFoundError
 
     def gated(*args, **kwargs):
-        raise DatasetNotFoundError("Dataset 'Falah/skin-cancer' is a gated dataset on the Hub. You must be authenticated.")
+        raise DatasetNotFoundError(
+            "Dataset 'Falah/skin-cancer' is a gated dataset on the Hub. You must be authenticated."
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", gated)
     with pytest.raises(CaseSourceError, match="gated.*HF_TOKEN"):
@@ -365,15 +375,15 @@ def test_manifest_rows_good_and_bad(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
     (tmp_path / "m.csv").write_text(
         "path,label\n"
-        "imgs/a.png,tumor\n"             # line 2
-        "b.png,0\n"                      # line 3
-        "missing.png,positive\n"         # line 4
-        "c.png,maybe\n"                  # line 5
-        "./imgs/a.png,positive\n"        # line 6: same file again
+        "imgs/a.png,tumor\n"  # line 2
+        "b.png,0\n"  # line 3
+        "missing.png,positive\n"  # line 4
+        "c.png,maybe\n"  # line 5
+        "./imgs/a.png,positive\n"  # line 6: same file again
         "imgs/copy_of_a.png,no_tumor\n"  # line 7: same pixels as line 2
-        "c.png,\n"                       # line 8: unlabeled
-        ",positive\n"                    # line 9
-        "bad.png,negative\n"             # line 10
+        "c.png,\n"  # line 8: unlabeled
+        ",positive\n"  # line 9
+        "bad.png,negative\n"  # line 10
     )
     report = manifest_cases(tmp_path / "m.csv", "brain_tumor")
     assert [(c.case_id, c.label) for c in report.cases] == [
@@ -401,7 +411,9 @@ def test_manifest_columns_and_tasks(tmp_path):
     (tmp_path / "nolabel.csv").write_text("path\na.png\n")
     with pytest.raises(CaseSourceError, match="no 'label' column"):
         manifest_cases(tmp_path / "nolabel.csv", "pneumonia")
-    (tmp_path / "tasks.csv").write_text("Path,Label,Task\na.png,pneumonia,pneumonia\nb.png,malignant,skin_cancer\nb.png,1,mri\n")
+    (tmp_path / "tasks.csv").write_text(
+        "Path,Label,Task\na.png,pneumonia,pneumonia\nb.png,malignant,skin_cancer\nb.png,1,mri\n"
+    )
     (tmp_path / "untasked.csv").write_text("path,label\na.png,1\n")
     with pytest.raises(CaseSourceError, match="no 'task' column"):
         manifest_cases(tmp_path / "untasked.csv")
@@ -429,7 +441,12 @@ def test_upload_from_bytes_and_path(tmp_path):
 
 
 # ---------------------------------------------------------------- the shared sample images
-SAMPLE_FOLDERS = {"brain_tumor": "brain_tumor", "pneumonia": "pneumonia", "skin_cancer": "skin_cancer", "histopathology": "histo_idc"}
+SAMPLE_FOLDERS = {
+    "brain_tumor": "brain_tumor",
+    "pneumonia": "pneumonia",
+    "skin_cancer": "skin_cancer",
+    "histopathology": "histo_idc",
+}
 
 
 @pytest.mark.parametrize("folder", sorted(SAMPLE_FOLDERS))

@@ -1,4 +1,5 @@
 """The offline demo models: real architectures and processors, tiny sizes, random weights, cached builds."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,9 @@ def test_builds_real_classes_and_loads_through_from_pretrained(demo_cache, alias
     assert type(model).__name__ == model_class
     gen = model.generation_config
     assert gen.pad_token_id == processor.tokenizer.pad_token_id
-    assert processor.tokenizer.eos_token_id in ([gen.eos_token_id] if isinstance(gen.eos_token_id, int) else gen.eos_token_id)
+    assert processor.tokenizer.eos_token_id in (
+        [gen.eos_token_id] if isinstance(gen.eos_token_id, int) else gen.eos_token_id
+    )
 
 
 def test_random_weight_markers(demo_cache):
@@ -88,7 +91,10 @@ def test_processor_details_match_the_real_conversions(demo_cache):
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is this image normal?"}]}],
         add_generation_prompt=True,
     )
-    assert rendered == "<bos><start_of_turn>user\n<start_of_image>Is this image normal?<end_of_turn>\n<start_of_turn>model\n"
+    assert (
+        rendered
+        == "<bos><start_of_turn>user\n<start_of_image>Is this image normal?<end_of_turn>\n<start_of_turn>model\n"
+    )
     tok = gem.tokenizer
     assert tok.boi_token == "<start_of_image>" and tok.image_token == "<image_soft_token>"
     # AnyRes: a wide image gets more image tokens than a square one.
@@ -114,7 +120,7 @@ def test_greedy_output_is_words_not_special_tokens(demo_cache):
     model = AutoModelForImageTextToText.from_pretrained(path)
     inputs = processor(text=["[INST] <image>\nIs this image abnormal? [/INST]"], images=[_image()], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    text = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     words = text.split()
     assert len(words) >= 4
     assert sum(w.strip(".,?").isalpha() for w in words) >= len(words) // 2
@@ -202,11 +208,13 @@ def test_text_model_for_judge_and_diagnosis(tmp_path):
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     assert type(model).__name__ == "Gemma3ForCausalLM"
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Is pneumonia present?"}], add_generation_prompt=True, tokenize=False)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Is pneumonia present?"}], add_generation_prompt=True, tokenize=False
+    )
     assert prompt.endswith("<start_of_turn>model\n")
     ids = tok(prompt.removeprefix("<bos>"), return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    assert tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_report_build_times(demo_cache, capsys):

@@ -1,5 +1,6 @@
 """Describe -> diagnose: descriptions from a real (demo) sweep, diagnoses through the Responses API, Chat
 Completions (a local fake server) and a local text model, the diagnoses table and its cache, and metrics."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,17 @@ def _image(seed: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def described(catalog, demo_cache, tmp_path_factory):
     """A store holding demo-llava-med's answers to both description prompts on 4 labelled images."""
-    cases = [upload_case(_image(i), TASK, label=("positive" if i % 2 else "negative"), name=f"x{i}.png")
-             for i in range(4)]
-    plan = plan_sweep(catalog, ["demo-llava-med"], [TASK], {TASK: cases},
-                      {TASK: describe_variants(catalog.task(TASK))}, generation_override={"max_new_tokens": 8})
+    cases = [
+        upload_case(_image(i), TASK, label=("positive" if i % 2 else "negative"), name=f"x{i}.png") for i in range(4)
+    ]
+    plan = plan_sweep(
+        catalog,
+        ["demo-llava-med"],
+        [TASK],
+        {TASK: cases},
+        {TASK: describe_variants(catalog.task(TASK))},
+        generation_override={"max_new_tokens": 8},
+    )
     backend = TransformersBackend(catalog, demo_cache_dir=demo_cache)
     path = tmp_path_factory.mktemp("store") / "results.sqlite"
     with Store(path) as store:
@@ -93,8 +101,16 @@ def _distinct(answers: list[dict], k: int) -> list[dict]:
 
 
 def _endpoint(server: FakeOpenAIServer, api: str, **extra) -> OpenAIBackend:
-    cfg = EndpointConfig(base_url=server.base_url, model="gpt-5.1", api=api, timeout_s=2.0, max_retries=0,
-                         max_concurrency=1, stream=False, **extra)
+    cfg = EndpointConfig(
+        base_url=server.base_url,
+        model="gpt-5.1",
+        api=api,
+        timeout_s=2.0,
+        max_retries=0,
+        max_concurrency=1,
+        stream=False,
+        **extra,
+    )
     return OpenAIBackend({"dx": cfg})
 
 
@@ -108,18 +124,34 @@ def test_templates_are_the_studys_filled_from_the_task(catalog):
         "a brain tumor is present.\nReturn a single word: Yes or No.\n\nDescription:\nA {curly} scan.\n"
     )
     tight = D.diagnosis_prompt(catalog.diagnosis_templates["tight"], catalog.task("histo_idc"), "d")
-    assert tight == "Task: Decide if invasive ductal carcinoma is present.\nOutput must be Yes or No.\n\nDescription:\nd\n"
+    assert (
+        tight == "Task: Decide if invasive ductal carcinoma is present.\nOutput must be Yes or No.\n\nDescription:\nd\n"
+    )
     with pytest.raises(ValueError, match="placeholder"):
         D.diagnosis_prompt("{organ} {desc}", brain, "d")
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ('{"answer": "Yes"}', "yes"), ('{"answer":"No"}', "no"), ('```json\n{"answer": "No"}\n```', "no"),
-    ("Yes.", "yes"), ("No", "no"), ("**No**, there is no consolidation.", "no"), ("  yes - clear tumor", "yes"),
-    ("The answer is no.", "no"), ('"Yes"', "yes"),
-    ('{"answer": "Maybe"}', "unparsed"), ("Yes or No?", "unparsed"), ("Not sure.", "unparsed"), ("", "unparsed"),
-    ('{"answer": "Ye', "unparsed"), ('{"answer": Yes}', "unparsed"), ("heart middle image", "unparsed"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ('{"answer": "Yes"}', "yes"),
+        ('{"answer":"No"}', "no"),
+        ('```json\n{"answer": "No"}\n```', "no"),
+        ("Yes.", "yes"),
+        ("No", "no"),
+        ("**No**, there is no consolidation.", "no"),
+        ("  yes - clear tumor", "yes"),
+        ("The answer is no.", "no"),
+        ('"Yes"', "yes"),
+        ('{"answer": "Maybe"}', "unparsed"),
+        ("Yes or No?", "unparsed"),
+        ("Not sure.", "unparsed"),
+        ("", "unparsed"),
+        ('{"answer": "Ye', "unparsed"),
+        ('{"answer": Yes}', "unparsed"),
+        ("heart middle image", "unparsed"),
+    ],
+)
 def test_parse_yes_no(raw, expected):
     assert D.parse_yes_no(raw)[0] == expected
 
@@ -132,16 +164,23 @@ def test_responses_api_with_the_studys_settings_and_cache(store, described, cata
     summary = D.diagnose_descriptions(store, dx, catalog, answers)
     assert (summary.planned, summary.computed + summary.cached, summary.errors) == (24, 24, 0)
     # Random-weight descriptions often repeat: each distinct prompt is asked once.
-    distinct = {D.diagnosis_prompt(catalog.diagnosis_templates[t], catalog.task(TASK), a["answer"])
-                for a in answers for t in D.TEMPLATE_ORDER}
+    distinct = {
+        D.diagnosis_prompt(catalog.diagnosis_templates[t], catalog.task(TASK), a["answer"])
+        for a in answers
+        for t in D.TEMPLATE_ORDER
+    }
     assert len(fake_openai.requests) == len(distinct)
 
     body = fake_openai.requests[0].body
     assert fake_openai.requests[0].path == "/v1/responses"
     assert body["model"] == "gpt-5.1" and body["temperature"] == 0 and body["max_output_tokens"] == 64
     assert body["reasoning"] == {"effort": "none"}
-    assert body["text"]["format"] == {"type": "json_schema", "name": "yes_no_answer", "schema": DX.YES_NO_SCHEMA,
-                                      "strict": True}
+    assert body["text"]["format"] == {
+        "type": "json_schema",
+        "name": "yes_no_answer",
+        "schema": DX.YES_NO_SCHEMA,
+        "strict": True,
+    }
     prompts = {r.body["input"][0]["content"] for r in fake_openai.requests}
     first = answers[0]
     expected = D.diagnosis_prompt(catalog.diagnosis_templates["one_word"], catalog.task(TASK), first["answer"])
@@ -189,8 +228,9 @@ def test_diagnoser_from_arg_follows_the_preset(catalog, demo_cache, monkeypatch)
     assert isinstance(paper, DX.StructuredDiagnoser) and paper.label == "openai:gpt-5.1"
     assert ident["backend"]["api"] == "responses" and ident["backend"]["extra"] == {"reasoning": {"effort": "none"}}
     assert ident["max_output_tokens"] == 64 and ident["temperature"] == 0.0
-    plain = DX.diagnoser_from_arg("openai:my-model", catalog, api="chat", reasoning_effort=None,
-                                 base_url="http://127.0.0.1:9/v1")
+    plain = DX.diagnoser_from_arg(
+        "openai:my-model", catalog, api="chat", reasoning_effort=None, base_url="http://127.0.0.1:9/v1"
+    )
     assert "extra" not in plain.identity()["backend"] and plain.identity()["backend"]["api"] == "chat"
     demo = DX.diagnoser_from_arg("preset", catalog, catalog.study("demo").describe, cache_dir=demo_cache)
     assert isinstance(demo, DX.TextDiagnoser) and demo.choice and demo.generation.max_new_tokens == 1
@@ -209,8 +249,10 @@ def test_chat_json_schema_and_invalid_json_is_unparsed(store, described, catalog
     assert (summary.computed, summary.errors, summary.unparsed) == (2, 0, 1)
     req = fake_openai.requests[0]
     assert req.path == "/v1/chat/completions"
-    assert req.body["response_format"] == {"type": "json_schema", "json_schema": {
-        "name": "yes_no_answer", "schema": DX.YES_NO_SCHEMA, "strict": True}}
+    assert req.body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "yes_no_answer", "schema": DX.YES_NO_SCHEMA, "strict": True},
+    }
     frame = D.diagnoses_frame(store, answers).set_index("answer_id")
     assert frame.loc[answers[0]["id"], "parsed"] == "unparsed"
     assert frame.loc[answers[0]["id"], "raw"] == "Sure! The patient {clearly has"  # kept as it came
@@ -220,8 +262,9 @@ def test_chat_json_schema_and_invalid_json_is_unparsed(store, described, catalog
 def test_chat_server_without_json_schema_falls_back_to_plain(store, described, catalog, fake_openai):
     answers = _distinct(_answers(store, described), 2)
     dx = DX.StructuredDiagnoser(_endpoint(fake_openai, "chat"), "dx")
-    fake_openai.add_faults(Fault.http(400, "response_format json_schema is not supported"), Fault.reply("No."),
-                           Fault.reply("Yes"))
+    fake_openai.add_faults(
+        Fault.http(400, "response_format json_schema is not supported"), Fault.reply("No."), Fault.reply("Yes")
+    )
     summary = D.diagnose_descriptions(store, dx, catalog, answers, ["disease"])
     assert (summary.computed, summary.errors) == (2, 0)
     bodies = [r.body for r in fake_openai.requests]
@@ -233,8 +276,9 @@ def test_chat_server_without_json_schema_falls_back_to_plain(store, described, c
 
 def test_plain_chat_diagnoser_reads_text(store, described, catalog, fake_openai):
     answers = _answers(store, described)[:1]
-    dx = DX.openai_diagnoser("some-local-model", api="chat", base_url=fake_openai.base_url, structured=False,
-                            reasoning_effort=None)
+    dx = DX.openai_diagnoser(
+        "some-local-model", api="chat", base_url=fake_openai.base_url, structured=False, reasoning_effort=None
+    )
     assert isinstance(dx, DX.TextDiagnoser)
     fake_openai.add_faults(Fault.reply("Yes, there is consolidation."))
     D.diagnose_descriptions(store, dx, catalog, answers, ["tight"])
@@ -263,18 +307,58 @@ def test_local_demo_text_model_noise_is_parsed_not_crashed(store, described, cat
 def test_metrics_and_signal_recovered_on_a_constructed_set():
     labels = ["positive"] * 3 + ["negative"] * 3
     parsed = ["yes", "yes", "unparsed", "no", "yes", "no"]
-    rows = [dict(answer_id=i, model="m", task=TASK, case_id=f"c{i}", image_hash=f"h{i}", label=lab,
-                 prompt_id="describe", description="", template="tight", diagnoser="dx", diagnoser_key="k",
-                 parsed=p, raw=p, mode="json_schema", error=None, cached_copy=False)
-            for i, (lab, p) in enumerate(zip(labels, parsed))]
-    rows.append({**rows[0], "answer_id": 99, "case_id": "c99", "image_hash": "h99", "parsed": None,
-                 "error": "HTTP 500"})
+    rows = [
+        dict(
+            answer_id=i,
+            model="m",
+            task=TASK,
+            case_id=f"c{i}",
+            image_hash=f"h{i}",
+            label=lab,
+            prompt_id="describe",
+            description="",
+            template="tight",
+            diagnoser="dx",
+            diagnoser_key="k",
+            parsed=p,
+            raw=p,
+            mode="json_schema",
+            error=None,
+            cached_copy=False,
+        )
+        for i, (lab, p) in enumerate(zip(labels, parsed))
+    ]
+    rows.append(
+        {**rows[0], "answer_id": 99, "case_id": "c99", "image_hash": "h99", "parsed": None, "error": "HTTP 500"}
+    )
     closed = []
     for i, lab in enumerate(labels + ["positive"]):  # h6 is not among the described images
-        closed.append(dict(model="m", task=TASK, prompt_id="evidence", prompt_family="evidence", prompt_kind="closed",
-                           case_id=f"c{i}", image_hash=f"h{i}", label=lab, verdict=lab if i < 6 else "negative"))
-        closed.append(dict(model="m", task=TASK, prompt_id="normal", prompt_family="normal", prompt_kind="closed",
-                           case_id=f"c{i}", image_hash=f"h{i}", label=lab, verdict="refusal"))
+        closed.append(
+            dict(
+                model="m",
+                task=TASK,
+                prompt_id="evidence",
+                prompt_family="evidence",
+                prompt_kind="closed",
+                case_id=f"c{i}",
+                image_hash=f"h{i}",
+                label=lab,
+                verdict=lab if i < 6 else "negative",
+            )
+        )
+        closed.append(
+            dict(
+                model="m",
+                task=TASK,
+                prompt_id="normal",
+                prompt_family="normal",
+                prompt_kind="closed",
+                case_id=f"c{i}",
+                image_hash=f"h{i}",
+                label=lab,
+                verdict="refusal",
+            )
+        )
     [row] = D.describe_metrics(pd.DataFrame(rows), pd.DataFrame(closed)).to_dict("records")
     assert (row["n"], row["n_parsed"], row["n_unparsed"], row["n_failed"]) == (6, 5, 1, 1)
     assert row["accuracy"] == pytest.approx(4 / 5) and row["accuracy_all"] == pytest.approx(4 / 6)
@@ -298,9 +382,25 @@ def test_describe_cli_offline(tmp_path, monkeypatch, capsys, explorer_cache):
     sub = parser.add_subparsers()
     for register in cli_probes.REGISTER:
         register(sub)
-    argv = ["describe", "--models", "demo-llava-med", "--tasks", TASK, "--samples", str(tmp_path / "samples"),
-            "--store", str(tmp_path / "s.sqlite"), "--diagnoser", "demo", "--max-new-tokens", "6",
-            "--prompts", "evidence_ow,normal_ow", "--csv", str(tmp_path / "m.csv")]
+    argv = [
+        "describe",
+        "--models",
+        "demo-llava-med",
+        "--tasks",
+        TASK,
+        "--samples",
+        str(tmp_path / "samples"),
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "--diagnoser",
+        "demo",
+        "--max-new-tokens",
+        "6",
+        "--prompts",
+        "evidence_ow,normal_ow",
+        "--csv",
+        str(tmp_path / "m.csv"),
+    ]
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -317,8 +417,10 @@ def test_describe_cli_offline(tmp_path, monkeypatch, capsys, explorer_cache):
 def test_a_local_diagnoser_chooses_yes_or_no_from_its_first_token_and_is_never_unparsed(catalog, demo_cache):
     """The local counterpart of the study's strict {"answer": "Yes"|"No"} schema: read, never guessed."""
     choosing = DX.demo_diagnoser(catalog, cache_dir=demo_cache)
-    prompts = [f"Description: {t}\nDoes this patient have pneumonia? Answer Yes or No."
-               for t in ("patchy opacity in the right lower lobe", "clear lungs", "", "x" * 300)]
+    prompts = [
+        f"Description: {t}\nDoes this patient have pneumonia? Answer Yes or No."
+        for t in ("patchy opacity in the right lower lobe", "clear lungs", "", "x" * 300)
+    ]
     replies = choosing.diagnose(prompts)
     assert all(r.error is None and r.mode == "first-token choice" for r in replies)
     for reply in replies:
@@ -326,8 +428,9 @@ def test_a_local_diagnoser_chooses_yes_or_no_from_its_first_token_and_is_never_u
         assert data["answer"] == ("Yes" if data["p_yes"] >= 0.5 else "No")
         assert D.parse_yes_no(reply.raw)[0] == data["answer"].lower()
     assert choosing.identity()["choice"] == "first-token yes/no"
-    free = DX.local_diagnoser(catalog, choosing.backend.local_paths[DX.DEMO_TEXT_ALIAS], DX.DEMO_TEXT_ALIAS,
-                             max_output_tokens=4, choice=False)
+    free = DX.local_diagnoser(
+        catalog, choosing.backend.local_paths[DX.DEMO_TEXT_ALIAS], DX.DEMO_TEXT_ALIAS, max_output_tokens=4, choice=False
+    )
     assert "choice" not in free.identity() and all(r.mode == "plain" for r in free.diagnose(prompts[:1]))
     choosing.close()
     free.close()

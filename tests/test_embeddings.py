@@ -1,4 +1,5 @@
 """Vision embeddings on the three offline demo architectures, t-SNE, and the linear probe."""
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,19 @@ def _answers_frame(cases, model: str) -> pd.DataFrame:
     for c in cases:
         wrong = "negative" if c.label == "positive" else "positive"
         for prompt, verdict in (("evidence", c.label), ("normal", wrong)):
-            rows.append(dict(model=model, task="pneumonia", prompt_id=prompt, prompt_family=prompt, prompt_kind="closed",
-                             case_id=c.case_id, image_hash=c.image_hash, label=c.label, verdict=verdict))
+            rows.append(
+                dict(
+                    model=model,
+                    task="pneumonia",
+                    prompt_id=prompt,
+                    prompt_family=prompt,
+                    prompt_kind="closed",
+                    case_id=c.case_id,
+                    image_hash=c.image_hash,
+                    label=c.label,
+                    verdict=verdict,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -70,7 +82,9 @@ def test_features_tsne_and_probe_on_each_architecture(backend, tmp_path, alias, 
     cache = E.FeatureCache(E.features_path_for(tmp_path / "store.sqlite"))
     X = E.vision_features(backend, alias, CASES, cache=cache, batch_size=8)
     # LLaVA pools the CLIP tower's hidden states; Gemma 3 pools features after the projector (text width).
-    width = lm.model.config.vision_config.hidden_size if alias != "demo-gemma" else lm.model.config.text_config.hidden_size
+    width = (
+        lm.model.config.vision_config.hidden_size if alias != "demo-gemma" else lm.model.config.text_config.hidden_size
+    )
     assert X.shape == (len(CASES), width) and np.isfinite(X).all()
     assert len({tuple(np.round(r, 5)) for r in X}) == len(CASES)  # different images, different features
     assert cache.count() == len(CASES)
@@ -83,8 +97,15 @@ def test_features_tsne_and_probe_on_each_architecture(backend, tmp_path, alias, 
     monkeypatch.setattr(E, "pooled_batch", lambda *a, **k: pytest.fail("cached features were recomputed"))
     np.testing.assert_array_equal(E.vision_features(backend, alias, CASES, cache=cache), X)
 
-    result = E.analyse(backend, [alias], "pneumonia", CASES, answers=_answers_frame(CASES, alias),
-                       verdict_prompt="evidence", cache=cache)
+    result = E.analyse(
+        backend,
+        [alias],
+        "pneumonia",
+        CASES,
+        answers=_answers_frame(CASES, alias),
+        verdict_prompt="evidence",
+        cache=cache,
+    )
     coords = result.coords
     assert list(coords.columns) == E.COORD_COLUMNS and len(coords) == len(CASES)
     assert np.isfinite(coords[["x", "y"]].to_numpy()).all()
@@ -145,8 +166,9 @@ def test_study_precision_is_the_authors_path_and_float64_differs():
     ours, _ = E.tsne_coordinates(X)
     # src/tsne_analysis.py's compute_tsne, as written there, on the same float32 features.
     reduced = PCA(n_components=min(50, X.shape[0] - 1), random_state=42).fit_transform(X)
-    theirs = TSNE(n_components=2, perplexity=min(30, max(5, X.shape[0] // 3)), random_state=42, init="pca",
-                  learning_rate="auto").fit_transform(reduced)
+    theirs = TSNE(
+        n_components=2, perplexity=min(30, max(5, X.shape[0] // 3)), random_state=42, init="pca", learning_rate="auto"
+    ).fit_transform(reduced)
     np.testing.assert_array_equal(ours, theirs)
     wide, _ = E.tsne_coordinates(X, precision="float64")
     assert not np.allclose(wide, ours)
@@ -160,6 +182,7 @@ def test_study_pooling_averages_in_the_model_dtype():
 
         def forward(self, pixels):
             from types import SimpleNamespace
+
             return SimpleNamespace(last_hidden_state=pixels.flatten(2) * self.w)
 
     class Model(torch.nn.Module):
@@ -185,8 +208,21 @@ def test_embed_cli_on_samples(samples_dir, tmp_path, monkeypatch, capsys):
     for register in cli_probes.REGISTER:
         register(sub)
     out = tmp_path / "tsne.csv"
-    args = parser.parse_args(["embed", "--models", "demo-llava-med", "--task", "pneumonia", "--samples",
-                              str(samples_dir), "--store", str(tmp_path / "s.sqlite"), "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "embed",
+            "--models",
+            "demo-llava-med",
+            "--task",
+            "pneumonia",
+            "--samples",
+            str(samples_dir),
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--out",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "probe_accuracy" in printed and "demo-llava-med" in printed
@@ -200,10 +236,22 @@ def test_the_models_own_accuracy_counts_the_studys_wordings_not_ones_a_user_type
 
     from explorer.probes.embeddings import closed_form_accuracy
 
-    rows = [dict(model="m", task="pneumonia", image_hash=f"h{i}", case_id=f"c{i}", label="positive", prompt_id=pid,
-                 prompt_family=pid, verdict=verdict, prompt_kind="closed", custom=custom)
-            for i in range(4)
-            for pid, verdict, custom in (("abnormal", "positive", 0), ("custom_1", "negative", 1))]
+    rows = [
+        dict(
+            model="m",
+            task="pneumonia",
+            image_hash=f"h{i}",
+            case_id=f"c{i}",
+            label="positive",
+            prompt_id=pid,
+            prompt_family=pid,
+            verdict=verdict,
+            prompt_kind="closed",
+            custom=custom,
+        )
+        for i in range(4)
+        for pid, verdict, custom in (("abnormal", "positive", 0), ("custom_1", "negative", 1))
+    ]
     out = closed_form_accuracy(pd.DataFrame(rows), "m", "pneumonia", [f"h{i}" for i in range(4)])
     assert list(out["prompt_id"]) == ["abnormal"] and out["accuracy"].iloc[0] == 1.0
 

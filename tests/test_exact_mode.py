@@ -1,5 +1,6 @@
 """--exact: the study's own execution (one request per call, no reuse, the authors' dtype), stored under
 its own cache key so exact and batched answers never stand in for each other."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,15 @@ def _plan(catalog, n_prompts: int = 3):
     img = Image.new("RGB", (24, 24), (90, 140, 40))
     case = Case(case_id="pneumonia:t:0", task="pneumonia", image=img, image_hash=content_hash(img), label="negative")
     variants = closed_variants(catalog, "pneumonia")[:n_prompts]
-    return plan_sweep(catalog, [MODEL], ["pneumonia"], {"pneumonia": [case]}, {"pneumonia": variants}, "paper",
-                      generation_override={"max_new_tokens": 4})
+    return plan_sweep(
+        catalog,
+        [MODEL],
+        ["pneumonia"],
+        {"pneumonia": [case]},
+        {"pneumonia": variants},
+        "paper",
+        generation_override={"max_new_tokens": 4},
+    )
 
 
 class Recording(TransformersBackend):
@@ -60,14 +68,19 @@ def test_exact_uses_the_authors_dtype(catalog):
     exact = TransformersBackend(catalog, exact=True, device="cpu")
     assert exact.identity("gemma")["dtype"] == "float32"
     assert TransformersBackend(catalog, device="cpu").identity("gemma")["dtype"] == "bfloat16"
-    assert TransformersBackend(catalog, exact=True, device="cpu", dtype="bfloat16").identity("gemma")["dtype"] == "bfloat16"
+    assert (
+        TransformersBackend(catalog, exact=True, device="cpu", dtype="bfloat16").identity("gemma")["dtype"]
+        == "bfloat16"
+    )
 
 
 def test_fast_and_exact_answers_carry_different_cache_keys(catalog, tmp_path):
     plan = _plan(catalog, n_prompts=2)
     fast, exact = TransformersBackend(catalog), TransformersBackend(catalog, exact=True)
     for item in plan:
-        assert request_fingerprint(item.request, fast.identity(MODEL)) != request_fingerprint(item.request, exact.identity(MODEL))
+        assert request_fingerprint(item.request, fast.identity(MODEL)) != request_fingerprint(
+            item.request, exact.identity(MODEL)
+        )
     # The batched fingerprint is what it was before exact mode existed (no new key in its identity).
     assert "execution" not in fast.identity(MODEL)
 

@@ -1,6 +1,7 @@
 """Faults in the middle of a sweep: a misbehaving server is retried where that can help, recorded as
 an error where it cannot, and never ends the sweep; retry_errors (CLI --retry-errors) then re-runs
 exactly the failed items. A local model that runs out of memory falls back to smaller batches."""
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,16 @@ def catalog():
 
 
 def _config(server: FakeOpenAIServer, **overrides) -> EndpointConfig:
-    settings = dict(base_url=server.base_url, model="served", api_key_env=KEY_ENV, timeout_s=2.0,
-                    max_retries=2, max_concurrency=1, backoff_base_s=0.01, backoff_max_s=0.02)
+    settings = dict(
+        base_url=server.base_url,
+        model="served",
+        api_key_env=KEY_ENV,
+        timeout_s=2.0,
+        max_retries=2,
+        max_concurrency=1,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+    )
     settings.update(overrides)
     return EndpointConfig(**settings)
 
@@ -59,15 +68,23 @@ def test_every_fault_is_retried_or_recorded_and_retry_errors_finishes_the_sweep(
     # A 1 s read timeout: the scripted 4 s delay times out, ordinary replies never come near it.
     backend = OpenAIBackend({MODEL: _config(fake_openai, timeout_s=1.0)})
     fake_openai.add_faults(
-        Fault.http(429, retry_after="0.25"), PASS,  # abnormal: waits as told, then answers
-        Fault.http(500), PASS,  # normal
-        Fault.delay(4.0), PASS,  # evidence: a read timeout, then an answer
-        Fault.drop(), PASS,  # guided: connection dropped without a response
-        Fault.http(502), Fault.http(503), PASS,  # mc_pos_first: two retries
+        Fault.http(429, retry_after="0.25"),
+        PASS,  # abnormal: waits as told, then answers
+        Fault.http(500),
+        PASS,  # normal
+        Fault.delay(4.0),
+        PASS,  # evidence: a read timeout, then an answer
+        Fault.drop(),
+        PASS,  # guided: connection dropped without a response
+        Fault.http(502),
+        Fault.http(503),
+        PASS,  # mc_pos_first: two retries
         Fault.truncated(),  # mc_neg_first: half a JSON body: unreadable, recorded, not retried
         Fault.empty(),  # abnormal_ow: no choices: recorded
         Fault.http(400, "bad request"),  # normal_ow: a client error is not retried
-        Fault.http(503), Fault.http(503), Fault.http(503),  # evidence_ow: gives up after 3 attempts
+        Fault.http(503),
+        Fault.http(503),
+        Fault.http(503),  # evidence_ow: gives up after 3 attempts
         Fault.reply('{"answer": "Ye'),  # guided_ow: invalid JSON as the reply text is still an answer
     )
     plan = small_plan(catalog, n_cases=1)
@@ -83,8 +100,9 @@ def test_every_fault_is_retried_or_recorded_and_retry_errors_finishes_the_sweep(
         assert "gave up after 3 attempts" in errors["evidence_ow"] and "HTTP 503" in errors["evidence_ow"]
         rows = {r["prompt_id"]: r for r in store.answers()}
         assert rows["guided_ow"]["answer"] == '{"answer": "Ye' and rows["guided_ow"]["verdict"] == "unclear"
-        assert all(r["answer"].startswith("echo served:") for p, r in rows.items()
-                   if p not in errors and p != "guided_ow")
+        assert all(
+            r["answer"].startswith("echo served:") for p, r in rows.items() if p not in errors and p != "guided_ow"
+        )
 
         seen = fake_openai.requests
         assert len(seen) == 12 + 5 + 1 + 2  # items + retried faults + exhausted retries
@@ -94,7 +112,7 @@ def test_every_fault_is_retried_or_recorded_and_retry_errors_finishes_the_sweep(
         # Only the four failed items are asked again, and now they succeed.
         again = retry_errors(plan, backend, store, batch_size=4)
         assert (again.planned, again.computed, again.errors, again.status) == (4, 4, 0, "finished")
-        retried = [_prompt_of(r.body) for r in fake_openai.requests[len(seen):]]
+        retried = [_prompt_of(r.body) for r in fake_openai.requests[len(seen) :]]
         failed_texts = {it.variant.text for it in plan if it.variant.prompt_id in errors}
         assert sorted(retried) == sorted(failed_texts)
         assert store.count() == 12 and store.count(include_errors=False) == 12
@@ -107,8 +125,16 @@ def test_concurrent_requests_ride_out_a_burst_of_faults(fake_openai, catalog, tm
     # Four requests in flight: which item meets which fault is up to the scheduler, but with more
     # retries allowed than faults queued, every item must end with an answer.
     backend = OpenAIBackend({MODEL: _config(fake_openai, timeout_s=1.0, max_concurrency=4, max_retries=8)})
-    faults = [Fault.http(429, retry_after="0.05"), Fault.http(500), Fault.drop(), Fault.delay(4.0),
-              Fault.http(503), Fault.http(408), Fault.drop(), Fault.http(502)]
+    faults = [
+        Fault.http(429, retry_after="0.05"),
+        Fault.http(500),
+        Fault.drop(),
+        Fault.delay(4.0),
+        Fault.http(503),
+        Fault.http(408),
+        Fault.drop(),
+        Fault.http(502),
+    ]
     fake_openai.add_faults(*faults)
     plan = small_plan(catalog, n_cases=2)
     with Store(tmp_path / "burst.sqlite") as store:
@@ -166,8 +192,9 @@ def test_a_failing_judge_keeps_the_answers_and_rejudge_repairs_the_verdicts(fake
         tokens = {key: task.judge_tokens for key, task in catalog.tasks.items()}
         judge = LLMJudge(judge_backend, "judge", tokens)
         # The first batch of judgements: a server error twice, a dropped connection twice, then nonsense.
-        judge_server.add_faults(Fault.http(500), Fault.http(500), Fault.drop(), Fault.drop(),
-                                Fault.reply("I'd rather not say"))
+        judge_server.add_faults(
+            Fault.http(500), Fault.http(500), Fault.drop(), Fault.drop(), Fault.reply("I'd rather not say")
+        )
         plan = small_plan(catalog, n_cases=1)[:3]
         with Store(tmp_path / "judge.sqlite") as store:
             summary = run_sweep(plan, answers, store, batch_size=3, judge=judge)
@@ -184,8 +211,10 @@ def test_a_failing_judge_keeps_the_answers_and_rejudge_repairs_the_verdicts(fake
             assert [r["verdict"] for r in after] == ["positive", "negative", "hedge"]  # AMBIGUOUS: a hedge
             assert after[2]["verdict_detail"].startswith("AMBIGUOUS")
             assert [r["answer"] for r in after] == [r["answer"] for r in rows]
-            assert all(r["verdict_method"].startswith("judge:judge") and not r["verdict_detail"].startswith(JUDGE_ERROR)
-                       for r in after)
+            assert all(
+                r["verdict_method"].startswith("judge:judge") and not r["verdict_detail"].startswith(JUDGE_ERROR)
+                for r in after
+            )
         judge_backend.close()
     answers.close()
 
@@ -209,14 +238,44 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
 
 def test_cli_retry_errors_reruns_only_the_failed_items(fake_openai, tmp_path):
     endpoints = tmp_path / "endpoints.yaml"
-    endpoints.write_text(yaml.safe_dump({MODEL: {
-        "base_url": fake_openai.base_url, "model": "served", "api_key_env": KEY_ENV, "timeout_s": 2.0,
-        "max_retries": 1, "max_concurrency": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.02,
-    }}))
+    endpoints.write_text(
+        yaml.safe_dump(
+            {
+                MODEL: {
+                    "base_url": fake_openai.base_url,
+                    "model": "served",
+                    "api_key_env": KEY_ENV,
+                    "timeout_s": 2.0,
+                    "max_retries": 1,
+                    "max_concurrency": 1,
+                    "backoff_base_s": 0.01,
+                    "backoff_max_s": 0.02,
+                }
+            }
+        )
+    )
     store = tmp_path / "cli.sqlite"
-    args = ["sweep", "--preset", "demo", "--samples", str(_tree(tmp_path / "samples")), "--tasks", "pneumonia",
-            "--models", MODEL, "--prompts", "abnormal,normal,evidence", "--per-class", "1", "--batch-size", "2",
-            "--endpoints", str(endpoints), "--store", str(store)]
+    args = [
+        "sweep",
+        "--preset",
+        "demo",
+        "--samples",
+        str(_tree(tmp_path / "samples")),
+        "--tasks",
+        "pneumonia",
+        "--models",
+        MODEL,
+        "--prompts",
+        "abnormal,normal,evidence",
+        "--per-class",
+        "1",
+        "--batch-size",
+        "2",
+        "--endpoints",
+        str(endpoints),
+        "--store",
+        str(store),
+    ]
     fake_openai.add_faults(Fault.http(500), Fault.http(500), PASS, Fault.http(401, "invalid key"), Fault.drop(), PASS)
     rc, out, err = _cli(args)
     # Failed items make the run exit non-zero, with the count (never exit 0 beside a partial result).
@@ -251,8 +310,14 @@ def test_out_of_memory_mid_batch_falls_back_to_smaller_batches(catalog, tmp_path
 
     cases = make_cases("pneumonia", 2, size=32)
     variants = closed_variants(catalog, "pneumonia")[:3]
-    plan = plan_sweep(catalog, [MODEL], ["pneumonia"], {"pneumonia": cases}, {"pneumonia": variants},
-                      generation_override={"max_new_tokens": 4})
+    plan = plan_sweep(
+        catalog,
+        [MODEL],
+        ["pneumonia"],
+        {"pneumonia": cases},
+        {"pneumonia": variants},
+        generation_override={"max_new_tokens": 4},
+    )
     with Store(tmp_path / "reference.sqlite") as reference:  # the same plan without memory trouble
         run_sweep(plan, backend, reference, batch_size=1)
         expected = {(r["case_id"], r["prompt_id"]): r["answer"] for r in reference.answers()}

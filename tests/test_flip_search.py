@@ -1,4 +1,5 @@
 """Minimal flip search on a fake backend whose answers depend on known words, through the store's cache."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -55,6 +56,7 @@ def setup(tmp_path, monkeypatch):
         base = ex.variant("brain_tumor", "evidence")
         ask = lambda variants: ex.grid(case, variants, [MODEL])  # noqa: E731 - the app's own path
         return ex, backend, base, ask
+
     return make
 
 
@@ -71,8 +73,9 @@ def test_word_distance_counts_token_edits():
 
 
 def test_candidates_come_smallest_first():
-    pool = candidates(find_variant(CATALOG, "brain_tumor", "evidence"),
-                      ["framing", "casing", "polarity_flip", "punctuation"], words())
+    pool = candidates(
+        find_variant(CATALOG, "brain_tumor", "evidence"), ["framing", "casing", "polarity_flip", "punctuation"], words()
+    )
     keys = [(c.tier, c.distance) for c in pool]
     assert keys == sorted(keys)
     assert pool[0].item.family in ("punctuation", "casing") and pool[-1].item.family in ("framing", "polarity_flip")
@@ -150,15 +153,19 @@ def test_generate_variants_runs_them_grouped_by_family(setup):
     ex, backend, base, ask = setup(no_words=["??"])
     handlers = GridHandlers(Shared(ex))
     image_case = _case_of(ex)
-    *_, last = handlers.generate_variants(image_case, [MODEL], "paper", ["punctuation", "polarity_flip"],
-                                          ["evidence"], 0, 0, empty_state())
+    *_, last = handlers.generate_variants(
+        image_case, [MODEL], "paper", ["punctuation", "polarity_flip"], ["evidence"], 0, 0, empty_state()
+    )
     table, flips, note, state, _ = last
     assert "vx-notice-ok" in note
     groups = [v.family for v in state["variants"]]
     assert groups[0] == "evidence" and set(groups[1:]) == {"punctuation", "polarity_flip"}
     assert len(state["views"]) == len(state["variants"])
-    for family, title in (("study", "The study&#x27;s wordings"), ("punctuation", "Punctuation"),
-                          ("polarity_flip", "Asked the other way round")):
+    for family, title in (
+        ("study", "The study&#x27;s wordings"),
+        ("punctuation", "Punctuation"),
+        ("polarity_flip", "Asked the other way round"),
+    ):
         assert f'data-family="{family}"><th colspan="2">{title}' in table
     assert "Punctuation: double question mark" in table  # a human name, not an id
     assert 'title="Does this image contain evidence of tumors??"' in table  # the full wording on hover
@@ -196,6 +203,7 @@ def test_a_public_demo_caps_what_one_click_generates(setup):
 
     ex, backend, base, ask = setup()
     ex.policy = replace(ex.policy, enabled=True, max_sweep_items=5)
-    *_, refused = GridHandlers(Shared(ex)).generate_variants(_case_of(ex), [MODEL], "paper", ["casing", "punctuation"],
-                                                             ["evidence"], 0, 0, empty_state())
+    *_, refused = GridHandlers(Shared(ex)).generate_variants(
+        _case_of(ex), [MODEL], "paper", ["casing", "punctuation"], ["evidence"], 0, 0, empty_state()
+    )
     assert "This sweep has 8 answers; a public demo runs at most 5" in refused[2] and not backend.generated

@@ -1,4 +1,5 @@
 """explorer.cases.images: every file a clinician may drop -> RGB + hash, or a clear ImageLoadError."""
+
 from __future__ import annotations
 
 import io
@@ -23,9 +24,11 @@ from explorer.cases.images import (
 )
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
-SAMPLE_FILES = sorted(
-    str(p.relative_to(SAMPLES)) for p in SAMPLES.rglob("*") if p.is_file() and p.name != "SOURCES.csv"
-) if SAMPLES.is_dir() else []
+SAMPLE_FILES = (
+    sorted(str(p.relative_to(SAMPLES)) for p in SAMPLES.rglob("*") if p.is_file() and p.name != "SOURCES.csv")
+    if SAMPLES.is_dir()
+    else []
+)
 
 
 def rgb_at(loaded: LoadedImage, xy: tuple[int, int]) -> tuple[int, int, int]:
@@ -51,6 +54,7 @@ def noise_png(size=(64, 64), seed=0) -> bytes:
 
 
 # ----------------------------------------------------------------------------- PIL formats
+
 
 def test_8bit_grey_png_is_unchanged(tmp_path):
     arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
@@ -180,6 +184,7 @@ def test_large_jpeg_draft_decoding(tmp_path):
 
 # ----------------------------------------------------------------------------- failures
 
+
 @pytest.mark.parametrize(
     "payload, fragment",
     [
@@ -242,6 +247,7 @@ def test_pixel_limit_is_configurable():
 
 
 # ----------------------------------------------------------------------------- DICOM
+
 
 def make_dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags) -> Dataset:
     ds = Dataset()
@@ -389,6 +395,7 @@ def test_dicom_missing_decoder_names_package(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- hashes, data URLs
 
+
 def test_hash_same_pixels_same_hash_different_pixels_different_hash():
     a = Image.new("RGB", (10, 10), (1, 2, 3))
     b = Image.new("RGB", (10, 10), (1, 2, 3))
@@ -410,6 +417,7 @@ def test_data_url_round_trip():
 
 
 # ----------------------------------------------------------------------------- shared samples
+
 
 @pytest.mark.parametrize("relpath", SAMPLE_FILES)
 def test_every_sample_loads_or_explains(samples_dir, relpath):

@@ -1,4 +1,5 @@
 """The LLM judge against a scripted backend (a test double that returns fixed texts)."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -18,18 +19,28 @@ from explorer.scoring.judge import (
 )
 
 TOKENS = {
-    "brain_tumor": {"positive": "TUMOR", "negative": "NO_TUMOR", "image_kind": "brain MRI image",
-                    "condition": "a brain tumor"},
+    "brain_tumor": {
+        "positive": "TUMOR",
+        "negative": "NO_TUMOR",
+        "image_kind": "brain MRI image",
+        "condition": "a brain tumor",
+    },
     "pneumonia": {"positive": "POSITIVE", "negative": "NEGATIVE"},
     "skin_cancer": {"positive": "MALIGNANT", "negative": "BENIGN"},
     "histo_idc": {"positive": "MALIGNANT", "negative": "BENIGN"},
 }
 
 NORMAL_Q = PromptVariant(prompt_id="normal", family="normal", text="Is this image normal?", yes_means="negative")
-EVIDENCE_Q = PromptVariant(prompt_id="evidence_ow", family="evidence", yes_means="positive", one_word=True,
-                           text="Does this image contain evidence of pneumonia?\nAnswer in one word.")
+EVIDENCE_Q = PromptVariant(
+    prompt_id="evidence_ow",
+    family="evidence",
+    yes_means="positive",
+    one_word=True,
+    text="Does this image contain evidence of pneumonia?\nAnswer in one word.",
+)
 MC_NEG_FIRST = PromptVariant(
-    prompt_id="mc_neg_first", family="mc_neg_first",
+    prompt_id="mc_neg_first",
+    family="mc_neg_first",
     text="Which does this image show? Choose one answer.\nA) No tumor\nB) Tumor",
     options=(("A", "negative", "No tumor"), ("B", "positive", "Tumor")),
 )
@@ -71,8 +82,17 @@ def test_request_carries_rules_prompt_and_response():
     verdict = judge.judge(answer, NORMAL_Q, "brain_tumor")
     (request,) = backend.batches[0]
     text = request.text()
-    for needed in ("TUMOR", "NO_TUMOR", AMBIGUOUS, "brain MRI image", "a brain tumor", "refuses",
-                   "hedges equally", NORMAL_Q.text, answer):
+    for needed in (
+        "TUMOR",
+        "NO_TUMOR",
+        AMBIGUOUS,
+        "brain MRI image",
+        "a brain tumor",
+        "refuses",
+        "hedges equally",
+        NORMAL_Q.text,
+        answer,
+    ):
         assert needed in text
     assert 'a "yes" means NO_TUMOR' in text  # the prompt's polarity, spelled out
     assert text.index(NORMAL_Q.text) < text.index(answer)
@@ -204,8 +224,12 @@ def test_one_token_pair_for_every_task_and_token_objects():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"positive": "TUMOR"}, {"positive": "TUMOR", "negative": "tumor"},
-     {"positive": "AMBIGUOUS", "negative": "NO"}, {"positive": "NO TUMOR", "negative": "TUMOR"}],
+    [
+        {"positive": "TUMOR"},
+        {"positive": "TUMOR", "negative": "tumor"},
+        {"positive": "AMBIGUOUS", "negative": "NO"},
+        {"positive": "NO TUMOR", "negative": "TUMOR"},
+    ],
 )
 def test_bad_tokens_are_rejected(bad):
     with pytest.raises(ValueError):

@@ -6,6 +6,7 @@ writes a word (so a small cap gives an empty reply with finish_reason "length"),
 VLM's response it is shown with a fixed, simple rule. It can also be told to fail (HTTP 401) or to
 reply with nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ from explorer.scoring.judge import (
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"
 REASONING_TOKENS = 300  # what the fake model "thinks" before it answers
-JUDGE_FILES = {"brain_tumor": "judge_brain", "pneumonia": "judge_pneumonia", "skin_cancer": "judge_skin_cancer",
-               "histo_idc": "judge_idc"}
+JUDGE_FILES = {
+    "brain_tumor": "judge_brain",
+    "pneumonia": "judge_pneumonia",
+    "skin_cancer": "judge_skin_cancer",
+    "histo_idc": "judge_idc",
+}
 
 
 class ReasoningServer:
@@ -57,10 +62,19 @@ class ReasoningServer:
                     server.bodies.append(body)
                     mode = server.modes.pop(0) if server.modes else ""
                 if mode == "401":
-                    return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+                    return self._send(
+                        401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}
+                    )
                 if "temperature" in body or "top_p" in body:
-                    return self._send(400, {"error": {"message": "Unsupported value: 'temperature' does not support 0 "
-                                                      "with this model. Only the default (1) value is supported."}})
+                    return self._send(
+                        400,
+                        {
+                            "error": {
+                                "message": "Unsupported value: 'temperature' does not support 0 "
+                                "with this model. Only the default (1) value is supported."
+                            }
+                        },
+                    )
                 cap = body.get("max_completion_tokens")
                 text, finish, used = server.classify(body), "stop", REASONING_TOKENS + 3
                 if mode == "empty":
@@ -69,13 +83,24 @@ class ReasoningServer:
                     text = mode  # a scripted word
                 elif cap is not None and cap < REASONING_TOKENS + 3:
                     text, finish, used = "", "length", cap  # all of the cap went on reasoning
-                self._send(200, {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": used, "total_tokens": 100 + used,
-                              "completion_tokens_details": {"reasoning_tokens": min(used, REASONING_TOKENS)}},
-                })
+                self._send(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}
+                        ],
+                        "usage": {
+                            "prompt_tokens": 100,
+                            "completion_tokens": used,
+                            "total_tokens": 100 + used,
+                            "completion_tokens_details": {"reasoning_tokens": min(used, REASONING_TOKENS)},
+                        },
+                    },
+                )
 
             def _send(self, status, payload):
                 blob = json.dumps(payload).encode()
@@ -149,7 +174,8 @@ def test_gpt5_request_shape_no_temperature_no_small_cap_explicit_effort(server):
     study = study_judge_prompts()
     assert body["messages"][0] == {"role": "system", "content": study.system["brain_tumor"]}
     assert body["messages"][1]["content"] == study.user_template.format(
-        prompt="Is this image abnormal?", response="Yes, there is a mass.")
+        prompt="Is this image abnormal?", response="Yes, there is a mass."
+    )
     assert verdict.method == f"judge:gpt-5|study@{study.version}"
 
 
@@ -235,15 +261,38 @@ def _samples(root: Path) -> Path:
     return root
 
 
-def test_cli_failing_judge_is_reported_not_refusal_and_rejudge_sends_exactly_those(server, tmp_path, capsys, monkeypatch):
+def test_cli_failing_judge_is_reported_not_refusal_and_rejudge_sends_exactly_those(
+    server, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("JUDGE_KEY", "sk-test-not-real")
     endpoints = tmp_path / "endpoints.yaml"
-    endpoints.write_text(f"gpt-5: {{base_url: '{server.base_url}', model: gpt-5, api_key_env: JUDGE_KEY, max_retries: 0}}\n")
+    endpoints.write_text(
+        f"gpt-5: {{base_url: '{server.base_url}', model: gpt-5, api_key_env: JUDGE_KEY, max_retries: 0}}\n"
+    )
     store_path = tmp_path / "s.sqlite"
-    args = ["sweep", "--preset", "demo", "--samples", str(_samples(tmp_path / "samples")), "--tasks", "pneumonia",
-            "--models", "demo-gemma", "--prompts", "abnormal,normal", "--per-class", "1", "--max-new-tokens", "4",
-            "--judge", "--endpoints", str(endpoints), "--store", str(store_path)]
+    args = [
+        "sweep",
+        "--preset",
+        "demo",
+        "--samples",
+        str(_samples(tmp_path / "samples")),
+        "--tasks",
+        "pneumonia",
+        "--models",
+        "demo-gemma",
+        "--prompts",
+        "abnormal,normal",
+        "--per-class",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--judge",
+        "--endpoints",
+        str(endpoints),
+        "--store",
+        str(store_path),
+    ]
     server.modes = ["401"] * 100  # a wrong key: every judge call fails
     assert main(args) == 1
     captured = capsys.readouterr()
@@ -277,9 +326,19 @@ def test_cli_failing_judge_is_reported_not_refusal_and_rejudge_sends_exactly_tho
     assert main(["metrics", "--store", str(store_path), "--all", "--cells"]) == 0
 
 
-@pytest.mark.parametrize("model, reasoning", [("gpt-5", True), ("gpt-5-mini", True), ("gpt-5.1", True),
-                                              ("o4-mini", True), ("openai/gpt-5", True), ("gpt-4o", False),
-                                              ("llama-3.1-8b", False), ("o10-preview", False)])
+@pytest.mark.parametrize(
+    "model, reasoning",
+    [
+        ("gpt-5", True),
+        ("gpt-5-mini", True),
+        ("gpt-5.1", True),
+        ("o4-mini", True),
+        ("openai/gpt-5", True),
+        ("gpt-4o", False),
+        ("llama-3.1-8b", False),
+        ("o10-preview", False),
+    ],
+)
 def test_which_judges_reason_and_what_they_are_sent(model, reasoning):
     endpoint = EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, send_temperature=True)
     chat = judge_endpoint(endpoint, model)
@@ -288,8 +347,9 @@ def test_which_judges_reason_and_what_they_are_sent(model, reasoning):
     assert (chat.extra.get("reasoning_effort") == "medium") is reasoning
     assert judge_generation(model).max_new_tokens == (25_000 if reasoning else 16)
     if reasoning:  # the Responses API spells it reasoning.effort; an effort the endpoint sets is kept
-        responses = judge_endpoint(EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, api="responses"),
-                                   model, "low")
+        responses = judge_endpoint(
+            EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, api="responses"), model, "low"
+        )
         assert responses.extra == {"reasoning": {"effort": "low"}}
         own = EndpointConfig(base_url="http://127.0.0.1:9/v1", model=model, extra={"reasoning_effort": "high"})
         assert judge_endpoint(own, model, "low").extra == {"reasoning_effort": "high"}

@@ -1,4 +1,5 @@
 """Metrics against hand-computed values, scikit-learn and statsmodels."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,19 @@ def answers(rows, model="m", task="t", **extra) -> pd.DataFrame:
     records = []
     for r in rows:
         prompt_id, case_id, label, verdict = r[:4]
-        records.append(dict(
-            model=model, task=task, prompt_id=prompt_id, prompt_family=prompt_id.split("_")[0],
-            case_id=case_id, label=label, verdict=verdict, p_positive=r[4] if len(r) > 4 else np.nan, **extra,
-        ))
+        records.append(
+            dict(
+                model=model,
+                task=task,
+                prompt_id=prompt_id,
+                prompt_family=prompt_id.split("_")[0],
+                case_id=case_id,
+                label=label,
+                verdict=verdict,
+                p_positive=r[4] if len(r) > 4 else np.nan,
+                **extra,
+            )
+        )
     return pd.DataFrame(records)
 
 
@@ -90,8 +100,9 @@ def test_f1_all_via_sklearn_equals_closed_formula_on_random_data():
         refused = int(verdict.isin(["refusal", "hedge", "unclear"]).sum())
         closed = 2 * tp / (2 * tp + fp + fn + refused) if (2 * tp + fp + fn + refused) else math.nan
         assert sk == pytest.approx(closed, nan_ok=True)
-        row = cell_metrics(answers([("p", f"c{i}", truth, v) for i, (truth, v) in enumerate(zip(label, verdict))]),
-                           n_boot=0).iloc[0]
+        row = cell_metrics(
+            answers([("p", f"c{i}", truth, v) for i, (truth, v) in enumerate(zip(label, verdict))]), n_boot=0
+        ).iloc[0]
         assert row.f1_all == pytest.approx(closed, nan_ok=True)
         counts = np.array([row.tp, row.fn, row.fp, row.tn, row.refused_pos, row.refused_neg])
         assert f1_all_from_counts(counts) == pytest.approx(closed, nan_ok=True)
@@ -102,8 +113,14 @@ def test_answered_row_metrics_agree_with_sklearn_on_random_data():
     rows = []
     for prompt in ("a", "b", "c"):
         for i in range(80):
-            rows.append((prompt, f"c{i}", rng.choice(["positive", "negative"]),
-                         rng.choice(["positive", "negative", "refusal", "hedge"], p=[0.4, 0.4, 0.1, 0.1])))
+            rows.append(
+                (
+                    prompt,
+                    f"c{i}",
+                    rng.choice(["positive", "negative"]),
+                    rng.choice(["positive", "negative", "refusal", "hedge"], p=[0.4, 0.4, 0.1, 0.1]),
+                )
+            )
     df = answers(rows)
     cells = cell_metrics(df, n_boot=0).set_index("prompt_id")
     for prompt, group in df.groupby("prompt_id"):
@@ -120,12 +137,14 @@ def test_answered_row_metrics_agree_with_sklearn_on_random_data():
 
 @pytest.mark.filterwarnings("error")
 def test_degenerate_cells_give_nan_without_warnings():
-    df = pd.concat([
-        answers([("only_pos", f"c{i}", "positive", "positive") for i in range(4)]),
-        answers([("only_neg_right", f"c{i}", "negative", "negative") for i in range(4)]),
-        answers([("all_refused", f"c{i}", "positive", "refusal") for i in range(4)]),
-        answers([("no_labels", f"c{i}", None, "positive") for i in range(4)]),
-    ])
+    df = pd.concat(
+        [
+            answers([("only_pos", f"c{i}", "positive", "positive") for i in range(4)]),
+            answers([("only_neg_right", f"c{i}", "negative", "negative") for i in range(4)]),
+            answers([("all_refused", f"c{i}", "positive", "refusal") for i in range(4)]),
+            answers([("no_labels", f"c{i}", None, "positive") for i in range(4)]),
+        ]
+    )
     cells = cell_metrics(df, n_boot=50).set_index("prompt_id")
     assert math.isnan(cells.loc["only_pos", "specificity"]) and cells.loc["only_pos", "f1_all"] == 1.0
     assert math.isnan(cells.loc["only_pos", "auroc"])
@@ -164,9 +183,14 @@ def test_unknown_verdicts_and_missing_columns_are_refused():
 def test_bootstrap_ci_contains_the_estimate_and_is_reproducible():
     rng = np.random.default_rng(11)
     rows = [
-        (p, f"c{i}", "positive" if i < 40 else "negative",
-         rng.choice(["positive", "negative", "refusal"], p=[0.5, 0.4, 0.1]))
-        for p in ("a", "b") for i in range(80)
+        (
+            p,
+            f"c{i}",
+            "positive" if i < 40 else "negative",
+            rng.choice(["positive", "negative", "refusal"], p=[0.5, 0.4, 0.1]),
+        )
+        for p in ("a", "b")
+        for i in range(80)
     ]
     df = answers(rows)
     cells = cell_metrics(df, n_boot=300, seed=5)
@@ -187,8 +211,11 @@ def test_bootstrap_ci_contains_the_estimate_and_is_reproducible():
 
 # ---------------------------------------------------------------- prompt sensitivity
 def test_all_variants_agree_gives_no_flips_and_kappa_one():
-    rows = [(p, c, lab, lab) for p in ("a", "b", "c") for c, lab in
-            (("x1", "positive"), ("x2", "positive"), ("x3", "negative"), ("x4", "negative"))]
+    rows = [
+        (p, c, lab, lab)
+        for p in ("a", "b", "c")
+        for c, lab in (("x1", "positive"), ("x2", "positive"), ("x3", "negative"), ("x4", "negative"))
+    ]
     frame = prepare(answers(rows))
     assert flip_rate(frame) == (0.0, 4)
     assert variant_kappa(frame) == (pytest.approx(1.0), 4, 3)
@@ -198,12 +225,20 @@ def test_all_variants_agree_gives_no_flips_and_kappa_one():
 
 def test_flip_rate_on_known_cases():
     rows = [
-        ("a", "A", "positive", "positive"), ("b", "A", "positive", "positive"), ("c", "A", "positive", "negative"),
-        ("a", "B", "negative", "negative"), ("b", "B", "negative", "negative"), ("c", "B", "negative", "negative"),
+        ("a", "A", "positive", "positive"),
+        ("b", "A", "positive", "positive"),
+        ("c", "A", "positive", "negative"),
+        ("a", "B", "negative", "negative"),
+        ("b", "B", "negative", "negative"),
+        ("c", "B", "negative", "negative"),
         # refusal, hedge and unclear are one reading (non-answer): no flip
-        ("a", "C", "negative", "refusal"), ("b", "C", "negative", "hedge"), ("c", "C", "negative", "unclear"),
+        ("a", "C", "negative", "refusal"),
+        ("b", "C", "negative", "hedge"),
+        ("c", "C", "negative", "unclear"),
         # an answer vs a non-answer is a flip
-        ("a", "D", "positive", "positive"), ("b", "D", "positive", "refusal"), ("c", "D", "positive", "positive"),
+        ("a", "D", "positive", "positive"),
+        ("b", "D", "positive", "refusal"),
+        ("c", "D", "positive", "positive"),
         # seen under one prompt only: left out
         ("a", "E", "positive", "negative"),
     ]
@@ -227,23 +262,30 @@ def test_fleiss_kappa_matches_the_textbook_formula():
     cats = ("positive", "negative", "refusal")
     counts = np.array([[vs.count(c) for c in cats] for vs in readings.values()], dtype=float)
     n = 3
-    p_i = ((counts ** 2).sum(axis=1) - n) / (n * (n - 1))
+    p_i = ((counts**2).sum(axis=1) - n) / (n * (n - 1))
     p_j = counts.sum(axis=0) / counts.sum()
-    expected = (p_i.mean() - (p_j ** 2).sum()) / (1 - (p_j ** 2).sum())
+    expected = (p_i.mean() - (p_j**2).sum()) / (1 - (p_j**2).sum())
     assert kappa == pytest.approx(expected)
 
 
 def test_fleiss_kappa_of_systematic_disagreement_is_minus_one():
-    rows = [("a", "x1", None, "positive"), ("b", "x1", None, "negative"),
-            ("a", "x2", None, "negative"), ("b", "x2", None, "positive")]
+    rows = [
+        ("a", "x1", None, "positive"),
+        ("b", "x1", None, "negative"),
+        ("a", "x2", None, "negative"),
+        ("b", "x2", None, "positive"),
+    ]
     assert variant_kappa(prepare(answers(rows)))[0] == pytest.approx(-1.0)
     assert flip_rate(prepare(answers(rows))) == (1.0, 2)
 
 
 def test_summary_prompt_variance_is_std_with_ddof_1():
     rng = np.random.default_rng(2)
-    rows = [(p, f"c{i}", rng.choice(["positive", "negative"]), rng.choice(["positive", "negative", "refusal"]))
-            for p in ("a", "b", "c", "d") for i in range(30)]
+    rows = [
+        (p, f"c{i}", rng.choice(["positive", "negative"]), rng.choice(["positive", "negative", "refusal"]))
+        for p in ("a", "b", "c", "d")
+        for i in range(30)
+    ]
     df = answers(rows)
     cells = cell_metrics(df, n_boot=0)
     summary = model_task_summary(df, n_boot=0).iloc[0]
@@ -271,18 +313,22 @@ def paired_frame(both, b, c, neither, prompt="p", task="t", refuse_medical=0):
         if kind == "b" and refuse_medical:
             med_verdict, refuse_medical = "refusal", refuse_medical - 1
         rows_med.append((prompt, f"{task}{i}", label, med_verdict))
-    return pd.concat([
-        answers(rows_base, model="base-m", task=task, pair="P", role="base"),
-        answers(rows_med, model="med-m", task=task, pair="P", role="medical"),
-    ])
+    return pd.concat(
+        [
+            answers(rows_base, model="base-m", task=task, pair="P", role="base"),
+            answers(rows_med, model="med-m", task=task, pair="P", role="medical"),
+        ]
+    )
 
 
 def test_mcnemar_matches_statsmodels_and_holm_is_applied():
-    df = pd.concat([
-        paired_frame(15, 8, 2, 5, prompt="small", refuse_medical=3),  # 10 discordant: exact
-        paired_frame(40, 30, 12, 10, prompt="large"),  # 42 discordant: chi-square
-        answers([("small", "lonely", "positive", "positive")], model="base-m", pair="P", role="base"),
-    ])
+    df = pd.concat(
+        [
+            paired_frame(15, 8, 2, 5, prompt="small", refuse_medical=3),  # 10 discordant: exact
+            paired_frame(40, 30, 12, 10, prompt="large"),  # 42 discordant: chi-square
+            answers([("small", "lonely", "positive", "positive")], model="base-m", pair="P", role="base"),
+        ]
+    )
     out = paired_tests(df)
     small = out[(out.level == "prompt") & (out.prompt_id == "small")].iloc[0]
     assert (small.both_correct, small.b, small.c, small.neither_correct, small.n_pairs) == (15, 8, 2, 5, 30)

@@ -1,5 +1,6 @@
 """Models kept within a memory budget: which one is unloaded when the next would not fit, sizes
 read from safetensors headers without loading, and the study's bf16 / 8-bit / 4-bit plan."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,11 @@ class Clock:
 
 
 def _manager(budget, unloaded=None):
-    return ModelManager(budget_bytes=budget, clock=Clock(),
-                        on_unload=(lambda alias, value: unloaded.append(alias)) if unloaded is not None else None)
+    return ModelManager(
+        budget_bytes=budget,
+        clock=Clock(),
+        on_unload=(lambda alias, value: unloaded.append(alias)) if unloaded is not None else None,
+    )
 
 
 def test_least_recently_used_is_unloaded_when_the_next_would_not_fit():
@@ -102,20 +106,29 @@ def test_table_lists_what_is_loaded_most_recent_first():
     rows = m.table()
     assert [r["alias"] for r in rows] == ["a", "b"]
     assert rows[0]["device"] == "cuda:0" and rows[0]["quantization"] == "4bit" and rows[0]["size_gb"] == 0.03
-    assert rows[0]["last_used"] > rows[1]["last_used"] and set(rows[1]) >= {"alias", "size_bytes", "device", "dtype", "last_used"}
+    assert rows[0]["last_used"] > rows[1]["last_used"] and set(rows[1]) >= {
+        "alias",
+        "size_bytes",
+        "device",
+        "dtype",
+        "last_used",
+    }
     assert m.unload("a") and not m.unload("a") and m.aliases() == ["b"]
 
 
 def test_sizes_from_safetensors_headers(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({
-        "model.embed_tokens.weight": torch.zeros(10, 4),
-        "model.layers.0.mlp.up_proj.weight": torch.zeros(8, 4),
-        "model.layers.0.input_layernorm.weight": torch.zeros(4),
-        "vision.patch_embedding.weight": torch.zeros(2, 3, 2, 2),
-        "lm_head.weight": torch.zeros(10, 4),
-    }, str(tmp_path / "model.safetensors"))
+    save_file(
+        {
+            "model.embed_tokens.weight": torch.zeros(10, 4),
+            "model.layers.0.mlp.up_proj.weight": torch.zeros(8, 4),
+            "model.layers.0.input_layernorm.weight": torch.zeros(4),
+            "vision.patch_embedding.weight": torch.zeros(2, 3, 2, 2),
+            "lm_head.weight": torch.zeros(10, 4),
+        },
+        str(tmp_path / "model.safetensors"),
+    )
     counts = safetensors_params(tmp_path)
     assert counts == ParamCounts(total=40 + 32 + 4 + 24 + 40, unquantized=40 + 4 + 24 + 40)
     assert weight_bytes(counts, "float32") == 140 * 4
@@ -181,7 +194,9 @@ def test_quantized_loading_needs_cuda_and_changes_the_identity(demo_sizes, tmp_p
     b = TransformersBackend(catalog, device="cpu", quantization={"demo-gemma": "4bit"}, demo_cache_dir=cache)
     assert b.identity("demo-gemma")["quantization"] == "bitsandbytes-4bit"
     assert "quantization" not in b.identity("demo-llava-med")
-    assert "quantization" not in TransformersBackend(catalog, quantization="8bit").identity("demo-gemma")  # demos: exact
+    assert "quantization" not in TransformersBackend(catalog, quantization="8bit").identity(
+        "demo-gemma"
+    )  # demos: exact
     assert TransformersBackend(catalog, quantization="8bit").identity("gemma")["quantization"] == "bitsandbytes-8bit"
     with pytest.raises(BackendError, match="needs a CUDA GPU"):
         b.load("demo-gemma")

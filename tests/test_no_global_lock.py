@@ -1,6 +1,7 @@
 """No app-wide lock: a visitor's cached Compare returns while another visitor's sweep is generating;
 new generation waits for the device slot only; app sweeps belong to their visitor (found again after
 a reload, cancelled when the page is gone for good, one at a time in public mode)."""
+
 from __future__ import annotations
 
 import threading
@@ -31,8 +32,13 @@ def explorer(tmp_path, monkeypatch):
     from explorer.service.core import Explorer
 
     monkeypatch.delenv("EXPLORER_ENDPOINTS", raising=False)
-    ex = Explorer(preset="demo", store_path=tmp_path / "store.sqlite", samples_dir=_samples(tmp_path / "samples"),
-                  endpoints={}, gpu_concurrency=1)
+    ex = Explorer(
+        preset="demo",
+        store_path=tmp_path / "store.sqlite",
+        samples_dir=_samples(tmp_path / "samples"),
+        endpoints={},
+        gpu_concurrency=1,
+    )
     yield ex
     ex.close()
 

@@ -1,4 +1,5 @@
 """The OpenAI-compatible backend against a local fake server: formats, retries, routing, secrets."""
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,16 @@ def api_key(monkeypatch):
 
 
 def config(server: FakeOpenAIServer, **overrides) -> EndpointConfig:
-    settings = dict(base_url=server.base_url, model="served-model", api_key_env=KEY_ENV, timeout_s=0.5,
-                    max_retries=2, max_concurrency=4, backoff_base_s=0.01, backoff_max_s=0.05)
+    settings = dict(
+        base_url=server.base_url,
+        model="served-model",
+        api_key_env=KEY_ENV,
+        timeout_s=0.5,
+        max_retries=2,
+        max_concurrency=4,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+    )
     settings.update(overrides)
     return EndpointConfig(**settings)
 
@@ -44,8 +53,12 @@ def image() -> Image.Image:
 
 def request(text: str = "Is there pneumonia?", model: str = "m", with_image: bool = True, **kw) -> Request:
     content = [text, ImagePart(image(), "hash-1")] if with_image else [text]
-    return Request(model=model, messages=({"role": "user", "content": content},),
-                   generation=GenerationSettings(max_new_tokens=32), **kw)
+    return Request(
+        model=model,
+        messages=({"role": "user", "content": content},),
+        generation=GenerationSettings(max_new_tokens=32),
+        **kw,
+    )
 
 
 def generate(backend: OpenAIBackend, *requests: Request, on_text=None):
@@ -58,7 +71,7 @@ def generate(backend: OpenAIBackend, *requests: Request, on_text=None):
 def decode_data_url(url: str) -> Image.Image:
     prefix = "data:image/png;base64,"
     assert url.startswith(prefix)
-    return Image.open(io.BytesIO(base64.b64decode(url[len(prefix):]))).convert("RGB")
+    return Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :]))).convert("RGB")
 
 
 def test_success_sends_the_image_as_a_png_data_url_in_chat_format(fake_openai):
@@ -212,7 +225,9 @@ def test_configuration_problems_raise_backend_error(fake_openai, monkeypatch):
 
 
 def test_a_raw_prompt_format_is_refused_per_request(fake_openai):
-    [resp] = generate(OpenAIBackend({"m": config(fake_openai)}), request(prompt_format="USER: <image>\n{prompt}\nASSISTANT:"))
+    [resp] = generate(
+        OpenAIBackend({"m": config(fake_openai)}), request(prompt_format="USER: <image>\n{prompt}\nASSISTANT:")
+    )
     assert not resp.ok and "chat template" in resp.error
     assert fake_openai.requests == []
 
@@ -266,16 +281,19 @@ def test_responses_api_empty_output_is_an_error(fake_openai):
 def test_complete_json_parses_a_schema_reply(fake_openai, api):
     backend = OpenAIBackend({"judge": config(fake_openai, api=api)})
     try:
-        result = backend.complete_json([{"role": "user", "content": "Description: clear lungs"}], SCHEMA,
-                                       model="judge", max_output_tokens=64)
+        result = backend.complete_json(
+            [{"role": "user", "content": "Description: clear lungs"}], SCHEMA, model="judge", max_output_tokens=64
+        )
     finally:
         backend.close()
     assert result.ok, (result.error, result.parse_error)
     assert result.data == {"answer": "Yes"} and result.text == '{"answer": "Yes"}'
     body = fake_openai.requests[0].body
     if api == "chat":
-        assert body["response_format"] == {"type": "json_schema",
-                                           "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True}}
+        assert body["response_format"] == {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
+        }
         assert body["max_completion_tokens"] == 64
     else:
         assert body["text"]["format"] == {"type": "json_schema", "name": "answer", "schema": SCHEMA, "strict": True}
@@ -284,8 +302,12 @@ def test_complete_json_parses_a_schema_reply(fake_openai, api):
 
 @pytest.mark.parametrize(
     "reply, why",
-    [('{"answer": "Ye', "not valid JSON"), ('["Yes"]', "JSON object"), ('{"answer": "Maybe"}', "not one of"),
-     ("{}", "missing required keys: answer")],
+    [
+        ('{"answer": "Ye', "not valid JSON"),
+        ('["Yes"]', "JSON object"),
+        ('{"answer": "Maybe"}', "not one of"),
+        ("{}", "missing required keys: answer"),
+    ],
 )
 def test_complete_json_records_an_unparsable_reply(fake_openai, reply, why):
     fake_openai.add_faults(Fault.reply(reply))
@@ -313,8 +335,11 @@ def test_the_api_key_never_leaks(fake_openai):
         config(fake_openai, extra={"api_key": SENTINEL})
     cfg = config(fake_openai, extra={"reasoning_effort": "none", "note": SENTINEL})
     backend = OpenAIBackend({"m": cfg})
-    fake_openai.add_faults(Fault.http(401, "unauthorized", echo_auth=True), Fault.http(400, f"bad {SENTINEL}"),
-                           *[Fault.http(500, f"Bearer {SENTINEL}")] * 3)
+    fake_openai.add_faults(
+        Fault.http(401, "unauthorized", echo_auth=True),
+        Fault.http(400, f"bad {SENTINEL}"),
+        *[Fault.http(500, f"Bearer {SENTINEL}")] * 3,
+    )
     backend_repr = repr(backend)
     responses = generate(OpenAIBackend({"m": config(fake_openai, max_concurrency=1)}), request(), request(), request())
     identity = backend.identity("m")

@@ -1,5 +1,6 @@
 """The project installs as a package: `pip install .` gives a working `explorer` command that finds
 its presets outside the checkout."""
+
 from __future__ import annotations
 
 import shutil
@@ -26,8 +27,12 @@ def test_every_package_folder_is_listed():
 
 def test_runtime_requirements_match_requirements_txt():
     def names(lines):
-        return {line.split(";")[0].split("#")[0].strip().split(">")[0].split("<")[0].split("=")[0].strip().lower()
-                for line in lines if line.strip() and not line.strip().startswith(("#", "-r"))}
+        return {
+            line.split(";")[0].split("#")[0].strip().split(">")[0].split("<")[0].split("=")[0].strip().lower()
+            for line in lines
+            if line.strip() and not line.strip().startswith(("#", "-r"))
+        }
+
     declared = names(_pyproject()["project"]["dependencies"])
     assert declared == names((ROOT / "requirements.txt").read_text().splitlines())
 
@@ -37,17 +42,22 @@ def test_pip_install_gives_a_working_command(tmp_path):
     if shutil.which("git") is None:
         pytest.skip("git not available")
     copy = tmp_path / "src"
+
     def skip(folder, names):  # the checkout's own stores and tests are not part of the package
         top = Path(folder) == ROOT
-        return [n for n in names if n in (".git", "__pycache__") or n.endswith(".sqlite")
-                or (top and n in ("runs", "tests"))]
+        return [
+            n
+            for n in names
+            if n in (".git", "__pycache__") or n.endswith(".sqlite") or (top and n in ("runs", "tests"))
+        ]
 
     shutil.copytree(ROOT, copy, ignore=skip)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, system_site_packages=True, with_pip=True)  # dependencies come from this Python
     python = env_dir / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(copy)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(copy)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     command = env_dir / "bin" / "explorer"
     elsewhere = tmp_path / "elsewhere"

@@ -1,4 +1,5 @@
 """Wording families: each keeps or flips the meaning as declared, with the polarity right, the same under a seed."""
+
 from __future__ import annotations
 
 import textwrap
@@ -60,8 +61,21 @@ def assert_reads_right(variant):
 
 # ---------------------------------------------------------------- the file and its loader
 def test_every_declared_family_loads_with_a_known_generator():
-    assert {"casing", "punctuation", "whitespace", "typos", "answer_format", "option_order", "option_labels",
-            "rephrase", "synonyms", "polarity_flip", "framing", "study", "paraphrase"} <= set(FAMILIES.names())
+    assert {
+        "casing",
+        "punctuation",
+        "whitespace",
+        "typos",
+        "answer_format",
+        "option_order",
+        "option_labels",
+        "rephrase",
+        "synonyms",
+        "polarity_flip",
+        "framing",
+        "study",
+        "paraphrase",
+    } <= set(FAMILIES.names())
     assert FAMILIES.family("polarity_flip").meaning == "flipped"
     assert all(FAMILIES.family(n).meaning == "kept" for n in FAMILIES.names() if n != "polarity_flip")
     assert set(FAMILIES.findings) == set(CATALOG.tasks)
@@ -69,7 +83,8 @@ def test_every_declared_family_loads_with_a_known_generator():
 
 def test_a_user_adds_a_family_in_yaml_only(tmp_path):
     path = tmp_path / "families.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         families:
           my_questions:
             title: My questions
@@ -77,21 +92,26 @@ def test_a_user_adds_a_family_in_yaml_only(tmp_path):
             count: 2
             params: {yes_no: ["Would you say there is {finding} here?", "Any {finding}?"]}
         tasks: {brain_tumor: {findings: [tumors]}}
-    """))
+    """)
+    )
     mine = load_families(path)
-    out = generate([study()["evidence"]], ["my_questions"], task_words(CATALOG, "brain_tumor", mine),
-                   family_catalog=mine)
+    out = generate(
+        [study()["evidence"]], ["my_questions"], task_words(CATALOG, "brain_tumor", mine), family_catalog=mine
+    )
     assert [p.variant.text for p in out] == ["Would you say there is tumors here?", "Any tumors?"]
     assert all(p.variant.yes_means == "positive" and p.variant.family == "my_questions" for p in out)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("families: {x: {generator: nope}}", "generator"),
-    ("families: {x: {generator: casing, meaning: maybe}}", "meaning"),
-    ("families: {x: {generator: casing, count: 0}}", "count"),
-    ("families: {x: {generator: casing, colour: red}}", "unknown keys"),
-    ("families: {}", "families"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("families: {x: {generator: nope}}", "generator"),
+        ("families: {x: {generator: casing, meaning: maybe}}", "meaning"),
+        ("families: {x: {generator: casing, count: 0}}", "count"),
+        ("families: {x: {generator: casing, colour: red}}", "unknown keys"),
+        ("families: {}", "families"),
+    ],
+)
 def test_a_bad_family_file_says_which_key(tmp_path, body, message):
     path = tmp_path / "bad.yaml"
     path.write_text(body)
@@ -132,8 +152,9 @@ def test_every_variant_reads_as_its_polarity_says(family, task):
             assert_reads_right(v)
 
 
-@pytest.mark.parametrize("family", ["casing", "punctuation", "whitespace", "typos", "answer_format",
-                                    "framing", "option_labels"])
+@pytest.mark.parametrize(
+    "family", ["casing", "punctuation", "whitespace", "typos", "answer_format", "framing", "option_labels"]
+)
 def test_meaning_kept_families_keep_the_polarity(family):
     for parent in study().values():
         for item in all_of(family, parent):
@@ -146,14 +167,17 @@ def test_meaning_kept_families_keep_the_polarity(family):
 
 def test_surface_edits_change_only_the_surface():
     ev = study()["evidence_ow"]
-    texts = {i.label: i.variant.text for i in all_of("casing", ev) + all_of("punctuation", ev) + all_of("whitespace", ev)}
+    texts = {
+        i.label: i.variant.text for i in all_of("casing", ev) + all_of("punctuation", ev) + all_of("whitespace", ev)
+    }
     assert texts["upper case"] == "DOES THIS IMAGE CONTAIN EVIDENCE OF TUMORS?\nANSWER IN ONE WORD."
     assert texts["no question mark"] == "Does this image contain evidence of tumors\nAnswer in one word."
     assert texts["leading newline"] == "\n" + ev.text
     assert texts["one line"] == "Does this image contain evidence of tumors? Answer in one word."
     for text in texts.values():
-        assert " ".join(text.lower().replace("?", " ").replace(".", " ").split()) == \
-            " ".join(ev.text.lower().replace("?", " ").replace(".", " ").split())
+        assert " ".join(text.lower().replace("?", " ").replace(".", " ").split()) == " ".join(
+            ev.text.lower().replace("?", " ").replace(".", " ").split()
+        )
 
 
 def test_typos_are_seeded_and_spare_the_words_that_carry_polarity():
@@ -266,7 +290,9 @@ def test_ids_come_from_family_parent_and_parameters():
     ev = study()["evidence"]
     first = generate([ev], TEXT_FAMILIES, words(), seed=3)
     again = generate([ev], TEXT_FAMILIES, words(), seed=3)
-    assert [(p.variant.prompt_id, p.variant.text) for p in first] == [(p.variant.prompt_id, p.variant.text) for p in again]
+    assert [(p.variant.prompt_id, p.variant.text) for p in first] == [
+        (p.variant.prompt_id, p.variant.text) for p in again
+    ]
     assert len({p.variant.prompt_id for p in first}) == len(first)
     casing = all_of("casing", ev)[0]
     assert casing.variant.prompt_id == variant_id("casing", ev, casing.params)
@@ -304,8 +330,15 @@ def test_paraphrases_come_from_the_configured_text_model_and_keep_polarity():
 
 def test_the_store_keeps_family_and_parent():
     item = all_of("casing", study()["normal"])[0]
-    row = {"prompt_id": item.variant.prompt_id, "prompt_family": item.variant.family, "prompt_text": item.variant.text,
-           "prompt_kind": "closed", "polarity": polarity_of(item.variant), "one_word": 0, "custom": 0}
+    row = {
+        "prompt_id": item.variant.prompt_id,
+        "prompt_family": item.variant.family,
+        "prompt_text": item.variant.text,
+        "prompt_kind": "closed",
+        "polarity": polarity_of(item.variant),
+        "one_word": 0,
+        "custom": 0,
+    }
     assert variant_from_row(row) == item.variant
     assert "parent" not in polarity_of(study()["normal"])  # the study's own rows are unchanged
 
@@ -321,8 +354,9 @@ def test_a_sweep_spec_adds_the_families_edits_seeded_by_its_seed():
 
     preset = CATALOG.study("demo")
     plain = SweepSpec.from_preset(preset, prompt_ids=["evidence", "mc_pos_first"])
-    mixed = SweepSpec.from_preset(preset, prompt_ids=["evidence", "mc_pos_first"], families=["typos", "study"],
-                                  family_count=1, seed=3)
+    mixed = SweepSpec.from_preset(
+        preset, prompt_ids=["evidence", "mc_pos_first"], families=["typos", "study"], family_count=1, seed=3
+    )
     variants = mixed.variants(CATALOG, "pneumonia")
     assert variants[:2] == plain.variants(CATALOG, "pneumonia")
     typos = [v for v in variants if v.family == "typos"]
@@ -357,16 +391,28 @@ def test_a_configured_text_model_writes_the_paraphrase_family():
             self.asked.extend(requests)
             return [Response(text=self.reply, error=self.error)]
 
-    model = TextModel("1. Do you see pneumonia on this X-ray?\n2) Is pneumonia visible here?\n\n- Is this X-ray free of pneumonia?")
-    items = perturb(study("pneumonia")["evidence"], FAMILIES.family("paraphrase"), words("pneumonia"), seed=2,
-                    count=3, paraphraser=backend_paraphraser(model, "text-model"))
+    model = TextModel(
+        "1. Do you see pneumonia on this X-ray?\n2) Is pneumonia visible here?\n\n- Is this X-ray free of pneumonia?"
+    )
+    items = perturb(
+        study("pneumonia")["evidence"],
+        FAMILIES.family("paraphrase"),
+        words("pneumonia"),
+        seed=2,
+        count=3,
+        paraphraser=backend_paraphraser(model, "text-model"),
+    )
     asked = model.asked[0]
     assert asked.model == "text-model" and asked.generation.seed == 2 and "Give 3 different versions" in asked.text()
     # numbering stripped; the one that asks the other way round is dropped rather than guessed
     assert [i.variant.text for i in items] == ["Do you see pneumonia on this X-ray?", "Is pneumonia visible here?"]
     with pytest.raises(ValueError, match="text-model failed: HTTP 500"):
-        perturb(study()["evidence"], FAMILIES.family("paraphrase"), words(),
-                paraphraser=backend_paraphraser(TextModel(error="HTTP 500"), "text-model"))
+        perturb(
+            study()["evidence"],
+            FAMILIES.family("paraphrase"),
+            words(),
+            paraphraser=backend_paraphraser(TextModel(error="HTTP 500"), "text-model"),
+        )
 
 
 def test_an_edit_that_lands_on_a_study_wording_is_left_to_the_study():
@@ -380,7 +426,9 @@ def test_an_edit_that_lands_on_a_study_wording_is_left_to_the_study():
 def test_the_study_as_run_keeps_its_fused_description_request_through_every_edit():
     """paper-as-run's prompt 6 (brain, IDC) has the description prompt fused after its options: every edit
     keeps it; the as-run whitespace is normalised (one line per part)."""
-    as_run = {v.prompt_id: v for v in closed_variants(CATALOG, "brain_tumor", PromptSelection(prompt_set="paper-as-run"))}
+    as_run = {
+        v.prompt_id: v for v in closed_variants(CATALOG, "brain_tumor", PromptSelection(prompt_set="paper-as-run"))
+    }
     fused = as_run["mc_neg_first"]
     tail = "Describe this image in great detail"
     assert tail in fused.text

@@ -1,4 +1,5 @@
 """Figures built from the frames metrics.py returns: trace counts, data points, order, colours, empty frames."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ from sklearn.metrics import roc_auc_score
 from explorer.analysis import metrics, plots
 from explorer.schema import VERDICT_LABELS
 
-PAIRS = {"llava": ("llava", "base"), "llava-med": ("llava", "medical"),
-         "gemma": ("gemma", "base"), "medgemma": ("gemma", "medical")}
+PAIRS = {
+    "llava": ("llava", "base"),
+    "llava-med": ("llava", "medical"),
+    "gemma": ("gemma", "base"),
+    "medgemma": ("gemma", "medical"),
+}
 # Deliberately not in the study's order: the figures must reorder them.
 TASKS = ("histo_idc", "brain_tumor")
 PROMPTS = ("normal_ow", "evidence", "abnormal", "mc_neg_first")
@@ -32,12 +37,23 @@ def answers(models=("llava", "llava-med"), tasks=TASKS, prompts=PROMPTS, n_cases
                 for c in range(n_cases):
                     label = "positive" if c % 2 else "negative"
                     verdict = rng.choice(VERDICT_LABELS, p=[0.35, 0.35, 0.1, 0.1, 0.1])
-                    rows.append(dict(
-                        model=model, task=task, prompt_id=prompt, prompt_family=prompt.removesuffix("_ow"),
-                        case_id=f"{task}:{c}", label=label, verdict=str(verdict), pair=pair, role=role,
-                        p_positive=float(np.clip(0.5 + (0.2 if label == "positive" else -0.2) + rng.normal(0, 0.2), 0, 1)),
-                        answer=f"<i>answer</i> {c}",
-                    ))
+                    rows.append(
+                        dict(
+                            model=model,
+                            task=task,
+                            prompt_id=prompt,
+                            prompt_family=prompt.removesuffix("_ow"),
+                            case_id=f"{task}:{c}",
+                            label=label,
+                            verdict=str(verdict),
+                            pair=pair,
+                            role=role,
+                            p_positive=float(
+                                np.clip(0.5 + (0.2 if label == "positive" else -0.2) + rng.normal(0, 0.2), 0, 1)
+                            ),
+                            answer=f"<i>answer</i> {c}",
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -52,12 +68,36 @@ def is_empty_figure(fig: go.Figure, message: str = plots.EMPTY_MESSAGE) -> bool:
 # ---------------------------------------------------------------- order and colours
 def test_task_and_prompt_order_follow_the_study():
     assert plots.task_order(["histo_idc", "zzz", "brain_tumor", "pneumonia", "skin_cancer"]) == [
-        "brain_tumor", "pneumonia", "skin_cancer", "histo_idc", "zzz"]
-    shuffled = ["mc_neg_first_ow", "custom_ab12", "abnormal_ow", "guided", "normal", "mc_pos_first", "abnormal",
-                "evidence", "mc_neg_first", "normal_ow"]
+        "brain_tumor",
+        "pneumonia",
+        "skin_cancer",
+        "histo_idc",
+        "zzz",
+    ]
+    shuffled = [
+        "mc_neg_first_ow",
+        "custom_ab12",
+        "abnormal_ow",
+        "guided",
+        "normal",
+        "mc_pos_first",
+        "abnormal",
+        "evidence",
+        "mc_neg_first",
+        "normal_ow",
+    ]
     assert plots.prompt_order(shuffled) == [
-        "abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first",
-        "abnormal_ow", "normal_ow", "mc_neg_first_ow", "custom_ab12"]
+        "abnormal",
+        "normal",
+        "evidence",
+        "guided",
+        "mc_pos_first",
+        "mc_neg_first",
+        "abnormal_ow",
+        "normal_ow",
+        "mc_neg_first_ow",
+        "custom_ab12",
+    ]
     assert plots.prompt_label("normal_ow") == "Is it normal? (one word)"
     assert plots.prompt_label("custom_ab12") == "custom_ab12"
 
@@ -98,7 +138,9 @@ def test_headline_f1_one_bar_trace_per_model_in_task_order_with_ci():
         assert list(trace.x) == list(order)
         np.testing.assert_allclose(trace.y, rows["f1_all_mean"].to_numpy(dtype=float))
         np.testing.assert_allclose(trace.error_y.array, (rows["f1_all_hi"] - rows["f1_all_mean"]).to_numpy(dtype=float))
-        np.testing.assert_allclose(trace.error_y.arrayminus, (rows["f1_all_mean"] - rows["f1_all_lo"]).to_numpy(dtype=float))
+        np.testing.assert_allclose(
+            trace.error_y.arrayminus, (rows["f1_all_mean"] - rows["f1_all_lo"]).to_numpy(dtype=float)
+        )
     chance = [s for s in fig.layout.shapes if s.y0 == plots.CHANCE == s.y1]
     assert len(chance) == 1 and chance[0].line.dash == "dash"
     json.loads(fig.to_json())  # serialisable for the browser
@@ -121,7 +163,9 @@ def test_refusal_heatmap_from_cells_and_from_summary_agree():
     for fig in (by_cells, by_summary):
         assert len(fig.data) == 1 and fig.data[0].type == "heatmap"
         assert np.asarray(fig.data[0].z, dtype=float).shape == (2, 2)  # models x tasks
-    np.testing.assert_allclose(np.asarray(by_cells.data[0].z, dtype=float), np.asarray(by_summary.data[0].z, dtype=float))
+    np.testing.assert_allclose(
+        np.asarray(by_cells.data[0].z, dtype=float), np.asarray(by_summary.data[0].z, dtype=float)
+    )
     expected = summary.set_index(["model", "task"])["refusal_rate_mean"]
     assert by_cells.data[0].z[0][0] == pytest.approx(expected[("llava", "brain_tumor")])
     assert by_cells.data[0].z[1][1] == pytest.approx(expected[("llava-med", "histo_idc")])
@@ -210,7 +254,9 @@ def test_tsne_scatter_colour_by_label_symbol_by_verdict_every_point_once():
         assert trace.marker.color == plots.LABEL_COLOURS[label]
         assert trace.marker.symbol == plots.VERDICT_SYMBOLS[verdict]
     assert [b.label.split(" · ")[0] for b in fig.layout.updatemenus[0].buttons] == [
-        "LLaVA-1.6 Mistral 7B", "LLaVA-Med v1.5 Mistral 7B"]
+        "LLaVA-1.6 Mistral 7B",
+        "LLaVA-Med v1.5 Mistral 7B",
+    ]
     first_model = [t.visible for t in fig.data]
     assert sum(first_model) == len(points[points["model"] == "llava"].groupby(["label", "verdict"]))
     hover = fig.data[0].customdata[0]
@@ -219,8 +265,15 @@ def test_tsne_scatter_colour_by_label_symbol_by_verdict_every_point_once():
 
 def test_tsne_scatter_without_verdicts_is_one_trace_per_class():
     # pandas' string dtype: a missing label is pd.NA, which has no truth value.
-    points = pd.DataFrame(dict(x=[0.0, 1, 2, 3, 4], y=[1.0, 0, 1, 0, 2], model="llava", case_id=list("abcde"),
-                               label=pd.array(["positive", "negative", "positive", None, "negative"], dtype="string")))
+    points = pd.DataFrame(
+        dict(
+            x=[0.0, 1, 2, 3, 4],
+            y=[1.0, 0, 1, 0, 2],
+            model="llava",
+            case_id=list("abcde"),
+            label=pd.array(["positive", "negative", "positive", None, "negative"], dtype="string"),
+        )
+    )
     fig = plots.tsne_scatter(points)
     assert [len(t.x) for t in fig.data] == [2, 2, 1]  # negative, positive, unknown
     assert {t.marker.symbol for t in fig.data} == {plots.VERDICT_SYMBOLS[None]}
@@ -231,12 +284,14 @@ def test_tsne_scatter_without_verdicts_is_one_trace_per_class():
 
 
 def test_verdict_grid_marks_only_answered_cells_of_a_labelled_image():
-    grid = pd.DataFrame([
-        dict(prompt_id="normal", model="llava", verdict="negative", label="positive", answer="Yes, normal."),
-        dict(prompt_id="abnormal", model="llava", verdict="positive", label="positive", answer="Yes."),
-        dict(prompt_id="abnormal", model="llava-med", verdict="refusal", label="positive", answer="I cannot."),
-        dict(prompt_id="normal", model="llava-med", verdict="hedge", label="positive", answer="Maybe."),
-    ])
+    grid = pd.DataFrame(
+        [
+            dict(prompt_id="normal", model="llava", verdict="negative", label="positive", answer="Yes, normal."),
+            dict(prompt_id="abnormal", model="llava", verdict="positive", label="positive", answer="Yes."),
+            dict(prompt_id="abnormal", model="llava-med", verdict="refusal", label="positive", answer="I cannot."),
+            dict(prompt_id="normal", model="llava-med", verdict="hedge", label="positive", answer="Maybe."),
+        ]
+    )
     fig = plots.verdict_grid(grid)
     assert len(fig.data) == 1
     heat = fig.data[0]
@@ -256,10 +311,18 @@ def test_verdict_grid_marks_only_answered_cells_of_a_labelled_image():
 
 
 # ---------------------------------------------------------------- empty frames and bad input
-@pytest.mark.parametrize("build", [
-    plots.headline_f1, plots.refusal_heatmap, plots.accuracy_by_prompt, plots.flip_rate, plots.prompt_spread,
-    plots.roc_curves, plots.tsne_scatter,
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        plots.headline_f1,
+        plots.refusal_heatmap,
+        plots.accuracy_by_prompt,
+        plots.flip_rate,
+        plots.prompt_spread,
+        plots.roc_curves,
+        plots.tsne_scatter,
+    ],
+)
 @pytest.mark.parametrize("frame", [None, pd.DataFrame(), pd.DataFrame(columns=metrics.CELL_COLUMNS)])
 def test_empty_frames_give_a_figure_with_the_message(build, frame):
     fig = build(frame)

@@ -1,4 +1,5 @@
 """Presets load into typed specs; broken files get messages naming the file and the key."""
+
 from __future__ import annotations
 
 import shutil

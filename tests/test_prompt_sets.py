@@ -1,5 +1,6 @@
 """The study's strings: as its first upload ran them (paper-as-run) and as its refactor tidied them
 (paper-clean), diffed against the authors' constants in ../shared/study/strings.json when present."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,12 @@ from explorer.schema import Case
 
 STRINGS = Path(__file__).resolve().parents[2] / "shared" / "study" / "strings.json"
 TASKS = ("brain_tumor", "pneumonia", "skin_cancer", "histo_idc")
-GEN = {"brain_tumor": "gen/brain_mri.py", "pneumonia": "gen/pneumonia.py", "skin_cancer": "gen/skin_cancer.py",
-       "histo_idc": "gen/histo.py"}
+GEN = {
+    "brain_tumor": "gen/brain_mri.py",
+    "pneumonia": "gen/pneumonia.py",
+    "skin_cancer": "gen/skin_cancer.py",
+    "histo_idc": "gen/histo.py",
+}
 DESC = {"brain_tumor": "brain", "pneumonia": "pneumonia", "skin_cancer": "skin_cancer", "histo_idc": "idc"}
 AS_RUN = PromptSelection(prompt_set="paper-as-run")
 needs_strings = pytest.mark.skipif(not STRINGS.is_file(), reason="../shared/study/strings.json is absent")
@@ -79,7 +84,10 @@ def test_models_and_judge_model_are_the_authors(authors, catalog):
         assert set(authors["as_run_de96238"][script]["MODELS"]) == ids
     head = authors["head_1e9dde1"]["src/config.py"]
     assert {alias: catalog.model(alias).hf_id for alias in preset.models} == head["MODEL_ALIASES"]
-    assert preset.judge.model == head["GPT_JUDGE_MODEL_DEFAULT"] and preset.describe.model == head["GPT_DESC_MODEL_DEFAULT"]
+    assert (
+        preset.judge.model == head["GPT_JUDGE_MODEL_DEFAULT"]
+        and preset.describe.model == head["GPT_DESC_MODEL_DEFAULT"]
+    )
 
 
 @needs_strings
@@ -152,8 +160,10 @@ def test_presets_say_which_set_and_why(catalog):
 
 def test_a_broken_prompt_set_file_says_where(tmp_path):
     bad = tmp_path / "broken.yaml"
-    bad.write_text("tasks:\n  pneumonia:\n    options: {positive: Pneumonia, negative: No pneumonia}\n"
-                   "    prompts:\n    - {id: mc_pos_first, family: mc_pos_first, text: 'Which?\\nA) Yes\\nB) No'}\n")
+    bad.write_text(
+        "tasks:\n  pneumonia:\n    options: {positive: Pneumonia, negative: No pneumonia}\n"
+        "    prompts:\n    - {id: mc_pos_first, family: mc_pos_first, text: 'Which?\\nA) Yes\\nB) No'}\n"
+    )
     with pytest.raises(PresetError, match=r"broken.yaml: tasks.pneumonia.prompts.0: the A\) and B\) lines"):
         prompt_set_variants("broken", "pneumonia", tmp_path)
     with pytest.raises(PresetError, match="has no task 'brain_tumor'"):

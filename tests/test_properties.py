@@ -7,6 +7,7 @@
 
 Examples are kept modest for CI (EXPLORER_HYPOTHESIS_EXAMPLES raises them; bench/soak.py does).
 """
+
 from __future__ import annotations
 
 import io
@@ -24,17 +25,72 @@ from explorer.schema import VERDICT_LABELS, PromptVariant, Verdict
 from explorer.scoring.verdicts import RULES_METHOD, parse_verdict
 
 EXAMPLES = int(os.environ.get("EXPLORER_HYPOTHESIS_EXAMPLES", "150"))
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ------------------------------------------------------------------ verdicts
 # Words that trigger the parser's rules, so random text reaches every rule and not just "unclear".
 WORDS = [
-    "yes", "Yes", "YES", "no", "No", "not", "A", "B", "(A)", "B)", "Answer:", "The answer is", "I would choose",
-    "tumor", "no tumor", "pneumonia", "normal", "abnormal", "malignant", "benign", "carcinoma", "evidence of",
-    "signs of", "may or may not", "both", "cannot", "I cannot provide", "consult a doctor", "difficult to determine",
-    "In conclusion,", "Impression:", "however", "but", "appears", "there is", "**", "#", "`", "|", ">", "\u2019",
-    "\u201c", "\n", ".", ",", "!", "?", ";", ":", " ", "  ", "\t", "\u00a0", "\u0645\u0631\u062d\u0628\u0627", "\U0001fa7b",
+    "yes",
+    "Yes",
+    "YES",
+    "no",
+    "No",
+    "not",
+    "A",
+    "B",
+    "(A)",
+    "B)",
+    "Answer:",
+    "The answer is",
+    "I would choose",
+    "tumor",
+    "no tumor",
+    "pneumonia",
+    "normal",
+    "abnormal",
+    "malignant",
+    "benign",
+    "carcinoma",
+    "evidence of",
+    "signs of",
+    "may or may not",
+    "both",
+    "cannot",
+    "I cannot provide",
+    "consult a doctor",
+    "difficult to determine",
+    "In conclusion,",
+    "Impression:",
+    "however",
+    "but",
+    "appears",
+    "there is",
+    "**",
+    "#",
+    "`",
+    "|",
+    ">",
+    "\u2019",
+    "\u201c",
+    "\n",
+    ".",
+    ",",
+    "!",
+    "?",
+    ";",
+    ":",
+    " ",
+    "  ",
+    "\t",
+    "\u00a0",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\U0001fa7b",
 ]
 word_soup = st.lists(st.sampled_from(WORDS), max_size=40).map(" ".join)
 any_text = st.one_of(st.text(max_size=300), word_soup, st.text(alphabet="AByesnoYESNO .,:()*\n", max_size=60))
@@ -42,8 +98,9 @@ readings = st.one_of(st.sampled_from(["positive", "negative"]), st.none(), st.te
 letters = st.one_of(st.sampled_from(list("ABCD")), st.text(max_size=2))
 # What presets and the prompt editor can produce: letters A-D, each meaning positive or negative.
 good_readings = st.sampled_from(["positive", "negative"])
-good_options = st.lists(st.tuples(st.sampled_from(list("ABCD")), good_readings, any_text), min_size=2, max_size=4,
-                        unique_by=lambda o: o[0]).map(tuple)
+good_options = st.lists(
+    st.tuples(st.sampled_from(list("ABCD")), good_readings, any_text), min_size=2, max_size=4, unique_by=lambda o: o[0]
+).map(tuple)
 
 
 @st.composite
@@ -56,8 +113,22 @@ def variants(draw, well_formed: bool = False) -> PromptVariant:
         options = draw(st.lists(st.tuples(letters, readings, any_text), max_size=4).map(tuple)) if mc else ()
     return PromptVariant(
         prompt_id=draw(st.text(max_size=12)),
-        family=draw(st.sampled_from(["abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first",
-                                     "describe", "custom", "custom_mc", ""])),
+        family=draw(
+            st.sampled_from(
+                [
+                    "abnormal",
+                    "normal",
+                    "evidence",
+                    "guided",
+                    "mc_pos_first",
+                    "mc_neg_first",
+                    "describe",
+                    "custom",
+                    "custom_mc",
+                    "",
+                ]
+            )
+        ),
         text=draw(any_text),
         kind=draw(st.sampled_from(["closed", "closed", "describe"] + ([] if well_formed else ["other"]))),
         yes_means=yes_means,
@@ -109,8 +180,12 @@ def test_parse_verdict_never_raises_for_arbitrary_variants(variant, data):
 POLAR = [
     PromptVariant("abnormal", "abnormal", "Is this image abnormal?", yes_means="positive"),
     PromptVariant("normal", "normal", "Is this image normal?", yes_means="negative"),
-    PromptVariant("mc_neg_first", "mc_neg_first", "Which does this image show? Choose one answer.\nA) No tumor\nB) Tumor",
-                  options=(("A", "negative", "No tumor"), ("B", "positive", "Tumor"))),
+    PromptVariant(
+        "mc_neg_first",
+        "mc_neg_first",
+        "Which does this image show? Choose one answer.\nA) No tumor\nB) Tumor",
+        options=(("A", "negative", "No tumor"), ("B", "positive", "Tumor")),
+    ),
 ]
 
 
@@ -147,7 +222,9 @@ SEEDS = _seed_files()
 # Multi-frame formats (Pillow counts their frames by reading the whole file) and DICOM (pydicom reads
 # header elements lazily): their damage surfaces late, so they get a property of their own.
 FRAGILE_SEEDS = {
-    "gif": gif_frames(), "tiff": multipage_tiff(), "dicom": dicom_bytes(),
+    "gif": gif_frames(),
+    "tiff": multipage_tiff(),
+    "dicom": dicom_bytes(),
     "dicom16": dicom_bytes(bits=16, window=(300, 200), rescale=(2.0, -10.0)),
     "dicom_rgb": dicom_bytes(photometric="RGB", samples=3),
 }
@@ -197,9 +274,16 @@ def test_load_image_refuses_damaged_multiframe_and_dicom_files_with_image_load_e
 
 
 MODES = {  # mode -> formats that store it losslessly
-    "RGB": ("PNG", "BMP", "TIFF", "WEBP"), "L": ("PNG", "BMP", "TIFF"), "RGBA": ("PNG", "TIFF", "WEBP"),
-    "LA": ("PNG",), "P": ("PNG", "GIF", "BMP"), "1": ("PNG", "BMP", "TIFF"), "I;16": ("PNG", "TIFF"),
-    "I": ("TIFF",), "F": ("TIFF",), "CMYK": ("TIFF", "JPEG"),
+    "RGB": ("PNG", "BMP", "TIFF", "WEBP"),
+    "L": ("PNG", "BMP", "TIFF"),
+    "RGBA": ("PNG", "TIFF", "WEBP"),
+    "LA": ("PNG",),
+    "P": ("PNG", "GIF", "BMP"),
+    "1": ("PNG", "BMP", "TIFF"),
+    "I;16": ("PNG", "TIFF"),
+    "I": ("TIFF",),
+    "F": ("TIFF",),
+    "CMYK": ("TIFF", "JPEG"),
 }
 
 
@@ -212,13 +296,16 @@ def small_images(draw) -> tuple[str, str, Image.Image]:
     if mode == "I;16":
         img = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
     elif mode == "I":
-        img = Image.fromarray(rng.integers(-2**31, 2**31 - 1, (h, w), dtype=np.int32), "I")
+        img = Image.fromarray(rng.integers(-(2**31), 2**31 - 1, (h, w), dtype=np.int32), "I")
     elif mode == "F":
         img = Image.fromarray(rng.normal(0, 1000, (h, w)).astype(np.float32), "F")
     else:
         bands = len(Image.new(mode, (1, 1)).getbands())
-        img = Image.frombytes(mode, (w, h), rng.integers(0, 256, w * h * bands, dtype=np.uint8).tobytes()) \
-            if mode not in ("1", "P") else Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).convert(mode)
+        img = (
+            Image.frombytes(mode, (w, h), rng.integers(0, 256, w * h * bands, dtype=np.uint8).tobytes())
+            if mode not in ("1", "P")
+            else Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).convert(mode)
+        )
     return mode, fmt, img
 
 

@@ -1,4 +1,5 @@
 """The public-mode policy: when it is on, what it refuses, and that its messages are for visitors."""
+
 from __future__ import annotations
 
 import io
@@ -28,15 +29,18 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("environ, expected", [
-    ({}, False),
-    ({"SPACE_ID": "someone/medvlm-explorer"}, True),  # inside a Space: public unless told otherwise
-    ({"SPACE_ID": "someone/private", "EXPLORER_PUBLIC": "0"}, False),
-    ({"EXPLORER_PUBLIC": "1"}, True),
-    ({"EXPLORER_PUBLIC": "on"}, True),
-    ({"EXPLORER_PUBLIC": "False"}, False),
-    ({"EXPLORER_PUBLIC": ""}, False),
-])
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({}, False),
+        ({"SPACE_ID": "someone/medvlm-explorer"}, True),  # inside a Space: public unless told otherwise
+        ({"SPACE_ID": "someone/private", "EXPLORER_PUBLIC": "0"}, False),
+        ({"EXPLORER_PUBLIC": "1"}, True),
+        ({"EXPLORER_PUBLIC": "on"}, True),
+        ({"EXPLORER_PUBLIC": "False"}, False),
+        ({"EXPLORER_PUBLIC": ""}, False),
+    ],
+)
 def test_public_mode_from_the_environment(environ, expected):
     assert public_mode_enabled(environ) is expected
     assert PublicPolicy.from_env(environ=environ).enabled is expected
@@ -52,10 +56,15 @@ def test_an_unreadable_switch_refuses_to_start():
 
 
 def test_limits_can_be_tuned_and_models_come_from_the_preset(demo):
-    policy = PublicPolicy.from_env(demo, environ={
-        "SPACE_ID": "x/y", "EXPLORER_PUBLIC_MAX_UPLOAD_MB": "2", "EXPLORER_PUBLIC_MAX_PIXELS": "1000",
-        "EXPLORER_PUBLIC_MAX_SWEEP_ITEMS": "10",
-    })
+    policy = PublicPolicy.from_env(
+        demo,
+        environ={
+            "SPACE_ID": "x/y",
+            "EXPLORER_PUBLIC_MAX_UPLOAD_MB": "2",
+            "EXPLORER_PUBLIC_MAX_PIXELS": "1000",
+            "EXPLORER_PUBLIC_MAX_SWEEP_ITEMS": "10",
+        },
+    )
     assert policy.enabled and policy.max_upload_bytes == 2 * 2**20
     assert policy.max_image_pixels == 1000 and policy.max_sweep_items == 10
     assert policy.allowed_models == frozenset(demo.models)
@@ -146,8 +155,12 @@ def test_no_server_paths_and_no_custom_endpoints():
 def test_messages_name_no_internals():
     policy = PublicPolicy(enabled=True, max_upload_bytes=10, max_sweep_items=1)
     messages = []
-    for check in (lambda: policy.check_upload(b"x" * 11), lambda: policy.check_sweep(2),
-                  lambda: policy.check_server_path("/srv/data"), lambda: policy.check_models(["x"])):
+    for check in (
+        lambda: policy.check_upload(b"x" * 11),
+        lambda: policy.check_sweep(2),
+        lambda: policy.check_server_path("/srv/data"),
+        lambda: policy.check_models(["x"]),
+    ):
         with pytest.raises(PolicyError) as info:
             check()
         messages.append(str(info.value))

@@ -4,6 +4,7 @@ The thresholds are what the reader reaches now, less a small margin: a change th
 real answers worse fails here. The development set is ../shared/verdict-dev (when present) plus
 tests/data/verdict_dev/*.jsonl, which the project keeps.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,15 +51,44 @@ def test_whole_development_set():
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=400)
-words = st.lists(st.sampled_from(["yes", "no", "not", "Yes,", "No.", "A)", "(B)", "tumor", "normal", "abnormal",
-                                  "whether", "difficult to determine", "I'm sorry", "Human:", "\n", "option",
-                                  "cannot be ruled out", "larger than", "either", "or", "是的", "，", "?"]),
-                 max_size=40).map(" ".join)
+words = st.lists(
+    st.sampled_from(
+        [
+            "yes",
+            "no",
+            "not",
+            "Yes,",
+            "No.",
+            "A)",
+            "(B)",
+            "tumor",
+            "normal",
+            "abnormal",
+            "whether",
+            "difficult to determine",
+            "I'm sorry",
+            "Human:",
+            "\n",
+            "option",
+            "cannot be ruled out",
+            "larger than",
+            "either",
+            "or",
+            "是的",
+            "，",
+            "?",
+        ]
+    ),
+    max_size=40,
+).map(" ".join)
 
 
 @settings(max_examples=300, deadline=None)
-@given(answer=st.one_of(text, words), question=st.one_of(text, words),
-       options=st.one_of(st.none(), st.lists(st.one_of(text, words), min_size=1, max_size=4)))
+@given(
+    answer=st.one_of(text, words),
+    question=st.one_of(text, words),
+    options=st.one_of(st.none(), st.lists(st.one_of(text, words), min_size=1, max_size=4)),
+)
 def test_never_raises_and_spans_index_the_answer(answer, question, options):
     reading = read_answer(answer, question, options)
     assert reading.label in ("answer", "refusal", "hedge", "unclear")

@@ -2,6 +2,7 @@
 an answer, and where a key may go. Requests go through the Explorer the app's Compare tab calls
 (ask with on_text: streamed; without: one reply), to a local server (tests/misbehaving_server.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -114,10 +115,16 @@ def test_the_openai_key_is_not_sent_to_a_url_that_merely_contains_api_openai_com
 
 def test_only_https_api_openai_com_itself_gets_the_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SENTINEL)
-    assert openai_diagnoser("gpt-test", base_url="https://api.openai.com/v1").backend.endpoint(
-        "diagnoser").api_key_env == "OPENAI_API_KEY"
-    for url in ("https://api.openai.com.evil.example/v1", "https://evil.example/api.openai.com/v1",
-                "http://api.openai.com/v1", "https://api.openai.com:8443/v1"):
+    assert (
+        openai_diagnoser("gpt-test", base_url="https://api.openai.com/v1").backend.endpoint("diagnoser").api_key_env
+        == "OPENAI_API_KEY"
+    )
+    for url in (
+        "https://api.openai.com.evil.example/v1",
+        "https://evil.example/api.openai.com/v1",
+        "http://api.openai.com/v1",
+        "https://api.openai.com:8443/v1",
+    ):
         assert not is_openai_host(url), url
         assert openai_diagnoser("gpt-test", base_url=url).backend.endpoint("diagnoser").api_key_env is None
     assert not is_openai_host("https://user@api.openai.com/v1")  # (such a URL is refused by EndpointConfig too)

@@ -5,6 +5,7 @@ Sweeps go to a local OpenAI-compatible test server (tests/fake_openai_server.py)
 some requests, so runs are fast and failures exact; a few commands run as real subprocesses
 (`python -m explorer ...`) where the process itself is what is tested (exit code, disk full).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,15 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "explorer", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=kwargs.pop("cwd", REPO), **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "explorer", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=kwargs.pop("cwd", REPO),
+        **kwargs,
+    )
 
 
 def _samples(root: Path, per_class: int = 1) -> Path:
@@ -65,13 +73,41 @@ def _samples(root: Path, per_class: int = 1) -> Path:
 
 def _sweep_args(server, tmp_path, per_class: int = 1) -> list[str]:
     endpoints = tmp_path / "endpoints.yaml"
-    endpoints.write_text(yaml.safe_dump({MODEL: {
-        "base_url": server.base_url, "model": "served", "api_key_env": KEY_ENV, "timeout_s": 5.0,
-        "max_retries": 0, "max_concurrency": 1}}))
-    return ["sweep", "--preset", "demo", "--samples", str(_samples(tmp_path / "samples", per_class)),
-            "--tasks", "pneumonia", "--models", MODEL, "--prompts", "abnormal,normal,evidence",
-            "--per-class", str(per_class), "--batch-size", "2", "--endpoints", str(endpoints),
-            "--store", str(tmp_path / "cli.sqlite")]
+    endpoints.write_text(
+        yaml.safe_dump(
+            {
+                MODEL: {
+                    "base_url": server.base_url,
+                    "model": "served",
+                    "api_key_env": KEY_ENV,
+                    "timeout_s": 5.0,
+                    "max_retries": 0,
+                    "max_concurrency": 1,
+                }
+            }
+        )
+    )
+    return [
+        "sweep",
+        "--preset",
+        "demo",
+        "--samples",
+        str(_samples(tmp_path / "samples", per_class)),
+        "--tasks",
+        "pneumonia",
+        "--models",
+        MODEL,
+        "--prompts",
+        "abnormal,normal,evidence",
+        "--per-class",
+        str(per_class),
+        "--batch-size",
+        "2",
+        "--endpoints",
+        str(endpoints),
+        "--store",
+        str(tmp_path / "cli.sqlite"),
+    ]
 
 
 def _one_line_error(err: str) -> str:
@@ -94,12 +130,28 @@ def test_a_sweep_with_failed_items_exits_non_zero_with_the_count(fake_openai, tm
 
 def test_ask_exits_non_zero_when_an_answer_failed(fake_openai, tmp_path, monkeypatch):
     endpoints = tmp_path / "endpoints.yaml"
-    endpoints.write_text(yaml.safe_dump({MODEL: {"base_url": fake_openai.base_url, "model": "served",
-                                                 "api_key_env": KEY_ENV, "max_retries": 0}}))
+    endpoints.write_text(
+        yaml.safe_dump(
+            {MODEL: {"base_url": fake_openai.base_url, "model": "served", "api_key_env": KEY_ENV, "max_retries": 0}}
+        )
+    )
     monkeypatch.setenv("EXPLORER_ENDPOINTS", str(endpoints))
     fake_openai.add_faults(Fault.http(500))
-    rc, out, err = _cli(["ask", "--task", "pneumonia", "--images", str(_samples(tmp_path / "s") / "pneumonia"),
-                         "--models", MODEL, "--prompts", "abnormal", "--store", str(tmp_path / "a.sqlite")])
+    rc, out, err = _cli(
+        [
+            "ask",
+            "--task",
+            "pneumonia",
+            "--images",
+            str(_samples(tmp_path / "s") / "pneumonia"),
+            "--models",
+            MODEL,
+            "--prompts",
+            "abnormal",
+            "--store",
+            str(tmp_path / "a.sqlite"),
+        ]
+    )
     assert rc == 1 and "ERROR:" in out
     assert _one_line_error(err).startswith("error: 1 of 2 answers failed")
 
@@ -107,11 +159,32 @@ def test_ask_exits_non_zero_when_an_answer_failed(fake_openai, tmp_path, monkeyp
 def test_describe_exits_non_zero_when_every_diagnosis_fails(tmp_path):
     """12 descriptions? No: 2 cases x 2 description prompts x 3 templates; the diagnoser is a server
     that refuses every connection, so all diagnoses fail."""
-    proc = _run(["describe", "--preset", "demo", "--models", "demo-gemma", "--tasks", "pneumonia",
-                 "--samples", str(_samples(tmp_path / "samples")), "--per-class", "1", "--no-closed",
-                 "--max-new-tokens", "4", "--store", str(tmp_path / "d.sqlite"),
-                 "--diagnoser", "openai:gpt-test", "--diagnoser-base-url", "http://127.0.0.1:9/v1",
-                 "--diagnoser-api", "chat"])
+    proc = _run(
+        [
+            "describe",
+            "--preset",
+            "demo",
+            "--models",
+            "demo-gemma",
+            "--tasks",
+            "pneumonia",
+            "--samples",
+            str(_samples(tmp_path / "samples")),
+            "--per-class",
+            "1",
+            "--no-closed",
+            "--max-new-tokens",
+            "4",
+            "--store",
+            str(tmp_path / "d.sqlite"),
+            "--diagnoser",
+            "openai:gpt-test",
+            "--diagnoser-base-url",
+            "http://127.0.0.1:9/v1",
+            "--diagnoser-api",
+            "chat",
+        ]
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "12 of 12 diagnoses failed" in _one_line_error(proc.stderr)
 
@@ -165,19 +238,39 @@ def _truncated_store(tmp_path: Path) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("store,expect", [
-    (lambda tmp: tmp, "cannot be opened as a results store: it is a folder"),
-    (lambda tmp: "", "(empty path) cannot be opened as a results store"),
-    (lambda tmp: _devnull_link(tmp), "null.sqlite"),
-    (_truncated_store, "truncated.sqlite"),
-    (lambda tmp: tmp / "file.txt" / "s.sqlite", "cannot create its folder"),
-], ids=["a folder", "empty path", "/dev/null symlink", "truncated file", "under a file"])
+@pytest.mark.parametrize(
+    "store,expect",
+    [
+        (lambda tmp: tmp, "cannot be opened as a results store: it is a folder"),
+        (lambda tmp: "", "(empty path) cannot be opened as a results store"),
+        (lambda tmp: _devnull_link(tmp), "null.sqlite"),
+        (_truncated_store, "truncated.sqlite"),
+        (lambda tmp: tmp / "file.txt" / "s.sqlite", "cannot create its folder"),
+    ],
+    ids=["a folder", "empty path", "/dev/null symlink", "truncated file", "under a file"],
+)
 def test_every_store_open_problem_in_sweep_is_one_line_naming_the_store(tmp_path, store, expect):
     (tmp_path / "file.txt").write_text("x")
     path = store(tmp_path)
-    rc, _, err = _cli(["sweep", "--preset", "demo", "--samples", str(_samples(tmp_path / "samples")),
-                       "--models", MODEL, "--tasks", "pneumonia", "--prompts", "abnormal", "--per-class", "1",
-                       "--store", str(path)])
+    rc, _, err = _cli(
+        [
+            "sweep",
+            "--preset",
+            "demo",
+            "--samples",
+            str(_samples(tmp_path / "samples")),
+            "--models",
+            MODEL,
+            "--tasks",
+            "pneumonia",
+            "--prompts",
+            "abnormal",
+            "--per-class",
+            "1",
+            "--store",
+            str(path),
+        ]
+    )
     assert rc == 2 and expect in _one_line_error(err)
 
 
@@ -240,29 +333,43 @@ def test_a_100k_deep_json_import_is_one_line(tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)
     proc = _run(["import", str(deep), "--store", str(tmp_path / "s.sqlite")])
-    assert proc.returncode == 2 and "deep.json: not an answers file (JSON nested too deeply)" in \
-        _one_line_error(proc.stderr)
+    assert proc.returncode == 2 and "deep.json: not an answers file (JSON nested too deeply)" in _one_line_error(
+        proc.stderr
+    )
 
 
 # ---------------------------------------------------------------- 6 and 7: what an export writes
 def _store_with_answers(path: Path, answers: list[str]) -> Path:
     from explorer.analysis.exports import import_answers
 
-    frame = pd.DataFrame([{"model": MODEL, "task": "pneumonia", "prompt_id": "abnormal", "case_id": f"c{i}",
-                           "label": "positive", "verdict": "positive", "answer": text, "prompt_text": "Is it?"}
-                          for i, text in enumerate(answers)])
+    frame = pd.DataFrame(
+        [
+            {
+                "model": MODEL,
+                "task": "pneumonia",
+                "prompt_id": "abnormal",
+                "case_id": f"c{i}",
+                "label": "positive",
+                "verdict": "positive",
+                "answer": text,
+                "prompt_text": "Is it?",
+            }
+            for i, text in enumerate(answers)
+        ]
+    )
     with Store(path) as store:
         import_answers(store, frame, origin="test")
     return path
 
 
-FORMULAS = ["=HYPERLINK(\"http://x\",\"click\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1", "'=already", "plain"]
+FORMULAS = ['=HYPERLINK("http://x","click")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "'=already", "plain"]
 
 
 def test_csv_export_neutralises_formulas_and_keeps_them_raw_in_parquet_and_json(tmp_path):
     store = _store_with_answers(tmp_path / "s.sqlite", FORMULAS)
-    rc, _, err = _cli(["export", "--store", str(store), "--all", "--out", str(tmp_path / "x"),
-                       "--formats", "csv,parquet,json"])
+    rc, _, err = _cli(
+        ["export", "--store", str(store), "--all", "--out", str(tmp_path / "x"), "--formats", "csv,parquet,json"]
+    )
     assert rc == 0, err
     cells = pd.read_csv(tmp_path / "x" / "answers.csv", dtype=str, keep_default_na=False)["answer"].tolist()
     assert all(not c.startswith(("=", "+", "-", "@", "\t")) for c in cells)
@@ -283,8 +390,13 @@ def test_an_export_that_dies_leaves_the_previous_complete_export_and_no_mix(tmp_
     out = tmp_path / "export"
     export_results(store, out, formats=["csv", "json"], n_boot=10)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    import_answers(store, pd.DataFrame([{"model": MODEL, "task": "pneumonia", "prompt_id": "normal",
-                                         "case_id": "c9", "answer": "second"}]), origin="more")
+    import_answers(
+        store,
+        pd.DataFrame(
+            [{"model": MODEL, "task": "pneumonia", "prompt_id": "normal", "case_id": "c9", "answer": "second"}]
+        ),
+        origin="more",
+    )
     real = exports._write_frame
     written = []
 
@@ -324,8 +436,19 @@ def test_exports_get_normal_permissions_under_the_umask(tmp_path):
 # ---------------------------------------------------------------- 14: smaller ones
 def test_import_refuses_an_unknown_task(tmp_path):
     path = tmp_path / "answers.csv"
-    pd.DataFrame([{"model": MODEL, "task": "astrology", "prompt_id": "abnormal", "prompt_family": "abnormal",
-                   "case_id": "c1", "label": "positive", "verdict": "positive"}]).to_csv(path, index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": MODEL,
+                "task": "astrology",
+                "prompt_id": "abnormal",
+                "prompt_family": "abnormal",
+                "case_id": "c1",
+                "label": "positive",
+                "verdict": "positive",
+            }
+        ]
+    ).to_csv(path, index=False)
     rc, _, err = _cli(["import", str(path), "--store", str(tmp_path / "s.sqlite")])
     assert rc == 2 and "row 1: unknown task 'astrology'" in _one_line_error(err)
     with Store(tmp_path / "s.sqlite") as s:
@@ -341,8 +464,19 @@ def test_a_file_name_with_terminal_escapes_is_printed_escaped(tmp_path):
 
 def test_a_1mb_label_is_not_echoed_in_full(tmp_path):
     path = tmp_path / "answers.csv"
-    pd.DataFrame([{"model": MODEL, "task": "pneumonia", "prompt_id": "abnormal", "prompt_family": "abnormal",
-                   "case_id": "c1", "label": "L" * 1_000_000, "verdict": "positive"}]).to_csv(path, index=False)
+    pd.DataFrame(
+        [
+            {
+                "model": MODEL,
+                "task": "pneumonia",
+                "prompt_id": "abnormal",
+                "prompt_family": "abnormal",
+                "case_id": "c1",
+                "label": "L" * 1_000_000,
+                "verdict": "positive",
+            }
+        ]
+    ).to_csv(path, index=False)
     rc, _, err = _cli(["import", str(path), "--store", str(tmp_path / "s.sqlite")])
     line = _one_line_error(err)
     assert rc == 2 and "column 'label'" in line and len(line) < 1_000
@@ -354,18 +488,23 @@ def test_duplicate_yaml_keys_and_alias_bombs_in_endpoints_files_are_refused(tmp_
     rc, _, err = _cli(["sweep", "--endpoints", str(dup), "--store", str(tmp_path / "s.sqlite")])
     assert rc == 2 and "line 4: key 'model' appears twice (first on line 3)" in _one_line_error(err)
     levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
+    ]
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(levels) + f"\n{MODEL}: {{base_url: 'http://a:8000/v1', model: m, extra: {{x: *i}}}}\n")
     rc, _, err = _cli(["sweep", "--endpoints", str(bomb), "--store", str(tmp_path / "s.sqlite")])
     assert rc == 2 and "alias bomb" in _one_line_error(err)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("base_url", "http://gpu:99999/v1", "the port must be between 1 and 65535"),
-    ("timeout_s", float("inf"), "timeout_s must be a finite number of seconds"),
-    ("deadline_s", float("nan"), "deadline_s must be a finite number of seconds"),
-], ids=["port 99999", "timeout .inf", "deadline nan"])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("base_url", "http://gpu:99999/v1", "the port must be between 1 and 65535"),
+        ("timeout_s", float("inf"), "timeout_s must be a finite number of seconds"),
+        ("deadline_s", float("nan"), "deadline_s must be a finite number of seconds"),
+    ],
+    ids=["port 99999", "timeout .inf", "deadline nan"],
+)
 def test_endpoint_ports_and_timeouts_are_validated(tmp_path, field, value, message):
     cfg = {"base_url": "http://gpu:8000/v1", "model": "m", field: value}
     path = tmp_path / "e.yaml"

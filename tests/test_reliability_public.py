@@ -3,6 +3,7 @@
 Two visitors share one app (one Explorer, one store) in public mode; each has their own session state,
 as the Describe & diagnose tab keeps it. Through that tab's handlers, then the engine underneath.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,8 +32,9 @@ def make_shared(tmp_path, monkeypatch):
     made = []
 
     def make(public: bool) -> SharedExplorer:
-        settings = AppSettings(preset="demo", samples_dir=_samples(tmp_path / "samples"),
-                               store_path=tmp_path / "app.sqlite", public=public)
+        settings = AppSettings(
+            preset="demo", samples_dir=_samples(tmp_path / "samples"), store_path=tmp_path / "app.sqlite", public=public
+        )
         made.append(SharedExplorer(settings))
         return made[-1]
 

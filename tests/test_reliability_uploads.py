@@ -4,6 +4,7 @@ Each bomb goes through the Results tab's own upload handler (ResultsHandlers.ope
 public mode, as a visitor's upload would, and must come back quickly with a message in the status
 line; the reader's limits are also checked one by one (rows, memory, time, cancel, size, JSON depth).
 """
+
 from __future__ import annotations
 
 import html
@@ -29,8 +30,14 @@ from explorer.runs.store import Store
 from explorer.runs.study_import import ResultFileError
 
 REPO = Path(__file__).resolve().parent.parent
-ANSWER = dict(model="demo-gemma", task="pneumonia", prompt_id="abnormal", prompt_family="abnormal",
-              label="positive", verdict="positive")
+ANSWER = dict(
+    model="demo-gemma",
+    task="pneumonia",
+    prompt_id="abnormal",
+    prompt_family="abnormal",
+    label="positive",
+    verdict="positive",
+)
 
 
 def _handlers(tmp_path, public: bool = True) -> ResultsHandlers:
@@ -53,8 +60,11 @@ def _sql(path: Path, script: str) -> None:
 
 
 def _recursive_view(path: Path) -> Path:
-    _sql(path, "CREATE VIEW answers AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
-               "SELECT x AS id, 'demo-gemma' AS model FROM r;")
+    _sql(
+        path,
+        "CREATE VIEW answers AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) "
+        "SELECT x AS id, 'demo-gemma' AS model FROM r;",
+    )
     return path
 
 
@@ -70,8 +80,13 @@ def _dictionary_bomb(path: Path, rows: int = 1_700, width: int = 1_000_000) -> P
     """A few KB on disk: one 1 MB string, dictionary-encoded, referenced by every row (no Arrow schema
     stored, so a reader decodes it to plain strings: rows x width bytes)."""
     model = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * width]))
-    table = pa.table({"model": model, **{k: [v] * rows for k, v in ANSWER.items() if k != "model"},
-                      "case_id": [f"c{i}" for i in range(rows)]})
+    table = pa.table(
+        {
+            "model": model,
+            **{k: [v] * rows for k, v in ANSWER.items() if k != "model"},
+            "case_id": [f"c{i}" for i in range(rows)],
+        }
+    )
     pq.write_table(table, path, compression="zstd", store_schema=False)
     return path
 
@@ -86,11 +101,17 @@ def test_an_uploaded_sqlite_whose_answers_is_a_recursive_view_is_refused_at_once
     assert threading.active_count() < 50  # nothing left spinning
 
 
-@pytest.mark.parametrize("sql,problem", [
-    ("CREATE TRIGGER t AFTER INSERT ON answers BEGIN SELECT 1; END;", "has triggers"),
-    ("ALTER TABLE answers RENAME TO real_answers; CREATE VIEW answers AS SELECT * FROM real_answers;",
-     "'answers' is a view"),
-], ids=["trigger", "view over a table"])
+@pytest.mark.parametrize(
+    "sql,problem",
+    [
+        ("CREATE TRIGGER t AFTER INSERT ON answers BEGIN SELECT 1; END;", "has triggers"),
+        (
+            "ALTER TABLE answers RENAME TO real_answers; CREATE VIEW answers AS SELECT * FROM real_answers;",
+            "'answers' is a view",
+        ),
+    ],
+    ids=["trigger", "view over a table"],
+)
 def test_an_uploaded_store_with_code_in_it_is_refused(tmp_path, sql, problem):
     status = _status(_handlers(tmp_path).open_upload(str(_store_with(tmp_path / "s.sqlite", sql))))
     assert problem in status and "vx-notice-error" in status
@@ -98,8 +119,11 @@ def test_an_uploaded_store_with_code_in_it_is_refused(tmp_path, sql, problem):
 
 def test_an_uploaded_store_with_a_generated_column_is_refused(tmp_path):
     path = tmp_path / "gen.sqlite"
-    _sql(path, "CREATE TABLE answers (id INTEGER PRIMARY KEY, model TEXT, answer TEXT GENERATED ALWAYS AS "
-               "(printf('%.*c', 900000000, 'x')) VIRTUAL); INSERT INTO answers (model) VALUES ('demo-gemma');")
+    _sql(
+        path,
+        "CREATE TABLE answers (id INTEGER PRIMARY KEY, model TEXT, answer TEXT GENERATED ALWAYS AS "
+        "(printf('%.*c', 900000000, 'x')) VIRTUAL); INSERT INTO answers (model) VALUES ('demo-gemma');",
+    )
     status = _status(_handlers(tmp_path).open_upload(str(path)))
     assert "generated columns (answer)" in status
 
@@ -158,19 +182,25 @@ def test_rows_are_counted_while_reading_csv_and_sqlite(tmp_path):
     assert len(open_results(_answers_csv(tmp_path / "ok.csv", 1_000), limits=limits)) == 1_000
     with pytest.raises(ResultFileError, match=r"big.csv: more than 1,000 answers"):
         open_results(_answers_csv(tmp_path / "big.csv", 12_000), limits=limits)
-    store = _store_with(tmp_path / "big.sqlite", "INSERT INTO answers (fingerprint, deterministic, model, "
-                        "model_identity, task, prompt_id, prompt_text, created_at) WITH RECURSIVE r(x) AS "
-                        "(SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 1500) SELECT 'f' || x, 0, 'demo-gemma', "
-                        "'{}', 'pneumonia', 'abnormal', 'p', 'now' FROM r;")
+    store = _store_with(
+        tmp_path / "big.sqlite",
+        "INSERT INTO answers (fingerprint, deterministic, model, "
+        "model_identity, task, prompt_id, prompt_text, created_at) WITH RECURSIVE r(x) AS "
+        "(SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 1500) SELECT 'f' || x, 0, 'demo-gemma', "
+        "'{}', 'pneumonia', 'abnormal', 'p', 'now' FROM r;",
+    )
     with pytest.raises(ResultFileError, match="more than 1,000 answers"):
         open_results(store, limits=limits)
 
 
 def test_a_read_past_its_deadline_or_cancelled_stops(tmp_path):
-    store = _store_with(tmp_path / "slow.sqlite", "INSERT INTO answers (fingerprint, deterministic, model, "
-                        "model_identity, task, prompt_id, prompt_text, answer, created_at) WITH RECURSIVE r(x) AS "
-                        "(SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 200000) SELECT 'f' || x, 0, 'demo-gemma', "
-                        "'{}', 'pneumonia', 'abnormal', 'p', 'an answer', 'now' FROM r;")
+    store = _store_with(
+        tmp_path / "slow.sqlite",
+        "INSERT INTO answers (fingerprint, deterministic, model, "
+        "model_identity, task, prompt_id, prompt_text, answer, created_at) WITH RECURSIVE r(x) AS "
+        "(SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 200000) SELECT 'f' || x, 0, 'demo-gemma', "
+        "'{}', 'pneumonia', 'abnormal', 'p', 'an answer', 'now' FROM r;",
+    )
     started = time.perf_counter()
     with pytest.raises(ResultFileError, match=r"slow.sqlite: reading took longer than the 0.05 s limit"):
         open_results(store, limits=ReadLimits(max_seconds=0.05))
@@ -187,10 +217,13 @@ def test_a_read_whose_page_closed_is_cancelled(tmp_path, monkeypatch):
     import explorer.runs.bounded_read as bounded_read
 
     monkeypatch.setattr(bounded_read, "SQLITE_FETCH_ROWS", 5)  # a slow read: ~40,000 steps
-    store = _store_with(tmp_path / "long.sqlite", "INSERT INTO answers (fingerprint, deterministic, model, "
-                        "model_identity, task, case_id, prompt_id, prompt_text, answer, created_at) WITH RECURSIVE "
-                        "r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 190000) SELECT 'f' || x, 0, "
-                        "'demo-gemma', '{}', 'pneumonia', 'c' || x, 'abnormal', 'p', 'an answer', 'now' FROM r;")
+    store = _store_with(
+        tmp_path / "long.sqlite",
+        "INSERT INTO answers (fingerprint, deterministic, model, "
+        "model_identity, task, case_id, prompt_id, prompt_text, answer, created_at) WITH RECURSIVE "
+        "r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 190000) SELECT 'f' || x, 0, "
+        "'demo-gemma', '{}', 'pneumonia', 'c' || x, 'abnormal', 'p', 'an answer', 'now' FROM r;",
+    )
     handlers = _handlers(tmp_path)
     handlers.shared.get()
     visitor = type("Request", (), {"session_hash": "page-1"})()
@@ -222,8 +255,9 @@ def test_the_public_upload_limits_are_the_ones_applied(tmp_path, monkeypatch):
     import explorer.runs.results_files as rf
 
     real = rf.open_results
-    monkeypatch.setattr(rf, "open_results", lambda path, catalog=None, limits=None: seen.append(limits) or
-                        real(path, catalog, limits))
+    monkeypatch.setattr(
+        rf, "open_results", lambda path, catalog=None, limits=None: seen.append(limits) or real(path, catalog, limits)
+    )
     _handlers(tmp_path).open_upload(str(_answers_csv(tmp_path / "a.csv", 3)))
     assert seen and seen[0].max_rows == 200_000 and seen[0].max_memory_bytes == 256 * 2**20
     assert seen[0].max_seconds == 20 and seen[0].immutable

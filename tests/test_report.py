@@ -1,5 +1,6 @@
 """The reproduction report, from the first upload's eval_output CSVs and from a demo sweep; and the
 import of those CSVs (their format: judging/gpt5_judge_*.py at de96238)."""
+
 from __future__ import annotations
 
 import re
@@ -18,18 +19,29 @@ from explorer.prompts.variants import prompt_set_variants
 from explorer.runs.results_files import open_results
 from explorer.runs.study_import import EVAL_OUTPUT_COLUMNS, ResultFileError
 
-TOKENS = {"brain_tumor": ("TUMOR", "NO_TUMOR", "tumor", "no_tumor"),
-          "pneumonia": ("POSITIVE", "NEGATIVE", "pneumonia", "no_pneumonia"),
-          "skin_cancer": ("MALIGNANT", "BENIGN", "malignant", "benign"),
-          "histo_idc": ("MALIGNANT", "BENIGN", "malignant", "benign")}
-FILES = {"brain_tumor": "eval_output_brain.csv", "pneumonia": "eval_output_pneumonia.csv",
-         "skin_cancer": "eval_output_skin.csv", "histo_idc": "eval_output.csv"}
-MODEL_IDS = ["google/medgemma-4b-it", "google/gemma-3-4b-it", "llava-hf/llava-v1.6-mistral-7b-hf",
-             "wnkh/llava-med-v1.5-mistral-7b-hf"]
+TOKENS = {
+    "brain_tumor": ("TUMOR", "NO_TUMOR", "tumor", "no_tumor"),
+    "pneumonia": ("POSITIVE", "NEGATIVE", "pneumonia", "no_pneumonia"),
+    "skin_cancer": ("MALIGNANT", "BENIGN", "malignant", "benign"),
+    "histo_idc": ("MALIGNANT", "BENIGN", "malignant", "benign"),
+}
+FILES = {
+    "brain_tumor": "eval_output_brain.csv",
+    "pneumonia": "eval_output_pneumonia.csv",
+    "skin_cancer": "eval_output_skin.csv",
+    "histo_idc": "eval_output.csv",
+}
+MODEL_IDS = [
+    "google/medgemma-4b-it",
+    "google/gemma-3-4b-it",
+    "llava-hf/llava-v1.6-mistral-7b-hf",
+    "wnkh/llava-med-v1.5-mistral-7b-hf",
+]
 
 
-def write_eval_output(path: Path, task: str, rows_per_class: int = 6, seed: int = 0,
-                      skill: float = 0.75, ambiguous: float = 0.1) -> pd.DataFrame:
+def write_eval_output(
+    path: Path, task: str, rows_per_class: int = 6, seed: int = 0, skill: float = 0.75, ambiguous: float = 0.1
+) -> pd.DataFrame:
     """A file in the first upload's eval_output format, with SYNTHETIC judgments (a test fixture: a
     seeded coin per row with the given hit rate, not any model's answers)."""
     rng = np.random.default_rng(seed)
@@ -47,10 +59,20 @@ def write_eval_output(path: Path, task: str, rows_per_class: int = 6, seed: int 
                     right = rng.random() < skill
                     judgment = (pos_token if label else neg_token) if right else (neg_token if label else pos_token)
                 pred = 1 if judgment == pos_token else (0 if judgment == neg_token else -1)
-                rows.append({"model_id": model, "prompt_idx": idx, "prompt": prompt.strip(), "row_id": 100 + k,
-                             "label": label, "label_str": pos_name if label else neg_name,
-                             "response": f"synthetic response {k}", "gpt5_judgment": judgment, "pred": pred,
-                             "correct": int(pred == label) if pred in (0, 1) else None})
+                rows.append(
+                    {
+                        "model_id": model,
+                        "prompt_idx": idx,
+                        "prompt": prompt.strip(),
+                        "row_id": 100 + k,
+                        "label": label,
+                        "label_str": pos_name if label else neg_name,
+                        "response": f"synthetic response {k}",
+                        "gpt5_judgment": judgment,
+                        "pred": pred,
+                        "correct": int(pred == label) if pred in (0, 1) else None,
+                    }
+                )
     frame = pd.DataFrame(rows, columns=list(EVAL_OUTPUT_COLUMNS))
     frame.to_csv(path, index=False)  # as the script wrote it: correct becomes 1.0 / 0.0 / empty
     return frame
@@ -78,9 +100,12 @@ def test_eval_output_import_reads_tasks_prompts_and_judgments(study_folder):
     assert described["verdict"].isna().all() and len(described) > 0
     closed = frame[frame["prompt_kind"] == "closed"]
     raw = pd.concat(pd.read_csv(study_folder / f) for f in FILES.values())
-    ambiguous = (raw["gpt5_judgment"] == "AMBIGUOUS")
-    assert (closed["verdict"] == "hedge").sum() == ambiguous[raw["prompt"].isin(
-        [v.text.strip() for t in TOKENS for v in prompt_set_variants("paper-as-run", t) if v.kind == "closed"])].sum()
+    ambiguous = raw["gpt5_judgment"] == "AMBIGUOUS"
+    assert (closed["verdict"] == "hedge").sum() == ambiguous[
+        raw["prompt"].isin(
+            [v.text.strip() for t in TOKENS for v in prompt_set_variants("paper-as-run", t) if v.kind == "closed"]
+        )
+    ].sum()
     assert closed.loc[closed["verdict_detail"].str.startswith("study judgment: ERROR"), "verdict"].eq("refusal").all()
     assert set(closed["verdict"]) <= {"positive", "negative", "hedge", "refusal"}
 
@@ -108,7 +133,9 @@ def test_eval_output_with_bad_cells_says_where(tmp_path):
     frame.loc[3, "pred"] = 1
     frame.loc[3, "gpt5_judgment"] = "BENIGN"
     frame.to_csv(path, index=False)
-    with pytest.raises(ResultFileError, match=r"eval_output.csv, column 'pred', row 4: pred is 1 but the judgment is 'BENIGN'"):
+    with pytest.raises(
+        ResultFileError, match=r"eval_output.csv, column 'pred', row 4: pred is 1 but the judgment is 'BENIGN'"
+    ):
         open_results(path)
     frame["label_str"] = "cat"
     frame.to_csv(path, index=False)
@@ -118,8 +145,10 @@ def test_eval_output_with_bad_cells_says_where(tmp_path):
 
 def test_report_from_imported_study_csvs(study_folder, tmp_path, capsys):
     out = tmp_path / "report.html"
-    assert main(["reproduce", "--preset", "paper", "--import", str(study_folder), "--out", str(out),
-                 "--n-boot", "100"]) == 0
+    assert (
+        main(["reproduce", "--preset", "paper", "--import", str(study_folder), "--out", str(out), "--n-boot", "100"])
+        == 0
+    )
     printed = capsys.readouterr()
     assert "wrote" in printed.out and out.exists() and out.with_suffix(".md").exists()
     page = out.read_text(encoding="utf-8")
@@ -127,8 +156,11 @@ def test_report_from_imported_study_csvs(study_folder, tmp_path, capsys):
     # Side by side: the paper column (not given in PROTOCOL.md), this run's values with intervals.
     assert page.count(NOT_GIVEN) > 10 and "<svg" in page and "<script" not in page
     assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", md)
-    for statement in ("Accuracy falls toward chance", "Medical fine-tuning gives no consistent advantage",
-                      "Small wording changes swing"):
+    for statement in (
+        "Accuracy falls toward chance",
+        "Medical fine-tuning gives no consistent advantage",
+        "Small wording changes swing",
+    ):
         assert statement in md
     # The synthetic files were made with falling skill brain > pneumonia > skin > IDC.
     assert re.search(r"Accuracy falls toward chance[^\n]*\| agrees \|", md)
@@ -149,10 +181,30 @@ def _samples(root: Path) -> Path:
 def test_report_from_a_demo_sweep_warns_what_is_not_comparable(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
     store = tmp_path / "demo.sqlite"
-    assert main(["sweep", "--preset", "demo", "--samples", str(_samples(tmp_path / "samples")),
-                 "--tasks", "brain_tumor,pneumonia", "--models", "demo-gemma,demo-medgemma",
-                 "--prompts", "abnormal,normal,evidence", "--per-class", "2", "--max-new-tokens", "3",
-                 "--store", str(store)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "demo",
+                "--samples",
+                str(_samples(tmp_path / "samples")),
+                "--tasks",
+                "brain_tumor,pneumonia",
+                "--models",
+                "demo-gemma,demo-medgemma",
+                "--prompts",
+                "abnormal,normal,evidence",
+                "--per-class",
+                "2",
+                "--max-new-tokens",
+                "3",
+                "--store",
+                str(store),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "demo.html"
     assert main(["reproduce", "--preset", "demo", "--store", str(store), "--out", str(out), "--n-boot", "50"]) == 0

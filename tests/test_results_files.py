@@ -1,4 +1,5 @@
 """Opening results someone already has (store, export, the study's CSVs) and finding the cases worth a look."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -13,25 +14,46 @@ from explorer.runs.study_import import ResultFileError
 
 def answers(rows):
     """Rows (model, pair, role, case, prompt, verdict) as an answers frame."""
-    return pd.DataFrame([
-        {"model": m, "pair": p, "role": r, "task": "pneumonia", "case_id": c, "image_hash": f"h{c}",
-         "label": "positive", "prompt_id": q, "verdict": v, "prompt_kind": "closed", "error": None}
-        for m, p, r, c, q, v in rows
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "model": m,
+                "pair": p,
+                "role": r,
+                "task": "pneumonia",
+                "case_id": c,
+                "image_hash": f"h{c}",
+                "label": "positive",
+                "prompt_id": q,
+                "verdict": v,
+                "prompt_kind": "closed",
+                "error": None,
+            }
+            for m, p, r, c, q, v in rows
+        ]
+    )
 
 
 def test_disagreements_find_pairs_that_differ_and_wording_that_flips():
-    frame = answers([
-        # case 1: the base says positive everywhere; its medical twin says negative once -> pair n=1, wording n=1
-        ("base", "llava", "base", "1", "a", "positive"), ("med", "llava", "medical", "1", "a", "positive"),
-        ("base", "llava", "base", "1", "b", "positive"), ("med", "llava", "medical", "1", "b", "negative"),
-        ("base", "llava", "base", "1", "c", "positive"), ("med", "llava", "medical", "1", "c", "positive"),
-        # case 2: everyone agrees everywhere -> nothing
-        ("base", "llava", "base", "2", "a", "negative"), ("med", "llava", "medical", "2", "a", "negative"),
-        # case 3: a refusal counts as a reading of its own; the twin is missing -> only wording, n=2
-        ("base", "llava", "base", "3", "a", "refusal"), ("base", "llava", "base", "3", "b", "positive"),
-        ("base", "llava", "base", "3", "c", "hedge"), ("base", "llava", "base", "3", "d", "positive"),
-    ])
+    frame = answers(
+        [
+            # case 1: the base says positive everywhere; its medical twin says negative once -> pair n=1, wording n=1
+            ("base", "llava", "base", "1", "a", "positive"),
+            ("med", "llava", "medical", "1", "a", "positive"),
+            ("base", "llava", "base", "1", "b", "positive"),
+            ("med", "llava", "medical", "1", "b", "negative"),
+            ("base", "llava", "base", "1", "c", "positive"),
+            ("med", "llava", "medical", "1", "c", "positive"),
+            # case 2: everyone agrees everywhere -> nothing
+            ("base", "llava", "base", "2", "a", "negative"),
+            ("med", "llava", "medical", "2", "a", "negative"),
+            # case 3: a refusal counts as a reading of its own; the twin is missing -> only wording, n=2
+            ("base", "llava", "base", "3", "a", "refusal"),
+            ("base", "llava", "base", "3", "b", "positive"),
+            ("base", "llava", "base", "3", "c", "hedge"),
+            ("base", "llava", "base", "3", "d", "positive"),
+        ]
+    )
     out = disagreements(frame)
     got = {(r.case_id, r.kind, r.models, r.n) for r in out.itertuples()}
     assert got == {("1", "pair", "base vs med", 1), ("1", "wording", "med", 1), ("3", "wording", "base", 2)}
@@ -45,12 +67,22 @@ def test_disagreements_skip_descriptions_and_errors_and_take_empty_frames():
     assert disagreements(frame).empty
     frame.loc[1, ["error", "prompt_kind"]] = [None, "describe"]
     assert disagreements(frame).empty
-    assert list(disagreements(pd.DataFrame()).columns) == ["task", "case_id", "image_hash", "label", "kind", "models", "n"]
+    assert list(disagreements(pd.DataFrame()).columns) == [
+        "task",
+        "case_id",
+        "image_hash",
+        "label",
+        "kind",
+        "models",
+        "n",
+    ]
 
 
 def test_open_results_reads_the_study_csv_an_export_and_a_store(tmp_path):
-    study = write(tmp_path / "medgemma_brain_tumor_vqa_results.csv",
-                  study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS))
+    study = write(
+        tmp_path / "medgemma_brain_tumor_vqa_results.csv",
+        study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS),
+    )
     frame = open_results(study)
     assert len(frame) == len(CASES) * len(BRAIN_PROMPTS) and set(frame["task"]) == {"brain_tumor"}
     # The same file under another name is still recognised by its columns.
@@ -69,8 +101,10 @@ def test_open_results_reads_the_study_csv_an_export_and_a_store(tmp_path):
     assert len(open_results(tmp_path)) == len(frame)
 
 
-@pytest.mark.parametrize("content, name", [(b"\x00\x01garbage", "x.parquet"), (b"a,b\n1,2\n", "x.csv"),
-                                            (b"SQLite format 3\x00" + b"\x00" * 200, "x.sqlite")])
+@pytest.mark.parametrize(
+    "content, name",
+    [(b"\x00\x01garbage", "x.parquet"), (b"a,b\n1,2\n", "x.csv"), (b"SQLite format 3\x00" + b"\x00" * 200, "x.sqlite")],
+)
 def test_open_results_refuses_what_it_cannot_read_with_the_file_name(tmp_path, content, name):
     bad = tmp_path / name
     bad.write_bytes(content)

@@ -1,5 +1,6 @@
 """The sweep's work queue: endpoints and models run side by side, generation is bounded per device by
 shared gates, the judge is a stage of its own, and --shard parts partition a plan exactly."""
+
 from __future__ import annotations
 
 import threading
@@ -55,10 +56,12 @@ def test_requests_to_two_endpoints_overlap(catalog, store, monkeypatch):
     assert {it.model for it in plan} == set(MODELS) and len(plan) == 16
     with FakeOpenAIServer(delay_s=0.2) as one, FakeOpenAIServer(delay_s=0.2) as two:
         common = {"api_key_env": "FAKE_KEY", "max_concurrency": 4, "timeout_s": 10.0, "max_retries": 0}
-        backend = OpenAIBackend({
-            "demo-gemma": EndpointConfig(base_url=one.base_url, model="g", **common),
-            "demo-medgemma": EndpointConfig(base_url=two.base_url, model="m", **common),
-        })
+        backend = OpenAIBackend(
+            {
+                "demo-gemma": EndpointConfig(base_url=one.base_url, model="g", **common),
+                "demo-medgemma": EndpointConfig(base_url=two.base_url, model="m", **common),
+            }
+        )
         started = time.perf_counter()
         summary = run_sweep(plan, backend, store, batch_size=12)
         wall = time.perf_counter() - started
@@ -79,8 +82,14 @@ def test_the_device_gate_bounds_generation_across_sweeps(catalog, tmp_path):
         backend = CountingBackend(delay_s=0.02)
         gates = GenerationGates(per_device=slots)
         stores = [Store(tmp_path / f"s{slots}_{m}.sqlite") for m in MODELS]
-        threads = [threading.Thread(target=run_sweep, args=(small_plan(catalog, models=(m,), n_cases=1), backend, st),
-                                    kwargs={"batch_size": 3, "gates": gates}) for m, st in zip(MODELS, stores)]
+        threads = [
+            threading.Thread(
+                target=run_sweep,
+                args=(small_plan(catalog, models=(m,), n_cases=1), backend, st),
+                kwargs={"batch_size": 3, "gates": gates},
+            )
+            for m, st in zip(MODELS, stores)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -96,8 +105,10 @@ def test_one_model_never_runs_twice_at_once_even_with_free_device_slots(catalog,
     gates = GenerationGates(per_device=4, per_model=1)
     stores = [Store(tmp_path / f"same{i}.sqlite") for i in range(2)]
     plan = small_plan(catalog, models=("demo-gemma",), n_cases=1)
-    threads = [threading.Thread(target=run_sweep, args=(plan, backend, st), kwargs={"batch_size": 3, "gates": gates})
-               for st in stores]
+    threads = [
+        threading.Thread(target=run_sweep, args=(plan, backend, st), kwargs={"batch_size": 3, "gates": gates})
+        for st in stores
+    ]
     for t in threads:
         t.start()
     for t in threads:

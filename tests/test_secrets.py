@@ -7,6 +7,7 @@ Then retry, export, metrics, import and models. The sentinels must appear in no 
 record (DEBUG, every library), no exported file, no manifest and no stored row, including the raw
 bytes of the SQLite file and its WAL. (The app's half of this check comes with the app.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,12 +77,27 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
     with FakeOpenAIServer() as answers, FakeOpenAIServer() as judge:
         endpoints = tmp_path / "endpoints.yaml"
         common = {"timeout_s": 5.0, "max_concurrency": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.02}
-        endpoints.write_text(yaml.safe_dump({
-            "demo-gemma": {"base_url": answers.base_url, "model": "served", "api_key_env": CUSTOM_ENV,
-                           "max_retries": 1, **common},
-            "gpt-5": {"base_url": judge.base_url, "model": "judge", "api_key_env": "OPENAI_API_KEY",
-                      "send_temperature": False, "max_retries": 0, **common},
-        }))
+        endpoints.write_text(
+            yaml.safe_dump(
+                {
+                    "demo-gemma": {
+                        "base_url": answers.base_url,
+                        "model": "served",
+                        "api_key_env": CUSTOM_ENV,
+                        "max_retries": 1,
+                        **common,
+                    },
+                    "gpt-5": {
+                        "base_url": judge.base_url,
+                        "model": "judge",
+                        "api_key_env": "OPENAI_API_KEY",
+                        "send_temperature": False,
+                        "max_retries": 0,
+                        **common,
+                    },
+                }
+            )
+        )
         # Servers that echo what they were sent, as real ones do in their error messages.
         answers.add_faults(
             Fault.http(500, echo_auth=True),  # retried (a warning is logged), then answered
@@ -89,12 +105,33 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
             Fault.http(401, echo_auth=True),  # recorded as the item's error
             Fault.http(403, f"key {SENTINELS[CUSTOM_ENV]} is not allowed to use this model"),
         )
-        judge.add_faults(Fault.http(401, echo_auth=True), Fault.reply("NEGATIVE"),
-                         Fault.http(400, f"org of {SENTINELS['OPENAI_API_KEY']} has no access"))
-        sweep = ["sweep", "--preset", "demo", "--samples", str(_samples(tmp_path / "samples")), "--tasks",
-                 "pneumonia", "--models", "demo-gemma", "--prompts", "abnormal,normal,mc_pos_first",
-                 "--per-class", "1", "--batch-size", "3", "--judge", "--endpoints", str(endpoints),
-                 "--store", str(store)]
+        judge.add_faults(
+            Fault.http(401, echo_auth=True),
+            Fault.reply("NEGATIVE"),
+            Fault.http(400, f"org of {SENTINELS['OPENAI_API_KEY']} has no access"),
+        )
+        sweep = [
+            "sweep",
+            "--preset",
+            "demo",
+            "--samples",
+            str(_samples(tmp_path / "samples")),
+            "--tasks",
+            "pneumonia",
+            "--models",
+            "demo-gemma",
+            "--prompts",
+            "abnormal,normal,mc_pos_first",
+            "--per-class",
+            "1",
+            "--batch-size",
+            "3",
+            "--judge",
+            "--endpoints",
+            str(endpoints),
+            "--store",
+            str(store),
+        ]
         assert _cli(sweep, outputs) == 1  # failed items: a non-zero exit with the count
         assert "6 planned" in outputs[-2] and "2 errors" in outputs[-2] and "2 of 6 items failed" in outputs[-1]
         # The errors as stored now (a retry replaces them): what the servers echoed, scrubbed.
@@ -124,8 +161,12 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
     assert not any(value in d for d in details for value in SENTINELS.values())
 
     out_dir = tmp_path / "export"
-    assert _cli(["export", "--store", str(store), "--all", "--out", str(out_dir), "--formats", "csv,parquet,json"],
-                outputs) == 0
+    assert (
+        _cli(
+            ["export", "--store", str(store), "--all", "--out", str(out_dir), "--formats", "csv,parquet,json"], outputs
+        )
+        == 0
+    )
     assert _cli(["metrics", "--store", str(store), "--all", "--cells", "--paired"], outputs) == 0
     assert _cli(["import", str(out_dir / "answers.parquet"), "--store", str(other)], outputs) == 0
     assert _cli(["models"], outputs) == 0
@@ -134,13 +175,15 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
     leaks = []
     for i, text in enumerate(outputs):
         if MARK in text:
-            leaks.append(f"CLI output #{i}: ...{text[max(0, text.index(MARK) - 80):text.index(MARK) + 40]}...")
+            leaks.append(f"CLI output #{i}: ...{text[max(0, text.index(MARK) - 80) : text.index(MARK) + 40]}...")
     logs = _log_text(caplog.records)
     assert any("redacted" in r.getMessage() for r in caplog.records)  # the retried echo was logged, scrubbed
     if MARK in logs:
-        leaks.append(f"log: ...{logs[max(0, logs.index(MARK) - 120):logs.index(MARK) + 40]}...")
+        leaks.append(f"log: ...{logs[max(0, logs.index(MARK) - 120) : logs.index(MARK) + 40]}...")
     files = sorted(p for p in list(out_dir.rglob("*")) + list(tmp_path.glob("*.sqlite*")) if p.is_file())
-    assert {"answers.csv", "answers.parquet", "answers.json", "manifest.json", "store.sqlite"} <= {p.name for p in files}
+    assert {"answers.csv", "answers.parquet", "answers.json", "manifest.json", "store.sqlite"} <= {
+        p.name for p in files
+    }
     leaks += _leaks_in_files(files)
     with Store(store) as s, Store(other) as o:
         for row in s.answers() + o.answers() + [s.run(r) for r in s.runs_frame()["run_id"]]:
@@ -149,17 +192,22 @@ def test_keys_from_the_environment_never_leak(tmp_path, monkeypatch, caplog, tmp
     assert not leaks, "\n".join(leaks)
 
 
-@pytest.mark.parametrize("text", [
-    "demo-gemma: {base_url: 'http://h/v1', model: m, api_key: SENTINELpasted}\n",
-    "demo-gemma: {base_url: 'http://h/v1', model: m, extra: {api_key: SENTINELpasted}}\n",
-    "demo-gemma: {base_url: 'http://h/v1', model: m, api_key_env: SENTINEL-pasted-value}\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "demo-gemma: {base_url: 'http://h/v1', model: m, api_key: SENTINELpasted}\n",
+        "demo-gemma: {base_url: 'http://h/v1', model: m, extra: {api_key: SENTINELpasted}}\n",
+        "demo-gemma: {base_url: 'http://h/v1', model: m, api_key_env: SENTINEL-pasted-value}\n",
+    ],
+)
 def test_a_key_pasted_into_the_endpoints_file_is_refused_without_echoing_it(text, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     path = tmp_path / "endpoints.yaml"
     path.write_text(text)
     outputs: list[str] = []
-    assert _cli(["sweep", "--preset", "demo", "--endpoints", str(path), "--store", str(tmp_path / "s.sqlite")],
-                outputs) == 2
+    assert (
+        _cli(["sweep", "--preset", "demo", "--endpoints", str(path), "--store", str(tmp_path / "s.sqlite")], outputs)
+        == 2
+    )
     assert "error:" in outputs[1] and "environment" in outputs[1] + "NAME"
     assert MARK not in "".join(outputs) + _log_text(caplog.records)

@@ -1,4 +1,5 @@
 """Sensitivity readout on a hand-made store: numbers worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -20,24 +21,53 @@ from explorer.schema import Case, GenerationSettings, PromptVariant, Request, Re
 
 def rows_for(model, case_id, label, answers):
     """answers: [(prompt_id, family, verdict)]"""
-    return [dict(model=model, task="pneumonia", prompt_id=pid, prompt_family=fam, case_id=case_id, label=label,
-                 verdict=verdict, prompt_kind="closed") for pid, fam, verdict in answers]
+    return [
+        dict(
+            model=model,
+            task="pneumonia",
+            prompt_id=pid,
+            prompt_family=fam,
+            case_id=case_id,
+            label=label,
+            verdict=verdict,
+            prompt_kind="closed",
+        )
+        for pid, fam, verdict in answers
+    ]
 
 
 # Image c1: 3 study wordings say positive, casing says positive once and negative once, framing hedges.
-C1 = [("abnormal", "abnormal", "positive"), ("evidence", "evidence", "positive"), ("mc_pos_first", "mc_pos_first", "positive"),
-      ("casing_1", "casing", "positive"), ("casing_2", "casing", "negative"), ("framing_1", "framing", "hedge")]
+C1 = [
+    ("abnormal", "abnormal", "positive"),
+    ("evidence", "evidence", "positive"),
+    ("mc_pos_first", "mc_pos_first", "positive"),
+    ("casing_1", "casing", "positive"),
+    ("casing_2", "casing", "negative"),
+    ("framing_1", "framing", "hedge"),
+]
 # Image c2: every wording says negative.
-C2 = [("abnormal", "abnormal", "negative"), ("evidence", "evidence", "negative"), ("casing_1", "casing", "negative"),
-      ("framing_1", "framing", "negative")]
+C2 = [
+    ("abnormal", "abnormal", "negative"),
+    ("evidence", "evidence", "negative"),
+    ("casing_1", "casing", "negative"),
+    ("framing_1", "framing", "negative"),
+]
 # Image c3: a tie, two positive and two negative (the tie goes to positive); one failed request (no verdict).
-C3 = [("abnormal", "abnormal", "negative"), ("evidence", "evidence", "negative"), ("casing_1", "casing", "positive"),
-      ("casing_2", "casing", "positive"), ("framing_1", "framing", None)]
+C3 = [
+    ("abnormal", "abnormal", "negative"),
+    ("evidence", "evidence", "negative"),
+    ("casing_1", "casing", "positive"),
+    ("casing_2", "casing", "positive"),
+    ("framing_1", "framing", None),
+]
 
 
 def hand_made() -> pd.DataFrame:
-    return pd.DataFrame(rows_for("base", "c1", "positive", C1) + rows_for("base", "c2", "negative", C2)
-                        + rows_for("base", "c3", "positive", C3))
+    return pd.DataFrame(
+        rows_for("base", "c1", "positive", C1)
+        + rows_for("base", "c2", "negative", C2)
+        + rows_for("base", "c3", "positive", C3)
+    )
 
 
 def entropy(*counts):
@@ -91,8 +121,10 @@ def test_ci_is_nan_for_one_image_and_collapses_when_every_image_agrees():
 def test_pairs_compare_base_and_medical_on_the_same_images():
     base = hand_made()
     # The medical model agrees with itself everywhere on c1 and c2, and is absent on c3.
-    medical = pd.DataFrame(rows_for("med", "c1", "positive", [(p, f, "positive") for p, f, _ in C1])
-                           + rows_for("med", "c2", "negative", C2))
+    medical = pd.DataFrame(
+        rows_for("med", "c1", "positive", [(p, f, "positive") for p, f, _ in C1])
+        + rows_for("med", "c2", "negative", C2)
+    )
     table = pair_sensitivity(pd.concat([base, medical]), pairs={"P": ("base", "med")}, n_boot=300, seed=0)
     row = table.set_index("family").loc["all"]
     assert row.n_images == 2  # c3 is only the base model's
@@ -110,13 +142,24 @@ def test_tables_from_a_real_store_carry_the_generated_families(tmp_path):
     image = Image.new("RGB", (8, 8), "white")
     case = Case("pneumonia:file:x.png", "pneumonia", image, content_hash(image), label="positive")
     base = PromptVariant("evidence", "evidence", "Does this image contain evidence of pneumonia?", yes_means="positive")
-    flipped = PromptVariant("polarity_flip_1", "polarity_flip", "Is this image free of pneumonia?",
-                            yes_means="negative", parent="evidence")
+    flipped = PromptVariant(
+        "polarity_flip_1", "polarity_flip", "Is this image free of pneumonia?", yes_means="negative", parent="evidence"
+    )
     for i, (variant, verdict) in enumerate(((base, "positive"), (flipped, "negative"))):
         request = Request("demo", ({"role": "user", "content": [variant.text]},), GenerationSettings())
-        store.record_answer(answer_row(fingerprint=f"f{i}", request=request, case=case, variant=variant,
-                                       model_identity={"m": 1}, backend="fake", response=Response(text="x"),
-                                       verdict=Verdict(verdict), run_id=None))
+        store.record_answer(
+            answer_row(
+                fingerprint=f"f{i}",
+                request=request,
+                case=case,
+                variant=variant,
+                model_identity={"m": 1},
+                backend="fake",
+                response=Response(text="x"),
+                verdict=Verdict(verdict),
+                run_id=None,
+            )
+        )
     frame = store.answers_frame()
     assert frame.loc[frame["prompt_id"] == "polarity_flip_1", "prompt_family"].item() == "polarity_flip"
     tables = sensitivity_tables(frame, n_boot=50)
@@ -132,13 +175,20 @@ def test_family_columns_in_the_sweep_charts():
 
     frame = hand_made()
     fig = plots.family_flips(family_sensitivity(frame, n_boot=100))
-    assert [t.name for t in fig.data] and list(fig.data[0].x) == ["All wordings", "The study's<br>wordings",
-                                                                  "Letter case", "Framing"]
+    assert [t.name for t in fig.data] and list(fig.data[0].x) == [
+        "All wordings",
+        "The study's<br>wordings",
+        "Letter case",
+        "Framing",
+    ]
     assert fig.data[0].y[0] == pytest.approx((2 / 6 + 0 + 0.5) / 3)
     assert fig.data[0].error_y.array is not None
     charts = plots.study_figures(frame, n_boot=50)
     assert "wording families" in charts[4].layout.title.text
     study_only = frame[frame["prompt_family"].isin(["abnormal", "evidence", "mc_pos_first"])]
     assert "wording flips" in plots.study_figures(study_only, n_boot=50)[4].layout.title.text
-    assert plots.prompt_label("typos_9e7d568b") == "typos 9e7d" and plots.prompt_label("custom_fb8bf17a") == "custom_fb8bf17a"
+    assert (
+        plots.prompt_label("typos_9e7d568b") == "typos 9e7d"
+        and plots.prompt_label("custom_fb8bf17a") == "custom_fb8bf17a"
+    )
     assert plots.prompt_label("evidence_ow") == "Evidence of the finding? (one word)"

@@ -1,4 +1,5 @@
 """The facade under public mode: what a visitor of a public Space can and cannot make the engine do."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,8 +11,10 @@ from explorer.service.public import PolicyError
 
 
 def test_the_facade_refuses_server_paths_in_public_mode_but_opens_uploads(tmp_path):
-    study = write(tmp_path / "medgemma_brain_tumor_vqa_results.csv",
-                  study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS))
+    study = write(
+        tmp_path / "medgemma_brain_tumor_vqa_results.csv",
+        study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS),
+    )
     ex = Explorer("demo", store_path=tmp_path / "s.sqlite", public=True)
     try:
         with pytest.raises(PolicyError, match="does not read files from the server"):

@@ -1,5 +1,6 @@
 """The fast paths of the transformers backend give the answers of one-at-a-time generation, and
 encode each image once; the first-token readout maps answer-token probabilities through polarity."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backends(catalog, cache_dir):
-    made = {mode: TransformersBackend(catalog, demo_cache_dir=cache_dir, reuse=mode) for mode in ("prefix", "features", "none")}
+    made = {
+        mode: TransformersBackend(catalog, demo_cache_dir=cache_dir, reuse=mode)
+        for mode in ("prefix", "features", "none")
+    }
     for mode in ("features", "none"):  # one copy of the weights: the three share loaded models
         made[mode].models = made["prefix"].models
     yield made
@@ -51,9 +55,15 @@ IMAGES = (_image(90, 60, 10), _image(56, 112, 11))
 
 def _requests(alias, variants, fmt, images=IMAGES, gen=GEN, hashed=True):
     return [
-        Request(model=alias, generation=gen, prompt_format=fmt, readout=v,
-                messages=({"role": "user", "content": (ImagePart(im, f"img{id(im)}" if hashed else ""), v.text)},))
-        for im in images for v in variants
+        Request(
+            model=alias,
+            generation=gen,
+            prompt_format=fmt,
+            readout=v,
+            messages=({"role": "user", "content": (ImagePart(im, f"img{id(im)}" if hashed else ""), v.text)},),
+        )
+        for im in images
+        for v in variants
     ]
 
 
@@ -69,7 +79,9 @@ def _count_vision_calls(lm):
 def test_reuse_paths_answer_like_one_at_a_time(backends, catalog, variants, alias):
     fmt = catalog.model(alias).prompt_format("paper")
     # The 12 prompts of one image, and a few of a second image of another size (AnyRes tiles differ).
-    requests = _requests(alias, variants, fmt, images=IMAGES[:1]) + _requests(alias, variants[::4], fmt, images=IMAGES[1:])
+    requests = _requests(alias, variants, fmt, images=IMAGES[:1]) + _requests(
+        alias, variants[::4], fmt, images=IMAGES[1:]
+    )
     single = [backends["none"].generate([r])[0] for r in requests]
     assert all(r.ok for r in single), [r.error for r in single]
     for mode in ("prefix", "features"):
@@ -114,8 +126,13 @@ def test_generation_stops_when_every_row_has_finished(backends, catalog, variant
     b = backends["prefix"]
     lm = b.load("demo-llava-med")
     gen = GenerationSettings(max_new_tokens=8)
-    requests = _requests("demo-llava-med", variants[:6], catalog.model("demo-llava-med").prompt_format("paper"),
-                         images=IMAGES[:1], gen=gen)
+    requests = _requests(
+        "demo-llava-med",
+        variants[:6],
+        catalog.model("demo-llava-med").prompt_format("paper"),
+        images=IMAGES[:1],
+        gen=gen,
+    )
     steps: list[torch.Tensor] = []
     handle = lm.model.register_forward_hook(lambda mod, args, out: steps.append(out.logits[:, -1].argmax(-1)))
     try:
@@ -173,7 +190,10 @@ def test_unhashed_images_are_shared_within_a_call_but_not_remembered(backends, c
 
 def test_batches_keep_one_image_together_and_answers_in_asked_order(backends, catalog, variants):
     fmt = catalog.model("demo-llava-med").prompt_format("paper")
-    a, b_ = _requests("demo-llava-med", variants[:3], fmt, images=IMAGES[:1]), _requests("demo-llava-med", variants[:3], fmt, images=IMAGES[1:])
+    a, b_ = (
+        _requests("demo-llava-med", variants[:3], fmt, images=IMAGES[:1]),
+        _requests("demo-llava-med", variants[:3], fmt, images=IMAGES[1:]),
+    )
     interleaved = [x for pair in zip(a, b_) for x in pair]
     backend = backends["prefix"]
     assert backend._plan_batches(interleaved) == [[0, 2, 4, 1, 3, 5]]
@@ -193,11 +213,14 @@ def test_prefix_cache_is_laid_out_like_a_left_padded_batch(backends, catalog, va
         inputs = reuse_lib.encode_once_per_image(lm.processor, texts, [IMAGES[0]] * len(texts))
         rows = reuse_lib.split_rows(inputs, [lm.model.config.image_token_id])
         end = reuse_lib.image_span_end(rows, 0)
-        prefix = reuse_lib.prefill_prefix(lm.model, rows.ids[0][:end], rows.token_types[0][:end],
-                                          reuse_lib.image_inputs_of_row(rows, 0))
+        prefix = reuse_lib.prefill_prefix(
+            lm.model, rows.ids[0][:end], rows.token_types[0][:end], reuse_lib.image_inputs_of_row(rows, 0)
+        )
         built = reuse_lib.continue_from_prefixes(lm.model, rows.ids, [prefix] * len(texts), lm.tokenizer.pad_token_id)
         plain = lm.processor(text=texts, images=[[IMAGES[0]]] * len(texts), padding=True, return_tensors="pt")
-        assert torch.equal(built.input_ids, plain["input_ids"]) and torch.equal(built.attention_mask, plain["attention_mask"])
+        assert torch.equal(built.input_ids, plain["input_ids"]) and torch.equal(
+            built.attention_mask, plain["attention_mask"]
+        )
         head = {k: v[:, :-1] if k in ("input_ids", "attention_mask", "token_type_ids") else v for k, v in plain.items()}
         positions = (head["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate() derives them
         out = lm.model(**head, position_ids=positions, use_cache=True)
@@ -224,7 +247,9 @@ def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, varia
         prefixes = []
         for row in (0, 3):
             end = reuse_lib.image_span_end(rows, row)
-            prefixes.append(reuse_lib.prefill_prefix(lm.model, rows.ids[row][:end], None, reuse_lib.image_inputs_of_row(rows, row)))
+            prefixes.append(
+                reuse_lib.prefill_prefix(lm.model, rows.ids[row][:end], None, reuse_lib.image_inputs_of_row(rows, row))
+            )
         assert prefixes[0].length != prefixes[1].length
         per_row = [prefixes[0]] * 3 + [prefixes[1]] * 3
         assert reuse_lib._packed_pass_ok(lm.model)
@@ -232,7 +257,9 @@ def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, varia
         monkeypatch.setattr(reuse_lib, "_packed_pass_ok", lambda model: False)
         side = reuse_lib.continue_from_prefixes(lm.model, rows.ids, per_row, lm.tokenizer.pad_token_id, room=4)
     assert torch.equal(packed.input_ids, side.input_ids) and torch.equal(packed.attention_mask, side.attention_mask)
-    assert torch.equal(packed.input_ids, inputs["input_ids"]) and torch.equal(packed.attention_mask, inputs["attention_mask"])
+    assert torch.equal(packed.input_ids, inputs["input_ids"]) and torch.equal(
+        packed.attention_mask, inputs["attention_mask"]
+    )
     mask = packed.attention_mask[:, :-1].bool()
     for (k1, v1), (k2, v2) in zip(reuse_lib._cache_layers(packed.cache), reuse_lib._cache_layers(side.cache)):
         assert k1.shape == k2.shape
@@ -247,7 +274,9 @@ def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, varia
     for row, runs in enumerate(segments):
         taken = torch.cat([src[0, :, s : s + n] for s, n in runs], dim=1)
         width = taken.shape[1]
-        assert torch.equal(by_copy[row, :, 12 - width : 12], taken) and torch.equal(by_gather[row, :, 12 - width : 12], taken)
+        assert torch.equal(by_copy[row, :, 12 - width : 12], taken) and torch.equal(
+            by_gather[row, :, 12 - width : 12], taken
+        )
         assert torch.isfinite(by_copy[row, :, :12]).all() and torch.isfinite(by_gather[row, :, :12]).all()
 
 
@@ -255,8 +284,10 @@ def test_prompts_reaching_a_sliding_window_are_not_reused():
     from types import SimpleNamespace
 
     text = SimpleNamespace(sliding_window=64, layer_types=["sliding_attention", "full_attention"])
-    model = SimpleNamespace(config=SimpleNamespace(get_text_config=lambda decoder=True: text),
-                            generation_config=SimpleNamespace(cache_implementation=None))
+    model = SimpleNamespace(
+        config=SimpleNamespace(get_text_config=lambda decoder=True: text),
+        generation_config=SimpleNamespace(cache_implementation=None),
+    )
     reuse_lib.check_prefix_applicable(model, 63)  # the window keeps 63 positions: nothing is cut
     with pytest.raises(reuse_lib.ReuseNotApplicable, match="sliding window"):
         reuse_lib.check_prefix_applicable(model, 64)
@@ -372,8 +403,16 @@ def test_readout_comes_with_every_closed_answer(backends, catalog, variants):
 
 def test_first_logits_are_generates_own_first_step(backends):
     lm = backends["prefix"].load("demo-llava-med")
-    inputs = lm.processor(text=["[INST] <image>\nIs this image normal? [/INST]"], images=[[IMAGES[0]]], return_tensors="pt")
+    inputs = lm.processor(
+        text=["[INST] <image>\nIs this image normal? [/INST]"], images=[[IMAGES[0]]], return_tensors="pt"
+    )
     with torch.inference_mode(), FirstLogits(lm.model) as first:
-        out = lm.model.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True,
-                                return_dict_in_generate=True, pad_token_id=lm.tokenizer.pad_token_id)
+        out = lm.model.generate(
+            **inputs,
+            max_new_tokens=3,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=lm.tokenizer.pad_token_id,
+        )
     torch.testing.assert_close(first.logits, out.logits[0].float())

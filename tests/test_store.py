@@ -1,4 +1,5 @@
 """The results store: provenance round-trip, the cache rules, errors, integrity, concurrency."""
+
 from __future__ import annotations
 
 import json
@@ -37,23 +38,55 @@ def store(tmp_path):
 
 def _case(i: int = 0, label="positive") -> Case:
     img = Image.new("RGB", (6, 6), (i, 2 * i % 256, 3 * i % 256))
-    return Case(case_id=f"pneumonia:test:{i}", task="pneumonia", image=img, image_hash=content_hash(img),
-                label=label, source="test folder", row_id=i)
+    return Case(
+        case_id=f"pneumonia:test:{i}",
+        task="pneumonia",
+        image=img,
+        image_hash=content_hash(img),
+        label=label,
+        source="test folder",
+        row_id=i,
+    )
 
 
-def _row(catalog, i=0, *, family="normal", text="Yes.", error=None, generation=None, verdict=None,
-         run_id="run-1", model="demo-gemma"):
+def _row(
+    catalog,
+    i=0,
+    *,
+    family="normal",
+    text="Yes.",
+    error=None,
+    generation=None,
+    verdict=None,
+    run_id="run-1",
+    model="demo-gemma",
+):
     task = catalog.task("pneumonia")
     variant = closed_variant(task, family, True, catalog.one_word_suffix)
     case = _case(i)
     request = build_request(catalog.model(model), variant, case, "paper", generation)
     fp = request_fingerprint(request, identity(model))
-    response = Response(text="" if error else text, error=error, latency_s=0.25, input_tokens=300,
-                        output_tokens=3, p_positive=None if error else 0.2)
+    response = Response(
+        text="" if error else text,
+        error=error,
+        latency_s=0.25,
+        input_tokens=300,
+        output_tokens=3,
+        p_positive=None if error else 0.2,
+    )
     if verdict is None and not error:
         verdict = Verdict("negative", evidence="Yes", span=(0, 3), method="rules", detail="yes to 'normal'")
-    return answer_row(fingerprint=fp, request=request, case=case, variant=variant, model_identity=identity(model),
-                      backend="fake", response=response, verdict=verdict, run_id=run_id)
+    return answer_row(
+        fingerprint=fp,
+        request=request,
+        case=case,
+        variant=variant,
+        model_identity=identity(model),
+        backend="fake",
+        response=response,
+        verdict=verdict,
+        run_id=run_id,
+    )
 
 
 def test_round_trip_keeps_full_provenance(store, catalog):
@@ -90,9 +123,17 @@ def test_multiple_choice_polarity_round_trips(store, catalog):
     variant = closed_variant(task, "mc_neg_first", False, catalog.one_word_suffix)
     case = _case(3)
     request = build_request(catalog.model("demo-gemma"), variant, case)
-    row = answer_row(fingerprint=request_fingerprint(request, IDENTITY), request=request, case=case,
-                     variant=variant, model_identity=IDENTITY, backend="fake", response=Response(text="A"),
-                     verdict=None, run_id=None)
+    row = answer_row(
+        fingerprint=request_fingerprint(request, IDENTITY),
+        request=request,
+        case=case,
+        variant=variant,
+        model_identity=IDENTITY,
+        backend="fake",
+        response=Response(text="A"),
+        verdict=None,
+        run_id=None,
+    )
     stored, _ = store.record_answer(row)
     assert variant_from_row(stored) == variant  # A means NEGATIVE here, and the store remembers it
 
@@ -142,8 +183,10 @@ def test_error_rows_are_stored_not_served_and_replaced_on_retry(store, catalog):
 
 def test_rejudged_verdict_keeps_the_raw_answer(store, catalog):
     stored, _ = store.record_answer(_row(catalog, text="Yes, it looks normal to me."))
-    store.update_verdict(stored["id"], Verdict("negative", evidence="looks normal", span=(10, 22),
-                                               method="judge:gpt-5", detail="says normal"))
+    store.update_verdict(
+        stored["id"],
+        Verdict("negative", evidence="looks normal", span=(10, 22), method="judge:gpt-5", detail="says normal"),
+    )
     got = store.get(stored["id"])
     assert got["answer"] == "Yes, it looks normal to me."
     assert (got["verdict_method"], got["evidence_start"], got["evidence_end"]) == ("judge:gpt-5", 10, 22)
@@ -157,15 +200,34 @@ def test_answers_frame_has_metric_columns_and_filters(store, catalog):
         store.record_answer(_row(catalog, i=i, model="demo-medgemma"))
     store.record_answer(_row(catalog, i=5, model="demo-gemma", error="boom"))
     frame = store.answers_frame(catalog=catalog)
-    needed = {"model", "task", "prompt_id", "prompt_family", "case_id", "label", "verdict", "p_positive",
-              "pair", "role", "fingerprint", "model_identity", "prompt_text", "generation", "versions", "error"}
+    needed = {
+        "model",
+        "task",
+        "prompt_id",
+        "prompt_family",
+        "case_id",
+        "label",
+        "verdict",
+        "p_positive",
+        "pair",
+        "role",
+        "fingerprint",
+        "model_identity",
+        "prompt_text",
+        "generation",
+        "versions",
+        "error",
+    }
     assert needed <= set(frame.columns)
     assert len(frame) == 7
     assert set(frame.loc[frame.model == "demo-medgemma", "role"]) == {"medical"}
     assert set(frame["pair"]) == {"demo-gemma"}
     assert len(store.answers_frame(catalog=catalog, include_errors=False)) == 6
     assert len(store.answers_frame(catalog=catalog, model="demo-gemma")) == 4
-    assert len(store.answers_frame(catalog=catalog, model=["demo-gemma", "demo-medgemma"], case_id="pneumonia:test:1")) == 2
+    assert (
+        len(store.answers_frame(catalog=catalog, model=["demo-gemma", "demo-medgemma"], case_id="pneumonia:test:1"))
+        == 2
+    )
     empty = store.answers_frame(catalog=catalog, task="brain_tumor")
     assert empty.empty and needed <= set(empty.columns)
     with pytest.raises(ValueError):
@@ -173,12 +235,29 @@ def test_answers_frame_has_metric_columns_and_filters(store, catalog):
 
 
 def test_run_view_uses_each_items_own_case(store, catalog):
-    stored, _ = store.record_answer(_row(catalog), {"run_id": "r1", "model": "demo-gemma", "task": "pneumonia",
-                                                     "case_id": "pneumonia:test:0", "prompt_id": "normal_ow",
-                                                     "label": "positive"})
+    stored, _ = store.record_answer(
+        _row(catalog),
+        {
+            "run_id": "r1",
+            "model": "demo-gemma",
+            "task": "pneumonia",
+            "case_id": "pneumonia:test:0",
+            "prompt_id": "normal_ow",
+            "label": "positive",
+        },
+    )
     # A later run asks the same image under another name (an upload): same answer, its own case id.
-    store.link_run_item({"run_id": "r2", "model": "demo-gemma", "task": "pneumonia", "case_id": "upload:abc",
-                         "prompt_id": "normal_ow", "label": None}, stored["id"])
+    store.link_run_item(
+        {
+            "run_id": "r2",
+            "model": "demo-gemma",
+            "task": "pneumonia",
+            "case_id": "upload:abc",
+            "prompt_id": "normal_ow",
+            "label": None,
+        },
+        stored["id"],
+    )
     r2 = store.answers_frame(catalog=catalog, run_id="r2")
     assert list(r2["case_id"]) == ["upload:abc"] and r2["label"].isna().all() and list(r2["cached"]) == [1]
     r1 = store.answers_frame(catalog=catalog, run_id="r1", case_id="pneumonia:test:0")

@@ -1,4 +1,5 @@
 """Importing the study's result CSVs and reading the explorer's own answer exports."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,10 @@ BRAIN_PROMPTS = [
     ("yesno", "Is this image abnormal?"),
     ("yesno", "Is this image normal?"),
     ("yesno", "Does this image contain evidence of tumors?"),
-    ("yesno", "Does this image contain evidence of tumors? Consider signs of irregular masses and other atypical morphology."),
+    (
+        "yesno",
+        "Does this image contain evidence of tumors? Consider signs of irregular masses and other atypical morphology.",
+    ),
     ("ab", "Which does this image show? Choose one answer.\nA) Tumor\nB) No tumor"),
     ("ab", "Which does this image show? Choose one answer.\nA) No tumor\nB) Tumor"),
 ]
@@ -41,12 +45,22 @@ def study_records(task, model, cases, prompts, judgments, one_word=False):
         text = text + "\nAnswer in one word." if one_word else text
         for (row_id, label), judgment in zip(cases, row_judgments):
             pred = None if judgment is None else (1 if judgment == pos else (0 if judgment == neg else -1))
-            records.append({
-                "task": task, "model": model, "row_id": row_id, "label": label,
-                "label_name": "tumor" if label else "no_tumor", "prompt_type": ptype, "one_word": one_word,
-                "prompt": text, "response": f"answer to {row_id}", "judgment": judgment, "pred": pred,
-                "correct": int(pred == label) if pred in (0, 1) else None,
-            })
+            records.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "row_id": row_id,
+                    "label": label,
+                    "label_name": "tumor" if label else "no_tumor",
+                    "prompt_type": ptype,
+                    "one_word": one_word,
+                    "prompt": text,
+                    "response": f"answer to {row_id}",
+                    "judgment": judgment,
+                    "pred": pred,
+                    "correct": int(pred == label) if pred in (0, 1) else None,
+                }
+            )
     return records
 
 
@@ -69,10 +83,14 @@ JUDGMENTS = [  # per prompt, per case
 
 @pytest.fixture
 def study_dirs(tmp_path):
-    plain = write(tmp_path / "plain" / "medgemma_brain_tumor_vqa_results.csv",
-                  study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS))
-    one_word = write(tmp_path / "ow" / "medgemma_brain_tumor_vqa_results.csv",
-                     study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS, True))
+    plain = write(
+        tmp_path / "plain" / "medgemma_brain_tumor_vqa_results.csv",
+        study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS),
+    )
+    one_word = write(
+        tmp_path / "ow" / "medgemma_brain_tumor_vqa_results.csv",
+        study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS, JUDGMENTS, True),
+    )
     return plain, one_word
 
 
@@ -86,7 +104,12 @@ def test_study_file_becomes_answers(study_dirs):
     assert list(dict.fromkeys(df["prompt_family"])) == BRAIN_IDS
     assert set(df["verdict_method"]) == {"judge:study-import"}
     first = df.iloc[0]
-    assert (first.case_id, first.label, first.verdict, first.answer) == ("brain_tumor:hf:5", "negative", "negative", "answer to 5")
+    assert (first.case_id, first.label, first.verdict, first.answer) == (
+        "brain_tumor:hf:5",
+        "negative",
+        "negative",
+        "answer to 5",
+    )
     verdicts = df.set_index(["prompt_id", "case_id"])["verdict"]
     assert verdicts[("abnormal", "brain_tumor:hf:12")] == "hedge"  # AMBIGUOUS: its own outcome, still a non-answer
     assert verdicts[("evidence", "brain_tumor:hf:9")] == "refusal"  # ERROR
@@ -101,7 +124,9 @@ def test_study_import_then_metrics(study_dirs):
     cells = cell_metrics(df, n_boot=50).set_index("prompt_id")
     assert cells.loc["abnormal", "refusal_rate"] == pytest.approx(1 / 3)
     assert cells.loc["abnormal", "accuracy"] == 1.0 and cells.loc["abnormal", "f1_all"] == pytest.approx(2 / 3)
-    assert cells.loc["normal_ow", "accuracy"] == pytest.approx(1 / 3)  # TUMOR on a negative and on a positive, NO_TUMOR on a positive
+    assert cells.loc["normal_ow", "accuracy"] == pytest.approx(
+        1 / 3
+    )  # TUMOR on a negative and on a positive, NO_TUMOR on a positive
     with pytest.raises(ResultFileError, match="more than once"):
         import_study_results([study_dirs[0], study_dirs[0]])
 
@@ -133,17 +158,20 @@ def good_records():
     return study_records("brain_tumor", "google/medgemma-4b-it", CASES, BRAIN_PROMPTS[:2], JUDGMENTS[:2])
 
 
-@pytest.mark.parametrize("column, value, row, needle", [
-    ("label", 2, 3, "label"),
-    ("label", "tumor", 1, "label"),
-    ("row_id", "abc", 2, "row_id"),
-    ("one_word", "maybe", 4, "one_word"),
-    ("prompt_type", "open", 1, "prompt_type"),
-    ("task", "retina", 1, "task"),
-    ("pred", 7, 2, "pred"),
-    ("pred", 0, 1, "pred"),  # row 1's judgment is NO_TUMOR... make it disagree below
-    ("correct", 1, 1, "correct"),
-])
+@pytest.mark.parametrize(
+    "column, value, row, needle",
+    [
+        ("label", 2, 3, "label"),
+        ("label", "tumor", 1, "label"),
+        ("row_id", "abc", 2, "row_id"),
+        ("one_word", "maybe", 4, "one_word"),
+        ("prompt_type", "open", 1, "prompt_type"),
+        ("task", "retina", 1, "task"),
+        ("pred", 7, 2, "pred"),
+        ("pred", 0, 1, "pred"),  # row 1's judgment is NO_TUMOR... make it disagree below
+        ("correct", 1, 1, "correct"),
+    ],
+)
 def test_bad_cells_name_column_and_row(tmp_path, column, value, row, needle):
     records = good_records()
     if (column, value) == ("pred", 0):
@@ -192,8 +220,13 @@ def test_unjudged_and_empty_files(tmp_path):
 
 
 def test_row_in_both_classes_gets_two_case_ids(tmp_path):
-    records = study_records("pneumonia", "llava-hf/llava-v1.6-mistral-7b-hf", [(7, 0), (7, 1)],
-                            [("yesno", "Is this image abnormal?")], [["NEGATIVE", "POSITIVE"]])
+    records = study_records(
+        "pneumonia",
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        [(7, 0), (7, 1)],
+        [("yesno", "Is this image abnormal?")],
+        [["NEGATIVE", "POSITIVE"]],
+    )
     df = read_study_results(write(tmp_path / "llava_pneumonia_vqa_results.csv", records))
     assert list(df["case_id"]) == ["pneumonia:hf:7", "pneumonia:hf:7:positive"]
     assert set(df["model"]) == {"llava"} and set(df["role"]) == {"base"}
@@ -228,8 +261,21 @@ def test_read_answers_file_round_trip(tmp_path, study_dirs, suffix):
 
 
 def test_read_answers_file_errors(tmp_path):
-    base = pd.DataFrame([dict(model="m", task="t", prompt_id="p", prompt_family="f", case_id=f"c{i}",
-                              label="positive", verdict="positive", p_positive=0.5) for i in range(3)])
+    base = pd.DataFrame(
+        [
+            dict(
+                model="m",
+                task="t",
+                prompt_id="p",
+                prompt_family="f",
+                case_id=f"c{i}",
+                label="positive",
+                verdict="positive",
+                p_positive=0.5,
+            )
+            for i in range(3)
+        ]
+    )
 
     def check(frame, needle, name="a.csv"):
         path = tmp_path / name

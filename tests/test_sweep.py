@@ -1,4 +1,5 @@
 """Sweeps with a deterministic fake backend: planning, caching, progress, cancel and resume, errors."""
+
 from __future__ import annotations
 
 import json
@@ -38,15 +39,21 @@ def test_plan_is_the_cross_product_model_major_and_grouped_by_image(catalog):
     # Each image's 12 prompts are consecutive, so a backend can reuse the image's encoding.
     images = [it.case.image_hash for it in plan[:36]]
     assert [images[i] for i in range(0, 36, 12)] == list(dict.fromkeys(images))
-    assert all(len(set(images[i:i + 12])) == 1 for i in range(0, 36, 12))
+    assert all(len(set(images[i : i + 12])) == 1 for i in range(0, 36, 12))
     assert plan[0].request.text() == plan[0].variant.text
 
 
 def test_generation_override_patches_each_models_settings(catalog):
     cases = make_cases("pneumonia", 1)
     variants = {"pneumonia": closed_variants(catalog, "pneumonia")[:1]}
-    plan = plan_sweep(catalog, ["demo-llava", "demo-gemma"], ["pneumonia"], {"pneumonia": cases}, variants,
-                      generation_override={"max_new_tokens": 2})
+    plan = plan_sweep(
+        catalog,
+        ["demo-llava", "demo-gemma"],
+        ["pneumonia"],
+        {"pneumonia": cases},
+        variants,
+        generation_override={"max_new_tokens": 2},
+    )
     by_model = {it.model: it.request.generation for it in plan}
     assert by_model["demo-llava"].max_new_tokens == 2 and by_model["demo-llava"].min_new_tokens == 2  # clamped
     assert by_model["demo-gemma"].max_new_tokens == 2 and by_model["demo-gemma"].min_new_tokens == 0
@@ -68,7 +75,9 @@ def test_sweep_answers_every_item_once_then_serves_all_from_cache(catalog, store
     plan = small_plan(catalog, models=MODELS, n_cases=3)
     backend = FakeBackend()
     calls = []
-    summary = run_sweep(plan, backend, store, batch_size=5, progress=lambda d, t, info: calls.append((d, t, dict(info))))
+    summary = run_sweep(
+        plan, backend, store, batch_size=5, progress=lambda d, t, info: calls.append((d, t, dict(info)))
+    )
     assert (summary.planned, summary.computed, summary.cached, summary.errors) == (72, 72, 0, 0)
     assert summary.status == "finished" and summary.elapsed_s > 0
     assert len(backend.asked) == 72 and len(set(backend.asked)) == 72
@@ -93,8 +102,13 @@ def test_sweep_answers_every_item_once_then_serves_all_from_cache(catalog, store
 def test_on_item_sees_rows_with_cached_flag_and_streamed_text(catalog, store):
     plan = small_plan(catalog, n_cases=1)[:3]
     seen, streamed = [], []
-    run_sweep(plan, FakeBackend(), store, on_item=lambda item, row: seen.append((item.key, row)),
-              on_text=lambda alias, text: streamed.append((alias, text)))
+    run_sweep(
+        plan,
+        FakeBackend(),
+        store,
+        on_item=lambda item, row: seen.append((item.key, row)),
+        on_text=lambda alias, text: streamed.append((alias, text)),
+    )
     assert [k for k, _ in seen] == [it.key for it in plan]
     assert all(not row["cached"] and row["answer"] and row["prompt_text"] for _, row in seen)
     assert streamed and {a for a, _ in streamed} == {"demo-gemma"}
@@ -306,9 +320,16 @@ def test_spec_from_preset_builds_the_same_plan_for_cli_and_app(catalog):
         loaded.append((task, per_class, seed))
         return make_cases(task, 2 * per_class)
 
-    spec = SweepSpec.from_preset(preset, models=["demo-gemma"], tasks=["pneumonia"], per_class=1,
-                                 prompt_ids=["abnormal", "mc_neg_first_ow"], describe=True, max_new_tokens=3,
-                                 judge=None)
+    spec = SweepSpec.from_preset(
+        preset,
+        models=["demo-gemma"],
+        tasks=["pneumonia"],
+        per_class=1,
+        prompt_ids=["abnormal", "mc_neg_first_ow"],
+        describe=True,
+        max_new_tokens=3,
+        judge=None,
+    )
     assert spec.models == ("demo-gemma",) and spec.prompt_style == preset.prompt_format
     assert spec.judge is False and spec.case_source == "folder" and spec.seed == 42
     plan = plan_from_spec(catalog, spec, loader)

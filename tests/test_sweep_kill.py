@@ -1,5 +1,6 @@
 """A sweep killed with SIGKILL loses nothing it committed, and the next run finishes it without
 generating any committed item again."""
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,18 @@ def _committed_keys(store: Store) -> set[str]:
 def test_killed_sweep_resumes_without_recomputing(tmp_path):
     store_path = tmp_path / "kill.sqlite"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    first = subprocess.Popen(_worker(store_path, tmp_path / "asked1.jsonl", 0.08), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        _worker(store_path, tmp_path / "asked1.jsonl", 0.08), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 60
         committed = 0
         while committed < 8:
             if first.poll() is not None:
                 out, err = first.communicate()
-                pytest.fail(f"the sweep ended before it could be killed (rc {first.returncode}): {err.decode()[-2000:]}")
+                pytest.fail(
+                    f"the sweep ended before it could be killed (rc {first.returncode}): {err.decode()[-2000:]}"
+                )
             assert time.monotonic() < deadline, "no answers were committed within 60 s"
             if store_path.exists():
                 with Store(store_path) as probe:
@@ -59,8 +63,9 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
     assert 8 <= len(before) < PLANNED
     assert list(runs["status"]) == ["running"]  # killed: never marked finished
 
-    second = subprocess.run(_worker(store_path, tmp_path / "asked2.jsonl", 0.0), env=env,
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        _worker(store_path, tmp_path / "asked2.jsonl", 0.0), env=env, capture_output=True, text=True, timeout=120
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     asked_again = [json.loads(line) for line in (tmp_path / "asked2.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 """The transformers backend on the offline demo models: the same from_pretrained, processor, chat
 template, batching and streaming code the study's real models go through."""
+
 from __future__ import annotations
 
 import time
@@ -177,8 +178,13 @@ def test_text_model_through_local_paths(catalog, tmp_path):
     path = ensure_demo_text_model(cache_dir=tmp_path)
     b = TransformersBackend(catalog, local_paths={"demo-text": path})
     assert b.identity("demo-text")["random_weights"] is True
-    req = _request("demo-text", "Task: Decide if pneumonia is present.\nOutput must be Yes or No.", None, "chat_template",
-                   GenerationSettings(max_new_tokens=5, min_new_tokens=5))
+    req = _request(
+        "demo-text",
+        "Task: Decide if pneumonia is present.\nOutput must be Yes or No.",
+        None,
+        "chat_template",
+        GenerationSettings(max_new_tokens=5, min_new_tokens=5),
+    )
     [resp] = b.generate([req])
     assert resp.ok and resp.text
     [with_image] = b.generate([_request("demo-text", "Describe.", IMAGES[0], "chat_template")])
@@ -231,14 +237,18 @@ def test_real_sample_image_through_all_demos(backend, samples_dir):
     path = sorted((samples_dir / "pneumonia").rglob("*.jp*g"))[0]
     image = load_image(path).image
     for alias in DEMOS:
-        [resp] = backend.generate([_request(alias, PROMPTS[1], image, backend.catalog.model(alias).prompt_format("paper"))])
+        [resp] = backend.generate(
+            [_request(alias, PROMPTS[1], image, backend.catalog.model(alias).prompt_format("paper"))]
+        )
         assert resp.ok and resp.text, (alias, resp.error)
 
 
 def test_report_generate_times(capsys):
     with capsys.disabled():
-        print("\n  first-call generate s (incl. build+load), then per request: "
-              + ", ".join(f"{a} " + "/".join(f"{t:.2f}" for t in ts) for a, ts in TIMINGS.items()))
+        print(
+            "\n  first-call generate s (incl. build+load), then per request: "
+            + ", ".join(f"{a} " + "/".join(f"{t:.2f}" for t in ts) for a, ts in TIMINGS.items())
+        )
 
 
 def test_asking_for_cuda_without_a_gpu_says_so():

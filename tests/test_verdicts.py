@@ -4,6 +4,7 @@ Prompts are built here as schema.PromptVariant objects with the study's wording 
 (../shared/PROTOCOL.md): "abnormal" yes->positive, "normal" yes->negative, "evidence" and "guided"
 yes->positive, multiple choice "A) Pos B) Neg" and the swapped "A) Neg B) Pos".
 """
+
 from __future__ import annotations
 
 import pytest
@@ -16,15 +17,38 @@ MC_STEM = "Which does this image show? Choose one answer."
 
 # task -> (abnormal question, normal question, evidence of X, guided signs, positive option, negative option)
 TASKS = {
-    "brain": ("Is this image abnormal?", "Is this image normal?", "tumors",
-              "irregular masses and other atypical morphology.", "Tumor", "No tumor"),
-    "pneumonia": ("Is this image abnormal?", "Is this image normal?", "pneumonia",
-                  "consolidation, air bronchograms, and silhouettes.", "Pneumonia", "No pneumonia"),
-    "skin": ("Is this skin lesion abnormal?", "Is this skin lesion normal?", "malignant skin cancer",
-             "irregular borders, asymmetry, uneven pigmentation, and other atypical morphology.",
-             "Malignant", "Benign"),
-    "idc": ("Is this image abnormal?", "Is this image normal?", "invasive ductal carcinoma",
-            "irregular masses and other atypical cell morphology.", "Carcinoma", "No carcinoma"),
+    "brain": (
+        "Is this image abnormal?",
+        "Is this image normal?",
+        "tumors",
+        "irregular masses and other atypical morphology.",
+        "Tumor",
+        "No tumor",
+    ),
+    "pneumonia": (
+        "Is this image abnormal?",
+        "Is this image normal?",
+        "pneumonia",
+        "consolidation, air bronchograms, and silhouettes.",
+        "Pneumonia",
+        "No pneumonia",
+    ),
+    "skin": (
+        "Is this skin lesion abnormal?",
+        "Is this skin lesion normal?",
+        "malignant skin cancer",
+        "irregular borders, asymmetry, uneven pigmentation, and other atypical morphology.",
+        "Malignant",
+        "Benign",
+    ),
+    "idc": (
+        "Is this image abnormal?",
+        "Is this image normal?",
+        "invasive ductal carcinoma",
+        "irregular masses and other atypical cell morphology.",
+        "Carcinoma",
+        "No carcinoma",
+    ),
 }
 
 
@@ -43,8 +67,7 @@ def variant(task: str, family: str, one_word: bool = False) -> PromptVariant:
             "evidence": (f"Does this image contain evidence of {x}?", "positive"),
             "guided": (f"Does this image contain evidence of {x}? Consider signs of {signs}", "positive"),
         }[family]
-        return PromptVariant(prompt_id=pid, family=family, text=stem + suffix, yes_means=yes_means,
-                             one_word=one_word)
+        return PromptVariant(prompt_id=pid, family=family, text=stem + suffix, yes_means=yes_means, one_word=one_word)
     text = f"{MC_STEM}\nA) {options[0][2]}\nB) {options[1][2]}{suffix}"
     return PromptVariant(prompt_id=pid, family=family, text=text, options=options, one_word=one_word)
 
@@ -62,21 +85,45 @@ CASES = [
     ("brain", "abnormal", True, "Tumor", "positive"),
     ("pneumonia", "abnormal", False, "The image appears normal.", "negative"),
     ("pneumonia", "abnormal", False, "No, the image does not appear abnormal.", "negative"),
-    ("skin", "abnormal", False,
-     "Yes, this skin lesion is abnormal. It has irregular borders and uneven pigmentation.", "positive"),
-    ("pneumonia", "abnormal", False,
-     "Yes, there are signs of pneumonia, including consolidation in the right lower lobe.", "positive"),
-    ("brain", "abnormal", False,
-     "Yes. However, I am not a doctor and you should consult a medical professional.", "positive"),
+    (
+        "skin",
+        "abnormal",
+        False,
+        "Yes, this skin lesion is abnormal. It has irregular borders and uneven pigmentation.",
+        "positive",
+    ),
+    (
+        "pneumonia",
+        "abnormal",
+        False,
+        "Yes, there are signs of pneumonia, including consolidation in the right lower lobe.",
+        "positive",
+    ),
+    (
+        "brain",
+        "abnormal",
+        False,
+        "Yes. However, I am not a doctor and you should consult a medical professional.",
+        "positive",
+    ),
     ("brain", "abnormal", False, "No. The image is normal with no abnormalities.", "negative"),
     ("brain", "abnormal", False, "Yes. The image is normal and shows no abnormalities.", "hedge"),
-    ("idc", "abnormal", False,
-     "I'm sorry, but I cannot provide a medical diagnosis based on this image.", "refusal"),
-    ("pneumonia", "abnormal", False,
-     "It is difficult to determine whether this image is abnormal without more clinical information.", "hedge"),
-    ("idc", "abnormal", False,
-     "This histopathology image shows densely packed, irregular cells with large nuclei. "
-     "Overall, the tissue appears abnormal.", "positive"),
+    ("idc", "abnormal", False, "I'm sorry, but I cannot provide a medical diagnosis based on this image.", "refusal"),
+    (
+        "pneumonia",
+        "abnormal",
+        False,
+        "It is difficult to determine whether this image is abnormal without more clinical information.",
+        "hedge",
+    ),
+    (
+        "idc",
+        "abnormal",
+        False,
+        "This histopathology image shows densely packed, irregular cells with large nuclei. "
+        "Overall, the tissue appears abnormal.",
+        "positive",
+    ),
     ("brain", "abnormal", False, "", "unclear"),
     ("brain", "abnormal", True, "   \n\t ", "unclear"),
     # ---- prompt 2 "Is this image normal?": yes -> NEGATIVE
@@ -85,24 +132,36 @@ CASES = [
     ("idc", "normal", True, "NO", "positive"),
     ("skin", "normal", True, "yes", "negative"),
     ("brain", "normal", False, "Yes, the image appears normal.", "negative"),
-    ("brain", "normal", False,
-     "No, the image is not normal. There is a mass in the left frontal lobe.", "positive"),
+    ("brain", "normal", False, "No, the image is not normal. There is a mass in the left frontal lobe.", "positive"),
     ("pneumonia", "normal", False, "No, this image is abnormal.", "positive"),
     ("pneumonia", "normal", True, "Not normal.", "positive"),
     ("idc", "normal", True, "Normal", "negative"),
     ("skin", "normal", True, "Abnormal.", "positive"),
-    ("skin", "normal", False,
-     "Yes, this skin lesion appears to be normal, with a uniform color and regular borders.", "negative"),
+    (
+        "skin",
+        "normal",
+        False,
+        "Yes, this skin lesion appears to be normal, with a uniform color and regular borders.",
+        "negative",
+    ),
     ("pneumonia", "normal", False, "No abnormality is seen.", "negative"),
     ("pneumonia", "normal", True, "No abnormalities", "negative"),
-    ("pneumonia", "normal", False,
-     "The image does not look normal; there is a large consolidation in the left lung.", "positive"),
+    (
+        "pneumonia",
+        "normal",
+        False,
+        "The image does not look normal; there is a large consolidation in the left lung.",
+        "positive",
+    ),
     ("brain", "normal", False, "Yes, the image is abnormal.", "hedge"),
-    ("pneumonia", "normal", False,
-     "The chest X-ray shows the lungs, heart and ribs. The costophrenic angles are sharp. "
-     "In conclusion, yes.", "negative"),
-    ("brain", "normal", False,
-     "As an AI, I can't interpret medical images. Please consult a radiologist.", "refusal"),
+    (
+        "pneumonia",
+        "normal",
+        False,
+        "The chest X-ray shows the lungs, heart and ribs. The costophrenic angles are sharp. In conclusion, yes.",
+        "negative",
+    ),
+    ("brain", "normal", False, "As an AI, I can't interpret medical images. Please consult a radiologist.", "refusal"),
     ("skin", "normal", False, "The lesion may or may not be normal.", "hedge"),
     ("idc", "normal", False, "Yes. No.", "hedge"),
     # ---- prompt 3 "Does this image contain evidence of X?": yes -> positive
@@ -122,26 +181,50 @@ CASES = [
     ("idc", "evidence", False, "The histopathology image shows invasive ductal carcinoma.", "positive"),
     ("idc", "evidence", False, "There is no invasive ductal carcinoma in this image.", "negative"),
     ("brain", "evidence", False, "Yes and no.", "hedge"),
-    ("brain", "evidence", False,
-     "I'm not able to determine whether there is a tumor from this image.", "hedge"),
-    ("brain", "evidence", False,
-     "As an AI language model, I cannot diagnose medical conditions. Please consult a radiologist.", "refusal"),
+    ("brain", "evidence", False, "I'm not able to determine whether there is a tumor from this image.", "hedge"),
+    (
+        "brain",
+        "evidence",
+        False,
+        "As an AI language model, I cannot diagnose medical conditions. Please consult a radiologist.",
+        "refusal",
+    ),
     ("pneumonia", "evidence", False, "Please consult a medical professional for an accurate diagnosis.", "refusal"),
     ("pneumonia", "evidence", False, "No, I cannot determine that from this image.", "hedge"),
     ("pneumonia", "evidence", False, "It is not possible to tell whether there is pneumonia.", "hedge"),
     ("brain", "evidence", False, "I don't see any signs of a tumor.", "negative"),
     ("brain", "evidence", False, "Tumor is not visible.", "negative"),
     ("pneumonia", "evidence", False, "Pneumonia is absent.", "negative"),
-    ("brain", "evidence", False,
-     "The image shows a brain MRI. I am not a radiologist, but the image appears to show a mass, "
-     "which could be a tumor. A radiologist should review it.", "positive"),
-    ("brain", "evidence", False,
-     "This MRI shows the cerebral hemispheres, ventricles and the cerebellum in an axial slice. "
-     "The contrast is good and the anatomy is well seen. In conclusion, yes.", "positive"),
-    ("brain", "evidence", False,
-     "The image shows a tumor, and the surrounding brain tissue appears normal.", "positive"),
-    ("brain", "evidence", False,
-     "Yes, the image shows a tumor, and the surrounding brain tissue appears normal.", "positive"),
+    (
+        "brain",
+        "evidence",
+        False,
+        "The image shows a brain MRI. I am not a radiologist, but the image appears to show a mass, "
+        "which could be a tumor. A radiologist should review it.",
+        "positive",
+    ),
+    (
+        "brain",
+        "evidence",
+        False,
+        "This MRI shows the cerebral hemispheres, ventricles and the cerebellum in an axial slice. "
+        "The contrast is good and the anatomy is well seen. In conclusion, yes.",
+        "positive",
+    ),
+    (
+        "brain",
+        "evidence",
+        False,
+        "The image shows a tumor, and the surrounding brain tissue appears normal.",
+        "positive",
+    ),
+    (
+        "brain",
+        "evidence",
+        False,
+        "Yes, the image shows a tumor, and the surrounding brain tissue appears normal.",
+        "positive",
+    ),
     ("brain", "evidence", True, "No tumor.", "negative"),
     ("pneumonia", "evidence", True, "Negative", "negative"),
     ("pneumonia", "evidence", True, "Positive", "positive"),
@@ -150,38 +233,68 @@ CASES = [
     ("brain", "evidence", False, "Yes, there is no tumor.", "hedge"),
     ("pneumonia", "evidence", False, "It could be pneumonia.", "positive"),
     ("pneumonia", "evidence", False, "It could be pneumonia, but it could also be normal.", "hedge"),
-    ("pneumonia", "evidence", False,
-     "The findings may suggest pneumonia, but it is difficult to determine.", "hedge"),
-    ("pneumonia", "evidence", False,
-     "It is difficult to be certain. However, the image shows clear signs of consolidation "
-     "consistent with pneumonia.", "positive"),
+    ("pneumonia", "evidence", False, "The findings may suggest pneumonia, but it is difficult to determine.", "hedge"),
+    (
+        "pneumonia",
+        "evidence",
+        False,
+        "It is difficult to be certain. However, the image shows clear signs of consolidation "
+        "consistent with pneumonia.",
+        "positive",
+    ),
     ("brain", "evidence", False, "**Answer:** Yes\n\n**Explanation:** The image shows a mass.", "positive"),
     ("brain", "evidence", False, "Answer: No", "negative"),
     ("skin", "evidence", False, "The answer is yes.", "positive"),
     ("skin", "evidence", False, "The answer to your question is no.", "negative"),
     ("idc", "evidence", False, "I do not have enough information to answer.", "hedge"),
-    ("brain", "evidence", False,
-     "I cannot give a simple yes or no answer. Please consult a doctor.", "refusal"),
-    ("skin", "evidence", False,
-     "The lesion shows asymmetry and irregular borders, which are concerning features. "
-     "A dermatologist should evaluate it.\n\nNo.", "negative"),
+    ("brain", "evidence", False, "I cannot give a simple yes or no answer. Please consult a doctor.", "refusal"),
+    (
+        "skin",
+        "evidence",
+        False,
+        "The lesion shows asymmetry and irregular borders, which are concerning features. "
+        "A dermatologist should evaluate it.\n\nNo.",
+        "negative",
+    ),
     # ---- prompt 4, the guided variant: yes -> positive
-    ("pneumonia", "guided", False,
-     "Yes, there is consolidation and air bronchograms consistent with pneumonia.", "positive"),
-    ("pneumonia", "guided", False,
-     "No. The lung fields are clear, with no consolidation, air bronchograms, or silhouette signs.", "negative"),
+    (
+        "pneumonia",
+        "guided",
+        False,
+        "Yes, there is consolidation and air bronchograms consistent with pneumonia.",
+        "positive",
+    ),
+    (
+        "pneumonia",
+        "guided",
+        False,
+        "No. The lung fields are clear, with no consolidation, air bronchograms, or silhouette signs.",
+        "negative",
+    ),
     ("brain", "guided", True, "No", "negative"),
     ("skin", "guided", True, "Yes", "positive"),
-    ("idc", "guided", False,
-     "Yes, the cells show atypical morphology with irregular masses suggestive of invasive ductal carcinoma.",
-     "positive"),
-    ("brain", "guided", False,
-     "Based on the irregular masses, I would say yes, there is evidence of a tumor.", "positive"),
-    ("skin", "guided", False,
-     "The lesion has regular borders and even pigmentation. There is no evidence of malignant skin cancer.",
-     "negative"),
-    ("brain", "guided", False,
-     "I'm unable to provide a diagnosis. Consider consulting a neuroradiologist.", "refusal"),
+    (
+        "idc",
+        "guided",
+        False,
+        "Yes, the cells show atypical morphology with irregular masses suggestive of invasive ductal carcinoma.",
+        "positive",
+    ),
+    (
+        "brain",
+        "guided",
+        False,
+        "Based on the irregular masses, I would say yes, there is evidence of a tumor.",
+        "positive",
+    ),
+    (
+        "skin",
+        "guided",
+        False,
+        "The lesion has regular borders and even pigmentation. There is no evidence of malignant skin cancer.",
+        "negative",
+    ),
+    ("brain", "guided", False, "I'm unable to provide a diagnosis. Consider consulting a neuroradiologist.", "refusal"),
     # ---- prompt 5 multiple choice A = positive, B = negative
     ("brain", "mc_pos_first", True, "A", "positive"),
     ("brain", "mc_pos_first", True, "B", "negative"),
@@ -203,21 +316,34 @@ CASES = [
     ("skin", "mc_pos_first", False, "Option B", "negative"),
     ("brain", "mc_pos_first", False, "A) No tumor", "hedge"),
     ("brain", "mc_pos_first", False, "Both A and B are possible.", "hedge"),
-    ("idc", "mc_pos_first", False,
-     "I cannot choose between A and B without more information.", "hedge"),
-    ("brain", "mc_pos_first", False,
-     "The image shows a brain MRI scan with a large mass. A) Tumor", "positive"),
-    ("brain", "mc_pos_first", False,
-     "Answer: A) Tumor\nExplanation: The image shows a mass with surrounding edema.", "positive"),
+    ("idc", "mc_pos_first", False, "I cannot choose between A and B without more information.", "hedge"),
+    ("brain", "mc_pos_first", False, "The image shows a brain MRI scan with a large mass. A) Tumor", "positive"),
+    (
+        "brain",
+        "mc_pos_first",
+        False,
+        "Answer: A) Tumor\nExplanation: The image shows a mass with surrounding edema.",
+        "positive",
+    ),
     ("brain", "mc_pos_first", True, "Yes", "unclear"),
     ("brain", "mc_pos_first", False, "The image shows no signs of a tumor. Answer: A", "hedge"),
     ("brain", "mc_pos_first", False, "A) Tumor\nB) No tumor", "hedge"),
     ("brain", "mc_pos_first", False, "A) Tumor\nB) No tumor\n\nThe image shows a tumor.", "positive"),
-    ("pneumonia", "mc_pos_first", False,
-     "## Analysis\nThe lungs are well expanded and clear.\n\n### Answer\n**B) No pneumonia**", "negative"),
-    ("skin", "mc_pos_first", False,
-     "I'm not a dermatologist and cannot give medical advice, and a biopsy is the only way to be sure. "
-     "That said, the answer is A) Malignant.", "positive"),
+    (
+        "pneumonia",
+        "mc_pos_first",
+        False,
+        "## Analysis\nThe lungs are well expanded and clear.\n\n### Answer\n**B) No pneumonia**",
+        "negative",
+    ),
+    (
+        "skin",
+        "mc_pos_first",
+        False,
+        "I'm not a dermatologist and cannot give medical advice, and a biopsy is the only way to be sure. "
+        "That said, the answer is A) Malignant.",
+        "positive",
+    ),
     # ---- prompt 6 multiple choice swapped: A = negative, B = positive
     ("brain", "mc_neg_first", True, "A", "negative"),
     ("brain", "mc_neg_first", True, "B", "positive"),
@@ -233,19 +359,33 @@ CASES = [
     ("brain", "mc_neg_first", False, "A) Tumor", "hedge"),
     ("idc", "mc_neg_first", False, "The correct answer is B) Carcinoma.", "positive"),
     ("idc", "mc_neg_first", True, "I choose A.", "negative"),
-    ("pneumonia", "mc_neg_first", False,
-     "Based on the image, there is a dense area of consolidation in the right lung. "
-     "Therefore, the answer is B) Pneumonia.", "positive"),
+    (
+        "pneumonia",
+        "mc_neg_first",
+        False,
+        "Based on the image, there is a dense area of consolidation in the right lung. "
+        "Therefore, the answer is B) Pneumonia.",
+        "positive",
+    ),
     ("pneumonia", "mc_neg_first", False, "The image shows normal lung fields.\n\nAnswer: A", "negative"),
     ("skin", "mc_neg_first", False, "Either A or B could be correct.", "hedge"),
-    ("skin", "mc_neg_first", False,
-     "I'm sorry, I can't help with diagnosing skin lesions. Please see a dermatologist.", "refusal"),
+    (
+        "skin",
+        "mc_neg_first",
+        False,
+        "I'm sorry, I can't help with diagnosing skin lesions. Please see a dermatologist.",
+        "refusal",
+    ),
     ("idc", "mc_neg_first", True, "No", "unclear"),
     # ---- noise from random-weight models and other junk
-    ("brain", "abnormal", False,
-     "ucc Pref ogram mitt ellipse Kw suffix aroo zyg tit Nat Rox quen dd vv", "unclear"),
-    ("pneumonia", "mc_pos_first", False,
-     "Pref ogram mitt ellipse normal Kw suffix aroo zyg tit Nat tumor Rox quen", "unclear"),
+    ("brain", "abnormal", False, "ucc Pref ogram mitt ellipse Kw suffix aroo zyg tit Nat Rox quen dd vv", "unclear"),
+    (
+        "pneumonia",
+        "mc_pos_first",
+        False,
+        "Pref ogram mitt ellipse normal Kw suffix aroo zyg tit Nat tumor Rox quen",
+        "unclear",
+    ),
     ("skin", "evidence", False, "asdkjh qwe zzz", "unclear"),
     ("idc", "normal", False, "<unk><unk><unk>", "unclear"),
     ("brain", "mc_neg_first", False, "!!!!!!", "unclear"),
@@ -336,8 +476,9 @@ def test_echoed_prompt_is_not_read_as_the_answer():
 
 
 def test_description_prompts_are_not_parsed():
-    describe = PromptVariant(prompt_id="describe", family="describe", kind="describe",
-                             text="Describe this image in great detail.")
+    describe = PromptVariant(
+        prompt_id="describe", family="describe", kind="describe", text="Describe this image in great detail."
+    )
     verdict = parse_verdict("The image shows a large tumor.", describe)
     assert verdict.label == "unclear"
     assert "description" in verdict.detail
@@ -351,8 +492,11 @@ def test_prompt_without_polarity_is_unclear():
 
 def test_custom_option_texts_are_used():
     prompt = PromptVariant(
-        prompt_id="custom_1", family="custom_mc", text="Pick one.\nA) Glioma present\nB) Healthy brain",
-        options=(("A", "positive", "Glioma present"), ("B", "negative", "Healthy brain")), custom=True,
+        prompt_id="custom_1",
+        family="custom_mc",
+        text="Pick one.\nA) Glioma present\nB) Healthy brain",
+        options=(("A", "positive", "Glioma present"), ("B", "negative", "Healthy brain")),
+        custom=True,
     )
     assert parse_verdict("Healthy brain", prompt).label == "negative"
     assert parse_verdict("Glioma present.", prompt).label == "positive"
@@ -372,13 +516,51 @@ from hypothesis import strategies as st
 
 from explorer.schema import VERDICT_LABELS
 
-_PIECES = st.sampled_from([
-    "Yes", "No", "yes", "no", ",", ".", "\n", " ", "**", "A)", "B)", "(A)", "B", "A", "Answer:", "the answer is",
-    "not", "no evidence of", "normal", "abnormal", "tumor", "No tumor", "pneumonia", "No pneumonia", "benign",
-    "malignant", "carcinoma", "may or may not", "cannot rule out", "I cannot provide a diagnosis",
-    "consult a doctor", "difficult to determine", "both A and B", "In conclusion,", "?", "I would choose",
-    "non-malignant", "is absent", "\u2019", "#", "_",
-])
+_PIECES = st.sampled_from(
+    [
+        "Yes",
+        "No",
+        "yes",
+        "no",
+        ",",
+        ".",
+        "\n",
+        " ",
+        "**",
+        "A)",
+        "B)",
+        "(A)",
+        "B",
+        "A",
+        "Answer:",
+        "the answer is",
+        "not",
+        "no evidence of",
+        "normal",
+        "abnormal",
+        "tumor",
+        "No tumor",
+        "pneumonia",
+        "No pneumonia",
+        "benign",
+        "malignant",
+        "carcinoma",
+        "may or may not",
+        "cannot rule out",
+        "I cannot provide a diagnosis",
+        "consult a doctor",
+        "difficult to determine",
+        "both A and B",
+        "In conclusion,",
+        "?",
+        "I would choose",
+        "non-malignant",
+        "is absent",
+        "\u2019",
+        "#",
+        "_",
+    ]
+)
 _FAMILIES = ["abnormal", "normal", "evidence", "guided", "mc_pos_first", "mc_neg_first"]
 
 

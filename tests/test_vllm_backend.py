@@ -1,6 +1,7 @@
 """The vLLM backend's requests, against a fake `vllm` module put in sys.modules (vLLM itself is never
 installed here): engine options, chat vs raw prompts with multi-modal data, sampling parameters,
 logprobs -> first-token readout, exact mode, and a sweep through it."""
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,14 @@ class FakeLLM:
         logprobs = None
         if params.kwargs.get("logprobs"):
             # P(Yes)=0.6, P(yes)=0.1, P(No)=0.2, something else 0.1
-            logprobs = [{5: Logprob(math.log(0.6)), 7: Logprob(math.log(0.1)), 6: Logprob(math.log(0.2)),
-                         10: Logprob(math.log(0.1))}]
+            logprobs = [
+                {
+                    5: Logprob(math.log(0.6)),
+                    7: Logprob(math.log(0.1)),
+                    6: Logprob(math.log(0.2)),
+                    10: Logprob(math.log(0.1)),
+                }
+            ]
         return Output([Completion("Yes, it is.", [5, 11, 12], logprobs)])
 
     def chat(self, messages, sampling_params=None, use_tqdm=True):
@@ -184,8 +191,9 @@ def test_chosen_by_the_registry_and_runs_a_sweep(fake_vllm, catalog, tmp_path):
     request, variant = _request(catalog, "gemma")
     from explorer.runs.sweep import plan_sweep
 
-    plan = plan_sweep(catalog, ["gemma", "llava"], ["pneumonia"], {"pneumonia": [_case()]},
-                      {"pneumonia": [variant]}, "paper")
+    plan = plan_sweep(
+        catalog, ["gemma", "llava"], ["pneumonia"], {"pneumonia": [_case()]}, {"pneumonia": [variant]}, "paper"
+    )
     store = Store(tmp_path / "v.sqlite")
     summary = run_sweep(plan, registry.for_model, store, batch_size=12)
     assert (summary.computed, summary.errors) == (2, 0)
@@ -215,19 +223,37 @@ def test_a_server_with_logprobs_gives_the_first_token_readout(catalog, monkeypat
 
     from explorer.models.backends.openai_backend import EndpointConfig, OpenAIBackend
 
-    top = [{"token": "Yes", "logprob": math.log(0.5), "bytes": None}, {"token": " yes", "logprob": math.log(0.2), "bytes": None},
-           {"token": "No", "logprob": math.log(0.2), "bytes": None}, {"token": "The", "logprob": math.log(0.1), "bytes": None}]
-    completion = chat_types.ChatCompletion.model_validate({
-        "id": "c1", "object": "chat.completion", "created": 0, "model": "g",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Yes."},
-                     "logprobs": {"content": [{"token": "Yes", "logprob": math.log(0.5), "bytes": None,
-                                               "top_logprobs": top}]}}],
-    })
+    top = [
+        {"token": "Yes", "logprob": math.log(0.5), "bytes": None},
+        {"token": " yes", "logprob": math.log(0.2), "bytes": None},
+        {"token": "No", "logprob": math.log(0.2), "bytes": None},
+        {"token": "The", "logprob": math.log(0.1), "bytes": None},
+    ]
+    completion = chat_types.ChatCompletion.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "g",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Yes."},
+                    "logprobs": {
+                        "content": [{"token": "Yes", "logprob": math.log(0.5), "bytes": None, "top_logprobs": top}]
+                    },
+                }
+            ],
+        }
+    )
     stub = _StubCompletions(completion)
     client = types.SimpleNamespace(chat=types.SimpleNamespace(completions=stub))
     request, variant = _request(catalog, "gemma", style="official")
     for logprobs in (True, False):
-        backend = OpenAIBackend({"gemma": EndpointConfig(base_url="http://127.0.0.1:9/v1", model="g", logprobs=logprobs)})
+        backend = OpenAIBackend(
+            {"gemma": EndpointConfig(base_url="http://127.0.0.1:9/v1", model="g", logprobs=logprobs)}
+        )
         monkeypatch.setattr(backend, "_client", lambda cfg: client)
         # With logprobs the reply is read whole even when the caller streams (the stub cannot stream).
         [response] = backend.generate([request], on_text=(lambda i, t: None) if logprobs else None)

@@ -5,6 +5,7 @@ spreadsheet would evaluate are neutralised (csv_cells). The manifest records wha
 the same sweep: the run's plan and cases, the
 presets' file hashes, library versions, seeds, the git commit, and times.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,11 @@ _DROP_FROM_EXPORT = ("cached",)
 def _git_commit() -> Optional[str]:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -42,9 +46,7 @@ def _git_commit() -> Optional[str]:
 
 
 def presets_fingerprint(presets_dir: Path = PRESETS_DIR) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(Path(presets_dir).glob("*.yaml"))
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(Path(presets_dir).glob("*.yaml"))}
 
 
 def run_manifest(store: Store, run_id: Optional[str]) -> dict:
@@ -79,9 +81,10 @@ def _is_export_file(name: str) -> bool:
     stem, _, suffix = name.partition(".")
     if name.startswith((".answers.", ".metrics_", ".manifest.")) and name.endswith(".tmp"):
         return True  # a temp file an older export, killed mid-write, left behind
-    return (stem in ("answers", "metrics_cells", "metrics_summary", "metrics_headline", *SENSITIVITY_TABLES)
-            and suffix in FORMATS) or \
-        name == "manifest.json"
+    return (
+        stem in ("answers", "metrics_cells", "metrics_summary", "metrics_headline", *SENSITIVITY_TABLES)
+        and suffix in FORMATS
+    ) or name == "manifest.json"
 
 
 def _check_out(out: Path) -> None:
@@ -92,8 +95,10 @@ def _check_out(out: Path) -> None:
         others = sorted(p.name for p in out.iterdir() if not _is_export_file(p.name))
         if others:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise ValueError(f"{out}: holds other files ({shown}); an export replaces the whole folder, "
-                             "so choose an empty or new one")
+            raise ValueError(
+                f"{out}: holds other files ({shown}); an export replaces the whole folder, "
+                "so choose an empty or new one"
+            )
 
 
 def _umask() -> int:
@@ -234,14 +239,23 @@ def import_answers(store: Store, frame: pd.DataFrame, origin: str, catalog=None)
     unknown = [(i, t) for i, t in enumerate(tasks, start=1) if t not in catalog.tasks]
     if unknown:
         row, task = unknown[0]
-        raise ValueError(f"{origin}: row {row}: unknown task {str(task)[:60]!r}; this explorer knows "
-                         f"{', '.join(catalog.tasks)}")
+        raise ValueError(
+            f"{origin}: row {row}: unknown task {str(task)[:60]!r}; this explorer knows {', '.join(catalog.tasks)}"
+        )
     added = existing = 0
     now = utc_now()
     for rec in frame.to_dict("records"):
         key = json.dumps(
-            [origin, rec.get("model"), rec.get("task"), rec.get("case_id"), rec.get("prompt_id"),
-             rec.get("prompt_text"), rec.get("answer")], default=str,
+            [
+                origin,
+                rec.get("model"),
+                rec.get("task"),
+                rec.get("case_id"),
+                rec.get("prompt_id"),
+                rec.get("prompt_text"),
+                rec.get("answer"),
+            ],
+            default=str,
         )
         row = {
             "fingerprint": "import:" + hashlib.sha256(key.encode()).hexdigest(),

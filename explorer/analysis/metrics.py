@@ -18,6 +18,7 @@ Confidence intervals are 95% percentile bootstraps that resample cases with a fi
 (model, task, prompt) cell gets its own generator seeded from (seed, cell key), so a cell's interval
 does not change when other cells are added or removed.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -50,29 +51,99 @@ DEFAULT_CI = 0.95
 EXACT_BELOW = 25
 
 CELL_COLUMNS = [
-    "model", "task", "prompt_id", "prompt_family", "pair", "role",
-    "n", "n_labelled", "n_answered", "n_refused", "n_hedge",
-    "tp", "fp", "tn", "fn", "refused_pos", "refused_neg",
-    "accuracy", "accuracy_lo", "accuracy_hi", "accuracy_all",
-    "sensitivity", "specificity", "precision", "f1_nr", "f1_all", "f1_all_lo", "f1_all_hi",
-    "refusal_rate", "hedge_rate", "positive_rate", "auroc", "n_auroc", "non_answer_rate",
+    "model",
+    "task",
+    "prompt_id",
+    "prompt_family",
+    "pair",
+    "role",
+    "n",
+    "n_labelled",
+    "n_answered",
+    "n_refused",
+    "n_hedge",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "refused_pos",
+    "refused_neg",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "accuracy_all",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1_nr",
+    "f1_all",
+    "f1_all_lo",
+    "f1_all_hi",
+    "refusal_rate",
+    "hedge_rate",
+    "positive_rate",
+    "auroc",
+    "n_auroc",
+    "non_answer_rate",
 ]
 SUMMARY_COLUMNS = [
-    "model", "task", "pair", "role", "n_prompts", "n_cases",
-    "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max",
-    "accuracy_all_mean", "accuracy_all_std", "f1_nr_mean",
-    "f1_all_mean", "f1_all_std", "f1_all_lo", "f1_all_hi",
-    "refusal_rate_mean", "flip_rate", "n_flip_cases", "fleiss_kappa", "n_kappa_cases", "n_kappa_variants",
+    "model",
+    "task",
+    "pair",
+    "role",
+    "n_prompts",
+    "n_cases",
+    "accuracy_mean",
+    "accuracy_std",
+    "accuracy_min",
+    "accuracy_max",
+    "accuracy_all_mean",
+    "accuracy_all_std",
+    "f1_nr_mean",
+    "f1_all_mean",
+    "f1_all_std",
+    "f1_all_lo",
+    "f1_all_hi",
+    "refusal_rate_mean",
+    "flip_rate",
+    "n_flip_cases",
+    "fleiss_kappa",
+    "n_kappa_cases",
+    "n_kappa_variants",
     "non_answer_rate_mean",
 ]
 PAIRED_COLUMNS = [
-    "pair", "task", "prompt_id", "level", "base_model", "medical_model", "n_pairs",
-    "both_correct", "b", "c", "neither_correct", "base_accuracy_all", "medical_accuracy_all",
-    "statistic", "p_value", "method", "p_holm", "reject_holm",
+    "pair",
+    "task",
+    "prompt_id",
+    "level",
+    "base_model",
+    "medical_model",
+    "n_pairs",
+    "both_correct",
+    "b",
+    "c",
+    "neither_correct",
+    "base_accuracy_all",
+    "medical_accuracy_all",
+    "statistic",
+    "p_value",
+    "method",
+    "p_holm",
+    "reject_holm",
 ]
 HEADLINE_COLUMNS = [
-    "pair", "task", "role", "model", "f1_all_mean", "f1_all_lo", "f1_all_hi",
-    "accuracy_mean", "refusal_rate_mean", "n_prompts", "n_cases",
+    "pair",
+    "task",
+    "role",
+    "model",
+    "f1_all_mean",
+    "f1_all_lo",
+    "f1_all_hi",
+    "accuracy_mean",
+    "refusal_rate_mean",
+    "n_prompts",
+    "n_cases",
 ]
 
 
@@ -124,8 +195,12 @@ def _outcomes(frame: pd.DataFrame) -> pd.Series:
     refused = frame["reading"] == NON_ANSWER
     code = np.full(len(frame), -1, dtype=np.int64)
     for mask, value in (
-        (pos & said_pos, TP), (pos & said_neg, FN), (neg & said_pos, FP), (neg & said_neg, TN),
-        (pos & refused, R_POS), (neg & refused, R_NEG),
+        (pos & said_pos, TP),
+        (pos & said_neg, FN),
+        (neg & said_pos, FP),
+        (neg & said_neg, TN),
+        (pos & refused, R_POS),
+        (neg & refused, R_NEG),
     ):
         code[mask.to_numpy()] = value
     return pd.Series(code, index=frame.index)
@@ -212,8 +287,11 @@ def _answered_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]
         y_true, y_pred, labels=[0, 1], average=None, zero_division=np.nan
     )
     return dict(
-        accuracy=float(accuracy_score(y_true, y_pred)), sensitivity=float(recall[1]),
-        specificity=float(recall[0]), precision=float(precision[1]), f1=float(f1[1]),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        sensitivity=float(recall[1]),
+        specificity=float(recall[0]),
+        precision=float(precision[1]),
+        f1=float(f1[1]),
     )
 
 
@@ -235,14 +313,27 @@ def _one_cell(key: tuple, cell: pd.DataFrame, n_boot: int, seed: int, ci: float)
     folded = _answered_scores(_binary(lab["label"]), _binary(folded_prediction(lab["label"], lab["verdict"])))
     row: dict[str, Any] = dict(zip(CELL_KEYS, key))
     row.update(
-        prompt_family=cell["prompt_family"].iloc[0], pair=cell["pair"].iloc[0], role=cell["role"].iloc[0],
-        n=n, n_labelled=len(lab), n_answered=int(cell["answered"].sum()),
-        n_refused=int((~cell["answered"]).sum()), n_hedge=int((cell["verdict"] == "hedge").sum()),
-        tp=int(counts[TP]), fp=int(counts[FP]), tn=int(counts[TN]), fn=int(counts[FN]),
-        refused_pos=int(counts[R_POS]), refused_neg=int(counts[R_NEG]),
-        accuracy=answered["accuracy"], accuracy_all=folded["accuracy"],
-        sensitivity=answered["sensitivity"], specificity=answered["specificity"],
-        precision=answered["precision"], f1_nr=answered["f1"], f1_all=folded["f1"],
+        prompt_family=cell["prompt_family"].iloc[0],
+        pair=cell["pair"].iloc[0],
+        role=cell["role"].iloc[0],
+        n=n,
+        n_labelled=len(lab),
+        n_answered=int(cell["answered"].sum()),
+        n_refused=int((~cell["answered"]).sum()),
+        n_hedge=int((cell["verdict"] == "hedge").sum()),
+        tp=int(counts[TP]),
+        fp=int(counts[FP]),
+        tn=int(counts[TN]),
+        fn=int(counts[FN]),
+        refused_pos=int(counts[R_POS]),
+        refused_neg=int(counts[R_NEG]),
+        accuracy=answered["accuracy"],
+        accuracy_all=folded["accuracy"],
+        sensitivity=answered["sensitivity"],
+        specificity=answered["specificity"],
+        precision=answered["precision"],
+        f1_nr=answered["f1"],
+        f1_all=folded["f1"],
         refusal_rate=(~cell["answered"]).mean() if n else np.nan,
         hedge_rate=(cell["verdict"] == "hedge").mean() if n else np.nan,
         positive_rate=(cell["verdict"] == "positive").mean() if n else np.nan,
@@ -281,10 +372,7 @@ def cell_metrics(
     frame = prepare(df)
     if frame.empty:
         return pd.DataFrame(columns=CELL_COLUMNS)
-    rows = [
-        _one_cell(key, cell, n_boot, seed, ci)
-        for key, cell in frame.groupby(CELL_KEYS, sort=True, dropna=False)
-    ]
+    rows = [_one_cell(key, cell, n_boot, seed, ci) for key, cell in frame.groupby(CELL_KEYS, sort=True, dropna=False)]
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
@@ -343,7 +431,10 @@ def _mean_f1_all_ci(frame: pd.DataFrame, key: tuple, n_boot: int, seed: int, ci:
 
 
 def model_task_summary(
-    df: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED, ci: float = DEFAULT_CI,
+    df: pd.DataFrame,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_SEED,
+    ci: float = DEFAULT_CI,
     cells: Optional[pd.DataFrame] = None,
 ) -> pd.DataFrame:
     """Per (model, task): how much the prompt wording matters (columns SUMMARY_COLUMNS).
@@ -366,19 +457,34 @@ def model_task_summary(
         flips, n_flip = flip_rate(group)
         kappa, n_kappa, n_var = variant_kappa(group)
         lo, hi = _mean_f1_all_ci(group, key, n_boot, seed, ci)
-        rows.append(dict(
-            model=key[0], task=key[1], pair=group["pair"].iloc[0], role=group["role"].iloc[0],
-            n_prompts=int(group["prompt_id"].nunique()), n_cases=int(group["case_id"].nunique()),
-            accuracy_mean=c["accuracy"].mean(), accuracy_std=c["accuracy"].std(),
-            accuracy_min=c["accuracy"].min(), accuracy_max=c["accuracy"].max(),
-            accuracy_all_mean=c["accuracy_all"].mean(), accuracy_all_std=c["accuracy_all"].std(),
-            f1_nr_mean=c["f1_nr"].mean(),
-            f1_all_mean=c["f1_all"].mean(), f1_all_std=c["f1_all"].std(), f1_all_lo=lo, f1_all_hi=hi,
-            refusal_rate_mean=c["refusal_rate"].mean(),
-            flip_rate=flips, n_flip_cases=n_flip,
-            fleiss_kappa=kappa, n_kappa_cases=n_kappa, n_kappa_variants=n_var,
-            non_answer_rate_mean=c["non_answer_rate"].mean(),
-        ))
+        rows.append(
+            dict(
+                model=key[0],
+                task=key[1],
+                pair=group["pair"].iloc[0],
+                role=group["role"].iloc[0],
+                n_prompts=int(group["prompt_id"].nunique()),
+                n_cases=int(group["case_id"].nunique()),
+                accuracy_mean=c["accuracy"].mean(),
+                accuracy_std=c["accuracy"].std(),
+                accuracy_min=c["accuracy"].min(),
+                accuracy_max=c["accuracy"].max(),
+                accuracy_all_mean=c["accuracy_all"].mean(),
+                accuracy_all_std=c["accuracy_all"].std(),
+                f1_nr_mean=c["f1_nr"].mean(),
+                f1_all_mean=c["f1_all"].mean(),
+                f1_all_std=c["f1_all"].std(),
+                f1_all_lo=lo,
+                f1_all_hi=hi,
+                refusal_rate_mean=c["refusal_rate"].mean(),
+                flip_rate=flips,
+                n_flip_cases=n_flip,
+                fleiss_kappa=kappa,
+                n_kappa_cases=n_kappa,
+                n_kappa_variants=n_var,
+                non_answer_rate_mean=c["non_answer_rate"].mean(),
+            )
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -430,7 +536,8 @@ def _mcnemar_row(both: int, b: int, c: int, neither: int, exact_below: int) -> d
     exact = (b + c) < exact_below
     result = mcnemar([[both, b], [c, neither]], exact=exact, correction=True)
     return dict(
-        statistic=float(result.statistic), p_value=float(result.pvalue),
+        statistic=float(result.statistic),
+        p_value=float(result.pvalue),
         method="exact binomial" if exact else "chi-square, continuity-corrected",
     )
 
@@ -441,8 +548,13 @@ def _paired_row(matched: pd.DataFrame, exact_below: int) -> dict[str, Any]:
     both, neither = int((base_ok & med_ok).sum()), int((~base_ok & ~med_ok).sum())
     b, c = int((base_ok & ~med_ok).sum()), int((~base_ok & med_ok).sum())
     row = dict(
-        n_pairs=len(matched), both_correct=both, b=b, c=c, neither_correct=neither,
-        base_accuracy_all=float(base_ok.mean()), medical_accuracy_all=float(med_ok.mean()),
+        n_pairs=len(matched),
+        both_correct=both,
+        b=b,
+        c=c,
+        neither_correct=neither,
+        base_accuracy_all=float(base_ok.mean()),
+        medical_accuracy_all=float(med_ok.mean()),
     )
     row.update(_mcnemar_row(both, b, c, neither, exact_below))
     return row
@@ -507,4 +619,3 @@ def headline(
     summary = summary.assign(_order=(summary["role"] != "base").astype(int))
     summary = summary.sort_values(["pair", "task", "_order"]).reset_index(drop=True)
     return summary[HEADLINE_COLUMNS]
-

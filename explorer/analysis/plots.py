@@ -7,6 +7,7 @@ base models are slate, medical models pink (matching the app's stylesheet); a ve
 everywhere (VERDICT_COLOURS, reused by the UI). Tasks run in the study's order of difficulty and prompts
 in the study's order, so figures line up with the paper's.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,7 +48,11 @@ ERROR_COLOUR, ERROR_BG_COLOUR = "#b91c1c", "#fee2e2"
 # A case's true class takes the colour of the verdict that would be right for it.
 LABEL_COLOURS = {"positive": VERDICT_COLOURS["positive"], "negative": VERDICT_COLOURS["negative"], None: "#94a3b8"}
 VERDICT_SYMBOLS = {
-    "positive": "triangle-up", "negative": "circle", "refusal": "x", "hedge": "diamond", "unclear": "square",
+    "positive": "triangle-up",
+    "negative": "circle",
+    "refusal": "x",
+    "hedge": "diamond",
+    "unclear": "square",
     None: "circle-open",
 }
 # One shade per pair within a role (first pair darkest); patterns and dashes tell pairs apart in print.
@@ -173,10 +178,14 @@ def model_styles(frame: pd.DataFrame, catalog: Any = None) -> dict[str, ModelSty
         pair = _clean(row.get("pair")) or getattr(spec, "pair", None)
         role = _clean(row.get("role")) or getattr(spec, "role", None)
         info[alias] = (pair, role if role in ROLE_COLOURS else None)
-    pairs = sorted({p for p, r in info.values() if p and r},
-                   key=lambda p: (catalog_pairs.index(p) if p in catalog_pairs else len(catalog_pairs), p))
-    paired = sorted((a for a, (p, r) in info.items() if p in pairs and r),
-                    key=lambda a: (pairs.index(info[a][0]), info[a][1] != "base", a))
+    pairs = sorted(
+        {p for p, r in info.values() if p and r},
+        key=lambda p: (catalog_pairs.index(p) if p in catalog_pairs else len(catalog_pairs), p),
+    )
+    paired = sorted(
+        (a for a, (p, r) in info.items() if p in pairs and r),
+        key=lambda a: (pairs.index(info[a][0]), info[a][1] != "base", a),
+    )
     others = sorted(a for a in info if a not in paired)
     names = {a: _short_title(specs.get(a), a) for a in info}
     clash = {n for n in names.values() if list(names.values()).count(n) > 1}
@@ -184,12 +193,25 @@ def model_styles(frame: pd.DataFrame, catalog: Any = None) -> dict[str, ModelSty
     for alias in paired:
         pair, role = info[alias]
         i = pairs.index(pair)
-        styles[alias] = ModelStyle(alias, alias if names[alias] in clash else names[alias], role, pair,
-                                   ROLE_COLOURS[role][i % len(ROLE_COLOURS[role])],
-                                   PAIR_PATTERNS[i % len(PAIR_PATTERNS)], PAIR_DASHES[i % len(PAIR_DASHES)])
+        styles[alias] = ModelStyle(
+            alias,
+            alias if names[alias] in clash else names[alias],
+            role,
+            pair,
+            ROLE_COLOURS[role][i % len(ROLE_COLOURS[role])],
+            PAIR_PATTERNS[i % len(PAIR_PATTERNS)],
+            PAIR_DASHES[i % len(PAIR_DASHES)],
+        )
     for j, alias in enumerate(others):
-        styles[alias] = ModelStyle(alias, alias if names[alias] in clash else names[alias], None, info[alias][0],
-                                   OTHER_COLOURS[j % len(OTHER_COLOURS)], "", "solid")
+        styles[alias] = ModelStyle(
+            alias,
+            alias if names[alias] in clash else names[alias],
+            None,
+            info[alias][0],
+            OTHER_COLOURS[j % len(OTHER_COLOURS)],
+            "",
+            "solid",
+        )
     return styles
 
 
@@ -251,7 +273,9 @@ def _usable(frame: Optional[pd.DataFrame], required: Sequence[str]) -> bool:
         return False
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(f"this figure needs column(s) {', '.join(missing)}; the frame has {', '.join(map(str, frame.columns))}")
+        raise ValueError(
+            f"this figure needs column(s) {', '.join(missing)}; the frame has {', '.join(map(str, frame.columns))}"
+        )
     return True
 
 
@@ -259,9 +283,13 @@ def _layout(fig: go.Figure, title: str, subtitle: str = "", show_legend: bool = 
     # The subtitle goes in <sup> inside the title: it renders in every plotly.js version gradio may bundle.
     text = f"<b>{escape(title)}</b>" + (f"<br><sup>{escape(subtitle)}</sup>" if subtitle else "")
     fig.update_layout(
-        template="plotly_white", height=HEIGHT, autosize=True, font=dict(size=13),
+        template="plotly_white",
+        height=HEIGHT,
+        autosize=True,
+        font=dict(size=13),
         title=dict(text=text, x=0.01, xanchor="left", y=0.97, yanchor="top", font=dict(size=15)),
-        margin=dict(l=60, r=20, t=78, b=60), hoverlabel=dict(align="left"),
+        margin=dict(l=60, r=20, t=78, b=60),
+        hoverlabel=dict(align="left"),
         showlegend=show_legend,
         legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top", font=dict(size=12)),
     )
@@ -273,17 +301,27 @@ def _layout(fig: go.Figure, title: str, subtitle: str = "", show_legend: bool = 
 def empty_figure(message: str = EMPTY_MESSAGE, title: str = "") -> go.Figure:
     """A blank figure that says why it is blank."""
     fig = go.Figure()
-    fig.add_annotation(text=escape(message), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
-                       font=dict(size=16, color="#64748b"))
+    fig.add_annotation(
+        text=escape(message),
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        showarrow=False,
+        font=dict(size=16, color="#64748b"),
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _layout(fig, title, show_legend=False)
 
 
 def _chance_line(fig: go.Figure, label: str) -> None:
-    fig.add_hline(y=CHANCE, line=dict(dash="dash", color="#6b7280", width=1.5),
-                  annotation=dict(text=label, font=dict(size=11, color="#6b7280")),
-                  annotation_position="top right")
+    fig.add_hline(
+        y=CHANCE,
+        line=dict(dash="dash", color="#6b7280", width=1.5),
+        annotation=dict(text=label, font=dict(size=11, color="#6b7280")),
+        annotation_position="top right",
+    )
 
 
 def _dropdown(fig: go.Figure, options: list[tuple[str, list[int]]], subtitle: str) -> str:
@@ -296,12 +334,26 @@ def _dropdown(fig: go.Figure, options: list[tuple[str, list[int]]], subtitle: st
         trace.visible = i in options[0][1]
     if len(options) < 2:
         return f"{options[0][0]} · {subtitle}"
-    buttons = [dict(label=label, method="restyle", args=[{"visible": [i in indices for i in range(n)]}])
-               for label, indices in options]
-    fig.update_layout(updatemenus=[dict(
-        buttons=buttons, direction="down", showactive=True, x=1.0, xanchor="right", y=1.02, yanchor="bottom",
-        bgcolor="white", bordercolor="#cbd5e1", font=dict(size=12),
-    )])
+    buttons = [
+        dict(label=label, method="restyle", args=[{"visible": [i in indices for i in range(n)]}])
+        for label, indices in options
+    ]
+    fig.update_layout(
+        updatemenus=[
+            dict(
+                buttons=buttons,
+                direction="down",
+                showactive=True,
+                x=1.0,
+                xanchor="right",
+                y=1.02,
+                yanchor="bottom",
+                bgcolor="white",
+                bordercolor="#cbd5e1",
+                font=dict(size=12),
+            )
+        ]
+    )
     return subtitle
 
 
@@ -322,27 +374,43 @@ def headline_f1(headline_df: Optional[pd.DataFrame], catalog: Any = None) -> go.
         rows["_order"] = rows["task"].map({t: i for i, t in enumerate(tasks)})
         rows = rows.sort_values("_order")
         mean, lo, hi = _num(rows["f1_all_mean"]), _num(rows["f1_all_lo"]), _num(rows["f1_all_hi"])
-        extra = {c: (_num(rows[c]) if c in rows else np.full(len(rows), np.nan))
-                 for c in ("accuracy_mean", "refusal_rate_mean", "n_prompts", "n_cases")}
+        extra = {
+            c: (_num(rows[c]) if c in rows else np.full(len(rows), np.nan))
+            for c in ("accuracy_mean", "refusal_rate_mean", "n_prompts", "n_cases")
+        }
         hover = [
             f"CI {_dec(a)}–{_dec(b)}<br>accuracy (answered) {_pct(acc)} · refusals {_pct(ref)}"
             f"<br>{'' if _isnan(npr) else int(npr)} prompts · {'' if _isnan(nc) else int(nc)} cases"
-            for a, b, acc, ref, npr, nc in zip(lo, hi, extra["accuracy_mean"], extra["refusal_rate_mean"],
-                                               extra["n_prompts"], extra["n_cases"])
+            for a, b, acc, ref, npr, nc in zip(
+                lo, hi, extra["accuracy_mean"], extra["refusal_rate_mean"], extra["n_prompts"], extra["n_cases"]
+            )
         ]
-        fig.add_trace(go.Bar(
-            name=style.legend, x=[ticks[t] for t in rows["task"].astype(str)], y=_none_nan(mean),
-            marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
-            error_y=dict(type="data", symmetric=False, array=_none_nan(np.clip(hi - mean, 0, None)),
-                         arrayminus=_none_nan(np.clip(mean - lo, 0, None)), color="#111827", thickness=1.2, width=3),
-            customdata=hover, offsetgroup=alias,
-            hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>F1 %{y:.2f}<br>%{customdata}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                name=style.legend,
+                x=[ticks[t] for t in rows["task"].astype(str)],
+                y=_none_nan(mean),
+                marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=_none_nan(np.clip(hi - mean, 0, None)),
+                    arrayminus=_none_nan(np.clip(mean - lo, 0, None)),
+                    color="#111827",
+                    thickness=1.2,
+                    width=3,
+                ),
+                customdata=hover,
+                offsetgroup=alias,
+                hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>F1 %{y:.2f}<br>%{customdata}<extra></extra>",
+            )
+        )
     _chance_line(fig, "chance")
     fig.update_xaxes(categoryorder="array", categoryarray=[ticks[t] for t in tasks])
     fig.update_yaxes(title_text="F1 (refusals = errors)", range=[0, 1.05])
-    return _layout(fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=110),
-                   legend=dict(y=-0.22))
+    return _layout(
+        fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=110), legend=dict(y=-0.22)
+    )
 
 
 # ---------------------------------------------------------------- per model x task heatmaps and bars
@@ -359,19 +427,26 @@ def refusal_heatmap(frame: Optional[pd.DataFrame], catalog: Any = None) -> go.Fi
     if cell_col in frame.columns:
         _usable(frame, ["model", "task"])
         df = frame.assign(rate=_num(frame[cell_col]))
-        df = df.groupby(["model", "task"], sort=False, dropna=False).agg(
-            rate=("rate", "mean"), n_cells=("rate", "size"),
-            **({"pair": ("pair", "first")} if "pair" in df else {}),
-            **({"role": ("role", "first")} if "role" in df else {}),
-        ).reset_index()
+        df = (
+            df.groupby(["model", "task"], sort=False, dropna=False)
+            .agg(
+                rate=("rate", "mean"),
+                n_cells=("rate", "size"),
+                **({"pair": ("pair", "first")} if "pair" in df else {}),
+                **({"role": ("role", "first")} if "role" in df else {}),
+            )
+            .reset_index()
+        )
     else:
         _usable(frame, ["model", "task", summary_col])
-        df = frame.assign(rate=_num(frame[summary_col]),
-                          n_cells=_num(frame["n_prompts"]) if "n_prompts" in frame else np.nan)
+        df = frame.assign(
+            rate=_num(frame[summary_col]), n_cells=_num(frame["n_prompts"]) if "n_prompts" in frame else np.nan
+        )
     styles = model_styles(df, catalog)
     tasks = task_order(df["task"].unique())
-    lookup = {(str(m), str(t)): (float(r), float(n))
-              for m, t, r, n in zip(df["model"], df["task"], df["rate"], df["n_cells"])}
+    lookup = {
+        (str(m), str(t)): (float(r), float(n)) for m, t, r, n in zip(df["model"], df["task"], df["rate"], df["n_cells"])
+    }
     z, text, hover = [], [], []
     for alias, style in styles.items():
         z_row, t_row, h_row = [], [], []
@@ -379,16 +454,32 @@ def refusal_heatmap(frame: Optional[pd.DataFrame], catalog: Any = None) -> go.Fi
             rate, n = lookup.get((alias, t), (np.nan, np.nan))
             z_row.append(None if not np.isfinite(rate) else float(rate))
             t_row.append(_pct(rate, "") if (alias, t) in lookup else "")
-            h_row.append(f"<b>{escape(style.legend)}</b><br>{escape(task_title(t, catalog))}<br>"
-                         + (f"non-answer rate {_pct(rate)} (mean of {'' if not np.isfinite(n) else int(n)} prompts)"
-                            if (alias, t) in lookup else "not run"))
+            h_row.append(
+                f"<b>{escape(style.legend)}</b><br>{escape(task_title(t, catalog))}<br>"
+                + (
+                    f"non-answer rate {_pct(rate)} (mean of {'' if not np.isfinite(n) else int(n)} prompts)"
+                    if (alias, t) in lookup
+                    else "not run"
+                )
+            )
         z.append(z_row), text.append(t_row), hover.append(h_row)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[_task_tick(t, catalog) for t in tasks], y=[_br(s.legend, 22) for s in styles.values()],
-        zmin=0, zmax=1, colorscale=[[0, "#ffffff"], [1, VERDICT_COLOURS["refusal"]]],
-        text=text, texttemplate="%{text}", hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-        xgap=2, ygap=2, colorbar=dict(title=dict(text="No answer"), tickformat=".0%", thickness=12),
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_task_tick(t, catalog) for t in tasks],
+            y=[_br(s.legend, 22) for s in styles.values()],
+            zmin=0,
+            zmax=1,
+            colorscale=[[0, "#ffffff"], [1, VERDICT_COLOURS["refusal"]]],
+            text=text,
+            texttemplate="%{text}",
+            hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>",
+            xgap=2,
+            ygap=2,
+            colorbar=dict(title=dict(text="No answer"), tickformat=".0%", thickness=12),
+        )
+    )
     fig.update_yaxes(autorange="reversed", title_text="Model")
     fig.update_xaxes(title_text="Task", side="bottom")
     return _layout(fig, title, subtitle, show_legend=False, margin=dict(l=150, r=20, t=78, b=70))
@@ -400,8 +491,9 @@ def accuracy_by_prompt(cell_df: Optional[pd.DataFrame], task: Optional[str] = No
     title = "Accuracy by prompt wording"
     if not _usable(cell_df, ["model", "task", "prompt_id", "accuracy"]):
         return empty_figure(title=title)
-    df = cell_df.assign(task=cell_df["task"].astype(str), prompt_id=cell_df["prompt_id"].astype(str),
-                        model=cell_df["model"].astype(str))
+    df = cell_df.assign(
+        task=cell_df["task"].astype(str), prompt_id=cell_df["prompt_id"].astype(str), model=cell_df["model"].astype(str)
+    )
     tasks = task_order(df["task"].unique()) if task is None else [str(task)]
     df = df[df["task"].isin(tasks)]
     if df.empty:
@@ -428,17 +520,34 @@ def accuracy_by_prompt(cell_df: Optional[pd.DataFrame], task: Optional[str] = No
                     h_row.append(head + "not run")
                     continue
                 answered = r.get("n_answered", np.nan)
-                h_row.append(head + f"accuracy {_pct(acc)} on answered cases"
-                             + (f" ({int(answered)} of {int(r['n'])})" if "n" in r and not _isnan(answered) else "")
-                             + (f"<br>refusal rate {_pct(r['refusal_rate'])}" if "refusal_rate" in r else "")
-                             + (f" · F1 (refusals = errors) {_dec(r['f1_all'])}" if "f1_all" in r else ""))
+                h_row.append(
+                    head
+                    + f"accuracy {_pct(acc)} on answered cases"
+                    + (f" ({int(answered)} of {int(r['n'])})" if "n" in r and not _isnan(answered) else "")
+                    + (f"<br>refusal rate {_pct(r['refusal_rate'])}" if "refusal_rate" in r else "")
+                    + (f" · F1 (refusals = errors) {_dec(r['f1_all'])}" if "f1_all" in r else "")
+                )
             z.append(z_row), text.append(t_row), hover.append(h_row)
-        fig.add_trace(go.Heatmap(
-            z=z, x=x, y=y, zmin=0, zmax=1, zmid=CHANCE, colorscale="RdBu", name=task_title(t, catalog),
-            text=text, texttemplate="%{text}", textfont=dict(size=11), hovertext=hover,
-            hovertemplate="%{hovertext}<extra></extra>", xgap=1, ygap=1,
-            colorbar=dict(title=dict(text="Accuracy"), tickformat=".0%", thickness=12),
-        ))
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=x,
+                y=y,
+                zmin=0,
+                zmax=1,
+                zmid=CHANCE,
+                colorscale="RdBu",
+                name=task_title(t, catalog),
+                text=text,
+                texttemplate="%{text}",
+                textfont=dict(size=11),
+                hovertext=hover,
+                hovertemplate="%{hovertext}<extra></extra>",
+                xgap=1,
+                ygap=1,
+                colorbar=dict(title=dict(text="Accuracy"), tickformat=".0%", thickness=12),
+            )
+        )
         options.append((task_title(t, catalog), [len(fig.data) - 1]))
     subtitle = _dropdown(fig, options, "answered cases · 50% is chance · blue above, red below")
     # Every prompt row labelled (plotly would skip some on a dense category axis).
@@ -464,19 +573,27 @@ def flip_rate(summary_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Fig
         hover = [
             f"{'' if _isnan(n) else int(n)} cases seen under 2+ wordings"
             + (f"<br>agreement between wordings (Fleiss' κ) {_dec(k)}" if not _isnan(k) else "")
-            for n, k in zip(_num(rows["n_flip_cases"]) if "n_flip_cases" in rows else np.full(len(rows), np.nan),
-                            _num(rows["fleiss_kappa"]) if "fleiss_kappa" in rows else np.full(len(rows), np.nan))
+            for n, k in zip(
+                _num(rows["n_flip_cases"]) if "n_flip_cases" in rows else np.full(len(rows), np.nan),
+                _num(rows["fleiss_kappa"]) if "fleiss_kappa" in rows else np.full(len(rows), np.nan),
+            )
         ]
-        fig.add_trace(go.Bar(
-            name=style.legend, x=[ticks[str(t)] for t in rows["task"]], y=_none_nan(_num(rows["flip_rate"])),
-            marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
-            customdata=hover, offsetgroup=alias,
-            hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>flipped %{y:.0%} of cases<br>%{customdata}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                name=style.legend,
+                x=[ticks[str(t)] for t in rows["task"]],
+                y=_none_nan(_num(rows["flip_rate"])),
+                marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
+                customdata=hover,
+                offsetgroup=alias,
+                hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>flipped %{y:.0%} of cases<br>%{customdata}<extra></extra>",
+            )
+        )
     fig.update_xaxes(categoryorder="array", categoryarray=[ticks[t] for t in tasks])
     fig.update_yaxes(title_text="Cases with a flipped answer", tickformat=".0%", range=[0, 1.02])
-    return _layout(fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=110),
-                   legend=dict(y=-0.22))
+    return _layout(
+        fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=110), legend=dict(y=-0.22)
+    )
 
 
 def prompt_spread(cell_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Figure:
@@ -495,18 +612,26 @@ def prompt_spread(cell_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Fi
     fig = go.Figure()
     for alias, style in model_styles(df, catalog).items():
         rows = df[df["model"].astype(str) == alias]
-        fig.add_trace(go.Box(
-            name=style.legend, x=[ticks[str(t)] for t in rows["task"]], y=rows["_acc"].tolist(),
-            customdata=[prompt_label(str(p)) for p in rows["prompt_id"]], offsetgroup=alias,
-            boxpoints="all", jitter=0.35, pointpos=0, marker=dict(color=style.colour, size=6, opacity=0.85),
-            line=dict(color=style.colour, width=1.5), fillcolor="rgba(0,0,0,0)",
-            hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>%{customdata}: %{y:.0%}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Box(
+                name=style.legend,
+                x=[ticks[str(t)] for t in rows["task"]],
+                y=rows["_acc"].tolist(),
+                customdata=[prompt_label(str(p)) for p in rows["prompt_id"]],
+                offsetgroup=alias,
+                boxpoints="all",
+                jitter=0.35,
+                pointpos=0,
+                marker=dict(color=style.colour, size=6, opacity=0.85),
+                line=dict(color=style.colour, width=1.5),
+                fillcolor="rgba(0,0,0,0)",
+                hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>%{customdata}: %{y:.0%}<extra></extra>",
+            )
+        )
     _chance_line(fig, "chance")
     fig.update_xaxes(categoryorder="array", categoryarray=[ticks[t] for t in tasks])
     fig.update_yaxes(title_text="Accuracy (answered cases)", tickformat=".0%", range=[0, 1.05])
-    return _layout(fig, title, subtitle, boxmode="group", margin=dict(l=60, r=20, t=78, b=110),
-                   legend=dict(y=-0.22))
+    return _layout(fig, title, subtitle, boxmode="group", margin=dict(l=60, r=20, t=78, b=110), legend=dict(y=-0.22))
 
 
 def family_flips(families_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Figure:
@@ -519,8 +644,12 @@ def family_flips(families_df: Optional[pd.DataFrame], catalog: Any = None) -> go
     from explorer.prompts.perturb import STUDY_GROUP, load_families
 
     declared = load_families()
-    names = {**{n: declared.family(n).title for n in declared.names()},
-             "all": "All wordings", STUDY_GROUP: "The study's wordings", "custom": "Your wordings"}
+    names = {
+        **{n: declared.family(n).title for n in declared.names()},
+        "all": "All wordings",
+        STUDY_GROUP: "The study's wordings",
+        "custom": "Your wordings",
+    }
     df = families_df.assign(task=families_df["task"].astype(str), family=families_df["family"].astype(str))
     order = ["all", STUDY_GROUP] + [n for n in declared.names() if n != STUDY_GROUP] + ["custom"]
     families = sorted(df["family"].unique(), key=lambda f: (order.index(f) if f in order else len(order), f))
@@ -535,28 +664,41 @@ def family_flips(families_df: Optional[pd.DataFrame], catalog: Any = None) -> go
             lo = _num(rows["flip_share_lo"]) if "flip_share_lo" in rows else np.full(len(rows), np.nan)
             hi = _num(rows["flip_share_hi"]) if "flip_share_hi" in rows else np.full(len(rows), np.nan)
             n = _num(rows["n_images"]) if "n_images" in rows else np.full(len(rows), np.nan)
-            fig.add_trace(go.Bar(
-                name=style.legend, x=ticks, y=_none_nan(share), offsetgroup=alias,
-                marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
-                error_y=dict(type="data", array=_none_nan(np.where(np.isfinite(hi), hi - share, np.nan)),
-                             arrayminus=_none_nan(np.where(np.isfinite(lo), share - lo, np.nan)), thickness=1.2),
-                customdata=[f"{'' if _isnan(k) else int(k)} images · 95% CI {_pct(a)}–{_pct(b)}"
-                            for k, a, b in zip(n, lo, hi)],
-                hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>%{y:.0%} of its wordings off the majority"
-                              "<br>%{customdata}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Bar(
+                    name=style.legend,
+                    x=ticks,
+                    y=_none_nan(share),
+                    offsetgroup=alias,
+                    marker=dict(color=style.colour, pattern=dict(shape=style.pattern, fgcolor="white")),
+                    error_y=dict(
+                        type="data",
+                        array=_none_nan(np.where(np.isfinite(hi), hi - share, np.nan)),
+                        arrayminus=_none_nan(np.where(np.isfinite(lo), share - lo, np.nan)),
+                        thickness=1.2,
+                    ),
+                    customdata=[
+                        f"{'' if _isnan(k) else int(k)} images · 95% CI {_pct(a)}–{_pct(b)}"
+                        for k, a, b in zip(n, lo, hi)
+                    ],
+                    hovertemplate="<b>%{fullData.name}</b><br>%{x}<br>%{y:.0%} of its wordings off the majority"
+                    "<br>%{customdata}<extra></extra>",
+                )
+            )
             indices.append(len(fig.data) - 1)
         options.append((task_title(t, catalog), indices))
     subtitle = _dropdown(fig, options, "share of a family's wordings read differently from the image's majority")
     fig.update_xaxes(categoryorder="array", categoryarray=ticks)
     fig.update_yaxes(title_text="Wordings off the majority", tickformat=".0%", range=[0, 1.02])
-    return _layout(fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=120),
-                   legend=dict(y=-0.3))
+    return _layout(
+        fig, title, subtitle, barmode="group", bargap=0.25, margin=dict(l=60, r=20, t=78, b=120), legend=dict(y=-0.3)
+    )
 
 
 # ---------------------------------------------------------------- probabilities
-def roc_curves(answers_df: Optional[pd.DataFrame], task: Optional[str] = None, prompt_id: Optional[str] = None,
-               catalog: Any = None) -> go.Figure:
+def roc_curves(
+    answers_df: Optional[pd.DataFrame], task: Optional[str] = None, prompt_id: Optional[str] = None, catalog: Any = None
+) -> go.Figure:
     """ROC curve per model from the answers' p_positive (probability of the positive reading), pooled over
     prompt wordings (or one prompt_id). One line per (task, model) with both classes; a dropdown per task."""
     title = "ROC from the model's own confidence"
@@ -565,8 +707,9 @@ def roc_curves(answers_df: Optional[pd.DataFrame], task: Optional[str] = None, p
     no_probs = "No answer probabilities in these results: ROC needs a backend that reports p(positive)"
     if "p_positive" not in answers_df.columns:
         return empty_figure(no_probs, title)
-    df = answers_df.assign(_p=_num(answers_df["p_positive"]), task=answers_df["task"].astype(str),
-                           model=answers_df["model"].astype(str))
+    df = answers_df.assign(
+        _p=_num(answers_df["p_positive"]), task=answers_df["task"].astype(str), model=answers_df["model"].astype(str)
+    )
     df = df[np.isfinite(df["_p"]) & df["label"].isin(["positive", "negative"])]
     if prompt_id is not None:
         df = df[df["prompt_id"].astype(str) == str(prompt_id)]
@@ -586,12 +729,17 @@ def roc_curves(answers_df: Optional[pd.DataFrame], task: Optional[str] = None, p
             y_true = (rows["label"] == "positive").to_numpy(dtype=int)
             fpr, tpr, _ = roc_curve(y_true, rows["_p"].to_numpy())
             auc = roc_auc_score(y_true, rows["_p"].to_numpy())
-            fig.add_trace(go.Scatter(
-                x=fpr, y=tpr, mode="lines", name=f"{style.legend} (AUC {auc:.2f})",
-                line=dict(color=style.colour, dash=style.dash, width=2, shape="hv"),
-                hovertemplate=f"<b>{escape(style.legend)}</b><br>false-positive rate %{{x:.0%}}"
-                              f"<br>sensitivity %{{y:.0%}}<br>{len(rows)} answers<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=fpr,
+                    y=tpr,
+                    mode="lines",
+                    name=f"{style.legend} (AUC {auc:.2f})",
+                    line=dict(color=style.colour, dash=style.dash, width=2, shape="hv"),
+                    hovertemplate=f"<b>{escape(style.legend)}</b><br>false-positive rate %{{x:.0%}}"
+                    f"<br>sensitivity %{{y:.0%}}<br>{len(rows)} answers<extra></extra>",
+                )
+            )
             indices.append(len(fig.data) - 1)
         if indices:
             options.append((task_title(t, catalog), indices))
@@ -641,32 +789,57 @@ def tsne_scatter(points_df: Optional[pd.DataFrame], catalog: Any = None) -> go.F
                         continue
                     cls = class_name(t, label, catalog)
                     name = cls if not has_verdict else f"{cls} · said {verdict or 'nothing'}"
-                    fig.add_trace(go.Scatter(
-                        x=_num(rows["x"]), y=_num(rows["y"]), mode="markers", name=name,
-                        legendgroup=str(label),
-                        marker=dict(color=LABEL_COLOURS[label], symbol=VERDICT_SYMBOLS[verdict], size=8,
-                                    opacity=0.8, line=dict(width=1, color=LABEL_COLOURS[label])),
-                        customdata=np.column_stack([
-                            [escape(str(c)) for c in rows.get("case_id", pd.Series([""] * len(rows)))],
-                            [cls] * len(rows),
-                            [str(v or "not asked") for v in rows["_verdict"]] if has_verdict else [""] * len(rows),
-                            list(rows["hover_html"].fillna("")) if has_hover_html
-                            else [_snippet(a) for a in rows.get("answer", pd.Series([""] * len(rows)))],
-                        ]),
-                        hovertemplate="<b>%{customdata[0]}</b><br>truth: %{customdata[1]}"
-                                      + ("<br>verdict: %{customdata[2]}" if has_verdict else "")
-                                      + ("<br><br>" if has_hover_html else "<br>")
-                                      + "%{customdata[3]}<extra></extra>",
-                    ))
+                    fig.add_trace(
+                        go.Scatter(
+                            x=_num(rows["x"]),
+                            y=_num(rows["y"]),
+                            mode="markers",
+                            name=name,
+                            legendgroup=str(label),
+                            marker=dict(
+                                color=LABEL_COLOURS[label],
+                                symbol=VERDICT_SYMBOLS[verdict],
+                                size=8,
+                                opacity=0.8,
+                                line=dict(width=1, color=LABEL_COLOURS[label]),
+                            ),
+                            customdata=np.column_stack(
+                                [
+                                    [escape(str(c)) for c in rows.get("case_id", pd.Series([""] * len(rows)))],
+                                    [cls] * len(rows),
+                                    [str(v or "not asked") for v in rows["_verdict"]]
+                                    if has_verdict
+                                    else [""] * len(rows),
+                                    list(rows["hover_html"].fillna(""))
+                                    if has_hover_html
+                                    else [_snippet(a) for a in rows.get("answer", pd.Series([""] * len(rows)))],
+                                ]
+                            ),
+                            hovertemplate="<b>%{customdata[0]}</b><br>truth: %{customdata[1]}"
+                            + ("<br>verdict: %{customdata[2]}" if has_verdict else "")
+                            + ("<br><br>" if has_hover_html else "<br>")
+                            + "%{customdata[3]}<extra></extra>",
+                        )
+                    )
                     indices.append(len(fig.data) - 1)
             where = style.legend + (f" · {task_title(t, catalog)}" if t is not None and len(tasks) > 1 else "")
             options.append((where, indices))
-    subtitle = _dropdown(fig, options, "colour: true class · marker: the model's verdict" if has_verdict
-                         else "colour: true class · mixed colours = classes hard to tell apart")
+    subtitle = _dropdown(
+        fig,
+        options,
+        "colour: true class · marker: the model's verdict"
+        if has_verdict
+        else "colour: true class · mixed colours = classes hard to tell apart",
+    )
     fig.update_xaxes(title_text="t-SNE 1", showticklabels=False, zeroline=False)
     fig.update_yaxes(title_text="t-SNE 2", showticklabels=False, zeroline=False)
-    return _layout(fig, title, subtitle, margin=dict(l=50, r=20, t=82, b=40),
-                   legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
+    return _layout(
+        fig,
+        title,
+        subtitle,
+        margin=dict(l=50, r=20, t=82, b=40),
+        legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
+    )
 
 
 def _snippet(answer: Any, limit: int = 120) -> str:
@@ -704,25 +877,44 @@ def verdict_grid(grid_df: Optional[pd.DataFrame], catalog: Any = None) -> go.Fig
             mark = _mark(r, verdict)
             z_row.append(VERDICT_CODES.get(verdict, VERDICT_CODES["unclear"]))
             t_row.append(f"{verdict} {mark}".strip())
-            h_row.append(f"<b>{escape(prompt_label(p))}</b><br>{escape(style.legend)}<br>verdict: {verdict}"
-                         + (f"<br>truth: {escape(str(r['label']))}" if _clean(r.get("label")) else "")
-                         + (f"<br>{_snippet(r.get('error') or r.get('answer'))}" if ("answer" in r or "error" in r) else ""))
+            h_row.append(
+                f"<b>{escape(prompt_label(p))}</b><br>{escape(style.legend)}<br>verdict: {verdict}"
+                + (f"<br>truth: {escape(str(r['label']))}" if _clean(r.get("label")) else "")
+                + (f"<br>{_snippet(r.get('error') or r.get('answer'))}" if ("answer" in r or "error" in r) else "")
+            )
         z.append(z_row), text.append(t_row), hover.append(h_row)
     colours = [*(VERDICT_BG_COLOURS[v] for v in VERDICT_LABELS), ERROR_BG_COLOUR]
     n = len(colours)
     # Stepped colour scale: code i fills the band [i/n, (i+1)/n] with one flat colour.
     scale = [[edge, c] for i, c in enumerate(colours) for edge in (i / n, (i + 1) / n)]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[s.tick for s in styles.values()], y=[prompt_label(p) for p in prompts],
-        zmin=-0.5, zmax=n - 0.5, colorscale=scale, showscale=False, text=text, texttemplate="%{text}",
-        textfont=dict(size=12, color="#0f172a"), hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-        xgap=2, ygap=2,
-    ))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[s.tick for s in styles.values()],
+            y=[prompt_label(p) for p in prompts],
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=12, color="#0f172a"),
+            hovertext=hover,
+            hovertemplate="%{hovertext}<extra></extra>",
+            xgap=2,
+            ygap=2,
+        )
+    )
     rows = [prompt_label(p) for p in prompts]
     fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=rows, ticktext=rows, tickfont=dict(size=11))
     fig.update_xaxes(side="top", tickangle=0, tickfont=dict(size=11))
-    return _layout(fig, title, "✓ right · ✗ wrong, against the image's label", show_legend=False,
-                   margin=dict(l=170, r=10, t=100, b=10))
+    return _layout(
+        fig,
+        title,
+        "✓ right · ✗ wrong, against the image's label",
+        show_legend=False,
+        margin=dict(l=170, r=10, t=100, b=10),
+    )
 
 
 def _mark(row: dict, verdict: str) -> str:
@@ -736,8 +928,9 @@ def _mark(row: dict, verdict: str) -> str:
 
 
 # ---------------------------------------------------------------- all of a run's figures
-def study_figures(answers: Optional[pd.DataFrame], catalog: Any = None, n_boot: int = 1000,
-                  cells: Optional[pd.DataFrame] = None) -> list[go.Figure]:
+def study_figures(
+    answers: Optional[pd.DataFrame], catalog: Any = None, n_boot: int = 1000, cells: Optional[pd.DataFrame] = None
+) -> list[go.Figure]:
     """The study's figures for an answers frame, most telling first: headline F1, accuracy by prompt,
     prompt variance, refusal rate, flip rate, and ROC (when answers carry p_positive).
 
@@ -748,8 +941,14 @@ def study_figures(answers: Optional[pd.DataFrame], catalog: Any = None, n_boot: 
     from explorer.analysis import metrics
 
     if answers is None or len(answers) == 0:
-        return [headline_f1(None, catalog), accuracy_by_prompt(None, catalog=catalog), prompt_spread(None, catalog),
-                refusal_heatmap(None, catalog), flip_rate(None, catalog), roc_curves(None, catalog=catalog)]
+        return [
+            headline_f1(None, catalog),
+            accuracy_by_prompt(None, catalog=catalog),
+            prompt_spread(None, catalog),
+            refusal_heatmap(None, catalog),
+            flip_rate(None, catalog),
+            roc_curves(None, catalog=catalog),
+        ]
     frame = metrics.attach_pairs(answers, catalog)
     if cells is None:
         cells = metrics.cell_metrics(frame, n_boot=0)

@@ -4,6 +4,7 @@ For every answer a judge read (verdict_method "judge:..."), the reader reads it 
 labels are compared: an agreement rate, and where they part (judge label -> reader label). Users see
 from it how far the free, offline reader can stand in for a paid judge on their own data.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -32,8 +33,10 @@ class Agreement:
     def lines(self) -> list[str]:
         if not self.judged:
             return []
-        out = [f"rule reader vs LLM judge: agree on {self.agree} of {self.judged} judged answers ({self.rate:.1%}); "
-               f"the reader was unsure of {self.unsure}"]
+        out = [
+            f"rule reader vs LLM judge: agree on {self.agree} of {self.judged} judged answers ({self.rate:.1%}); "
+            f"the reader was unsure of {self.unsure}"
+        ]
         for (judge, rules), n in self.pairs.most_common(6):
             out.append(f"  judge {judge} / reader {rules}: {n}")
         return out

@@ -11,6 +11,7 @@ checked one by one with the rule written beside each. Confidence intervals are t
 models, verdicts not made by the study's judge, failed judgements, a prompt set that is not the one
 the paper ran.
 """
+
 from __future__ import annotations
 
 import html
@@ -92,22 +93,34 @@ def _warnings(answers: pd.DataFrame, catalog: Any, preset: Any) -> list[str]:
     specs = getattr(catalog, "models", {})
     demo = [m for m in models if getattr(specs.get(m), "is_demo", False)]
     if demo:
-        out.append(f"{', '.join(demo)}: random-weight stand-ins, their answers are noise; nothing here says "
-                   "anything about the study's models.")
-    methods = closed["verdict_method"].fillna("(none)").value_counts() if "verdict_method" in closed.columns else pd.Series(dtype=int)
+        out.append(
+            f"{', '.join(demo)}: random-weight stand-ins, their answers are noise; nothing here says "
+            "anything about the study's models."
+        )
+    methods = (
+        closed["verdict_method"].fillna("(none)").value_counts()
+        if "verdict_method" in closed.columns
+        else pd.Series(dtype=int)
+    )
     rules = int(sum(n for m, n in methods.items() if str(m).startswith("rules")))
     if rules:
-        out.append(f"{rules} of {len(closed)} verdicts come from the rule-based answer reader, not the study's LLM "
-                   "judge: comparable in kind, not in exact numbers.")
+        out.append(
+            f"{rules} of {len(closed)} verdicts come from the rule-based answer reader, not the study's LLM "
+            "judge: comparable in kind, not in exact numbers."
+        )
     if "verdict" in closed.columns:
-        failed = closed["verdict"].isna() & closed.get("verdict_method", pd.Series(index=closed.index, dtype=object)).fillna("").str.startswith("judge:")
+        failed = closed["verdict"].isna() & closed.get(
+            "verdict_method", pd.Series(index=closed.index, dtype=object)
+        ).fillna("").str.startswith("judge:")
         if failed.any():
             out.append(f"{int(failed.sum())} judgements failed and are left out (run `sweep --rejudge`).")
         unjudged = closed["verdict"].isna() & ~failed
         if "error" in closed.columns:
             errors = closed["error"].notna()
             if errors.any():
-                out.append(f"{int(errors.sum())} answers are errors (no text); they are left out (`sweep --retry-errors`).")
+                out.append(
+                    f"{int(errors.sum())} answers are errors (no text); they are left out (`sweep --retry-errors`)."
+                )
             unjudged &= ~errors
         if unjudged.any():
             out.append(f"{int(unjudged.sum())} answers have no verdict yet and are left out.")
@@ -117,8 +130,10 @@ def _warnings(answers: pd.DataFrame, catalog: Any, preset: Any) -> list[str]:
             sent = set(closed["prompt_text"].dropna())
             other = sent - expected
             if other:
-                out.append(f"{len(other)} prompt wording(s) are not in the preset's prompt set "
-                           f"({preset.prompts.prompt_set}); those cells are not the paper's prompts.")
+                out.append(
+                    f"{len(other)} prompt wording(s) are not in the preset's prompt set "
+                    f"({preset.prompts.prompt_set}); those cells are not the paper's prompts."
+                )
     return out
 
 
@@ -153,8 +168,10 @@ def _task_order_finding(summary: pd.DataFrame) -> dict[str, str]:
 
 
 def _medical_finding(headline: pd.DataFrame) -> dict[str, str]:
-    rule = ("per pair and task, medical minus base F1_all (mean over prompts); agrees unless the medical model "
-            "is ahead with separated 95% CIs on every task")
+    rule = (
+        "per pair and task, medical minus base F1_all (mean over prompts); agrees unless the medical model "
+        "is ahead with separated 95% CIs on every task"
+    )
     if headline.empty:
         return _finding("no_medical_advantage", "no base/medical pair in this run", "cannot tell", rule)
     ahead, parts = [], []
@@ -172,16 +189,22 @@ def _medical_finding(headline: pd.DataFrame) -> dict[str, str]:
 
 
 def _wording_finding(summary: pd.DataFrame, cells: pd.DataFrame) -> dict[str, str]:
-    rule = (f"accuracy range across the prompts of each model and task; agrees when the median range is at "
-            f"least {SWING_THRESHOLD:.2f}")
+    rule = (
+        f"accuracy range across the prompts of each model and task; agrees when the median range is at "
+        f"least {SWING_THRESHOLD:.2f}"
+    )
     if summary.empty or summary["n_prompts"].max() < 2:
         return _finding("wording_swings", "fewer than two prompts per model and task", "cannot tell", rule)
     swing = (summary["accuracy_max"] - summary["accuracy_min"]).dropna()
     refusal = cells.groupby(["model", "task"])["refusal_rate"].agg(lambda s: s.max() - s.min()).dropna()
     if swing.empty:
         return _finding("wording_swings", "no accuracy could be computed", "cannot tell", rule)
-    shown = (f"median accuracy range {swing.median():.2f} (max {swing.max():.2f}); "
-             f"median refusal-rate range {refusal.median():.2f}" if len(refusal) else f"median accuracy range {swing.median():.2f}")
+    shown = (
+        f"median accuracy range {swing.median():.2f} (max {swing.max():.2f}); "
+        f"median refusal-rate range {refusal.median():.2f}"
+        if len(refusal)
+        else f"median accuracy range {swing.median():.2f}"
+    )
     return _finding("wording_swings", shown, "agrees" if swing.median() >= SWING_THRESHOLD else "differs", rule)
 
 
@@ -191,26 +214,44 @@ def findings(tables: dict[str, pd.DataFrame]) -> list[dict[str, str]]:
         _task_order_finding(summary),
         _medical_finding(headline),
         _wording_finding(summary, cells),
-        _finding("describe_first", "not in this report's input (run `describe`)", "not run",
-                 "accuracy of the text-only diagnosis from each description"),
-        _finding("embeddings", "not in this report's input (run `embed`)", "not run",
-                 "linear-probe accuracy of the pooled vision features per task"),
+        _finding(
+            "describe_first",
+            "not in this report's input (run `describe`)",
+            "not run",
+            "accuracy of the text-only diagnosis from each description",
+        ),
+        _finding(
+            "embeddings",
+            "not in this report's input (run `embed`)",
+            "not run",
+            "linear-probe accuracy of the pooled vision features per task",
+        ),
     ]
 
 
 # ---------------------------------------------------------------- tables
 def _setup_rows(answers: pd.DataFrame, preset: Any, source: str) -> list[list[str]]:
     closed = _closed(answers)
-    per_task = closed.groupby("task").agg(cases=("case_id", "nunique"), prompts=("prompt_id", "nunique")) if len(closed) else None
+    per_task = (
+        closed.groupby("task").agg(cases=("case_id", "nunique"), prompts=("prompt_id", "nunique"))
+        if len(closed)
+        else None
+    )
     images = "; ".join(f"{t} {int(r.cases)}" for t, r in per_task.iterrows()) if per_task is not None else "-"
     prompts = "; ".join(f"{t} {int(r.prompts)}" for t, r in per_task.iterrows()) if per_task is not None else "-"
-    methods = closed["verdict_method"].dropna().map(lambda m: str(m).split("|")[0]).value_counts() if len(closed) else {}
+    methods = (
+        closed["verdict_method"].dropna().map(lambda m: str(m).split("|")[0]).value_counts() if len(closed) else {}
+    )
     verdicts = ", ".join(f"{m} ({n})" for m, n in methods.items()) or "-"
     prompt_set = getattr(getattr(preset, "prompts", None), "prompt_set", "-")
     return [
         ["source", "the authors' runs (de96238)", source],
         ["models", PAPER_SETUP["models"], ", ".join(sorted(set(closed["model"].dropna()))) if len(closed) else "-"],
-        ["tasks", PAPER_SETUP["tasks"], ", ".join(sorted(set(closed["task"].dropna()), key=_task_rank)) if len(closed) else "-"],
+        [
+            "tasks",
+            PAPER_SETUP["tasks"],
+            ", ".join(sorted(set(closed["task"].dropna()), key=_task_rank)) if len(closed) else "-",
+        ],
         ["images per task", PAPER_SETUP["images"], images],
         ["closed-form prompts per task", PAPER_SETUP["prompts"], f"{prompts} (preset prompt set: {prompt_set})"],
         ["verdicts", PAPER_SETUP["verdicts"], verdicts],
@@ -219,22 +260,42 @@ def _setup_rows(answers: pd.DataFrame, preset: Any, source: str) -> list[list[st
 
 def _headline_rows(headline: pd.DataFrame) -> list[list[str]]:
     rows = []
-    for rec in sorted(headline.to_dict("records"), key=lambda r: (_task_rank(r["task"]), r["pair"], r["role"] != "base")):
-        rows.append([rec["task"], rec["pair"], rec["role"], rec["model"], NOT_GIVEN,
-                     _with_ci(rec["f1_all_mean"], rec["f1_all_lo"], rec["f1_all_hi"]),
-                     _fmt(rec["accuracy_mean"]), _fmt(rec["refusal_rate_mean"]), str(rec["n_cases"])])
+    for rec in sorted(
+        headline.to_dict("records"), key=lambda r: (_task_rank(r["task"]), r["pair"], r["role"] != "base")
+    ):
+        rows.append(
+            [
+                rec["task"],
+                rec["pair"],
+                rec["role"],
+                rec["model"],
+                NOT_GIVEN,
+                _with_ci(rec["f1_all_mean"], rec["f1_all_lo"], rec["f1_all_hi"]),
+                _fmt(rec["accuracy_mean"]),
+                _fmt(rec["refusal_rate_mean"]),
+                str(rec["n_cases"]),
+            ]
+        )
     return rows
 
 
 def _summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     rows = []
     for rec in sorted(summary.to_dict("records"), key=lambda r: (_task_rank(r["task"]), str(r["model"]))):
-        rows.append([rec["task"], rec["model"], NOT_GIVEN,
-                     f"{_fmt(rec['accuracy_mean'])} ± {_fmt(rec['accuracy_std'])}",
-                     f"{_fmt(rec['accuracy_min'])}-{_fmt(rec['accuracy_max'])}",
-                     _with_ci(rec["f1_all_mean"], rec["f1_all_lo"], rec["f1_all_hi"]),
-                     _fmt(rec["refusal_rate_mean"]), _fmt(rec["flip_rate"]), _fmt(rec["fleiss_kappa"]),
-                     str(rec["n_prompts"])])
+        rows.append(
+            [
+                rec["task"],
+                rec["model"],
+                NOT_GIVEN,
+                f"{_fmt(rec['accuracy_mean'])} ± {_fmt(rec['accuracy_std'])}",
+                f"{_fmt(rec['accuracy_min'])}-{_fmt(rec['accuracy_max'])}",
+                _with_ci(rec["f1_all_mean"], rec["f1_all_lo"], rec["f1_all_hi"]),
+                _fmt(rec["refusal_rate_mean"]),
+                _fmt(rec["flip_rate"]),
+                _fmt(rec["fleiss_kappa"]),
+                str(rec["n_prompts"]),
+            ]
+        )
     return rows
 
 
@@ -242,20 +303,42 @@ def _paired_rows(paired: pd.DataFrame) -> list[list[str]]:
     pooled = paired[paired["level"] == "pooled"] if len(paired) else paired
     rows = []
     for rec in sorted(pooled.to_dict("records"), key=lambda r: (_task_rank(r["task"]), r["pair"])):
-        rows.append([rec["task"], rec["pair"], f"{rec['base_model']} vs {rec['medical_model']}", NOT_GIVEN,
-                     str(rec["n_pairs"]), str(rec["b"]), str(rec["c"]),
-                     _fmt(rec["base_accuracy_all"]), _fmt(rec["medical_accuracy_all"]),
-                     _fmt(rec["p_value"], 4), _fmt(rec["p_holm"], 4)])
+        rows.append(
+            [
+                rec["task"],
+                rec["pair"],
+                f"{rec['base_model']} vs {rec['medical_model']}",
+                NOT_GIVEN,
+                str(rec["n_pairs"]),
+                str(rec["b"]),
+                str(rec["c"]),
+                _fmt(rec["base_accuracy_all"]),
+                _fmt(rec["medical_accuracy_all"]),
+                _fmt(rec["p_value"], 4),
+                _fmt(rec["p_holm"], 4),
+            ]
+        )
     return rows
 
 
 def _cell_rows(cells: pd.DataFrame) -> list[list[str]]:
     rows = []
-    for rec in sorted(cells.to_dict("records"), key=lambda r: (_task_rank(r["task"]), str(r["model"]), str(r["prompt_id"]))):
-        rows.append([rec["task"], rec["model"], rec["prompt_id"], NOT_GIVEN,
-                     _with_ci(rec["accuracy"], rec["accuracy_lo"], rec["accuracy_hi"]),
-                     _with_ci(rec["f1_all"], rec["f1_all_lo"], rec["f1_all_hi"]),
-                     _fmt(rec["refusal_rate"]), _fmt(rec["hedge_rate"]), str(rec["n"])])
+    for rec in sorted(
+        cells.to_dict("records"), key=lambda r: (_task_rank(r["task"]), str(r["model"]), str(r["prompt_id"]))
+    ):
+        rows.append(
+            [
+                rec["task"],
+                rec["model"],
+                rec["prompt_id"],
+                NOT_GIVEN,
+                _with_ci(rec["accuracy"], rec["accuracy_lo"], rec["accuracy_hi"]),
+                _with_ci(rec["f1_all"], rec["f1_all_lo"], rec["f1_all_hi"]),
+                _fmt(rec["refusal_rate"]),
+                _fmt(rec["hedge_rate"]),
+                str(rec["n"]),
+            ]
+        )
     return rows
 
 
@@ -277,13 +360,17 @@ def headline_svg(headline: pd.DataFrame, width: int = 760, height: int = 300) ->
     def y(v: float) -> float:
         return top + plot_h * (1 - max(0.0, min(1.0, v)))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="F1_all per task, base vs medical" font-family="sans-serif" font-size="11">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="F1_all per task, base vs medical" font-family="sans-serif" font-size="11">'
+    ]
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#ddd"/>')
         parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
-    parts.append(f'<text x="12" y="{top + plot_h / 2:.0f}" transform="rotate(-90 12 {top + plot_h / 2:.0f})" '
-                 'text-anchor="middle">F1_all (mean over prompts)</text>')
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2:.0f}" transform="rotate(-90 12 {top + plot_h / 2:.0f})" '
+        'text-anchor="middle">F1_all (mean over prompts)</text>'
+    )
     for i, ((task, pair), grp) in enumerate(groups.items()):
         centre = left + slot * (i + 0.5)
         for j, rec in enumerate(grp):
@@ -291,29 +378,78 @@ def headline_svg(headline: pd.DataFrame, width: int = 760, height: int = 300) ->
             value = rec["f1_all_mean"]
             if _fmt(value) != "-":
                 tall = max(1.5, y(0) - y(value))  # a zero still shows as a sliver: scored, not missing
-                parts.append(f'<rect x="{x:.1f}" y="{y(0) - tall:.1f}" width="{bar:.1f}" height="{tall:.1f}" '
-                             f'fill="{colours.get(rec["role"], "#999")}"><title>{html.escape(str(rec["model"]))}: '
-                             f'{_with_ci(value, rec["f1_all_lo"], rec["f1_all_hi"])}</title></rect>')
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y(0) - tall:.1f}" width="{bar:.1f}" height="{tall:.1f}" '
+                    f'fill="{colours.get(rec["role"], "#999")}"><title>{html.escape(str(rec["model"]))}: '
+                    f"{_with_ci(value, rec['f1_all_lo'], rec['f1_all_hi'])}</title></rect>"
+                )
                 if _fmt(rec["f1_all_lo"]) != "-" and _fmt(rec["f1_all_hi"]) != "-":
                     cx = x + bar / 2
-                    parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(rec["f1_all_lo"]):.1f}" '
-                                 f'y2="{y(rec["f1_all_hi"]):.1f}" stroke="#222" stroke-width="1.5"/>')
+                    parts.append(
+                        f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y(rec["f1_all_lo"]):.1f}" '
+                        f'y2="{y(rec["f1_all_hi"]):.1f}" stroke="#222" stroke-width="1.5"/>'
+                    )
         parts.append(f'<text x="{centre:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{html.escape(task)}</text>')
-        parts.append(f'<text x="{centre:.1f}" y="{top + plot_h + 30}" text-anchor="middle" fill="#666">{html.escape(pair)}</text>')
+        parts.append(
+            f'<text x="{centre:.1f}" y="{top + plot_h + 30}" text-anchor="middle" fill="#666">{html.escape(pair)}</text>'
+        )
     for k, (role, colour) in enumerate(colours.items()):
-        parts.append(f'<rect x="{left + 10 + k * 90}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{left + 24 + k * 90}" y="{height - 5}">{role}</text>')
+        parts.append(
+            f'<rect x="{left + 10 + k * 90}" y="{height - 14}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{left + 24 + k * 90}" y="{height - 5}">{role}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
 
 # ---------------------------------------------------------------- rendering
-HEADLINE_HEAD = ["task", "pair", "role", "model", "paper F1_all", "this run F1_all [95% CI]", "accuracy", "refusal rate", "cases"]
-SUMMARY_HEAD = ["task", "model", "paper", "accuracy mean ± prompt SD", "accuracy range", "F1_all [95% CI]",
-                "refusal rate", "flip rate", "Fleiss' kappa", "prompts"]
-PAIRED_HEAD = ["task", "pair", "models", "paper", "case x prompt pairs", "b (base only right)", "c (medical only right)",
-               "base acc_all", "medical acc_all", "p (McNemar)", "p (Holm)"]
-CELL_HEAD = ["task", "model", "prompt", "paper", "accuracy [95% CI]", "F1_all [95% CI]", "refusal rate", "AMBIGUOUS / hedge rate", "n"]
+HEADLINE_HEAD = [
+    "task",
+    "pair",
+    "role",
+    "model",
+    "paper F1_all",
+    "this run F1_all [95% CI]",
+    "accuracy",
+    "refusal rate",
+    "cases",
+]
+SUMMARY_HEAD = [
+    "task",
+    "model",
+    "paper",
+    "accuracy mean ± prompt SD",
+    "accuracy range",
+    "F1_all [95% CI]",
+    "refusal rate",
+    "flip rate",
+    "Fleiss' kappa",
+    "prompts",
+]
+PAIRED_HEAD = [
+    "task",
+    "pair",
+    "models",
+    "paper",
+    "case x prompt pairs",
+    "b (base only right)",
+    "c (medical only right)",
+    "base acc_all",
+    "medical acc_all",
+    "p (McNemar)",
+    "p (Holm)",
+]
+CELL_HEAD = [
+    "task",
+    "model",
+    "prompt",
+    "paper",
+    "accuracy [95% CI]",
+    "F1_all [95% CI]",
+    "refusal rate",
+    "AMBIGUOUS / hedge rate",
+    "n",
+]
 FINDING_HEAD = ["the paper says", "this run", "agrees?", "how it is checked"]
 SETUP_HEAD = ["", "paper", "this run"]
 
@@ -388,16 +524,28 @@ def build_report(
     sections = [
         ("How this run was made", SETUP_HEAD, setup, None, False),
         ("The paper's findings, checked", FINDING_HEAD, finding_rows, 2, False),
-        ("Headline: F1_all per task, base vs medical (mean over prompts)", HEADLINE_HEAD,
-         _headline_rows(tables["metrics_headline"]), None, False),
+        (
+            "Headline: F1_all per task, base vs medical (mean over prompts)",
+            HEADLINE_HEAD,
+            _headline_rows(tables["metrics_headline"]),
+            None,
+            False,
+        ),
         ("Per model and task: prompt sensitivity", SUMMARY_HEAD, _summary_rows(tables["metrics_summary"]), None, False),
-        ("Base vs medical, McNemar on the same cases and prompts (pooled over prompts)", PAIRED_HEAD,
-         _paired_rows(paired), None, False),
+        (
+            "Base vs medical, McNemar on the same cases and prompts (pooled over prompts)",
+            PAIRED_HEAD,
+            _paired_rows(paired),
+            None,
+            False,
+        ),
         ("Per prompt", CELL_HEAD, _cell_rows(tables["metrics_cells"]), None, True),
     ]
-    about = ("Paper numbers: those ../shared/PROTOCOL.md gives; it gives none for these tables, so they read "
-             f"\"{NOT_GIVEN}\". Intervals: 95% percentile bootstrap over cases ({n_boot} draws). "
-             "Refusal rate: non-answers (refusal, AMBIGUOUS, unclear) / all rows, as the study counts it.")
+    about = (
+        "Paper numbers: those ../shared/PROTOCOL.md gives; it gives none for these tables, so they read "
+        f'"{NOT_GIVEN}". Intervals: 95% percentile bootstrap over cases ({n_boot} draws). '
+        "Refusal rate: non-answers (refusal, AMBIGUOUS, unclear) / all rows, as the study counts it."
+    )
 
     md = [f"# {title}", "", f"Generated {when} from {source or 'an answers frame'}.", "", about, ""]
     if warns:
@@ -407,23 +555,31 @@ def build_report(
         if heading.startswith("Headline"):
             md += ["(The figure is in the HTML version.)", ""]
 
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f'<p class="meta">Generated {html.escape(when)} from {html.escape(source or "an answers frame")}.</p>',
-            f'<p class="meta">{html.escape(about)}</p>']
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">Generated {html.escape(when)} from {html.escape(source or "an answers frame")}.</p>',
+        f'<p class="meta">{html.escape(about)}</p>',
+    ]
     if warns:
-        body.append('<div class="warn"><b>Read with care:</b><ul>' +
-                    "".join(f"<li>{html.escape(w)}</li>" for w in warns) + "</ul></div>")
+        body.append(
+            '<div class="warn"><b>Read with care:</b><ul>'
+            + "".join(f"<li>{html.escape(w)}</li>" for w in warns)
+            + "</ul></div>"
+        )
     for heading, head, rows, agree, details in sections:
         body.append(f"<h2>{html.escape(heading)}</h2>")
         if heading.startswith("Headline"):
-            body.append('<div style="display:flex;gap:2rem;align-items:flex-start;flex-wrap:wrap">'
-                        '<div><b>Paper</b><p class="meta">The figure\'s values are not given in PROTOCOL.md.</p></div>'
-                        f'<div><b>This run</b><br>{headline_svg(tables["metrics_headline"])}</div></div>')
+            body.append(
+                '<div style="display:flex;gap:2rem;align-items:flex-start;flex-wrap:wrap">'
+                '<div><b>Paper</b><p class="meta">The figure\'s values are not given in PROTOCOL.md.</p></div>'
+                f"<div><b>This run</b><br>{headline_svg(tables['metrics_headline'])}</div></div>"
+            )
         table = _html_table(head, rows, agree)
         body.append(f"<details><summary>{len(rows)} rows</summary>{table}</details>" if details else table)
-    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>")
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>"
+    )
     return ReproductionReport(title=title, markdown="\n".join(md), html=page, findings=found, warnings=warns)
 
 

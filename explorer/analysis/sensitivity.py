@@ -15,6 +15,7 @@ measured against the image's majority over all wordings), with a 95% percentile 
 resamples images. Per pair (base vs medical, task, family): both models' mean flip shares on the images
 both answered, and medical minus base with a paired bootstrap CI.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -29,12 +30,46 @@ from explorer.prompts.perturb import family_group
 READING_ORDER = ("positive", "negative", NON_ANSWER)
 ALL_FAMILIES = "all"
 IMAGE_KEYS = ["model", "task", "case_id"]
-IMAGE_COLUMNS = ["model", "task", "case_id", "label", "n_variants", "majority", "n_flipped", "flip_share",
-                 "entropy_bits", "flipped_by", "n_positive", "n_negative", "n_non_answer"]
-FAMILY_COLUMNS = ["model", "task", "family", "n_images", "n_variants", "flip_share", "flip_share_lo",
-                  "flip_share_hi", "images_flipped", "entropy_bits"]
-PAIR_COLUMNS = ["pair", "task", "family", "base_model", "medical_model", "n_images", "base_flip_share",
-                "medical_flip_share", "difference", "difference_lo", "difference_hi"]
+IMAGE_COLUMNS = [
+    "model",
+    "task",
+    "case_id",
+    "label",
+    "n_variants",
+    "majority",
+    "n_flipped",
+    "flip_share",
+    "entropy_bits",
+    "flipped_by",
+    "n_positive",
+    "n_negative",
+    "n_non_answer",
+]
+FAMILY_COLUMNS = [
+    "model",
+    "task",
+    "family",
+    "n_images",
+    "n_variants",
+    "flip_share",
+    "flip_share_lo",
+    "flip_share_hi",
+    "images_flipped",
+    "entropy_bits",
+]
+PAIR_COLUMNS = [
+    "pair",
+    "task",
+    "family",
+    "base_model",
+    "medical_model",
+    "n_images",
+    "base_flip_share",
+    "medical_flip_share",
+    "difference",
+    "difference_lo",
+    "difference_hi",
+]
 DEFAULT_N_BOOT = 1000
 SENSITIVITY_TABLES = ("metrics_sensitivity_images", "metrics_sensitivity_families", "metrics_sensitivity_pairs")
 
@@ -78,11 +113,21 @@ def image_sensitivity(frame: pd.DataFrame, prepared: bool = False) -> pd.DataFra
     for key, group in rows.groupby(IMAGE_KEYS, sort=True):
         values = list(group["reading"])
         flipped = sorted(set(group.loc[group["differs"], "group"]))
-        out.append(dict(zip(IMAGE_KEYS, key), label=group["label"].iloc[0], n_variants=len(values),
-                        majority=group["majority"].iloc[0], n_flipped=int(group["differs"].sum()),
-                        flip_share=float(group["differs"].mean()), entropy_bits=_entropy(values),
-                        flipped_by=", ".join(flipped), n_positive=values.count("positive"),
-                        n_negative=values.count("negative"), n_non_answer=values.count(NON_ANSWER)))
+        out.append(
+            dict(
+                zip(IMAGE_KEYS, key),
+                label=group["label"].iloc[0],
+                n_variants=len(values),
+                majority=group["majority"].iloc[0],
+                n_flipped=int(group["differs"].sum()),
+                flip_share=float(group["differs"].mean()),
+                entropy_bits=_entropy(values),
+                flipped_by=", ".join(flipped),
+                n_positive=values.count("positive"),
+                n_negative=values.count("negative"),
+                n_non_answer=values.count(NON_ANSWER),
+            )
+        )
     return pd.DataFrame(out, columns=IMAGE_COLUMNS)
 
 
@@ -111,8 +156,9 @@ def _per_image_family_share(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([overall, by_family], ignore_index=True)
 
 
-def family_sensitivity(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, ci: float = 0.95,
-                       prepared: bool = False) -> pd.DataFrame:
+def family_sensitivity(
+    frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, ci: float = 0.95, prepared: bool = False
+) -> pd.DataFrame:
     """One row per (model, task, family) plus family "all": the mean flip share over images with its CI."""
     rows = frame if prepared else readings(frame)
     if rows.empty:
@@ -125,18 +171,34 @@ def family_sensitivity(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: 
         values = group["share"].to_numpy(dtype=float)
         lo, hi = _bootstrap_mean(values, n_boot, _rng(seed, (model, task, family)), ci)
         images = [tuple(k) for k in group[IMAGE_KEYS].itertuples(index=False)]
-        out.append(dict(model=model, task=task, family=family, n_images=len(values), n_variants=int(group["n"].sum()),
-                        flip_share=float(values.mean()), flip_share_lo=lo, flip_share_hi=hi,
-                        images_flipped=float((values > 0).mean()),
-                        entropy_bits=float(entropy.loc[images].mean()) if family == ALL_FAMILIES else np.nan))
+        out.append(
+            dict(
+                model=model,
+                task=task,
+                family=family,
+                n_images=len(values),
+                n_variants=int(group["n"].sum()),
+                flip_share=float(values.mean()),
+                flip_share_lo=lo,
+                flip_share_hi=hi,
+                images_flipped=float((values > 0).mean()),
+                entropy_bits=float(entropy.loc[images].mean()) if family == ALL_FAMILIES else np.nan,
+            )
+        )
     result = pd.DataFrame(out, columns=FAMILY_COLUMNS)
     # "all" first within each (model, task), then the families by name.
     result["_order"] = result["family"] != ALL_FAMILIES
     return result.sort_values(["model", "task", "_order", "family"]).drop(columns="_order").reset_index(drop=True)
 
 
-def pair_sensitivity(frame: pd.DataFrame, pairs: Any = None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-                     ci: float = 0.95, prepared: bool = False) -> pd.DataFrame:
+def pair_sensitivity(
+    frame: pd.DataFrame,
+    pairs: Any = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    ci: float = 0.95,
+    prepared: bool = False,
+) -> pd.DataFrame:
     """One row per (pair, task, family): base and medical mean flip shares on the images both answered
     with that family, and medical - base with a paired bootstrap CI (positive: medical is more sensitive)."""
     rows = frame if prepared else readings(frame)
@@ -155,21 +217,36 @@ def pair_sensitivity(frame: pd.DataFrame, pairs: Any = None, n_boot: int = DEFAU
         for (task, family), group in both.groupby(["task", "family"], sort=True):
             diff = (group["medical"] - group["base"]).to_numpy(dtype=float)
             lo, hi = _bootstrap_mean(diff, n_boot, _rng(seed, (name, task, family)), ci)
-            out.append(dict(pair=name, task=task, family=family, base_model=base, medical_model=medical,
-                            n_images=len(group), base_flip_share=float(group["base"].mean()),
-                            medical_flip_share=float(group["medical"].mean()), difference=float(diff.mean()),
-                            difference_lo=lo, difference_hi=hi))
+            out.append(
+                dict(
+                    pair=name,
+                    task=task,
+                    family=family,
+                    base_model=base,
+                    medical_model=medical,
+                    n_images=len(group),
+                    base_flip_share=float(group["base"].mean()),
+                    medical_flip_share=float(group["medical"].mean()),
+                    difference=float(diff.mean()),
+                    difference_lo=lo,
+                    difference_hi=hi,
+                )
+            )
     return pd.DataFrame(out, columns=PAIR_COLUMNS)
 
 
-def sensitivity_tables(frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-                       pairs: Optional[Any] = None) -> dict[str, pd.DataFrame]:
+def sensitivity_tables(
+    frame: pd.DataFrame, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, pairs: Optional[Any] = None
+) -> dict[str, pd.DataFrame]:
     """The three tables as the metrics output and the exports name them."""
     images, families, pairs_name = SENSITIVITY_TABLES
     rows = readings(frame) if len(frame) else pd.DataFrame()
     if rows.empty:
-        return {images: pd.DataFrame(columns=IMAGE_COLUMNS), families: pd.DataFrame(columns=FAMILY_COLUMNS),
-                pairs_name: pd.DataFrame(columns=PAIR_COLUMNS)}
+        return {
+            images: pd.DataFrame(columns=IMAGE_COLUMNS),
+            families: pd.DataFrame(columns=FAMILY_COLUMNS),
+            pairs_name: pd.DataFrame(columns=PAIR_COLUMNS),
+        }
     return {
         images: image_sensitivity(rows, prepared=True),
         families: family_sensitivity(rows, n_boot, seed, prepared=True),

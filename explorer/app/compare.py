@@ -4,6 +4,7 @@ The answers sit at the top (above the fold at 1280x800); picking a wording runs 
 wording before stay on screen until the new ones land, and a history strip keeps what each model said to
 each wording on this image, with the words that changed. A link restores image, wording and models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,11 +19,15 @@ from explorer.app import dicom_view, history, names, render
 from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
 
 LABELS = ["unknown", "negative", "positive"]
-PRESENT_JS = ("() => { const on = document.body.classList.toggle('vx-present');"
-              " const b = document.querySelector('#present'); if (b) b.innerText = on ? 'Exit' : 'Present'; }")
+PRESENT_JS = (
+    "() => { const on = document.body.classList.toggle('vx-present');"
+    " const b = document.querySelector('#present'); if (b) b.innerText = on ? 'Exit' : 'Present'; }"
+)
 # A link opened with ?present=1 starts in presentation mode.
-PRESENT_ON_LOAD_JS = ("() => { if (new URLSearchParams(location.search).get('present') === '1')"
-                      " document.body.classList.add('vx-present'); }")
+PRESENT_ON_LOAD_JS = (
+    "() => { if (new URLSearchParams(location.search).get('present') === '1')"
+    " document.body.classList.add('vx-present'); }"
+)
 # The address bar follows the view, so copying it (or the link box) shares what is on screen.
 SHARE_JS = "(q) => { history.replaceState(null, '', q || location.pathname); return q ? location.href : ''; }"
 
@@ -60,8 +65,11 @@ def case_details(case) -> str:
     if case is None:
         return ""
     rows = {"case id": case.case_id, "image hash (sha256 of the pixels)": case.image_hash}
-    return '<table class="vx-table" id="case-details">' + "".join(
-        f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in rows.items()) + "</table>"
+    return (
+        '<table class="vx-table" id="case-details">'
+        + "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in rows.items())
+        + "</table>"
+    )
 
 
 def rescored(view, truth: Optional[str]):
@@ -141,8 +149,12 @@ class CompareHandlers:
             return gr.skip(), gr.skip(), gr.skip()
         views = [rescored(v, case.label) for v in last["views"]]
         last = dict(last, views=views)
-        rows = [dict(r, correct={v.model: v.correct for v in views}) if r.get("case") == last["case"]
-                and r["prompt_id"] == last["prompt_id"] else r for r in (strip_rows or [])]
+        rows = [
+            dict(r, correct={v.model: v.correct for v in views})
+            if r.get("case") == last["case"] and r["prompt_id"] == last["prompt_id"]
+            else r
+            for r in (strip_rows or [])
+        ]
         return self.render_last(last, rows), last, rows
 
     def task_changed(self, task: str):
@@ -178,26 +190,49 @@ class CompareHandlers:
             case = ex.case_from_upload(source, task, _label(label) if case is None else None)
         return case
 
-    def run(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
-            yes_means="auto"):
+    def run(
+        self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs, yes_means="auto"
+    ):
         """Stream every chosen model's answer; on failure keep the previous answers on screen.
         `yes_means` (a session state, not an API argument): how an edited yes/no wording is read."""
         chosen = yes_means if yes_means in ("positive", "negative") else None
-        yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
-                             lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id, yes_means=chosen))
+        yield from self._ask(
+            file,
+            task,
+            label,
+            models,
+            style,
+            case,
+            last,
+            strip_rows,
+            customs,
+            lambda ex: ex.custom_variant(task, prompt, based_on_id=variant_id, yes_means=chosen),
+        )
 
-    def run_picked(self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
-                   yes_means="auto"):
+    def run_picked(
+        self, file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs, yes_means="auto"
+    ):
         """A wording picked from the dropdown runs, once there is an image; before that it only fills the box."""
         if case is None and not file:
             yield (gr.skip(),) * 6
             return
-        yield from self.run(file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs,
-                            yes_means)
+        yield from self.run(
+            file, task, label, prompt, variant_id, models, style, case, last, strip_rows, customs, yes_means
+        )
 
     def describe(self, file, task, label, models, style, case, last, strip_rows, customs):
-        yield from self._ask(file, task, label, models, style, case, last, strip_rows, customs,
-                             lambda ex: next(v for v in ex.variants(task) if v.kind == "describe"))
+        yield from self._ask(
+            file,
+            task,
+            label,
+            models,
+            style,
+            case,
+            last,
+            strip_rows,
+            customs,
+            lambda ex: next(v for v in ex.variants(task) if v.kind == "describe"),
+        )
 
     def _ask(self, file, task, label, models, style, case, last, strip_rows, customs, pick_variant):
         ex = self.shared.get()
@@ -226,9 +261,11 @@ class CompareHandlers:
         describe = variant.kind == "describe"
         name, customs = self.wording_name(variant, customs)
         key = case_key(case)
-        heading = (f'<b>{escape(name)}</b>{" (edited)" if variant.custom else ""}: '
-                   f'{escape(render.shorten(variant.text))} <span class="vx-on">on {escape(case_name(case))}</span>'
-                   + yes_reading_note(variant))
+        heading = (
+            f"<b>{escape(name)}</b>{' (edited)' if variant.custom else ''}: "
+            f'{escape(render.shorten(variant.text))} <span class="vx-on">on {escape(case_name(case))}</span>'
+            + yes_reading_note(variant)
+        )
         # The answers on screen stay (dimmed) until each model's new text arrives: nothing blanks.
         stale = {v.model: v for v in (last or {}).get("views", [])}
         before = history.previous_verdicts(strip_rows, key, variant.prompt_id)
@@ -236,8 +273,20 @@ class CompareHandlers:
         partial: dict[str, str] = {}
 
         def page(views, partial_now, previous=None):
-            return (render.cards(pairs, models, views, partial_now, heading, describe, previous=previous,
-                                 stale=stale, names=self.model_names) + strip_now)
+            return (
+                render.cards(
+                    pairs,
+                    models,
+                    views,
+                    partial_now,
+                    heading,
+                    describe,
+                    previous=previous,
+                    stale=stale,
+                    names=self.model_names,
+                )
+                + strip_now
+            )
 
         yield page({}, partial), gr.skip(), render.notice("Running…", "info"), gr.skip(), gr.skip(), customs
         job = Background(lambda emit: ex.ask(case, variant, models, style, on_text=lambda a, t: emit((a, t))))
@@ -253,23 +302,46 @@ class CompareHandlers:
             yield self.render_last(last, strip_rows), gr.skip(), render.notice(msg), gr.skip(), gr.skip(), gr.skip()
             return
         n_cached, n_errors = sum(v.cached for v in views), sum(bool(v.error) for v in views)
-        done = (f"{len(views)} answers" + (f", {n_cached} from the store (cached)" if n_cached else "")
-                + (f", {n_errors} failed (see the cards)" if n_errors else ""))
+        done = (
+            f"{len(views)} answers"
+            + (f", {n_cached} from the store (cached)" if n_cached else "")
+            + (f", {n_errors} failed (see the cards)" if n_errors else "")
+        )
         if not describe:
             strip_rows = history.add(strip_rows, history.entry(variant.prompt_id, name, variant.text, views), key)
-        last = {"heading": heading, "models": models, "describe": describe, "views": views, "case": key,
-                "prompt_id": variant.prompt_id, "previous": before}
+        last = {
+            "heading": heading,
+            "models": models,
+            "describe": describe,
+            "views": views,
+            "case": key,
+            "prompt_id": variant.prompt_id,
+            "previous": before,
+        }
         data = [dataclasses.asdict(v) for v in views]  # each names its case, so an API client can tell which image
-        yield (self.render_last(last, strip_rows), data, render.notice(done, "error" if n_errors else "ok"), last,
-               strip_rows, customs)
+        yield (
+            self.render_last(last, strip_rows),
+            data,
+            render.notice(done, "error" if n_errors else "ok"),
+            last,
+            strip_rows,
+            customs,
+        )
 
     def render_last(self, last: Optional[dict[str, Any]], strip_rows=None):
         if not last:
             return gr.skip()
         views = {v.model: v for v in last["views"]}
-        return (render.cards(self.shared.get().models_in_pairs(), last["models"], views, {}, last["heading"],
-                             last["describe"], previous=last.get("previous"), names=self.model_names)
-                + history.strip(strip_rows, last.get("case", ""), last["models"], self.model_names))
+        return render.cards(
+            self.shared.get().models_in_pairs(),
+            last["models"],
+            views,
+            {},
+            last["heading"],
+            last["describe"],
+            previous=last.get("previous"),
+            names=self.model_names,
+        ) + history.strip(strip_rows, last.get("case", ""), last["models"], self.model_names)
 
     # ---------------------------------------------------------------- sharing
     def share_query(self, task, variant_id, prompt, models, case, last):
@@ -316,15 +388,38 @@ class CompareHandlers:
             yield (*(gr.skip(),) * 12, render.notice(msg), *(gr.skip(),) * 4)
             return
         head = (task, gr.update(choices=variant_choices(variants), value=variant.prompt_id), text, models)
-        shown = (case, case.image, case_caption(case), case.label or "unknown", case_details(case)) if case \
+        shown = (
+            (case, case.image, case_caption(case), case.label or "unknown", case_details(case))
+            if case
             else (gr.skip(),) * 5
+        )
         if case is None:
-            yield (*head, *shown, gr.skip(), gr.skip(), gr.skip(),
-                   render.notice("The link restored the task, wording and models; pick an image.", "info"),
-                   gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            yield (
+                *head,
+                *shown,
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                render.notice("The link restored the task, wording and models; pick an image.", "info"),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )
             return
-        for out in self.run(None, task, case.label or "unknown", text, variant.prompt_id, models,
-                            ex.preset.prompt_format, case, None, None, None):
+        for out in self.run(
+            None,
+            task,
+            case.label or "unknown",
+            text,
+            variant.prompt_id,
+            models,
+            ex.preset.prompt_format,
+            case,
+            None,
+            None,
+            None,
+        ):
             cards, data, status, last, rows, customs = out
             yield (*head, *shown, None, cards, data, status, last, rows, customs, gr.skip())
 
@@ -366,10 +461,21 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
     with gr.Row(equal_height=False, elem_id="compare-row"):
         with gr.Column(scale=5, min_width=360, elem_id="compare-main"):
             with gr.Row(equal_height=True, elem_id="wording-row"):
-                variant = gr.Dropdown(variant_choices(variants0), value=variants0[0].prompt_id,
-                                      label="Wording (picking one runs it)", elem_id="variant", scale=3)
-                prompt = gr.Textbox(variants0[0].text, label="Prompt: edit freely, Enter runs (Shift+Enter: new line)",
-                                    lines=1, max_lines=6, elem_id="prompt", scale=5)
+                variant = gr.Dropdown(
+                    variant_choices(variants0),
+                    value=variants0[0].prompt_id,
+                    label="Wording (picking one runs it)",
+                    elem_id="variant",
+                    scale=3,
+                )
+                prompt = gr.Textbox(
+                    variants0[0].text,
+                    label="Prompt: edit freely, Enter runs (Shift+Enter: new line)",
+                    lines=1,
+                    max_lines=6,
+                    elem_id="prompt",
+                    scale=5,
+                )
                 with gr.Column(scale=1, min_width=90, elem_id="run-buttons"):
                     run = gr.Button("Run", variant="primary", elem_id="run-compare", size="sm")
                     present = gr.Button("Present", elem_id="present", size="sm")  # toggles: press again to leave
@@ -377,33 +483,63 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
             cards = gr.HTML(START_HERE, elem_id="compare-cards", js_on_load=None)
             gr.HTML(render.legend(), elem_id="legend-box", js_on_load=None)
             with gr.Row(equal_height=True, elem_id="compare-controls"):
-                models = gr.CheckboxGroup(model_choices, value=list(preset.models), label="Models",
-                                          elem_id="models", scale=3)
-                style = gr.Radio([("as the study ran them", "paper"), ("each model's own template", "official")],
-                                 value=preset.prompt_format, label="Prompt format", elem_id="style", scale=2)
-                yes_choice = gr.Radio([("from its words", "auto"), ("finding present", "positive"),
-                                       ("normal / absent", "negative")], value="auto",
-                                      label="An edited yes/no wording: “yes” means", elem_id="yes-means", scale=2)
+                models = gr.CheckboxGroup(
+                    model_choices, value=list(preset.models), label="Models", elem_id="models", scale=3
+                )
+                style = gr.Radio(
+                    [("as the study ran them", "paper"), ("each model's own template", "official")],
+                    value=preset.prompt_format,
+                    label="Prompt format",
+                    elem_id="style",
+                    scale=2,
+                )
+                yes_choice = gr.Radio(
+                    [("from its words", "auto"), ("finding present", "positive"), ("normal / absent", "negative")],
+                    value="auto",
+                    label="An edited yes/no wording: “yes” means",
+                    elem_id="yes-means",
+                    scale=2,
+                )
             with gr.Row(equal_height=False, elem_id="compare-extra"):
                 describe = gr.Button("Describe the image", elem_id="describe", scale=1, size="md")
-                share = gr.Textbox("", label="Link to this view (image, wording, models)", interactive=False,
-                                   buttons=["copy"], elem_id="share-link", scale=3)
+                share = gr.Textbox(
+                    "",
+                    label="Link to this view (image, wording, models)",
+                    interactive=False,
+                    buttons=["copy"],
+                    elem_id="share-link",
+                    scale=3,
+                )
             share_query = gr.Textbox("", visible="hidden", elem_id="share-query")
             viewer_slot = gr.Column(elem_id="dicom-slot")
             with gr.Accordion("Answers as data", open=False, elem_id="answers-data"):
                 answers = gr.JSON(elem_id="compare-json")
         with gr.Column(scale=2, min_width=260, elem_id="compare-side"):
-            task = gr.Dropdown([(catalog.task(k).title, k) for k in preset.tasks], value=task0,
-                               label="Task", elem_id="task")
-            preview = gr.Image(label="Current image", type="pil", interactive=False, height=150,
-                               elem_id="preview", buttons=["fullscreen"])
+            task = gr.Dropdown(
+                [(catalog.task(k).title, k) for k in preset.tasks], value=task0, label="Task", elem_id="task"
+            )
+            preview = gr.Image(
+                label="Current image",
+                type="pil",
+                interactive=False,
+                height=150,
+                elem_id="preview",
+                buttons=["fullscreen"],
+            )
             caption = gr.HTML(case_caption(None), elem_id="case-caption", js_on_load=None)
-            label = gr.Radio(LABELS, value="unknown", label="Ground truth (answers re-score at once)",
-                             elem_id="truth")
-            examples = gr.Gallery(label="Examples (click one)", columns=4, height=120, allow_preview=False,
-                                  elem_id="examples", object_fit="cover", buttons=[])
-            upload = gr.File(label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath",
-                             elem_id="upload", height=120)
+            label = gr.Radio(LABELS, value="unknown", label="Ground truth (answers re-score at once)", elem_id="truth")
+            examples = gr.Gallery(
+                label="Examples (click one)",
+                columns=4,
+                height=120,
+                allow_preview=False,
+                elem_id="examples",
+                object_fit="cover",
+                buttons=[],
+            )
+            upload = gr.File(
+                label="Upload an image (PNG, JPEG, TIFF, DICOM…)", type="filepath", elem_id="upload", height=120
+            )
             if shared.settings.public:
                 gr.HTML(PRIVACY_NOTE, elem_id="privacy-box", js_on_load=None)
             dicom_warning = gr.HTML("", elem_id="dicom-warning", js_on_load=None)
@@ -412,44 +548,96 @@ def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, my_uplo
 
     with viewer_slot:  # in the wide column, under the answers: a clinician wants the image large
         viewer = dicom_view.build(pixels, task, catalog, dicom_warning)
-    examples.select(h.pick_example, [task], [case_state, preview, caption, label, upload, status, pixels, details],
-                    api_visibility="private").then(**viewer["refresh"])
-    upload.upload(h.upload, [upload, task, label, case_state, my_uploads],
-                  [case_state, preview, caption, status, upload, label, pixels, details, my_uploads],
-                  api_visibility="private").then(**viewer["refresh"])
+    examples.select(
+        h.pick_example,
+        [task],
+        [case_state, preview, caption, label, upload, status, pixels, details],
+        api_visibility="private",
+    ).then(**viewer["refresh"])
+    upload.upload(
+        h.upload,
+        [upload, task, label, case_state, my_uploads],
+        [case_state, preview, caption, status, upload, label, pixels, details, my_uploads],
+        api_visibility="private",
+    ).then(**viewer["refresh"])
     label.input(h.retarget, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
-        h.rescore, [case_state, last, strip_rows, customs], [cards, last, strip_rows], api_visibility="private")
+        h.rescore, [case_state, last, strip_rows, customs], [cards, last, strip_rows], api_visibility="private"
+    )
     task.input(h.task_changed, [task], [variant, prompt], api_visibility="private").then(
-        h.retask, [task, label, case_state], [case_state, caption, label], api_visibility="private").then(
-        **viewer["refresh"])
+        h.retask, [task, label, case_state], [case_state, caption, label], api_visibility="private"
+    ).then(**viewer["refresh"])
     # The reading choice travels as session state, so the public /compare API keeps its arguments.
     yes_means = gr.State("auto")
     yes_choice.change(lambda choice: choice, [yes_choice], [yes_means], api_visibility="private")
-    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs,
-                  yes_means]
+    run_inputs = [upload, task, label, prompt, variant, models, style, case_state, last, strip_rows, customs, yes_means]
     outputs = [cards, answers, status, last, strip_rows, customs]
-    shared_link = dict(fn=h.share_query, inputs=[task, variant, prompt, models, case_state, last],
-                       outputs=[share_query], api_visibility="private")
+    shared_link = dict(
+        fn=h.share_query,
+        inputs=[task, variant, prompt, models, case_state, last],
+        outputs=[share_query],
+        api_visibility="private",
+    )
     # More handlers than device slots: the engine's gates bound generation, so a Compare served from the
     # store never queues behind other visitors' Compares that are generating.
-    gr.on([run.click, prompt.submit], gpu()(h.run), run_inputs, outputs, api_name="compare",
-          concurrency_id="compare", concurrency_limit=4 * shared.settings.gpu_concurrency).then(**shared_link)
+    gr.on(
+        [run.click, prompt.submit],
+        gpu()(h.run),
+        run_inputs,
+        outputs,
+        api_name="compare",
+        concurrency_id="compare",
+        concurrency_limit=4 * shared.settings.gpu_concurrency,
+    ).then(**shared_link)
     # Picking a wording runs it: the box fills, then the same run as Enter.
     variant.input(h.variant_text, [task, variant], [prompt], api_visibility="private").then(
-        gpu()(h.run_picked), run_inputs, outputs, api_visibility="private", concurrency_id="gpu").then(**shared_link)
-    describe.click(gpu()(h.describe), [upload, task, label, models, style, case_state, last, strip_rows, customs],
-                   outputs, api_name="describe", concurrency_id="gpu")
+        gpu()(h.run_picked), run_inputs, outputs, api_visibility="private", concurrency_id="gpu"
+    ).then(**shared_link)
+    describe.click(
+        gpu()(h.describe),
+        [upload, task, label, models, style, case_state, last, strip_rows, customs],
+        outputs,
+        api_name="describe",
+        concurrency_id="gpu",
+    )
     share_query.change(None, [share_query], [share], js=SHARE_JS, api_visibility="private")
     present.click(None, None, None, js=PRESENT_JS, api_visibility="private")
-    restore_outputs = [task, variant, prompt, models, case_state, preview, caption, label, details, pixels,
-                       cards, answers, status, last, strip_rows, customs, upload]
-    return {"task": task, "models": models, "style": style, "examples": examples, "load": h.examples,
-            "task_input": task.input, "restore": h.restore, "restore_outputs": restore_outputs,
-            "after_restore": [shared_link, viewer["refresh"]], "present_js": PRESENT_ON_LOAD_JS}
+    restore_outputs = [
+        task,
+        variant,
+        prompt,
+        models,
+        case_state,
+        preview,
+        caption,
+        label,
+        details,
+        pixels,
+        cards,
+        answers,
+        status,
+        last,
+        strip_rows,
+        customs,
+        upload,
+    ]
+    return {
+        "task": task,
+        "models": models,
+        "style": style,
+        "examples": examples,
+        "load": h.examples,
+        "task_input": task.input,
+        "restore": h.restore,
+        "restore_outputs": restore_outputs,
+        "after_restore": [shared_link, viewer["refresh"]],
+        "present_js": PRESENT_ON_LOAD_JS,
+    }
 
 
-START_HERE = ('<div class="vx-empty">Pick an example or upload an image, then press Run (or Enter in the '
-              "prompt). The answers appear here.</div>")
+START_HERE = (
+    '<div class="vx-empty">Pick an example or upload an image, then press Run (or Enter in the '
+    "prompt). The answers appear here.</div>"
+)
 PRIVACY_NOTE = (
     '<div class="vx-privacy" id="privacy-note"><b>Privacy:</b> this is a public demo. An upload is read '
     "into memory and its file is deleted at once; a DICOM's patient tags (names, ids, dates, institution, "

@@ -6,6 +6,7 @@ There is no app-wide generation lock: the Explorer bounds generation per device 
 Per-user state lives in gr.State inside the tabs; only the Explorer (which owns the loaded models,
 shared by everyone) lives here, and it is created on first use, never at import time.
 """
+
 from __future__ import annotations
 
 import contextlib

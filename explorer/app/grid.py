@@ -7,6 +7,7 @@ one model's answer (explorer/probes/flip_search.py) and shows the two wordings w
 Wordings wrap and show in full on hover; on a narrow screen the table scrolls sideways with the
 wording column fixed.
 """
+
 from __future__ import annotations
 
 from html import escape
@@ -95,12 +96,17 @@ def grid_table(state, specs, running=frozenset()) -> str:
     if not variants or not specs:
         return '<div class="vx-empty">Pick an image in Compare, then press Run grid or Generate variants.</div>'
     families = load_families()
-    head = "".join(f'<th class="vx-col" title="{escape(getattr(m, "title", m.alias))}">{escape(names.model_name(m, m.alias))}'
-                   f'<br><small>{escape(m.role)}</small></th>' for m in specs)
+    head = "".join(
+        f'<th class="vx-col" title="{escape(getattr(m, "title", m.alias))}">{escape(names.model_name(m, m.alias))}'
+        f"<br><small>{escape(m.role)}</small></th>"
+        for m in specs
+    )
     body = []
     for group, rows in grouped(variants):
-        body.append(f'<tr class="vx-family-head" data-family="{escape(group)}"><th colspan="{len(specs) + 1}">'
-                    f'{escape(group_title(group, families))} <small>({len(rows)})</small></th></tr>')
+        body.append(
+            f'<tr class="vx-family-head" data-family="{escape(group)}"><th colspan="{len(specs) + 1}">'
+            f"{escape(group_title(group, families))} <small>({len(rows)})</small></th></tr>"
+        )
         for v in rows:
             cells = []
             for m in specs:
@@ -112,15 +118,20 @@ def grid_table(state, specs, running=frozenset()) -> str:
                     continue
                 verdict = "error" if view.error else (view.verdict or "unclear")
                 mark = {True: " &#10003;", False: " &#10007;"}.get(view.correct, "")
-                cells.append(f'<td class="vx-cell vx-v-{escape(verdict)}" data-cell="{key}" data-verdict="{escape(verdict)}" '
-                             f'title="{escape(names.VERDICT_HELP.get(verdict, verdict))} (click for the full answer)">'
-                             f'{escape(verdict)}{mark}</td>')
+                cells.append(
+                    f'<td class="vx-cell vx-v-{escape(verdict)}" data-cell="{key}" data-verdict="{escape(verdict)}" '
+                    f'title="{escape(names.VERDICT_HELP.get(verdict, verdict))} (click for the full answer)">'
+                    f"{escape(verdict)}{mark}</td>"
+                )
             body.append(
                 f'<tr data-family="{escape(group)}"><th class="vx-wording" title="{escape(v.text)}" data-prompt="{escape(v.prompt_id)}">'
                 f'<div class="vx-wording-name">{escape(row_name(v, state))}</div>'
-                f'<div class="vx-wording-text">{escape(v.text.strip())}</div></th>{"".join(cells)}</tr>')
-    return (f'<div class="vx-fgrid-scroll"><table class="vx-grid" id="variant-grid"><thead><tr>'
-            f'<th class="vx-wording">wording</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+                f'<div class="vx-wording-text">{escape(v.text.strip())}</div></th>{"".join(cells)}</tr>'
+            )
+    return (
+        f'<div class="vx-fgrid-scroll"><table class="vx-grid" id="variant-grid"><thead><tr>'
+        f'<th class="vx-wording">wording</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
 
 
 def flip_html(result, model_name: str) -> str:
@@ -133,15 +144,19 @@ def flip_html(result, model_name: str) -> str:
     family = load_families().family(result.flip.item.family).title
 
     def side(title, text_html, view):
-        return (f'<div class="vx-flip-side"><div><b>{escape(title)}</b> {render.verdict_badge(view.verdict)}</div>'
-                f'<div class="vx-flip-wording">{text_html}</div>'
-                f'<pre class="vx-answer">{escape((view.answer or "(empty)").strip()[:600])}</pre></div>')
+        return (
+            f'<div class="vx-flip-side"><div><b>{escape(title)}</b> {render.verdict_badge(view.verdict)}</div>'
+            f'<div class="vx-flip-wording">{text_html}</div>'
+            f'<pre class="vx-answer">{escape((view.answer or "(empty)").strip()[:600])}</pre></div>'
+        )
 
-    return (f'<div id="flip-result" data-found="true"><div class="vx-flip-title">{escape(model_name)}: '
-            f'{escape(result.message())}</div><div class="vx-flip-pair">'
-            + side("Starting wording", escape(result.base.text), before)
-            + side(f"{family}: {result.flip.item.label}", diff, after)
-            + f'</div><div class="vx-diff" id="flip-diff"><span class="vx-diff-label">What changed:</span> {diff}</div></div>')
+    return (
+        f'<div id="flip-result" data-found="true"><div class="vx-flip-title">{escape(model_name)}: '
+        f'{escape(result.message())}</div><div class="vx-flip-pair">'
+        + side("Starting wording", escape(result.base.text), before)
+        + side(f"{family}: {result.flip.item.label}", diff, after)
+        + f'</div><div class="vx-diff" id="flip-diff"><span class="vx-diff-label">What changed:</span> {diff}</div></div>'
+    )
 
 
 class GridHandlers:
@@ -184,7 +199,11 @@ class GridHandlers:
 
     @staticmethod
     def _same_image(state, case) -> bool:
-        return state["case"] is not None and state["case"].image_hash == case.image_hash and state["case"].task == case.task
+        return (
+            state["case"] is not None
+            and state["case"].image_hash == case.image_hash
+            and state["case"].task == case.task
+        )
 
     def generate_variants(self, case, models, style, families, start_from, count, seed, state):
         """Make variants of the chosen wordings with the chosen families and run them on this image."""
@@ -202,22 +221,37 @@ class GridHandlers:
             catalog = load_families()
             by_id = {v.prompt_id: v for v in ex.variants(case.task) if v.kind == "closed"}
             parents = [by_id[p] for p in start_from if p in by_id]
-            made = generate(parents, families, task_words(ex.catalog, case.task, catalog), seed=seed, count=count,
-                            family_catalog=catalog, catalog=ex.catalog, selection=ex.preset.prompts)
+            made = generate(
+                parents,
+                families,
+                task_words(ex.catalog, case.task, catalog),
+                seed=seed,
+                count=count,
+                family_catalog=catalog,
+                catalog=ex.catalog,
+                selection=ex.preset.prompts,
+            )
             if len(made) > MAX_GENERATED:
-                raise ValueError(f"That makes {len(made)} wordings; at most {MAX_GENERATED} at once: choose fewer "
-                                 "families or wordings, or a smaller count.")
+                raise ValueError(
+                    f"That makes {len(made)} wordings; at most {MAX_GENERATED} at once: choose fewer "
+                    "families or wordings, or a smaller count."
+                )
             if not made:
-                raise ValueError("These families make no new wording of the chosen ones (e.g. option families "
-                                 "need a multiple-choice wording).")
+                raise ValueError(
+                    "These families make no new wording of the chosen ones (e.g. option families "
+                    "need a multiple-choice wording)."
+                )
             ex.policy.check_sweep((len(parents) + len(made)) * len(models))  # a public demo's cap per visitor
         except Exception as exc:
             yield self._refuse(user_message(exc))
             return
         keep = [v for v in state["variants"] if v.custom] if self._same_image(state, case) else []
         variants = parents + [m.variant for m in made] + keep
-        labels = {m.variant.prompt_id: f"{catalog.family(m.family).title}: {m.label}" for m in made
-                  if family_group(m.family) != STUDY_GROUP}
+        labels = {
+            m.variant.prompt_id: f"{catalog.family(m.family).title}: {m.label}"
+            for m in made
+            if family_group(m.family) != STUDY_GROUP
+        }
         previous = state
         state = {"case": case, "variants": variants, "views": {}, "models": list(models), "labels": labels}
         yield from self._fill(ex, state, variants, style, previous=previous)
@@ -244,9 +278,16 @@ class GridHandlers:
             base = ex.variant(case.task, start_from or DEFAULT_FROM[0])
             catalog = load_families()
             edits = [f for f in (families or ()) if catalog.family(f).generator not in NOT_EDITS] or None
-            result = find_flip(lambda vs: ex.grid(case, vs, [model], style), base,
-                               task_words(ex.catalog, case.task, catalog), model, edits, max_requests=budget,
-                               seed=seed, family_catalog=catalog)
+            result = find_flip(
+                lambda vs: ex.grid(case, vs, [model], style),
+                base,
+                task_words(ex.catalog, case.task, catalog),
+                model,
+                edits,
+                max_requests=budget,
+                seed=seed,
+                family_catalog=catalog,
+            )
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
@@ -258,8 +299,13 @@ class GridHandlers:
         before any cell landed, the grid goes back to `previous` (nothing on screen is lost)."""
         running = {(v.prompt_id, m) for v in variants for m in state["models"]}
         table, flips = self._render(ex, state, running)
-        yield (table, flips, render.notice("Running…", "info"), state,
-               gr.update(choices=self._row_choices(state), value=select))
+        yield (
+            table,
+            flips,
+            render.notice("Running…", "info"),
+            state,
+            gr.update(choices=self._row_choices(state), value=select),
+        )
         job = Background(lambda emit: ex.grid(state["case"], variants, state["models"], style, on_cell=emit))
         landed = 0
         for items in job.updates():
@@ -272,16 +318,17 @@ class GridHandlers:
                 yield table, flips, gr.skip(), gr.skip(), gr.skip()
         try:
             job.result()
-            note = render.notice(f"{len(state['views'])} answers for {len(state['variants'])} wordings on "
-                                 f"{case_name(state['case'])}.", "ok")
+            note = render.notice(
+                f"{len(state['views'])} answers for {len(state['variants'])} wordings on {case_name(state['case'])}.",
+                "ok",
+            )
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
             note = render.notice(msg)
             if not landed and previous is not None:
                 table, flips = self._render(ex, previous, set())
-                yield (table, flips, note, previous,
-                       gr.update(choices=self._row_choices(previous), value=NEW_ROW))
+                yield (table, flips, note, previous, gr.update(choices=self._row_choices(previous), value=NEW_ROW))
                 return
         table, flips = self._render(ex, state, set())
         yield table, flips, note, state, gr.skip()
@@ -289,7 +336,8 @@ class GridHandlers:
     @staticmethod
     def _row_choices(state) -> list[tuple[str, str]]:
         return [("+ add a new row", NEW_ROW)] + [
-            (f"{row_name(v, state)} \u2014 {' '.join(v.text.split())[:60]}", v.prompt_id) for v in state["variants"]]
+            (f"{row_name(v, state)} \u2014 {' '.join(v.text.split())[:60]}", v.prompt_id) for v in state["variants"]
+        ]
 
     def pick_row(self, row_id: str, state):
         for v in state["variants"]:
@@ -315,8 +363,9 @@ class GridHandlers:
             yield self._refuse(user_message(exc))
             return
         previous = state
-        state = dict(state, variants=list(state["variants"]), views=dict(state["views"]),
-                     labels=dict(state.get("labels", {})))
+        state = dict(
+            state, variants=list(state["variants"]), views=dict(state["views"]), labels=dict(state.get("labels", {}))
+        )
         if row_id in existing and row_id != NEW_ROW:
             state["variants"][existing.index(row_id)] = variant
             state["views"] = {k: v for k, v in state["views"].items() if k[0] != row_id}
@@ -333,69 +382,117 @@ class GridHandlers:
             return render.notice("No answer in this cell yet.", "info")
         variant = next((v for v in state["variants"] if v.prompt_id == prompt_id), None)
         name = row_name(variant, state) if variant is not None else prompt_id
-        return (f'<div class="vx-cards-heading">{escape(name)}: {escape(render.shorten(view.prompt_text))}</div>'
-                + render.answer_card(alias, view.title, view.role, view))
+        return (
+            f'<div class="vx-cards-heading">{escape(name)}: {escape(render.shorten(view.prompt_text))}</div>'
+            + render.answer_card(alias, view.title, view.role, view)
+        )
 
 
 def build(shared: SharedExplorer, catalog, preset, case_state: gr.State, style: gr.Radio) -> dict[str, Any]:
     h = GridHandlers(shared)
     state = gr.State(empty_state())
     families = load_families()
-    family_choices = [(families.family(n).title, n) for n in families.names()
-                      if families.family(n).generator != "paraphrase"]  # paraphrases need a text model
+    family_choices = [
+        (families.family(n).title, n) for n in families.names() if families.family(n).generator != "paraphrase"
+    ]  # paraphrases need a text model
     wording_choices = [(names.prompt_name(p), p) for p in STUDY_IDS]
     model_choices = [(names.model_label(catalog.model(a)), a) for a in preset.models]
     caption = gr.HTML(case_caption(None), elem_id="grid-caption", js_on_load=None)
     with gr.Row():
-        models = gr.CheckboxGroup(model_choices, value=list(preset.models), label="Models (columns)",
-                                  elem_id="grid-models", scale=4)
+        models = gr.CheckboxGroup(
+            model_choices, value=list(preset.models), label="Models (columns)", elem_id="grid-models", scale=4
+        )
         run = gr.Button("Run grid", variant="primary", elem_id="run-grid", scale=1)
     with gr.Accordion("Generate variants: new wordings by family", open=True, elem_id="grid-generate"):
         with gr.Row():
-            fams = gr.CheckboxGroup(family_choices, value=[f for f in DEFAULT_FAMILIES if f in families.families],
-                                    label="Wording families", elem_id="gen-families", scale=4)
-            start = gr.Dropdown(wording_choices, value=list(DEFAULT_FROM), multiselect=True,
-                                label="Starting from", elem_id="gen-from", scale=2)
+            fams = gr.CheckboxGroup(
+                family_choices,
+                value=[f for f in DEFAULT_FAMILIES if f in families.families],
+                label="Wording families",
+                elem_id="gen-families",
+                scale=4,
+            )
+            start = gr.Dropdown(
+                wording_choices,
+                value=list(DEFAULT_FROM),
+                multiselect=True,
+                label="Starting from",
+                elem_id="gen-from",
+                scale=2,
+            )
         with gr.Row():
-            count = gr.Number(2, precision=0, minimum=0, maximum=20, label="Variants per family (0: all)",
-                              elem_id="gen-count", min_width=120)
+            count = gr.Number(
+                2,
+                precision=0,
+                minimum=0,
+                maximum=20,
+                label="Variants per family (0: all)",
+                elem_id="gen-count",
+                min_width=120,
+            )
             seed = gr.Number(0, precision=0, minimum=0, label="Seed", elem_id="gen-seed", min_width=100)
             make = gr.Button("Generate variants", variant="primary", elem_id="generate-variants")
         with gr.Row():
-            flip_model = gr.Dropdown(model_choices, value=preset.models[0] if preset.models else None,
-                                     label="Flip whose answer", elem_id="flip-model", scale=2)
-            flip_from = gr.Dropdown(wording_choices, value=DEFAULT_FROM[0], label="Wording to edit",
-                                    elem_id="flip-from", scale=2)
-            budget = gr.Number(24, precision=0, minimum=2, maximum=MAX_FLIP_REQUESTS, label="At most this many requests",
-                               elem_id="flip-budget", min_width=120)
+            flip_model = gr.Dropdown(
+                model_choices,
+                value=preset.models[0] if preset.models else None,
+                label="Flip whose answer",
+                elem_id="flip-model",
+                scale=2,
+            )
+            flip_from = gr.Dropdown(
+                wording_choices, value=DEFAULT_FROM[0], label="Wording to edit", elem_id="flip-from", scale=2
+            )
+            budget = gr.Number(
+                24,
+                precision=0,
+                minimum=2,
+                maximum=MAX_FLIP_REQUESTS,
+                label="At most this many requests",
+                elem_id="flip-budget",
+                min_width=120,
+            )
             find = gr.Button("Find the smallest flip", elem_id="find-flip")
         flip_out = gr.HTML("", elem_id="flip-out", css_template=FLIP_CSS, js_on_load=None)
     status = gr.HTML("", elem_id="grid-status", js_on_load=None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=280):
-            table = gr.HTML(grid_table(empty_state(), []), elem_id="grid-wrap", js_on_load=CELL_CLICK_JS,
-                            css_template=GRID_CSS, apply_default_css=False)
+            table = gr.HTML(
+                grid_table(empty_state(), []),
+                elem_id="grid-wrap",
+                js_on_load=CELL_CLICK_JS,
+                css_template=GRID_CSS,
+                apply_default_css=False,
+            )
             flips = gr.HTML("", elem_id="grid-flips", js_on_load=None)
         with gr.Column(scale=1, min_width=260):
-            detail = gr.HTML(render.notice("Click a cell to read the full answer.", "info"),
-                             elem_id="grid-detail", js_on_load=None)
+            detail = gr.HTML(
+                render.notice("Click a cell to read the full answer.", "info"), elem_id="grid-detail", js_on_load=None
+            )
             gr.Markdown("**Edit or add a row** — only that row runs again.")
             row = gr.Dropdown([("+ add a new row", NEW_ROW)], value=NEW_ROW, label="Row", elem_id="grid-row")
             wording = gr.Textbox(label="Wording", lines=2, max_lines=8, elem_id="grid-wording")
             rerun = gr.Button("Run this row", elem_id="run-row")
 
     outputs = [table, flips, status, state, row]
+
     def click_a_cell():  # the open answer may belong to a row that just changed
         return render.notice("Click a cell to read the full answer.", "info")
 
     for button, handler, inputs, name in (
-            (run, h.run_all, [case_state, models, style, state], "grid"),
-            (rerun, h.edit_row, [row, wording, style, state], "grid_row"),
-            (make, h.generate_variants, [case_state, models, style, fams, start, count, seed, state], "grid_generate")):
+        (run, h.run_all, [case_state, models, style, state], "grid"),
+        (rerun, h.edit_row, [row, wording, style, state], "grid_row"),
+        (make, h.generate_variants, [case_state, models, style, fams, start, count, seed, state], "grid_generate"),
+    ):
         button.click(click_a_cell, None, [detail], api_visibility="private")
         button.click(gpu()(handler), inputs, outputs, api_name=name, concurrency_id="gpu")
-    find.click(gpu()(h.flip_search), [case_state, flip_model, flip_from, fams, budget, seed, style], [flip_out],
-               api_name="grid_flip", concurrency_id="gpu")
+    find.click(
+        gpu()(h.flip_search),
+        [case_state, flip_model, flip_from, fams, budget, seed, style],
+        [flip_out],
+        api_name="grid_flip",
+        concurrency_id="gpu",
+    )
     row.input(h.pick_row, [row, state], [wording], api_visibility="private")
     table.click(h.cell, [state], [detail], api_visibility="private")
     return {"caption": caption, "shown": h.shown}

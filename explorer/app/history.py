@@ -3,6 +3,7 @@ with the word-level difference between the last two wordings.
 
 Plain data in gr.State (a list of dicts), rendered here; nothing global, nothing stored.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -16,7 +17,9 @@ MAX_ENTRIES = 6  # a strip, not a log: the latest wordings on this image
 def entry(prompt_id: str, name: str, text: str, views: Sequence[Any]) -> dict[str, Any]:
     """One row of the strip: a wording, its name and each model's verdict (error when it failed)."""
     return {
-        "prompt_id": prompt_id, "name": name, "text": text,
+        "prompt_id": prompt_id,
+        "name": name,
+        "text": text,
         "verdicts": {v.model: ("error" if v.error else v.verdict) for v in views},
         "correct": {v.model: v.correct for v in views},
     }
@@ -62,8 +65,10 @@ def strip(history: Optional[list], case_key: str, models: Sequence[str], names: 
     if len(rows) < 2:
         return ""
     new, old = rows[0], rows[1]
-    diff = (f'<div class="vx-diff" id="wording-diff"><span class="vx-diff-label">{escape(old["name"])} &rarr; '
-            f'{escape(new["name"])}:</span> {word_diff(old["text"], new["text"])}</div>')
+    diff = (
+        f'<div class="vx-diff" id="wording-diff"><span class="vx-diff-label">{escape(old["name"])} &rarr; '
+        f"{escape(new['name'])}:</span> {word_diff(old['text'], new['text'])}</div>"
+    )
     shown = [m for m in models if any(m in r["verdicts"] for r in rows)]
     head = "".join(f'<th title="{escape(names.get(m, m))}">{escape(names.get(m, m))}</th>' for m in shown)
     body = []
@@ -72,9 +77,13 @@ def strip(history: Optional[list], case_key: str, models: Sequence[str], names: 
         for m in shown:
             v = r["verdicts"].get(m)
             mark = {True: " &#10003;", False: " &#10007;"}.get(r["correct"].get(m), "")
-            cells.append(f'<td><span class="vx-chip vx-v-{escape(v or "pending")}" data-verdict="{escape(v or "")}">'
-                         f'{escape(v or "·")}{mark}</span></td>')
+            cells.append(
+                f'<td><span class="vx-chip vx-v-{escape(v or "pending")}" data-verdict="{escape(v or "")}">'
+                f"{escape(v or '·')}{mark}</span></td>"
+            )
         now = ' class="vx-now"' if i == 0 else ""
         body.append(f'<tr{now}><th title="{escape(r["text"])}">{escape(r["name"])}</th>{"".join(cells)}</tr>')
-    return (f'<div id="history-strip" class="vx-history">{diff}<table class="vx-history-table"><thead><tr>'
-            f'<th>wordings on this image</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<div id="history-strip" class="vx-history">{diff}<table class="vx-history-table"><thead><tr>'
+        f"<th>wordings on this image</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )

@@ -2,6 +2,7 @@
 
 Building it is cheap (YAML presets only); the Explorer and any model are created on first use.
 """
+
 from __future__ import annotations
 
 from html import escape
@@ -55,8 +56,15 @@ def build_demo(settings: AppSettings) -> gr.Blocks:
                 m = models_tab.build(shared, catalog, preset)
         # A shared link restores its view first; then the examples of the (restored) task. One queue slot:
         # the examples of the page load and of each task change arrive in order.
-        examples = dict(fn=c["load"], inputs=[c["task"]], outputs=[c["examples"]], api_visibility="private",
-                        concurrency_id="examples", concurrency_limit=1, trigger_mode="always_last")
+        examples = dict(
+            fn=c["load"],
+            inputs=[c["task"]],
+            outputs=[c["examples"]],
+            api_visibility="private",
+            concurrency_id="examples",
+            concurrency_limit=1,
+            trigger_mode="always_last",
+        )
         demo.load(None, None, None, js=c["present_js"], api_visibility="private")
         # The visitor's cookie first (a reload keeps it), then the visitor's running sweep, found again.
         demo.load(None, None, None, js=s["visitor_js"], api_visibility="private").then(**s["reattach"])

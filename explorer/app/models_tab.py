@@ -1,4 +1,5 @@
 """Models and settings tab: what can run here and why not, load/unload, configured endpoints."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,9 @@ def endpoints_html(ex) -> str:
     rows = []
     for alias, cfg in endpoints.items():
         key_env = getattr(cfg, "api_key_env", None) or ""
-        key = (f"${escape(key_env)} " + ("is set" if os.environ.get(key_env) else "is NOT set")) if key_env else "no key"
+        key = (
+            (f"${escape(key_env)} " + ("is set" if os.environ.get(key_env) else "is NOT set")) if key_env else "no key"
+        )
         rows.append(
             f"<tr><td><code>{escape(alias)}</code></td><td>{escape(str(getattr(cfg, 'base_url', '')))}</td>"
             f"<td>{escape(str(getattr(cfg, 'model', '') or ''))}</td><td>{key}</td></tr>"
@@ -39,15 +42,20 @@ def settings_html(shared: SharedExplorer, ex) -> str:
     s = shared.settings
     # A public deployment names no server paths (a visitor may not open them anyway).
     store = s.store_path.name if s.public else str(s.store_path)
-    samples = ("provided by this deployment" if s.public else str(s.samples_dir)) if s.samples_dir \
+    samples = (
+        ("provided by this deployment" if s.public else str(s.samples_dir))
+        if s.samples_dir
         else "none (start with --samples DIR)"
+    )
     items = {
         "study preset": f"{ex.preset.name}: {ex.preset.description}",
         "results store": store,
         "sample images": samples,
         # The Explorer's own policy: public mode may come from --public as well as from the environment.
         "public deployment": ex.policy.describe() if ex.policy.enabled else "no (private: no limits)",
-        "Hugging Face token": "set in the environment" if (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")) else "not set",
+        "Hugging Face token": "set in the environment"
+        if (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
+        else "not set",
     }
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in items.items())
     return f'<table class="vx-table" id="settings">{rows}</table>'
@@ -81,8 +89,11 @@ class ModelHandlers:
                 ex.load_model(alias)
                 note = render.notice(f"{alias}: loaded.", "ok")
             else:
-                note = render.notice(f"{alias}: unloaded.", "ok") if ex.unload_model(alias) \
+                note = (
+                    render.notice(f"{alias}: unloaded.", "ok")
+                    if ex.unload_model(alias)
                     else render.notice(f"{alias} was not loaded; nothing to unload.", "info")
+                )
         except Exception as exc:
             msg = user_message(exc)
             warn(msg)
@@ -98,8 +109,14 @@ def build(shared: SharedExplorer, catalog, preset) -> dict[str, Any]:
     public = shared.settings.public
     with gr.Row():
         # Public mode: no load/unload on the page (the handlers refuse a direct API call too).
-        alias = gr.Dropdown([(names.model_label(catalog.model(a)), a) for a in preset.models], value=preset.models[0],
-                            label="Model", elem_id="model-pick", scale=3, visible=not public)
+        alias = gr.Dropdown(
+            [(names.model_label(catalog.model(a)), a) for a in preset.models],
+            value=preset.models[0],
+            label="Model",
+            elem_id="model-pick",
+            scale=3,
+            visible=not public,
+        )
         load = gr.Button("Load", elem_id="model-load", scale=1, visible=not public)
         unload = gr.Button("Unload", elem_id="model-unload", scale=1, visible=not public)
         refresh = gr.Button("Refresh", elem_id="model-refresh", scale=1)

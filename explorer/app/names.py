@@ -3,6 +3,7 @@
 Ids (demo-llava-med, mc_neg_first_ow, custom_fb8bf17a, f1_all) stay in data and downloads; a person
 reads these names instead, the same on checkboxes, cards, tables and plots.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional
@@ -77,6 +78,7 @@ def metric_header(column: str) -> str:
 
 def metric_legend(columns) -> str:
     """One line per explained column, for a caption under a metrics table (markdown)."""
-    lines = [f"**{METRIC_NAMES[c][0]}**: {METRIC_NAMES[c][1]}" for c in columns
-             if c in METRIC_NAMES and METRIC_NAMES[c][1]]
+    lines = [
+        f"**{METRIC_NAMES[c][0]}**: {METRIC_NAMES[c][1]}" for c in columns if c in METRIC_NAMES and METRIC_NAMES[c][1]
+    ]
     return " · ".join(lines)

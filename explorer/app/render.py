@@ -3,6 +3,7 @@
 Pure functions of engine values (AnswerView, ModelSpec, Availability); no gradio here, so they can be
 tested and reused. Every piece of user or model text goes through html.escape.
 """
+
 from __future__ import annotations
 
 import ast
@@ -77,12 +78,18 @@ def evidence_spans(view: Any) -> list[tuple[int, int]]:
 def verdict_badge(verdict: Optional[str]) -> str:
     v = verdict or "pending"
     tip = VERDICT_HELP.get(v, "")
-    return f'<span class="vx-badge vx-v-{escape(v)}" data-verdict="{escape(v)}" title="{escape(tip)}">{escape(v)}</span>'
+    return (
+        f'<span class="vx-badge vx-v-{escape(v)}" data-verdict="{escape(v)}" title="{escape(tip)}">{escape(v)}</span>'
+    )
 
 
 def correctness(correct: Optional[bool], label: Optional[str]) -> str:
     if correct is None:
-        why = "the truth is unknown" if not label else "neither yes nor no (a refusal, hedge or unclear answer), so neither right nor wrong"
+        why = (
+            "the truth is unknown"
+            if not label
+            else "neither yes nor no (a refusal, hedge or unclear answer), so neither right nor wrong"
+        )
         return f'<span class="vx-mark vx-unscored" title="{why}">not scored</span>'
     if correct:
         return f'<span class="vx-mark vx-right" title="truth: {escape(label or "")}">&#10003; correct</span>'
@@ -93,8 +100,16 @@ def _get(view: Any, name: str, default: Any = None) -> Any:
     return getattr(view, name, default) if view is not None else default
 
 
-def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Optional[str] = None,
-                describe: bool = False, previous: Optional[Mapping[str, str]] = None, stale: bool = False) -> str:
+def answer_card(
+    alias: str,
+    title: str,
+    role: str,
+    view: Any = None,
+    partial: Optional[str] = None,
+    describe: bool = False,
+    previous: Optional[Mapping[str, str]] = None,
+    stale: bool = False,
+) -> str:
     """One model's card: finished (view), streaming (partial text) or waiting (neither).
 
     `previous` ({"verdict", "name"}): what this model said to the wording before, so a flip shows on the
@@ -127,10 +142,14 @@ def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Op
     elif previous and previous.get("verdict") and not describe and not error:
         before = str(previous["verdict"])
         if before != verdict:
-            badges.append(f'<span class="vx-flipped" title="{escape(str(previous.get("name") or ""))}">'
-                          f'flipped: was {escape(before)}</span>')
+            badges.append(
+                f'<span class="vx-flipped" title="{escape(str(previous.get("name") or ""))}">'
+                f"flipped: was {escape(before)}</span>"
+            )
         else:
-            badges.append(f'<span class="vx-same" title="{escape(str(previous.get("name") or ""))}">same as before</span>')
+            badges.append(
+                f'<span class="vx-same" title="{escape(str(previous.get("name") or ""))}">same as before</span>'
+            )
     meta = [f'<span class="vx-latency">{float(_get(view, "latency_s") or 0):.2f} s</span>']
     if _get(view, "cached"):
         meta.append('<span class="vx-cached" title="from the results store: not generated again">cached</span>')
@@ -138,17 +157,21 @@ def answer_card(alias: str, title: str, role: str, view: Any = None, partial: Op
         meta.append('<span class="vx-noise" title="an offline demo model with random weights">noise model</span>')
     p_pos = _get(view, "p_positive")
     if p_pos is not None and not describe:
-        meta.append(f'<span class="vx-ppos" title="probability of the positive reading from the first '
-                    f'answer token">p(yes) {float(p_pos):.2f}</span>')
+        meta.append(
+            f'<span class="vx-ppos" title="probability of the positive reading from the first '
+            f'answer token">p(yes) {float(p_pos):.2f}</span>'
+        )
     answer = _get(view, "answer") or ""
     text = escape(error) if error else highlighted(answer, evidence_spans(view))
     evidence = _get(view, "evidence")
     foot = ""
     if evidence and not describe and not error:
         why = _get(view, "verdict_detail") or ""
-        foot = (f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;'
-                + (f'<span class="vx-why"> &middot; {escape(why)}</span>' if verdict == "hedge" and why else "")
-                + "</div>")
+        foot = (
+            f'<div class="vx-foot">decided by &ldquo;{escape(evidence)}&rdquo;'
+            + (f'<span class="vx-why"> &middot; {escape(why)}</span>' if verdict == "hedge" and why else "")
+            + "</div>"
+        )
     # A stale card is not "done": whoever waits for this run's answers must not count the last run's.
     cls = "vx-stale" if stale else "vx-error" if error else "vx-done"
     return (
@@ -168,14 +191,23 @@ def pair_flag(base_view: Any, medical_view: Any) -> str:
         return f'<div class="vx-pair-flag vx-agree" data-flag="agree">base and medical agree: {escape(str(a))}</div>'
     answered = {a, b} == {"positive", "negative"}
     kind, words = ("disagree", "base and medical DISAGREE") if answered else ("differ", "base and medical differ")
-    return (f'<div class="vx-pair-flag vx-{kind}" data-flag="{kind}">&#9888; {words}: '
-            f'{escape(str(a))} vs {escape(str(b))}</div>')
+    return (
+        f'<div class="vx-pair-flag vx-{kind}" data-flag="{kind}">&#9888; {words}: '
+        f"{escape(str(a))} vs {escape(str(b))}</div>"
+    )
 
 
-def cards(pairs: Iterable[tuple[Any, Any]], selected: Sequence[str], views: Mapping[str, Any],
-          partial: Mapping[str, str] | None = None, heading: str = "", describe: bool = False,
-          previous: Optional[Mapping[str, Mapping[str, str]]] = None, stale: Optional[Mapping[str, Any]] = None,
-          names: Optional[Mapping[str, str]] = None) -> str:
+def cards(
+    pairs: Iterable[tuple[Any, Any]],
+    selected: Sequence[str],
+    views: Mapping[str, Any],
+    partial: Mapping[str, str] | None = None,
+    heading: str = "",
+    describe: bool = False,
+    previous: Optional[Mapping[str, Mapping[str, str]]] = None,
+    stale: Optional[Mapping[str, Any]] = None,
+    names: Optional[Mapping[str, str]] = None,
+) -> str:
     """All selected models' cards, grouped by base/medical pair, base first.
 
     While a new wording runs, `stale` holds the answers to the one before: they stay on screen (dimmed)
@@ -192,13 +224,24 @@ def cards(pairs: Iterable[tuple[Any, Any]], selected: Sequence[str], views: Mapp
         for m in members:
             title = names.get(m.alias, m.title)
             if m.alias in views or m.alias in partial or m.alias not in stale:
-                inner.append(answer_card(m.alias, title, m.role, views.get(m.alias), partial.get(m.alias), describe,
-                                         previous=previous.get(m.alias)))
+                inner.append(
+                    answer_card(
+                        m.alias,
+                        title,
+                        m.role,
+                        views.get(m.alias),
+                        partial.get(m.alias),
+                        describe,
+                        previous=previous.get(m.alias),
+                    )
+                )
             else:
                 inner.append(answer_card(m.alias, title, m.role, stale[m.alias], None, describe, stale=True))
         flag = "" if describe else pair_flag(views.get(base.alias), views.get(medical.alias))
-        groups.append(f'<div class="vx-pair" data-pair="{escape(base.pair)}">{flag}'
-                      f'<div class="vx-pair-cards">{"".join(inner)}</div></div>')
+        groups.append(
+            f'<div class="vx-pair" data-pair="{escape(base.pair)}">{flag}'
+            f'<div class="vx-pair-cards">{"".join(inner)}</div></div>'
+        )
     if not groups:
         return '<div class="vx-empty">Choose at least one model and press Run.</div>'
     head = f'<div class="vx-cards-heading">{heading}</div>' if heading else ""
@@ -209,15 +252,16 @@ def legend() -> str:
     """The verdict classes in plain words, always visible under the answers (not only in tooltips)."""
     items = "".join(
         f'<div class="vx-legend-item"><span class="vx-badge vx-v-{escape(k)}">{escape(k)}</span> {escape(v)}</div>'
-        if k != "not scored" else
-        f'<div class="vx-legend-item"><span class="vx-mark vx-unscored">not scored</span> {escape(v)}</div>'
+        if k != "not scored"
+        else f'<div class="vx-legend-item"><span class="vx-mark vx-unscored">not scored</span> {escape(v)}</div>'
         for k, v in VERDICT_HELP.items()
     )
     return f'<div id="verdict-legend" class="vx-legend">{items}</div>'
 
 
-def grid(variants: Sequence[Any], models: Sequence[Any], views: Mapping[tuple[str, str], Any],
-         running: Optional[set] = None) -> str:
+def grid(
+    variants: Sequence[Any], models: Sequence[Any], views: Mapping[tuple[str, str], Any], running: Optional[set] = None
+) -> str:
     """Prompt variants (rows) x models (columns); each cell coloured by verdict, marked right/wrong."""
     if not variants or not models:
         return '<div class="vx-empty">Pick an image in Compare, then press Run grid.</div>'
@@ -249,7 +293,7 @@ def grid(variants: Sequence[Any], models: Sequence[Any], views: Mapping[tuple[st
         )
     return (
         f'<table class="vx-grid" id="variant-grid"><thead><tr><th>prompt variant</th>{head}</tr></thead>'
-        f'<tbody>{"".join(rows)}</tbody></table>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -279,9 +323,9 @@ def progress(done: int, total: int, detail: str = "", state: str = "running") ->
 def model_table(statuses: Iterable[Any], titles: Mapping[str, str]) -> str:
     rows = "".join(
         f'<tr data-alias="{escape(s.alias)}"><td><code>{escape(s.alias)}</code></td>'
-        f'<td>{escape(titles.get(s.alias, ""))}</td>'
+        f"<td>{escape(titles.get(s.alias, ''))}</td>"
         f'<td><span class="vx-state vx-state-{escape(s.state)}">{escape(s.state)}</span></td>'
-        f'<td>{escape(s.reason)}</td><td>{escape(s.source or "")}</td>'
+        f"<td>{escape(s.reason)}</td><td>{escape(s.source or '')}</td>"
         f'<td class="vx-nowrap">{_size(s.size_gb)}</td></tr>'
         for s in statuses
     )
@@ -326,11 +370,21 @@ def case_table(rows: Sequence[Mapping[str, Any]], model_names: Optional[Mapping[
                 continue
             verdict = "error" if r.get("error") else str(r.get("verdict") or "unclear")
             label, answered = r.get("label"), verdict in ("positive", "negative")
-            mark = (" &#10003;" if verdict == label else " &#10007;") if label in ("positive", "negative") and answered else ""
+            mark = (
+                (" &#10003;" if verdict == label else " &#10007;")
+                if label in ("positive", "negative") and answered
+                else ""
+            )
             tip = str(r.get("error") or r.get("answer") or "")
-            tds.append(f'<td class="vx-cell vx-v-{escape(verdict)}" data-verdict="{escape(verdict)}" '
-                       f'title="{escape(tip[:600])}">{escape(verdict)}{mark}</td>')
-        body.append(f'<tr><th class="vx-row" title="{escape(text_of[p])}"><b>{escape(prompt_name(p))}</b>'
-                    f'<div class="vx-row-text">{escape(text_of[p])}</div></th>{"".join(tds)}</tr>')
-    return (f'<table class="vx-grid" id="case-answers"><thead><tr><th>wording</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+            tds.append(
+                f'<td class="vx-cell vx-v-{escape(verdict)}" data-verdict="{escape(verdict)}" '
+                f'title="{escape(tip[:600])}">{escape(verdict)}{mark}</td>'
+            )
+        body.append(
+            f'<tr><th class="vx-row" title="{escape(text_of[p])}"><b>{escape(prompt_name(p))}</b>'
+            f'<div class="vx-row-text">{escape(text_of[p])}</div></th>{"".join(tds)}</tr>'
+        )
+    return (
+        f'<table class="vx-grid" id="case-answers"><thead><tr><th>wording</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )

@@ -1,5 +1,6 @@
 """Results tab: open a store, an export or the study's CSVs; filter; drill down to one case; see the cases
 where base and medical models disagree or where the wording flips the answer. No model is needed."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -81,8 +82,9 @@ class ResultsHandlers:
         ex = self.shared.get()
         try:
             where = Path(ex.store.path).name  # no server paths on screen (the Models tab's settings name it)
-            return self._loaded(ex, self._with_own_uploads(ex, ex.browsable_answers(), mine),
-                                f"this app's store ({where})")
+            return self._loaded(
+                ex, self._with_own_uploads(ex, ex.browsable_answers(), mine), f"this app's store ({where})"
+            )
         except Exception as exc:
             return self._fail(exc)
 
@@ -90,8 +92,10 @@ class ResultsHandlers:
         ex = self.shared.get()
         try:
             if not path or not str(path).strip():
-                raise ValueError("Choose a file first: a results store (.sqlite), an export (.csv, .parquet, "
-                                 ".jsonl) or the study's *_vqa_results.csv.")
+                raise ValueError(
+                    "Choose a file first: a results store (.sqlite), an export (.csv, .parquet, "
+                    ".jsonl) or the study's *_vqa_results.csv."
+                )
             path = str(path).strip()
             frame = ex.open_results(path, uploaded=uploaded, cancel=cancel)
             return self._loaded(ex, frame, Path(path).name if uploaded else path)
@@ -126,8 +130,12 @@ class ResultsHandlers:
             return gr.skip(), gr.skip(), gr.skip()
         view = _filtered(state["frame"], dict(zip(FILTERS, (models, tasks, prompt_ids, verdicts))))
         state = dict(state, view=view)
-        note = render.notice(f"{len(view):,} of {len(state['frame']):,} answers match"
-                             + (f"; the first {MAX_ROWS:,} are shown" if len(view) > MAX_ROWS else "") + ".", "info")
+        note = render.notice(
+            f"{len(view):,} of {len(state['frame']):,} answers match"
+            + (f"; the first {MAX_ROWS:,} are shown" if len(view) > MAX_ROWS else "")
+            + ".",
+            "info",
+        )
         return _shown(view), state, note
 
     def drill(self, state, evt: gr.SelectData):
@@ -150,17 +158,22 @@ class ResultsHandlers:
         first = rows.iloc[0]
         image = self._image(ex, task, first.get("image_hash"))
         title = _catalog().tasks[task].title if task in _catalog().tasks else str(task)
-        head = (f'<div class="vx-cards-heading"><b>{render.escape(str(case_id).split(":", 2)[-1])}</b> · {render.escape(title)}'
-                f' · truth: {render.escape(str(first.get("label") if isinstance(first.get("label"), str) else "unknown"))}'
-                + ("" if image is not None else " · image not available here") + "</div>")
+        head = (
+            f'<div class="vx-cards-heading"><b>{render.escape(str(case_id).split(":", 2)[-1])}</b> · {render.escape(title)}'
+            f" · truth: {render.escape(str(first.get('label') if isinstance(first.get('label'), str) else 'unknown'))}"
+            + ("" if image is not None else " · image not available here")
+            + "</div>"
+        )
         models = {a: names.model_name(spec, a) for a, spec in _catalog().models.items()}
         table = render.case_table(rows.to_dict("records"), models)
         detail = ""
         if row is not None:
-            detail = (f'<div class="vx-cards-heading">{render.escape(render.shorten(row.get("prompt_text") or row["prompt_id"]))}</div>'
-                      f'<div class="vx-card"><div class="vx-badges">{render.verdict_badge(row.get("verdict"))}'
-                      f'<span class="vx-title">{render.escape(_display("model", str(row["model"])))}</span></div>'
-                      f'<div class="vx-answer">{render.escape(str(row.get("error") or row.get("answer") or ""))}</div></div>')
+            detail = (
+                f'<div class="vx-cards-heading">{render.escape(render.shorten(row.get("prompt_text") or row["prompt_id"]))}</div>'
+                f'<div class="vx-card"><div class="vx-badges">{render.verdict_badge(row.get("verdict"))}'
+                f'<span class="vx-title">{render.escape(_display("model", str(row["model"])))}</span></div>'
+                f'<div class="vx-answer">{render.escape(str(row.get("error") or row.get("answer") or ""))}</div></div>'
+            )
         return image, head + table, detail
 
     def _gallery(self, ex, frame: pd.DataFrame):
@@ -173,41 +186,67 @@ class ResultsHandlers:
                 what = f"base≠medical ×{rec['n']}" if rec["kind"] == "pair" else f"flips ×{rec['n']} · {rec['models']}"
                 items.append((image, what))
                 keys.append((rec["task"], rec["case_id"]))
-        note = render.notice(f"{len(cases)} case{'' if len(cases) == 1 else 's'} where base and medical disagree or the wording flips the answer; "
-                             f"{len(items)} shown (at most {GALLERY_MAX}, those whose image this app can find). "
-                             "Click one to open it above.", "info")
+        note = render.notice(
+            f"{len(cases)} case{'' if len(cases) == 1 else 's'} where base and medical disagree or the wording flips the answer; "
+            f"{len(items)} shown (at most {GALLERY_MAX}, those whose image this app can find). "
+            "Click one to open it above.",
+            "info",
+        )
         return items, note, keys
 
 
 def build(shared: SharedExplorer, catalog, preset, my_uploads: Optional[gr.State] = None) -> dict[str, Any]:
     h = ResultsHandlers(shared)
     state = gr.State(None)
-    gr.Markdown("Open a results store (`.sqlite`), an export (`.csv`, `.parquet`, `.jsonl`) or the study code's "
-                "`*_vqa_results.csv`; this app's own store opens by itself. No model is needed here.")
+    gr.Markdown(
+        "Open a results store (`.sqlite`), an export (`.csv`, `.parquet`, `.jsonl`) or the study code's "
+        "`*_vqa_results.csv`; this app's own store opens by itself. No model is needed here."
+    )
     with gr.Row(equal_height=True):
-        upload = gr.UploadButton("Open a file…", file_types=[".sqlite", ".db", ".csv", ".parquet", ".jsonl", ".json"],
-                                 type="filepath", elem_id="results-upload", scale=1)
+        upload = gr.UploadButton(
+            "Open a file…",
+            file_types=[".sqlite", ".db", ".csv", ".parquet", ".jsonl", ".json"],
+            type="filepath",
+            elem_id="results-upload",
+            scale=1,
+        )
         mine = gr.Button("This app's store", elem_id="results-mine", scale=1)
-        path = gr.Textbox(show_label=False, placeholder="…or a path on the server", visible=not shared.settings.public,
-                          elem_id="results-path", scale=2, container=False)
+        path = gr.Textbox(
+            show_label=False,
+            placeholder="…or a path on the server",
+            visible=not shared.settings.public,
+            elem_id="results-path",
+            scale=2,
+            container=False,
+        )
         open_path = gr.Button("Open path", visible=not shared.settings.public, elem_id="results-open", scale=1)
     status = gr.HTML("", elem_id="results-status", js_on_load=None)
     with gr.Row():
-        filters = [gr.Dropdown([], value=[], multiselect=True, label={"prompt_id": "wording"}.get(c, c), elem_id=f"filter-{c}")
-                   for c in FILTERS]
-    table = gr.Dataframe(_shown(pd.DataFrame(columns=SHOW)), elem_id="results-table", interactive=False, max_height=300,
-                         wrap=False, label="Answers (select a row to open its case)",
-                         column_widths=["11%", "10%", "20%", "7%", "11%", "8%", "33%"])
+        filters = [
+            gr.Dropdown([], value=[], multiselect=True, label={"prompt_id": "wording"}.get(c, c), elem_id=f"filter-{c}")
+            for c in FILTERS
+        ]
+    table = gr.Dataframe(
+        _shown(pd.DataFrame(columns=SHOW)),
+        elem_id="results-table",
+        interactive=False,
+        max_height=300,
+        wrap=False,
+        label="Answers (select a row to open its case)",
+        column_widths=["11%", "10%", "20%", "7%", "11%", "8%", "33%"],
+    )
     with gr.Row(equal_height=False):
-        image = gr.Image(label="Case image", type="pil", interactive=False, height=240, elem_id="results-image", scale=1)
+        image = gr.Image(
+            label="Case image", type="pil", interactive=False, height=240, elem_id="results-image", scale=1
+        )
         with gr.Column(scale=3):
-            case_html = gr.HTML(render.case_table([]), elem_id="results-case", js_on_load=None,
-                                apply_default_css=False)
+            case_html = gr.HTML(render.case_table([]), elem_id="results-case", js_on_load=None, apply_default_css=False)
             detail = gr.HTML("", elem_id="results-detail", js_on_load=None)
     gr.Markdown("#### Where base and medical models disagree, or the wording flips the answer")
     gallery_note = gr.HTML("", elem_id="gallery-note", js_on_load=None)
-    gallery = gr.Gallery(label="Disagreements", columns=8, height=180, allow_preview=False, elem_id="disagreements",
-                         buttons=[])
+    gallery = gr.Gallery(
+        label="Disagreements", columns=8, height=180, allow_preview=False, elem_id="disagreements", buttons=[]
+    )
 
     loaded = [state, *filters, table, status, gallery, gallery_note, case_html, image]
     own = [my_uploads] if my_uploads is not None else None

@@ -3,6 +3,7 @@
 Split out of datasets.py; datasets re-exports folder_cases, manifest_cases and upload_case, so
 callers keep using datasets.*.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,14 +40,22 @@ from explorer.schema import Case, Reading
 def _image_files(folder: Path) -> list[Path]:
     # Hidden files (.DS_Store, ._x.jpg from macOS archives) are never images someone meant to add.
     return sorted(
-        (p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+        (
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        ),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
 
 
 def folder_cases(
-    root: Union[str, Path], task: Union[TaskSpec, str], per_class: Optional[int] = None, seed: int = 42,
-    *, progress: Progress = None,
+    root: Union[str, Path],
+    task: Union[TaskSpec, str],
+    per_class: Optional[int] = None,
+    seed: int = 42,
+    *,
+    progress: Progress = None,
 ) -> CaseLoadReport:
     """Cases from root/<class>/... where <class> names a class (positive, tumor, no_tumor, 0, normal...)."""
     task = task_spec(task)
@@ -91,7 +100,11 @@ def folder_cases(
         rel = path.relative_to(root).as_posix()
         try:
             case = loaded_case(
-                path, case_id=f"{task.key}:file:{rel}", task=task, label=reading, where=str(path),
+                path,
+                case_id=f"{task.key}:file:{rel}",
+                task=task,
+                label=reading,
+                where=str(path),
                 meta={"path": str(path), "class_folder": path.relative_to(root).parts[0]},
             )
         except image_error_types() as exc:
@@ -179,8 +192,11 @@ def manifest_cases(
         reading = parse_label(raw_label, row_task) if raw_label else None
         if raw_label and reading is None:
             report.skipped.append(
-                (f"{where} ({written})", f"unknown label {raw_label!r} for {row_task.key} "
-                 f"(use positive/negative, {row_task.class_names.positive}/{row_task.class_names.negative}, 1/0)")
+                (
+                    f"{where} ({written})",
+                    f"unknown label {raw_label!r} for {row_task.key} "
+                    f"(use positive/negative, {row_task.class_names.positive}/{row_task.class_names.negative}, 1/0)",
+                )
             )
             continue
         unlabeled += reading is None
@@ -207,7 +223,11 @@ def manifest_cases(
         rel = Path(written).as_posix()
         try:
             case = loaded_case(
-                path, case_id=f"{row_task.key}:file:{rel}", task=row_task, label=reading, where=str(path),
+                path,
+                case_id=f"{row_task.key}:file:{rel}",
+                task=row_task,
+                label=reading,
+                where=str(path),
                 meta={"path": str(path), "manifest": str(csv_path), "manifest_line": line},
             )
         except image_error_types() as exc:
@@ -262,6 +282,10 @@ def upload_case(
     limits = {"max_pixels": max_pixels} if max_pixels else {}
     loaded = load_image(Path(source) if isinstance(source, str) else source, **limits)
     return case_from(
-        loaded, case_id=f"{task.key}{UPLOAD_ID}{loaded.image_hash[:16]}", task=task, label=reading,
-        where=f"upload: {name}", meta={"name": name},
+        loaded,
+        case_id=f"{task.key}{UPLOAD_ID}{loaded.image_hash[:16]}",
+        task=task,
+        label=reading,
+        where=f"upload: {name}",
+        meta={"name": name},
     )

@@ -14,6 +14,7 @@ negatives first, row_id = position in the split. It samples a frame of the label
 which picks the same rows as the study's frame of whole rows (pandas' choice depends only on the
 number of rows of the class), then decodes just the chosen rows' images.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -59,7 +60,10 @@ TASK_ALIASES = {
 # brain task is reported as unknown, not guessed.
 _GENERIC_LABELS: dict[str, Reading] = {
     **{w: "positive" for w in ("positive", "pos", "1", "yes", "true", "abnormal", "malignant", "present", "diseased")},
-    **{w: "negative" for w in ("negative", "neg", "0", "no", "false", "normal", "benign", "healthy", "absent", "no_finding")},
+    **{
+        w: "negative"
+        for w in ("negative", "neg", "0", "no", "false", "normal", "benign", "healthy", "absent", "no_finding")
+    },
 }
 
 
@@ -145,8 +149,14 @@ def parse_label(text: Any, task: Union[TaskSpec, str]) -> Optional[Reading]:
 
 
 def case_from(
-    loaded: Any, *, case_id: str, task: TaskSpec, label: Optional[Reading], where: str,
-    row_id: Optional[int] = None, meta: Optional[dict] = None,
+    loaded: Any,
+    *,
+    case_id: str,
+    task: TaskSpec,
+    label: Optional[Reading],
+    where: str,
+    row_id: Optional[int] = None,
+    meta: Optional[dict] = None,
 ) -> Case:
     info = dict(meta or {})
     info["format"] = getattr(loaded, "format", None)
@@ -154,8 +164,14 @@ def case_from(
     if notes:
         info["image_notes"] = [notes] if isinstance(notes, str) else list(notes)
     return Case(
-        case_id=case_id, task=task.key, image=loaded.image, image_hash=loaded.image_hash,
-        label=label, source=where, row_id=row_id, meta=info,
+        case_id=case_id,
+        task=task.key,
+        image=loaded.image,
+        image_hash=loaded.image_hash,
+        label=label,
+        source=where,
+        row_id=row_id,
+        meta=info,
     )
 
 
@@ -251,13 +267,17 @@ def study_embedding_sample(
             else:
                 notices.append(f"{task.key}: no {CHEXPERT_VIEW_COLUMN!r} column, so lateral views cannot be excluded")
         frame = frame[keep]
-        readings = pd.Series(["positive" if c == s.present else "negative" for c in frame[s.positive_column]],
-                             index=frame.index, dtype=object)
+        readings = pd.Series(
+            ["positive" if c == s.present else "negative" for c in frame[s.positive_column]],
+            index=frame.index,
+            dtype=object,
+        )
     else:
         values = frame[s.column]
         frame = frame[values.isin([s.negative, s.positive])]
-        readings = pd.Series(["positive" if v == s.positive else "negative" for v in frame[s.column]],
-                             index=frame.index, dtype=object)
+        readings = pd.Series(
+            ["positive" if v == s.positive else "negative" for v in frame[s.column]], index=frame.index, dtype=object
+        )
     # The study groups by its diagnosis names (no_tumor/tumor, idc/no_idc, ...): sorted name order.
     order = sorted(READINGS, key=lambda r: getattr(task.class_names, r))
     parts = []
@@ -486,8 +506,13 @@ def _plain(value: Any) -> Any:
 
 
 def _rows_to_cases(
-    table: _Table, task: TaskSpec, sample: pd.DataFrame, frame: pd.DataFrame,
-    report: CaseLoadReport, progress: Progress, sampling: str,
+    table: _Table,
+    task: TaskSpec,
+    sample: pd.DataFrame,
+    frame: pd.DataFrame,
+    report: CaseLoadReport,
+    progress: Progress,
+    sampling: str,
 ) -> None:
     column = task.dataset.image_column
     row_ids = [int(r) for r in dict.fromkeys(sample["row_id"])]
@@ -511,8 +536,13 @@ def _rows_to_cases(
         }
         try:
             case = loaded_case(
-                _image_source(cells[row_id]), case_id=case_id, task=task, label=reading,
-                where=where, row_id=row_id, meta=meta,
+                _image_source(cells[row_id]),
+                case_id=case_id,
+                task=task,
+                label=reading,
+                where=where,
+                row_id=row_id,
+                meta=meta,
             )
         except image_error_types() as exc:
             report.skipped.append((where, f"{type(exc).__name__}: {exc}"))
@@ -541,8 +571,14 @@ def hf_cases(
 
 
 def embedding_cases(
-    task: Union[TaskSpec, str], per_class: int = 300, seed: int = 42, *, frontal_only: bool = True,
-    source: Any = None, progress: Progress = None, main_branch: bool = True,
+    task: Union[TaskSpec, str],
+    per_class: int = 300,
+    seed: int = 42,
+    *,
+    frontal_only: bool = True,
+    source: Any = None,
+    progress: Progress = None,
+    main_branch: bool = True,
 ) -> CaseLoadReport:
     """The study's sample for the vision-embedding analysis (see study_embedding_sample).
 

@@ -7,6 +7,7 @@ hash of exactly the pixels delivered (after any windowing, compositing or downsc
 Transparency is composited on BLACK: transparent areas carry no data, and in radiology "no
 data" is black (air, collimation, padding); white would read as dense tissue on an X-ray.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,8 +74,9 @@ def load_image(
             problem = _not_an_image_message(data)
             ds = None if problem else _dicom_dataset(data, sniff=True)  # preamble-less DICOM?
             if ds is None:
-                raise ImageLoadError(problem or "This file is not a recognised image format "
-                                     "(PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM).")
+                raise ImageLoadError(
+                    problem or "This file is not a recognised image format (PNG, JPEG, TIFF, BMP, GIF, WebP or DICOM)."
+                )
         if ds is not None:
             fmt = "DICOM"
             rgb, mode, size = _decode_dicom(ds, max_pixels, notes)
@@ -114,6 +116,7 @@ def image_from_data_url(url: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
 
 
 # ---------------------------------------------------------------------------- reading
+
 
 def _read_bytes(source: Source) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -158,10 +161,21 @@ def _open_pil(data: bytes) -> Image.Image | None:
         raise ImageLoadError(f"The file looks like an image but its header is corrupt ({exc}).") from None
 
 
-_NON_IMAGES = [(b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (or a Word/Excel/PowerPoint file)"),
-               (b"\x1f\x8b", "a gzip-compressed file (a .nii.gz volume?)"), (b"Rar!", "a RAR archive")]
-_IMAGES = [(b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"II*\x00", "TIFF"),
-           (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"RIFF", "WebP")]
+_NON_IMAGES = [
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or a Word/Excel/PowerPoint file)"),
+    (b"\x1f\x8b", "a gzip-compressed file (a .nii.gz volume?)"),
+    (b"Rar!", "a RAR archive"),
+]
+_IMAGES = [
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+    (b"RIFF", "WebP"),
+]
 
 
 def _not_an_image_message(data: bytes) -> str | None:
@@ -181,8 +195,13 @@ def _not_an_image_message(data: bytes) -> str | None:
             text = head[: exc.start].decode("utf-8") if exc.start >= len(head) - 3 else None
         if text is not None:
             lowered = text.lstrip().lower()
-            what = ("an HTML page" if lowered.startswith(("<!doctype html", "<html"))
-                    else "an SVG/XML document" if lowered.startswith(("<svg", "<?xml")) else "a text file")
+            what = (
+                "an HTML page"
+                if lowered.startswith(("<!doctype html", "<html"))
+                else "an SVG/XML document"
+                if lowered.startswith(("<svg", "<?xml"))
+                else "a text file"
+            )
             return f"This file is not an image: it looks like {what}."
     for magic, fmt in _IMAGES:
         if data.startswith(magic):
@@ -191,6 +210,7 @@ def _not_an_image_message(data: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------------------- PIL formats
+
 
 def _decode_pil(img: Image.Image, fmt: str, max_pixels: int, notes: list[str]) -> Image.Image:
     _check_pixels(img.size, max_pixels)
@@ -207,8 +227,11 @@ def _decode_pil(img: Image.Image, fmt: str, max_pixels: int, notes: list[str]) -
     except (ImageLoadError, MemoryError):
         raise
     except Exception as exc:  # damaged files raise IndexError, struct.error, TypeError... from the plugins
-        why = ("truncated: it ends before the image data is complete (interrupted download or copy?)"
-               if "truncated" in str(exc) else f"corrupt and could not be decoded ({_why(exc)})")
+        why = (
+            "truncated: it ends before the image data is complete (interrupted download or copy?)"
+            if "truncated" in str(exc)
+            else f"corrupt and could not be decoded ({_why(exc)})"
+        )
         raise ImageLoadError(f"The {fmt} file is {why}.") from None
 
 
@@ -217,8 +240,14 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-_HIGH_DEPTH = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit",
-               "I": "32-bit integer", "F": "32-bit float"}
+_HIGH_DEPTH = {
+    "I;16": "16-bit",
+    "I;16L": "16-bit",
+    "I;16B": "16-bit",
+    "I;16N": "16-bit",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
 
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> Image.Image:
@@ -257,6 +286,7 @@ def _minmax_uint8(arr: np.ndarray, lo: float | None = None, hi: float | None = N
 
 
 # ---------------------------------------------------------------------------- DICOM
+
 
 def _dicom_dataset(data: bytes, sniff: bool = False):
     """Parse DICOM; with sniff=True return None unless the result really looks like DICOM."""
@@ -313,8 +343,9 @@ def _decode_dicom_unguarded(ds, max_pixels: int, notes: list[str]):
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:  # preamble-less file: use the encoding it was read with
         implicit, little = ds.original_encoding
-        meta.TransferSyntaxUID = (u.ImplicitVRLittleEndian if implicit else
-                                  u.ExplicitVRLittleEndian if little else u.ExplicitVRBigEndian)
+        meta.TransferSyntaxUID = (
+            u.ImplicitVRLittleEndian if implicit else u.ExplicitVRLittleEndian if little else u.ExplicitVRBigEndian
+        )
     tsyntax = meta.TransferSyntaxUID
     try:
         arr = pixel_array(ds, index=0)  # decodes only the first frame
@@ -342,8 +373,9 @@ def _decode_dicom_unguarded(ds, max_pixels: int, notes: list[str]):
         try:
             arr = apply_color_lut(arr, ds)
         except Exception as exc:
-            raise ImageLoadError(f"This DICOM file is PALETTE COLOR but its palette is missing or "
-                                 f"corrupt ({_why(exc)}).") from None
+            raise ImageLoadError(
+                f"This DICOM file is PALETTE COLOR but its palette is missing or corrupt ({_why(exc)})."
+            ) from None
         notes.append("DICOM palette colour lookup applied")
         bits = 16 if arr.dtype == np.uint16 else 8
     if arr.ndim == 3:  # colour: pydicom already converted YBR to RGB
@@ -389,6 +421,7 @@ def _voi_output_range(ds) -> tuple[float, float] | None:
 
 # ---------------------------------------------------------------------------- DICOM: de-identification and viewing
 
+
 def is_dicom(data: bytes) -> bool:
     """DICOM by its magic (a preamble-less file is not recognised here; load_image still reads it)."""
     return data[128:132] == b"DICM"
@@ -397,16 +430,52 @@ def is_dicom(data: bytes) -> bool:
 # PS3.15 Annex E Basic Application Level Confidentiality Profile: attributes that identify the patient or
 # the visit and are not caught by the VR rules below (person names, dates and times go by their VR).
 _IDENTIFYING = (
-    "PatientID", "OtherPatientIDs", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
-    "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "PatientAge", "PatientSize",
-    "PatientWeight", "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-    "PatientComments", "PatientReligiousPreference", "MilitaryRank", "BranchOfService", "CountryOfResidence",
-    "RegionOfResidence", "AccessionNumber", "StudyID", "InstitutionName", "InstitutionAddress",
-    "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "AdmissionID", "AdmittingDiagnosesDescription",
-    "StudyDescription", "SeriesDescription", "RequestAttributesSequence", "RequestedProcedureID",
-    "PerformedProcedureStepID", "PerformedProcedureStepDescription", "ImageComments", "DerivationDescription",
-    "FrameComments", "OriginalAttributesSequence", "ReferencedPatientSequence", "ReferencedStudySequence",
-    "ProtocolName", "ContentSequence", "CurrentPatientLocation", "PatientInstitutionResidence",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "IssuerOfPatientID",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "MedicalRecordLocator",
+    "EthnicGroup",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "PatientReligiousPreference",
+    "MilitaryRank",
+    "BranchOfService",
+    "CountryOfResidence",
+    "RegionOfResidence",
+    "AccessionNumber",
+    "StudyID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "AdmissionID",
+    "AdmittingDiagnosesDescription",
+    "StudyDescription",
+    "SeriesDescription",
+    "RequestAttributesSequence",
+    "RequestedProcedureID",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription",
+    "ImageComments",
+    "DerivationDescription",
+    "FrameComments",
+    "OriginalAttributesSequence",
+    "ReferencedPatientSequence",
+    "ReferencedStudySequence",
+    "ProtocolName",
+    "ContentSequence",
+    "CurrentPatientLocation",
+    "PatientInstitutionResidence",
 )
 _IDENTIFYING_VRS = {"PN", "DA", "DT", "TM"}  # person names, dates, times: removed wherever they appear
 _REPLACED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
@@ -446,9 +515,24 @@ def deidentify_dicom(data: bytes) -> bytes:
 
 
 # What the viewer shows of a header: the acquisition, never the patient.
-VIEWER_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PatientPosition", "Manufacturer",
-                 "PhotometricInterpretation", "Rows", "Columns", "BitsStored", "PixelSpacing", "SliceThickness",
-                 "WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept", "NumberOfFrames")
+VIEWER_FIELDS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientPosition",
+    "Manufacturer",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PixelSpacing",
+    "SliceThickness",
+    "WindowCenter",
+    "WindowWidth",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "NumberOfFrames",
+)
 
 
 @dataclass(frozen=True)
@@ -485,8 +569,12 @@ def dicom_pixels(data: bytes) -> Optional["DicomPixels"]:
     step = max(1, int(np.ceil(max(values.shape) / VIEW_MAX_SIDE)))
     values = np.ascontiguousarray(values[::step, ::step])
     header = {k: str(ds.get(k)) for k in VIEWER_FIELDS if ds.get(k) not in (None, "")}
-    return DicomPixels(values, header, window_presets(values, ds), str(ds.get("PhotometricInterpretation", "")).upper()
-                       == "MONOCHROME1")
+    return DicomPixels(
+        values,
+        header,
+        window_presets(values, ds),
+        str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1",
+    )
 
 
 def window_presets(values: np.ndarray, ds: Any = None) -> dict[str, tuple[float, float]]:
@@ -518,7 +606,9 @@ def _first_number(value: Any) -> Optional[float]:
         return None
 
 
-def apply_window(values: np.ndarray, centre: float, width: float, invert: bool = False, zoom: float = 1.0) -> Image.Image:
+def apply_window(
+    values: np.ndarray, centre: float, width: float, invert: bool = False, zoom: float = 1.0
+) -> Image.Image:
     """Greyscale image of the values under a window (centre, width), zoomed about the centre (1 = whole)."""
     grey = _minmax_uint8(values, centre - width / 2.0, centre + width / 2.0)[0]
     if invert:
@@ -527,5 +617,5 @@ def apply_window(values: np.ndarray, centre: float, width: float, invert: bool =
         h, w = grey.shape
         ch, cw = max(1, int(h / zoom)), max(1, int(w / zoom))
         top, left = (h - ch) // 2, (w - cw) // 2
-        grey = grey[top:top + ch, left:left + cw]
+        grey = grey[top : top + ch, left : left + cw]
     return Image.fromarray(np.ascontiguousarray(grey), "L")

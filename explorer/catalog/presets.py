@@ -3,6 +3,7 @@
 Validation is pydantic's; every error is re-raised as PresetError naming the file, the key path
 and the problem, because a researcher editing YAML needs to know exactly where to look.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -16,7 +17,9 @@ from explorer.schema import GenerationSettings
 
 # A checkout reads the repository's presets/; an installed package (pip install .) carries a copy.
 _CHECKOUT_PRESETS = Path(__file__).resolve().parents[2] / "presets"
-PRESETS_DIR = _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parents[1] / "bundled_presets"
+PRESETS_DIR = (
+    _CHECKOUT_PRESETS if _CHECKOUT_PRESETS.is_dir() else Path(__file__).resolve().parents[1] / "bundled_presets"
+)
 Architecture = Literal["llava_next", "llava", "gemma3"]
 
 
@@ -222,7 +225,9 @@ class EmbeddingSpec(_Strict):
     pca_dims: int = 50
     perplexity: float = 30.0
     frontal_only: bool = True
-    precision: Literal["study", "float64"] = "study"  # explorer/probes/embeddings.py: the authors' bf16->fp32 path, or float64
+    precision: Literal["study", "float64"] = (
+        "study"  # explorer/probes/embeddings.py: the authors' bf16->fp32 path, or float64
+    )
 
 
 class StudyPreset(_Strict):

@@ -6,6 +6,7 @@ structure that explodes when anything walks it (validation, json.dumps, an HTTP 
 repeated key is an error with its line, and a document whose aliases would expand beyond
 MAX_EXPANDED_NODES nodes is refused before it is built.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,10 @@ class _StrictLoader(yaml.SafeLoader):
                 except TypeError:
                     continue  # SafeLoader reports unhashable keys itself
                 if key in seen:
-                    raise YamlFileError(f"line {key_node.start_mark.line + 1}: key {str(key)[:60]!r} appears twice "
-                                        f"(first on line {seen[key] + 1})")
+                    raise YamlFileError(
+                        f"line {key_node.start_mark.line + 1}: key {str(key)[:60]!r} appears twice "
+                        f"(first on line {seen[key] + 1})"
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 

@@ -1,2 +1,1 @@
-"""Command line: argv in, one module per command group; results printed, diagnostics logged.
-"""
+"""Command line: argv in, one module per command group; results printed, diagnostics logged."""

@@ -1,12 +1,13 @@
 """Command line: the same engine as the app, for terminals and headless GPU boxes.
 
-  python -m explorer ask     one task's prompts on a folder of images -> answers and verdicts
-  python -m explorer models  which models can run here, and why not
-  python -m explorer sweep   the study's cross product into a results store (resumable)
-  python -m explorer metrics / export / import   measure, share and bring in results
-  python -m explorer reproduce   the paper's findings and tables beside a run's (HTML + Markdown)
-  python -m explorer perturb   wording families on a few images: how much the answers move, the smallest flip
+python -m explorer ask     one task's prompts on a folder of images -> answers and verdicts
+python -m explorer models  which models can run here, and why not
+python -m explorer sweep   the study's cross product into a results store (resumable)
+python -m explorer metrics / export / import   measure, share and bring in results
+python -m explorer reproduce   the paper's findings and tables beside a run's (HTML + Markdown)
+python -m explorer perturb   wording families on a few images: how much the answers move, the smallest flip
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,21 +36,34 @@ def _add_ask(sub) -> None:
     from explorer.cli.results import positive_int
 
     p = sub.add_parser(
-        "ask", help="ask one task's prompts about a folder of images and print answers and verdicts",
+        "ask",
+        help="ask one task's prompts about a folder of images and print answers and verdicts",
         description="Ask each chosen model each prompt of a task about every image in a folder "
         "(class subfolders such as negative/ and positive/ give the ground truth), and print "
         "every answer with its verdict.",
     )
     p.add_argument("--task", required=True, help="task key: brain_tumor, pneumonia, skin_cancer, histo_idc")
-    p.add_argument("--images", required=True, help="a folder of class subfolders (negative/, positive/), a folder of images (truth unknown), "
-                   "or one image file")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="a folder of class subfolders (negative/, positive/), a folder of images (truth unknown), "
+        "or one image file",
+    )
     p.add_argument("--models", default=DEMO_MODELS, help=f"comma-separated model aliases (default: {DEMO_MODELS})")
     p.add_argument("--prompts", default="", help="comma-separated prompt ids (default: all 12 closed-form prompts)")
-    p.add_argument("--prompt-style", choices=("paper", "official"), default="paper",
-                   help="LLaVA-1.6 prompt format: as the study ran it (paper) or its own chat template (official)")
+    p.add_argument(
+        "--prompt-style",
+        choices=("paper", "official"),
+        default="paper",
+        help="LLaVA-1.6 prompt format: as the study ran it (paper) or its own chat template (official)",
+    )
     p.add_argument("--per-class", type=positive_int, default=None, help="at most this many images per class (seeded)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="cap the models' generation limit (never raises it)")
-    p.add_argument("--store", default=str(Path("runs") / "explorer.sqlite"), help="results store (answers are cached here)")
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=None, help="cap the models' generation limit (never raises it)"
+    )
+    p.add_argument(
+        "--store", default=str(Path("runs") / "explorer.sqlite"), help="results store (answers are cached here)"
+    )
     p.add_argument("--answer-width", type=int, default=70, help="wrap answers at this width (0: one line)")
     p.set_defaults(func=_cmd_ask)
 
@@ -92,8 +106,10 @@ def _cmd_ask(args) -> int:
         return _fail(f"no images could be loaded from {args.images}")
 
     if ex.any_random_weights(models):
-        print("NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise, shown to exercise the "
-              "real code path, not to measure anything.\n")
+        print(
+            "NOTE: demo-* models have RANDOM WEIGHTS: their answers are noise, shown to exercise the "
+            "real code path, not to measure anything.\n"
+        )
     total = failed = 0
     for case in cases:
         generation = None
@@ -104,12 +120,16 @@ def _cmd_ask(args) -> int:
             rows += ex.grid(case, variants, [alias], args.prompt_style, generation=generation)
         total += len(rows)
         failed += sum(bool(r.error) for r in rows)
-        print(f"== {printable(case.case_id)}  ({printable(case.source)})  label={case.label or 'unknown'}  "
-              f"image={case.image_hash[:12]}")
+        print(
+            f"== {printable(case.case_id)}  ({printable(case.source)})  label={case.label or 'unknown'}  "
+            f"image={case.image_hash[:12]}"
+        )
         _print_rows(rows, args.answer_width)
         print()
-    print(f"{total} answers from {len(models)} models x {len(variants)} prompts x {len(cases)} images "
-          f"(store: {args.store})")
+    print(
+        f"{total} answers from {len(models)} models x {len(variants)} prompts x {len(cases)} images "
+        f"(store: {args.store})"
+    )
     ex.close()
     if failed:  # printed as ERROR above; the exit code says it too
         return _fail(f"{failed} of {total} answers failed (stored with their errors; ask again to retry them)", 1)
@@ -152,8 +172,11 @@ def _print_rows(rows, width: int) -> None:
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the models and whether they can run here")
     p.add_argument("--preset", default=None, help="only the models of this study preset")
-    p.add_argument("--plan", action="store_true",
-                   help="the study models' weight sizes in bf16, 8-bit and 4-bit, and whether all fit one GPU")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="the study models' weight sizes in bf16, 8-bit and 4-bit, and whether all fit one GPU",
+    )
     p.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory for --plan (default 24)")
     p.set_defaults(func=_cmd_models)
 
@@ -210,8 +233,9 @@ def _extra_commands():
     from explorer.cli import rescore as cli_rescore
     from explorer.cli import results as cli_results
 
-    return (cli_results.REGISTER + cli_probes.REGISTER + cli_rescore.REGISTER + cli_report.REGISTER
-            + cli_perturb.REGISTER)
+    return (
+        cli_results.REGISTER + cli_probes.REGISTER + cli_rescore.REGISTER + cli_report.REGISTER + cli_perturb.REGISTER
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

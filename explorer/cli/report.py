@@ -1,4 +1,5 @@
 """CLI: `reproduce`, the paper's findings and tables beside a run's (explorer/analysis/report.py)."""
+
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def add_reproduce(sub) -> None:
     p = sub.add_parser(
-        "reproduce", help="write a reproduction report: the paper's findings and tables beside this run's",
+        "reproduce",
+        help="write a reproduction report: the paper's findings and tables beside this run's",
         description="One HTML page (and the same as Markdown beside it) with the paper's tables and findings "
         "next to a run's, with 95%% bootstrap intervals. The answers come from a results store (its newest "
         "run, --run, or --all) or from the study's own result CSVs (--import).",
@@ -23,9 +25,14 @@ def add_reproduce(sub) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
     p.add_argument("--run", help="one run of the store (default: the newest)")
     p.add_argument("--all", action="store_true", help="every answer in the store")
-    p.add_argument("--import", dest="imports", action="append", metavar="PATH",
-                   help="the study's result CSVs (eval_output*.csv, *_vqa_results.csv, or their folder) "
-                   "instead of a store; may be given several times")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="PATH",
+        help="the study's result CSVs (eval_output*.csv, *_vqa_results.csv, or their folder) "
+        "instead of a store; may be given several times",
+    )
     p.add_argument("--out", default="reproduction.html", help="the HTML page to write (Markdown: same name, .md)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws for the intervals (default 1000)")
     p.set_defaults(func=cmd_reproduce)

@@ -1,4 +1,5 @@
 """CLI: `rescore` re-reads stored answers with the current answer reader."""
+
 from __future__ import annotations
 
 import sys
@@ -9,9 +10,11 @@ DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
 
 def add_rescore(sub) -> None:
     p = sub.add_parser(
-        "rescore", help="re-read stored answers with the current answer reader",
+        "rescore",
+        help="re-read stored answers with the current answer reader",
         description="Re-read every rule-read verdict that an older reader wrote (judge verdicts and errors "
-                    "are left alone), so one store never mixes two readers. Prints what changed.")
+        "are left alone), so one store never mixes two readers. Prints what changed.",
+    )
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
     p.add_argument("--all", action="store_true", help="re-read rule verdicts of the current reader too")
     p.add_argument("--model", help="only this model alias")
@@ -30,5 +33,6 @@ def cmd_rescore(args) -> int:
         summary = rescore(store, everything=args.all, model=args.model, task=args.task)
     print("\n".join(summary.lines()))
     return 0
+
 
 REGISTER = [add_rescore]

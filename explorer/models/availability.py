@@ -3,6 +3,7 @@
 The app's Models tab and the CLI's `models` command show these reasons, so a user sees
 "gated: set HF_TOKEN" or "offline and not cached" before pressing Run, not a traceback after.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,6 @@ from explorer.catalog.presets import ModelSpec
 
 log = logging.getLogger(__name__)
 _ANNOUNCED: set[tuple[str, str]] = set()
-
 
 
 def _size_gb(spec: ModelSpec) -> Optional[float]:
@@ -62,9 +62,11 @@ def fallback_note(spec: ModelSpec, repo_id: Optional[str]) -> Optional[str]:
     """What to tell the user when a model resolves to one of its alt_ids instead of its hf_id (else None)."""
     if not repo_id or repo_id == spec.hf_id:
         return None
-    return (f"{spec.alias}: {spec.hf_id} (the study's checkpoint) is not available here, so {repo_id} is used: "
-            f"another conversion of the same model, listed in alt_ids; its answers are stored under {repo_id}, "
-            f"apart from {spec.hf_id}'s")
+    return (
+        f"{spec.alias}: {spec.hf_id} (the study's checkpoint) is not available here, so {repo_id} is used: "
+        f"another conversion of the same model, listed in alt_ids; its answers are stored under {repo_id}, "
+        f"apart from {spec.hf_id}'s"
+    )
 
 
 def announce_fallback(spec: ModelSpec, repo_id: Optional[str]) -> None:
@@ -82,7 +84,9 @@ def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional
         return Availability(spec.alias, "loadable", f"served by {endpoint}", endpoint)
     if spec.is_demo:
         return Availability(
-            spec.alias, "loadable", "offline demo: random weights, answers are noise",
+            spec.alias,
+            "loadable",
+            "offline demo: random weights, answers are noise",
             "built locally (random weights)",
         )
     size = _size_gb(spec)
@@ -94,12 +98,18 @@ def model_availability(spec: ModelSpec, loaded: bool = False, endpoint: Optional
         return Availability(spec.alias, "loadable", reason, cached, size)
     if hub_offline():
         return Availability(
-            spec.alias, "unavailable",
-            f"offline and {spec.hf_id} is not in the local Hugging Face cache", spec.hf_id, size,
+            spec.alias,
+            "unavailable",
+            f"offline and {spec.hf_id} is not in the local Hugging Face cache",
+            spec.hf_id,
+            size,
         )
     if spec.gated and not has_hf_token():
         return Availability(
-            spec.alias, "unavailable",
-            f"gated: accept the licence of {spec.hf_id} on huggingface.co and set HF_TOKEN", spec.hf_id, size,
+            spec.alias,
+            "unavailable",
+            f"gated: accept the licence of {spec.hf_id} on huggingface.co and set HF_TOKEN",
+            spec.hf_id,
+            size,
         )
     return Availability(spec.alias, "loadable", f"downloads {spec.hf_id} on first use", spec.hf_id, size)

@@ -9,6 +9,7 @@ from_pretrained path as the real models. Their answers are noise.
 The tokenizer is a small byte-level BPE trained here on an in-code corpus (the study's prompts and
 everyday radiology words) so that random output decodes to readable words.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -147,8 +148,15 @@ lung heart brain skin breast cell nucleus gland duct vessel border color pixel f
 
 _LLAVA_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 _GEMMA_SPECIALS = (
-    "<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>",
-    "<start_of_image>", "<end_of_image>", "<image_soft_token>",
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
 )
 
 # Mistral-instruct style, as llava-hf/llava-v1.6-mistral-7b-hf renders it: "[INST] <image>\n{text} [/INST]".
@@ -207,14 +215,25 @@ def _train_tokenizer(family: str, vocab_size: int):
     )
     if family == "llava":
         return PreTrainedTokenizerFast(
-            tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+            tokenizer_object=raw,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
             extra_special_tokens={"image_token": "<image>"},
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=raw,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         extra_special_tokens={
-            "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>",
-            "sot_token": "<start_of_turn>", "eot_token": "<end_of_turn>",
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+            "sot_token": "<start_of_turn>",
+            "eot_token": "<end_of_turn>",
         },
     )
 
@@ -224,10 +243,17 @@ def _mistral_config(size: DemoSize, vocab_size: int, tok):
     from transformers import MistralConfig
 
     return MistralConfig(
-        vocab_size=vocab_size, hidden_size=size.text_hidden, intermediate_size=size.text_intermediate,
-        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_kv_heads, max_position_embeddings=32768, sliding_window=None,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=vocab_size,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_kv_heads,
+        max_position_embeddings=32768,
+        sliding_window=None,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
 
@@ -236,9 +262,13 @@ def _clip_vision_config(size: DemoSize):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
-        num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
-        image_size=size.llava_image_size, patch_size=size.llava_patch_size, projection_dim=size.vision_hidden,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.llava_image_size,
+        patch_size=size.llava_patch_size,
+        projection_dim=size.vision_hidden,
     )
 
 
@@ -246,11 +276,18 @@ def _gemma_text_config(size: DemoSize, vocab_size: int, tok):
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(
-        vocab_size=vocab_size, hidden_size=size.text_hidden, intermediate_size=size.text_intermediate,
-        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_kv_heads, head_dim=size.text_hidden // size.text_heads,
-        max_position_embeddings=32768, sliding_window=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=vocab_size,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_kv_heads,
+        head_dim=size.text_hidden // size.text_heads,
+        max_position_embeddings=32768,
+        sliding_window=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,  # untied so the output head can prefer word tokens (see _shape_output_head)
     )
 
@@ -272,13 +309,21 @@ def _build_llava_next(size: DemoSize, tok):
         tie_word_embeddings=False,
     )
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
-        image_grid_pinpoints=pinpoints, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_pad=True,
+        size={"shortest_edge": tile},
+        crop_size={"height": tile, "width": tile},
+        image_grid_pinpoints=pinpoints,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_pad=True,
     )
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=size.llava_patch_size,
-        vision_feature_select_strategy="default", chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
-        image_token="<image>", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=size.llava_patch_size,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
+        image_token="<image>",
+        num_additional_image_tokens=1,
     )
     return LlavaNextForConditionalGeneration(config), processor
 
@@ -298,14 +343,20 @@ def _build_llava(size: DemoSize, tok):
         tie_word_embeddings=False,
     )
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
-        image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        size={"shortest_edge": tile},
+        crop_size={"height": tile, "width": tile},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
     # Like the HF conversions of LLaVA-Med: no patch size, no feature strategy, no chat template.
     # The backend fills them from the model config (the study's "fix_patch_size").
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=None,
-        vision_feature_select_strategy=None, image_token="<image>", num_additional_image_tokens=0,
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=None,
+        vision_feature_select_strategy=None,
+        image_token="<image>",
+        num_additional_image_tokens=0,
     )
     return LlavaForConditionalGeneration(config), processor
 
@@ -316,9 +367,13 @@ def _build_gemma3(size: DemoSize, tok):
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     vision = SiglipVisionConfig(
-        hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
-        num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
-        image_size=size.gemma_image_size, patch_size=size.gemma_patch_size, vision_use_head=False,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.gemma_image_size,
+        patch_size=size.gemma_patch_size,
+        vision_use_head=False,
     )
     config = Gemma3Config(
         text_config=_gemma_text_config(size, len(tok), tok),
@@ -331,11 +386,15 @@ def _build_gemma3(size: DemoSize, tok):
     )
     side = size.gemma_image_size
     image_processor = Gemma3ImageProcessorPil(
-        size={"height": side, "width": side}, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+        size={"height": side, "width": side},
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5),
         do_pan_and_scan=False,
     )
     processor = Gemma3Processor(
-        image_processor=image_processor, tokenizer=tok, chat_template=GEMMA_CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tok,
+        chat_template=GEMMA_CHAT_TEMPLATE,
         image_seq_length=size.gemma_image_tokens,
     )
     model = Gemma3ForConditionalGeneration(config)
@@ -354,8 +413,12 @@ def _build_text(size: DemoSize, tok):
     return Gemma3ForCausalLM(_gemma_text_config(size, len(tok), tok)), tok
 
 
-_BUILDERS = {"llava_next": ("llava", _build_llava_next), "llava": ("llava", _build_llava),
-             "gemma3": ("gemma", _build_gemma3), "text": ("gemma", _build_text)}
+_BUILDERS = {
+    "llava_next": ("llava", _build_llava_next),
+    "llava": ("llava", _build_llava),
+    "gemma3": ("gemma", _build_gemma3),
+    "text": ("gemma", _build_text),
+}
 
 
 def _corpus_words() -> set[str]:
@@ -445,8 +508,14 @@ def _build_into(folder: Path, kind: str, seed: int, size: DemoSize, name: str, d
     processor.save_pretrained(folder)
     (folder / "README.md").write_text(_model_card(name, kind, seed, size), encoding="utf-8")
     marker = {
-        "note": RANDOM_WEIGHTS_NOTE, "random_weights": True, "name": name, "kind": kind, "seed": seed,
-        "config_hash": digest, "size": size.as_dict(), "build_version": BUILD_VERSION,
+        "note": RANDOM_WEIGHTS_NOTE,
+        "random_weights": True,
+        "name": name,
+        "kind": kind,
+        "seed": seed,
+        "config_hash": digest,
+        "size": size.as_dict(),
+        "build_version": BUILD_VERSION,
         "built_with_transformers": transformers.__version__,
     }
     # Written last: its presence means the folder is complete.

@@ -4,6 +4,7 @@ There is no app-wide lock: a cached answer never passes a gate, and generation i
 memory is (a device runs `per_device` generate calls at once, each model `per_model`). Endpoints
 bound themselves (their max_concurrency), so they pass no device gate here.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,7 @@ of tensor shapes at the start of each file; no weights are read), and measured a
 Also: a plan of the study models' weight sizes under bf16 / 8-bit / 4-bit (bitsandbytes), and
 whether all four fit on one 24 GB GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -224,11 +225,18 @@ class ModelManager:
         """What is loaded, most recently used first: alias, size, device, dtype, last used."""
         rows = []
         for e in sorted(self._entries.values(), key=lambda e: e.last_used, reverse=True):
-            rows.append({
-                "alias": e.alias, "size_gb": round(e.size_bytes / GB, 3), "size_bytes": e.size_bytes,
-                "device": e.device, "dtype": e.dtype, "quantization": e.quantization or "",
-                "loaded_at": e.loaded_at, "last_used": e.last_used,
-            })
+            rows.append(
+                {
+                    "alias": e.alias,
+                    "size_gb": round(e.size_bytes / GB, 3),
+                    "size_bytes": e.size_bytes,
+                    "device": e.device,
+                    "dtype": e.dtype,
+                    "quantization": e.quantization or "",
+                    "loaded_at": e.loaded_at,
+                    "last_used": e.last_used,
+                }
+            )
         return rows
 
     # ------------------------------------------------------------ decisions
@@ -293,8 +301,14 @@ class ModelManager:
         with self._lock:
             now = self.clock()
             self._entries[alias] = Entry(
-                alias, value, int(size_bytes), info.get("device", self.device), info.get("dtype", ""),
-                info.get("quantization"), now, now,
+                alias,
+                value,
+                int(size_bytes),
+                info.get("device", self.device),
+                info.get("dtype", ""),
+                info.get("quantization"),
+                now,
+                now,
             )
 
     def unload(self, alias: str) -> bool:
@@ -351,8 +365,17 @@ def memory_plan(catalog: Any, aliases: Optional[Sequence[str]] = None, gpu_gb: f
             params = next((p for p in (known_params(i) for i in ids) if p is not None), None)
             source = "known parameter count"
         if params is None:
-            rows.append({"alias": alias, "hf_id": spec.hf_id or "", "params_b": None,
-                         "bf16_gb": None, "8bit_gb": None, "4bit_gb": None, "source": "unknown"})
+            rows.append(
+                {
+                    "alias": alias,
+                    "hf_id": spec.hf_id or "",
+                    "params_b": None,
+                    "bf16_gb": None,
+                    "8bit_gb": None,
+                    "4bit_gb": None,
+                    "source": "unknown",
+                }
+            )
             continue
         sizes = {
             "bf16": weight_bytes(params, "bfloat16") / GB,
@@ -361,19 +384,28 @@ def memory_plan(catalog: Any, aliases: Optional[Sequence[str]] = None, gpu_gb: f
         }
         for key, value in sizes.items():
             totals[key] += value
-        rows.append({
-            "alias": alias, "hf_id": spec.hf_id or "", "params_b": round(params.total / 1e9, 2),
-            "bf16_gb": round(sizes["bf16"], 1), "8bit_gb": round(sizes["8bit"], 1), "4bit_gb": round(sizes["4bit"], 1),
-            "source": source,
-        })
-    rows.append({
-        "alias": f"all {len(names)}", "hf_id": f"fit in {gpu_gb:g} GB?",
-        "params_b": None,
-        **{f"{k}_gb": round(v, 1) for k, v in totals.items()},
-        **{f"fits_{k}": v <= gpu_gb for k, v in totals.items()},
-        **{f"headroom_{k}_gb": round(gpu_gb - v, 1) for k, v in totals.items()},
-        "source": "",
-    })
+        rows.append(
+            {
+                "alias": alias,
+                "hf_id": spec.hf_id or "",
+                "params_b": round(params.total / 1e9, 2),
+                "bf16_gb": round(sizes["bf16"], 1),
+                "8bit_gb": round(sizes["8bit"], 1),
+                "4bit_gb": round(sizes["4bit"], 1),
+                "source": source,
+            }
+        )
+    rows.append(
+        {
+            "alias": f"all {len(names)}",
+            "hf_id": f"fit in {gpu_gb:g} GB?",
+            "params_b": None,
+            **{f"{k}_gb": round(v, 1) for k, v in totals.items()},
+            **{f"fits_{k}": v <= gpu_gb for k, v in totals.items()},
+            **{f"headroom_{k}_gb": round(gpu_gb - v, 1) for k, v in totals.items()},
+            "source": "",
+        }
+    )
     return rows
 
 
@@ -389,5 +421,7 @@ def format_memory_plan(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = ["| model | weights from | bf16 GB | 8-bit GB | 4-bit GB |", "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['alias']} | {row['hf_id']} | {cell(row, 'bf16_gb')} | {cell(row, '8bit_gb')} | {cell(row, '4bit_gb')} |")
+        lines.append(
+            f"| {row['alias']} | {row['hf_id']} | {cell(row, 'bf16_gb')} | {cell(row, '8bit_gb')} | {cell(row, '4bit_gb')} |"
+        )
     return "\n".join(lines)

@@ -10,6 +10,7 @@ at all, which says whether the model was about to answer in one word) go in Resp
 Token variants differ per tokenizer (SentencePiece "▁Yes", byte-level "ĠYes", capitalisation),
 so the sets are found by decoding every vocabulary entry that could match, once per tokenizer.
 """
+
 from __future__ import annotations
 
 import re
@@ -83,7 +84,9 @@ def answer_tokens(tokenizer: Any) -> AnswerTokens:
     return result
 
 
-def readout(probs: Any, variant: Optional[PromptVariant], tokens: AnswerTokens) -> tuple[Optional[float], dict[str, float]]:
+def readout(
+    probs: Any, variant: Optional[PromptVariant], tokens: AnswerTokens
+) -> tuple[Optional[float], dict[str, float]]:
     """(p_positive, raw probabilities) from one row of next-token probabilities (a 1-D tensor or
     sequence summing to 1). p_positive is None for prompts without a polarity, or when neither
     answer set has any probability."""
@@ -110,7 +113,9 @@ def readout(probs: Any, variant: Optional[PromptVariant], tokens: AnswerTokens) 
     return min(1.0, max(0.0, positive / total)), raw
 
 
-def readout_from_logits(logits: Any, variant: Optional[PromptVariant], tokens: AnswerTokens) -> tuple[Optional[float], dict[str, float]]:
+def readout_from_logits(
+    logits: Any, variant: Optional[PromptVariant], tokens: AnswerTokens
+) -> tuple[Optional[float], dict[str, float]]:
     """The same from one row of raw logits (softmax over the whole vocabulary first)."""
     import torch
 

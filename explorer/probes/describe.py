@@ -17,6 +17,7 @@ Diagnoses live in their own table of the results store, one row per (description
 the key hashes the diagnoser's identity and the exact prompt text, so a re-run serves from the table.
 A failed call is stored with its error and tried again on the next run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -140,9 +141,25 @@ CREATE TABLE IF NOT EXISTS diagnoses (
 CREATE INDEX IF NOT EXISTS diagnoses_key ON diagnoses(cache_key);
 CREATE INDEX IF NOT EXISTS diagnoses_diagnoser ON diagnoses(diagnoser_key)
 """
-_ROW_COLUMNS = ("answer_id", "template", "diagnoser", "diagnoser_key", "diagnoser_identity", "prompt", "raw", "parsed",
-                "parse_detail", "mode", "error", "cache_key", "served_from", "latency_s", "input_tokens",
-                "output_tokens", "created_at")
+_ROW_COLUMNS = (
+    "answer_id",
+    "template",
+    "diagnoser",
+    "diagnoser_key",
+    "diagnoser_identity",
+    "prompt",
+    "raw",
+    "parsed",
+    "parse_detail",
+    "mode",
+    "error",
+    "cache_key",
+    "served_from",
+    "latency_s",
+    "input_tokens",
+    "output_tokens",
+    "created_at",
+)
 
 
 class DiagnosisTable:
@@ -158,12 +175,14 @@ class DiagnosisTable:
 
     def lookup(self, answer_id: int, key: str) -> Optional[dict]:
         return self.store.fetch_one(
-            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ? AND error IS NULL", (answer_id, key))
+            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ? AND error IS NULL", (answer_id, key)
+        )
 
     def lookup_key(self, key: str) -> Optional[dict]:
         """Any successful diagnosis of this exact prompt by this diagnoser (e.g. a twin description)."""
         return self.store.fetch_one(
-            "SELECT * FROM diagnoses WHERE cache_key = ? AND error IS NULL ORDER BY id LIMIT 1", (key,))
+            "SELECT * FROM diagnoses WHERE cache_key = ? AND error IS NULL ORDER BY id LIMIT 1", (key,)
+        )
 
     def record(self, row: dict[str, Any]) -> dict:
         """Insert, or replace an errored attempt for the same (answer, key); a good row is never overwritten."""
@@ -175,7 +194,8 @@ class DiagnosisTable:
             values,
         )
         got = self.store.fetch_one(
-            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ?", (row["answer_id"], row["cache_key"]))
+            "SELECT * FROM diagnoses WHERE answer_id = ? AND cache_key = ?", (row["answer_id"], row["cache_key"])
+        )
         assert got is not None  # just written, or a good row already there
         return got
 
@@ -262,8 +282,16 @@ def diagnose_descriptions(
     summary.planned = len(todo)
 
     def base(row: dict, name: str, prompt: str, key: str) -> dict[str, Any]:
-        return dict(answer_id=row["id"], template=name, diagnoser=diagnoser.label, diagnoser_key=d_key,
-                    diagnoser_identity=ident_json, prompt=prompt, cache_key=key, created_at=utc_now())
+        return dict(
+            answer_id=row["id"],
+            template=name,
+            diagnoser=diagnoser.label,
+            diagnoser_key=d_key,
+            diagnoser_identity=ident_json,
+            prompt=prompt,
+            cache_key=key,
+            created_at=utc_now(),
+        )
 
     def tick(info: dict) -> None:
         if progress is not None:
@@ -274,9 +302,17 @@ def diagnose_descriptions(
         twin = table.lookup_key(key)
         if twin is None:
             return False
-        table.record({**base(row, name, prompt, key), **{c: twin[c] for c in (
-            "raw", "parsed", "parse_detail", "mode", "latency_s", "input_tokens", "output_tokens")},
-            "error": None, "served_from": twin["id"]})
+        table.record(
+            {
+                **base(row, name, prompt, key),
+                **{
+                    c: twin[c]
+                    for c in ("raw", "parsed", "parse_detail", "mode", "latency_s", "input_tokens", "output_tokens")
+                },
+                "error": None,
+                "served_from": twin["id"],
+            }
+        )
         summary.cached += 1
         summary.unparsed += twin["parsed"] == "unparsed"
         tick({"cached": True})
@@ -299,7 +335,7 @@ def diagnose_descriptions(
             summary.cancelled = True
             break
         # A prompt answered in an earlier batch of this run is copied, not asked again.
-        batch = [it for it in pending[start:start + batch_size] if not (it[3] in asked and serve_twin(*it))]
+        batch = [it for it in pending[start : start + batch_size] if not (it[3] in asked and serve_twin(*it))]
         asked.update(it[3] for it in batch)
         if not batch:
             continue
@@ -312,10 +348,20 @@ def diagnose_descriptions(
         for row, name, prompt, key in batch:
             reply = replies.get(key) or DiagnosisReply(error="no reply")
             parsed, detail = (None, None) if reply.error else parse_yes_no(reply.raw)
-            stored = table.record({**base(row, name, prompt, key), "raw": reply.raw, "parsed": parsed,
-                                   "parse_detail": detail, "mode": reply.mode, "error": reply.error,
-                                   "served_from": None, "latency_s": reply.latency_s,
-                                   "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens})
+            stored = table.record(
+                {
+                    **base(row, name, prompt, key),
+                    "raw": reply.raw,
+                    "parsed": parsed,
+                    "parse_detail": detail,
+                    "mode": reply.mode,
+                    "error": reply.error,
+                    "served_from": None,
+                    "latency_s": reply.latency_s,
+                    "input_tokens": reply.input_tokens,
+                    "output_tokens": reply.output_tokens,
+                }
+            )
             if stored["error"] is not None:
                 summary.errors += 1
             else:
@@ -324,18 +370,40 @@ def diagnose_descriptions(
             tick({"template": name, "model": row.get("model")})
     summary.elapsed_s = time.perf_counter() - started
     if summary.errors:
-        reasons = list(dict.fromkeys(r["error"] for r in table.rows(
-            answer_ids={it[0]["id"] for it in pending}, diagnoser_key=d_key) if r["error"]))
-        summary.notices.append(f"{summary.errors} diagnoses failed (stored with their error; re-run to retry): "
-                               + "; ".join(reasons[:3]))
+        reasons = list(
+            dict.fromkeys(
+                r["error"]
+                for r in table.rows(answer_ids={it[0]["id"] for it in pending}, diagnoser_key=d_key)
+                if r["error"]
+            )
+        )
+        summary.notices.append(
+            f"{summary.errors} diagnoses failed (stored with their error; re-run to retry): " + "; ".join(reasons[:3])
+        )
     if summary.skipped:
         summary.notices.append(f"{summary.skipped} description answers are errors and were not diagnosed")
     return summary
 
 
 # ------------------------------------------------------------------ reading back
-DIAGNOSIS_COLUMNS = ["answer_id", "model", "task", "case_id", "image_hash", "label", "prompt_id", "description",
-                     "template", "diagnoser", "diagnoser_key", "parsed", "raw", "mode", "error", "cached_copy"]
+DIAGNOSIS_COLUMNS = [
+    "answer_id",
+    "model",
+    "task",
+    "case_id",
+    "image_hash",
+    "label",
+    "prompt_id",
+    "description",
+    "template",
+    "diagnoser",
+    "diagnoser_key",
+    "parsed",
+    "raw",
+    "mode",
+    "error",
+    "cached_copy",
+]
 
 
 def diagnoses_frame(store: Store, answers: Sequence[dict], diagnoser_key: Optional[str] = None) -> pd.DataFrame:
@@ -347,13 +415,26 @@ def diagnoses_frame(store: Store, answers: Sequence[dict], diagnoser_key: Option
     records = []
     for a in answers:
         for d in by_answer.get(a["id"], []):
-            records.append(dict(
-                answer_id=a["id"], model=a["model"], task=a["task"], case_id=a.get("case_id"),
-                image_hash=a.get("image_hash"), label=a.get("label"), prompt_id=a["prompt_id"],
-                description=a.get("answer"), template=d["template"], diagnoser=d["diagnoser"],
-                diagnoser_key=d["diagnoser_key"], parsed=d["parsed"], raw=d["raw"], mode=d["mode"],
-                error=d["error"], cached_copy=d["served_from"] is not None,
-            ))
+            records.append(
+                dict(
+                    answer_id=a["id"],
+                    model=a["model"],
+                    task=a["task"],
+                    case_id=a.get("case_id"),
+                    image_hash=a.get("image_hash"),
+                    label=a.get("label"),
+                    prompt_id=a["prompt_id"],
+                    description=a.get("answer"),
+                    template=d["template"],
+                    diagnoser=d["diagnoser"],
+                    diagnoser_key=d["diagnoser_key"],
+                    parsed=d["parsed"],
+                    raw=d["raw"],
+                    mode=d["mode"],
+                    error=d["error"],
+                    cached_copy=d["served_from"] is not None,
+                )
+            )
     frame = pd.DataFrame(records, columns=DIAGNOSIS_COLUMNS)
     return frame.drop_duplicates(["model", "task", "case_id", "prompt_id", "template", "diagnoser_key"], keep="last")
 
@@ -361,9 +442,21 @@ def diagnoses_frame(store: Store, answers: Sequence[dict], diagnoser_key: Option
 # ------------------------------------------------------------------ metrics
 DESCRIBE_KEYS = ["model", "task", "prompt_id", "template", "diagnoser", "diagnoser_key"]
 METRIC_COLUMNS = DESCRIBE_KEYS + [
-    "n", "n_labelled", "n_parsed", "n_unparsed", "n_failed",
-    "accuracy", "accuracy_all", "yes_rate", "unparsed_rate", "f1", "f1_all",
-    "closed_f1_all", "closed_prompts", "closed_cases", "signal_recovered",
+    "n",
+    "n_labelled",
+    "n_parsed",
+    "n_unparsed",
+    "n_failed",
+    "accuracy",
+    "accuracy_all",
+    "yes_rate",
+    "unparsed_rate",
+    "f1",
+    "f1_all",
+    "closed_f1_all",
+    "closed_prompts",
+    "closed_cases",
+    "signal_recovered",
 ]
 
 
@@ -383,8 +476,13 @@ def closed_f1_all(closed: pd.DataFrame, model: str, task: str, image_hashes: Ite
     if closed is None or closed.empty:
         return float("nan"), 0, 0
     hashes = set(image_hashes)
-    rows = closed[(closed["model"] == model) & (closed["task"] == task) & closed["image_hash"].isin(hashes)
-                  & closed["verdict"].notna() & closed["label"].notna()]
+    rows = closed[
+        (closed["model"] == model)
+        & (closed["task"] == task)
+        & closed["image_hash"].isin(hashes)
+        & closed["verdict"].notna()
+        & closed["label"].notna()
+    ]
     if "prompt_kind" in rows.columns:
         rows = rows[rows["prompt_kind"].fillna("closed") == "closed"]
     if "error" in rows.columns:
@@ -393,8 +491,11 @@ def closed_f1_all(closed: pd.DataFrame, model: str, task: str, image_hashes: Ite
         return float("nan"), 0, 0
     rows = rows.drop_duplicates(["prompt_id", "image_hash"], keep="last").assign(case_id=lambda f: f["image_hash"])
     cells = cell_metrics(rows, n_boot=0)
-    return float(np.nanmean(cells["f1_all"])) if cells["f1_all"].notna().any() else float("nan"), \
-        int(len(cells)), int(rows["image_hash"].nunique())
+    return (
+        float(np.nanmean(cells["f1_all"])) if cells["f1_all"].notna().any() else float("nan"),
+        int(len(cells)),
+        int(rows["image_hash"].nunique()),
+    )
 
 
 def describe_metrics(diagnoses: pd.DataFrame, closed: Optional[pd.DataFrame] = None) -> pd.DataFrame:
@@ -425,19 +526,24 @@ def describe_metrics(diagnoses: pd.DataFrame, closed: Optional[pd.DataFrame] = N
         unparsed_lab = int((lab["parsed"] == "unparsed").sum())
         row = dict(zip(DESCRIBE_KEYS, key))
         row.update(
-            n=len(ok), n_labelled=len(lab), n_parsed=len(parsed), n_unparsed=int((ok["parsed"] == "unparsed").sum()),
+            n=len(ok),
+            n_labelled=len(lab),
+            n_parsed=len(parsed),
+            n_unparsed=int((ok["parsed"] == "unparsed").sum()),
             n_failed=int(failed.sum()),
             accuracy=(tp + tn) / len(lab_parsed) if len(lab_parsed) else np.nan,
             accuracy_all=(tp + tn) / len(lab) if len(lab) else np.nan,
             yes_rate=float((parsed["parsed"] == "yes").mean()) if len(parsed) else np.nan,
             unparsed_rate=float((ok["parsed"] == "unparsed").mean()) if len(ok) else np.nan,
-            f1=_f1(tp, fp, fn), f1_all=_f1(tp, fp, fn, unparsed_lab),
+            f1=_f1(tp, fp, fn),
+            f1_all=_f1(tp, fp, fn, unparsed_lab),
         )
         hashes = frozenset(lab["image_hash"].dropna())
         ckey = (row["model"], row["task"], hashes)
         if ckey not in closed_cache:
-            closed_cache[ckey] = closed_f1_all(closed, row["model"], row["task"], hashes) if closed is not None \
-                else (np.nan, 0, 0)
+            closed_cache[ckey] = (
+                closed_f1_all(closed, row["model"], row["task"], hashes) if closed is not None else (np.nan, 0, 0)
+            )
         row["closed_f1_all"], row["closed_prompts"], row["closed_cases"] = closed_cache[ckey]
         row["signal_recovered"] = row["f1_all"] - row["closed_f1_all"]
         out.append(row)
@@ -448,20 +554,49 @@ def recovered_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per model x task over description prompts and templates: mean F1_all, the closed-form F1_all, and
     the mean and best signal recovered (the study's headline: describing first recovers little)."""
     if table.empty:
-        return pd.DataFrame(columns=["model", "task", "cells", "f1_all_mean", "closed_f1_all", "recovered_mean",
-                                     "recovered_best"])
-    return table.groupby(["model", "task"], sort=True).agg(
-        cells=("f1_all", "size"), f1_all_mean=("f1_all", "mean"), closed_f1_all=("closed_f1_all", "first"),
-        recovered_mean=("signal_recovered", "mean"), recovered_best=("signal_recovered", "max"),
-    ).reset_index()
+        return pd.DataFrame(
+            columns=["model", "task", "cells", "f1_all_mean", "closed_f1_all", "recovered_mean", "recovered_best"]
+        )
+    return (
+        table.groupby(["model", "task"], sort=True)
+        .agg(
+            cells=("f1_all", "size"),
+            f1_all_mean=("f1_all", "mean"),
+            closed_f1_all=("closed_f1_all", "first"),
+            recovered_mean=("signal_recovered", "mean"),
+            recovered_best=("signal_recovered", "max"),
+        )
+        .reset_index()
+    )
 
 
 def format_metrics(table: pd.DataFrame) -> str:
     """The metrics as a fixed-width text table (CLI)."""
     if table.empty:
         return "(no diagnoses)"
-    shown = table[["model", "task", "prompt_id", "template", "n", "n_unparsed", "n_failed", "accuracy", "yes_rate",
-                   "f1", "f1_all", "closed_f1_all", "signal_recovered"]].rename(
-        columns={"prompt_id": "describe_prompt", "n_unparsed": "unparsed", "n_failed": "failed",
-                 "closed_f1_all": "closed_F1_all", "signal_recovered": "recovered"})
+    shown = table[
+        [
+            "model",
+            "task",
+            "prompt_id",
+            "template",
+            "n",
+            "n_unparsed",
+            "n_failed",
+            "accuracy",
+            "yes_rate",
+            "f1",
+            "f1_all",
+            "closed_f1_all",
+            "signal_recovered",
+        ]
+    ].rename(
+        columns={
+            "prompt_id": "describe_prompt",
+            "n_unparsed": "unparsed",
+            "n_failed": "failed",
+            "closed_f1_all": "closed_F1_all",
+            "signal_recovered": "recovered",
+        }
+    )
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")

@@ -6,6 +6,7 @@ OpenAI-compatible chat endpoint (StructuredDiagnoser with a strict JSON schema, 
 plain text), or on a local transformers text model (TextDiagnoser, a first-token Yes/No choice; the
 offline random-weight demo for tests). Failures come back in DiagnosisReply.error, never raised.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,7 @@ class Diagnoser(Protocol):
         """One reply per prompt, same order; failures in DiagnosisReply.error, never raised."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 # What the first-token choice reads: "Yes" means the finding is present.
@@ -75,8 +75,15 @@ class TextDiagnoser:
     more likely, so it is never unparsed; the raw reply records that probability.
     """
 
-    def __init__(self, backend: Any, model_alias: str, max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
-                 label: Optional[str] = None, owns_backend: bool = False, choice: bool = False):
+    def __init__(
+        self,
+        backend: Any,
+        model_alias: str,
+        max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
+        label: Optional[str] = None,
+        owns_backend: bool = False,
+        choice: bool = False,
+    ):
         self.backend = backend
         self.model_alias = model_alias
         self.choice = choice
@@ -86,8 +93,11 @@ class TextDiagnoser:
         self._owns_backend = owns_backend
 
     def identity(self) -> dict[str, Any]:
-        ident = {"kind": "text", "backend": self.backend.identity(self.model_alias),
-                 "generation": self.generation.as_dict()}
+        ident = {
+            "kind": "text",
+            "backend": self.backend.identity(self.model_alias),
+            "generation": self.generation.as_dict(),
+        }
         if self.choice:
             ident["choice"] = "first-token yes/no"
         return ident
@@ -97,8 +107,11 @@ class TextDiagnoser:
         if not self.choice or r.error:
             return DiagnosisReply(raw=r.text or "", mode="plain", **common)
         if r.p_positive is None:
-            return DiagnosisReply(raw=r.text or "", mode="first-token choice", **{
-                **common, "error": "the model's vocabulary has no Yes/No tokens to choose between"})
+            return DiagnosisReply(
+                raw=r.text or "",
+                mode="first-token choice",
+                **{**common, "error": "the model's vocabulary has no Yes/No tokens to choose between"},
+            )
         answer = "Yes" if r.p_positive >= 0.5 else "No"
         raw = json.dumps({"answer": answer, "p_yes": round(float(r.p_positive), 4)})
         return DiagnosisReply(raw=raw, mode="first-token choice", **common)
@@ -112,8 +125,10 @@ class TextDiagnoser:
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run fails these prompts, not the run
             return [DiagnosisReply(error=f"{type(exc).__name__}: {exc}", mode="plain") for _ in prompts]
         if len(responses) != len(prompts):
-            return [DiagnosisReply(error=f"backend returned {len(responses)} replies for {len(prompts)} prompts")
-                    for _ in prompts]
+            return [
+                DiagnosisReply(error=f"backend returned {len(responses)} replies for {len(prompts)} prompts")
+                for _ in prompts
+            ]
         return [self._reply(r) for r in responses]
 
     def close(self) -> None:
@@ -133,9 +148,16 @@ class StructuredDiagnoser:
     plain chat once that is known (fallback_plain), and the reply parsed the same way.
     """
 
-    def __init__(self, backend: Any, model_alias: str, max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
-                 temperature: float = 0.0, fallback_plain: bool = True, label: Optional[str] = None,
-                 owns_backend: bool = False):
+    def __init__(
+        self,
+        backend: Any,
+        model_alias: str,
+        max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
+        temperature: float = 0.0,
+        fallback_plain: bool = True,
+        label: Optional[str] = None,
+        owns_backend: bool = False,
+    ):
         self.backend = backend
         self.model_alias = model_alias
         self.max_output_tokens = int(max_output_tokens)
@@ -149,33 +171,59 @@ class StructuredDiagnoser:
         self._workers = max(1, int(getattr(cfg, "max_concurrency", 4)))
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "json_schema", "backend": self.backend.identity(self.model_alias),
-                "schema": SCHEMA_NAME, "max_output_tokens": self.max_output_tokens,
-                "temperature": self.temperature}
+        return {
+            "kind": "json_schema",
+            "backend": self.backend.identity(self.model_alias),
+            "schema": SCHEMA_NAME,
+            "max_output_tokens": self.max_output_tokens,
+            "temperature": self.temperature,
+        }
 
     def _plain(self, prompt: str) -> DiagnosisReply:
-        generation = GenerationSettings(max_new_tokens=self.max_output_tokens, do_sample=self.temperature > 0,
-                                        temperature=self.temperature)
+        generation = GenerationSettings(
+            max_new_tokens=self.max_output_tokens, do_sample=self.temperature > 0, temperature=self.temperature
+        )
         [r] = self.backend.generate([text_request(self.model_alias, prompt, generation)])
-        return DiagnosisReply(raw=r.text or "", error=r.error, latency_s=r.latency_s,
-                              input_tokens=r.input_tokens, output_tokens=r.output_tokens, mode="plain")
+        return DiagnosisReply(
+            raw=r.text or "",
+            error=r.error,
+            latency_s=r.latency_s,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            mode="plain",
+        )
 
     def _one(self, prompt: str) -> DiagnosisReply:
         try:
             if self._plain_only:
                 return self._plain(prompt)
             out = self.backend.complete_json(
-                [{"role": "user", "content": prompt}], YES_NO_SCHEMA, model=self.model_alias, name=SCHEMA_NAME,
-                strict=True, max_output_tokens=self.max_output_tokens, temperature=self.temperature,
+                [{"role": "user", "content": prompt}],
+                YES_NO_SCHEMA,
+                model=self.model_alias,
+                name=SCHEMA_NAME,
+                strict=True,
+                max_output_tokens=self.max_output_tokens,
+                temperature=self.temperature,
             )
-            if out.error and self.fallback_plain and self.backend.endpoint(self.model_alias).api == "chat" \
-                    and _SCHEMA_REJECTED.search(out.error):
+            if (
+                out.error
+                and self.fallback_plain
+                and self.backend.endpoint(self.model_alias).api == "chat"
+                and _SCHEMA_REJECTED.search(out.error)
+            ):
                 with self._lock:
                     self._plain_only = True
                 return self._plain(prompt)
             # A parse_error is not an error here: the raw text is kept and read by parse_yes_no.
-            return DiagnosisReply(raw=out.text or "", error=out.error, latency_s=out.latency_s,
-                                  input_tokens=out.input_tokens, output_tokens=out.output_tokens, mode="json_schema")
+            return DiagnosisReply(
+                raw=out.text or "",
+                error=out.error,
+                latency_s=out.latency_s,
+                input_tokens=out.input_tokens,
+                output_tokens=out.output_tokens,
+                mode="json_schema",
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. a missing API key: recorded per prompt
             return DiagnosisReply(error=f"{type(exc).__name__}: {exc}")
 
@@ -197,14 +245,26 @@ def is_openai_host(base_url: str) -> bool:
         port = parts.port
     except ValueError:
         return False
-    return (parts.scheme == "https" and (parts.hostname or "").lower() == OPENAI_HOST and port in (None, 443)
-            and not parts.username and not parts.password)
+    return (
+        parts.scheme == "https"
+        and (parts.hostname or "").lower() == OPENAI_HOST
+        and port in (None, 443)
+        and not parts.username
+        and not parts.password
+    )
 
 
 def openai_diagnoser(
-    model: str, *, api: str = "responses", base_url: str = OPENAI_BASE_URL, api_key_env: Optional[str] = "auto",
-    reasoning_effort: Optional[str] = "none", max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
-    structured: bool = True, send_temperature: bool = True, timeout_s: float = 60.0,
+    model: str,
+    *,
+    api: str = "responses",
+    base_url: str = OPENAI_BASE_URL,
+    api_key_env: Optional[str] = "auto",
+    reasoning_effort: Optional[str] = "none",
+    max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
+    structured: bool = True,
+    send_temperature: bool = True,
+    timeout_s: float = 60.0,
 ) -> "StructuredDiagnoser | TextDiagnoser":
     """A diagnoser on an OpenAI-compatible server; the defaults are the study's (gpt-5.1 on the Responses API).
 
@@ -220,28 +280,43 @@ def openai_diagnoser(
         # A setup problem: say so before any description is generated, not once per prompt afterwards.
         raise BackendError(f"the diagnoser {model} at {base_url} needs an API key in ${api_key_env}, which is not set")
     extra = {"reasoning": {"effort": reasoning_effort}} if reasoning_effort else {}
-    cfg = EndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env, api=api, extra=extra,
-                         send_temperature=send_temperature, stream=False, timeout_s=timeout_s)
+    cfg = EndpointConfig(
+        base_url=base_url,
+        model=model,
+        api_key_env=api_key_env,
+        api=api,
+        extra=extra,
+        send_temperature=send_temperature,
+        stream=False,
+        timeout_s=timeout_s,
+    )
     backend = OpenAIBackend({"diagnoser": cfg})
     if structured:
         return StructuredDiagnoser(backend, "diagnoser", max_output_tokens, label=f"openai:{model}", owns_backend=True)
     return TextDiagnoser(backend, "diagnoser", max_output_tokens, label=f"openai:{model}", owns_backend=True)
 
 
-def local_diagnoser(catalog: Catalog, path: str | Path, alias: str = "diagnoser",
-                    max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS, choice: bool = True,
-                    **backend_options: Any) -> TextDiagnoser:
+def local_diagnoser(
+    catalog: Catalog,
+    path: str | Path,
+    alias: str = "diagnoser",
+    max_output_tokens: int = STUDY_MAX_OUTPUT_TOKENS,
+    choice: bool = True,
+    **backend_options: Any,
+) -> TextDiagnoser:
     """A local transformers text model folder as the diagnoser (a first-token Yes/No choice unless
     choice=False, which generates free text and parses it)."""
     from explorer.models.backends.transformers_backend import TransformersBackend
 
     backend = TransformersBackend(catalog, local_paths={alias: path}, **backend_options)
-    return TextDiagnoser(backend, alias, max_output_tokens, label=f"transformers:{alias}", owns_backend=True,
-                         choice=choice)
+    return TextDiagnoser(
+        backend, alias, max_output_tokens, label=f"transformers:{alias}", owns_backend=True, choice=choice
+    )
 
 
-def demo_diagnoser(catalog: Catalog, max_output_tokens: int = 8, cache_dir: Optional[str | Path] = None,
-                   **backend_options: Any) -> TextDiagnoser:
+def demo_diagnoser(
+    catalog: Catalog, max_output_tokens: int = 8, cache_dir: Optional[str | Path] = None, **backend_options: Any
+) -> TextDiagnoser:
     """The offline random-weight text model (its Yes/No is noise): the pipeline without any network."""
     from explorer.models.demo import ensure_demo_text_model
 
@@ -250,7 +325,7 @@ def demo_diagnoser(catalog: Catalog, max_output_tokens: int = 8, cache_dir: Opti
 
 
 def diagnoser_from_arg(arg: str, catalog: Catalog, run: Optional[DescribeRunSpec] = None, **options: Any):
-    """"demo" | "openai:<model>" | "local:<folder>" | "preset" (the study preset's describe settings).
+    """ "demo" | "openai:<model>" | "local:<folder>" | "preset" (the study preset's describe settings).
 
     options go to openai_diagnoser (api, base_url, api_key_env, reasoning_effort, structured...; a
     reasoning_effort of None sends none, leaving it out sends the study's "none"), or set
@@ -270,9 +345,11 @@ def diagnoser_from_arg(arg: str, catalog: Catalog, run: Optional[DescribeRunSpec
         max_tokens = max_tokens or run.max_output_tokens
     if arg == "demo":
         return demo_diagnoser(catalog, max_tokens or 8, cache_dir=cache_dir)
-    if arg.startswith("openai:") and arg[len("openai:"):]:
+    if arg.startswith("openai:") and arg[len("openai:") :]:
         kept = {k: v for k, v in options.items() if v is not None or k == "reasoning_effort"}
-        return openai_diagnoser(arg[len("openai:"):], max_output_tokens=max_tokens or STUDY_MAX_OUTPUT_TOKENS, **kept)
-    if arg.startswith("local:") and arg[len("local:"):]:
-        return local_diagnoser(catalog, arg[len("local:"):], max_output_tokens=max_tokens or STUDY_MAX_OUTPUT_TOKENS)
-    raise ValueError(f"unknown diagnoser {arg!r}: use demo, openai:<model> (e.g. openai:gpt-5.1), local:<folder> or preset")
+        return openai_diagnoser(arg[len("openai:") :], max_output_tokens=max_tokens or STUDY_MAX_OUTPUT_TOKENS, **kept)
+    if arg.startswith("local:") and arg[len("local:") :]:
+        return local_diagnoser(catalog, arg[len("local:") :], max_output_tokens=max_tokens or STUDY_MAX_OUTPUT_TOKENS)
+    raise ValueError(
+        f"unknown diagnoser {arg!r}: use demo, openai:<model> (e.g. openai:gpt-5.1), local:<folder> or preset"
+    )

@@ -21,6 +21,7 @@ Precision (`precision=`), because t-SNE coordinates follow the last bits of its 
 Both give the same picture; only `study` gives the authors' coordinates (given their images in their
 order: datasets.embedding_cases reads the main branch of each dataset as their script did).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,21 @@ FEATURE_METHODS = {
 }
 COORD_COLUMNS = ["model", "task", "case_id", "image_hash", "label", "x", "y", "verdict"]
 PROBE_COLUMNS = [
-    "model", "task", "n", "n_positive", "n_negative", "folds", "probe_accuracy", "probe_ci_lo", "probe_ci_hi",
-    "chance", "closed_accuracy_mean", "closed_accuracy_best", "closed_best_prompt", "closed_prompts", "closed_cases",
+    "model",
+    "task",
+    "n",
+    "n_positive",
+    "n_negative",
+    "folds",
+    "probe_accuracy",
+    "probe_ci_lo",
+    "probe_ci_hi",
+    "chance",
+    "closed_accuracy_mean",
+    "closed_accuracy_best",
+    "closed_best_prompt",
+    "closed_prompts",
+    "closed_cases",
 ]
 ProgressFn = Callable[[int, int], None]
 
@@ -87,7 +101,7 @@ class FeatureCache:
         conn = self._conn()
         wanted = list(dict.fromkeys(image_hashes))
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
+            chunk = wanted[start : start + 500]
             rows = conn.execute(
                 f"SELECT image_hash, vector FROM features WHERE model_key = ? AND image_hash IN ({','.join('?' * len(chunk))})",
                 [model_key, *chunk],
@@ -101,8 +115,17 @@ class FeatureCache:
         for image_hash, vec in vectors.items():
             buf = io.BytesIO()
             np.save(buf, np.asarray(vec, dtype=np.float32), allow_pickle=False)
-            records.append((model_key, image_hash, json.dumps(identity, sort_keys=True, default=str), method,
-                            int(np.asarray(vec).size), buf.getvalue(), utc_now()))
+            records.append(
+                (
+                    model_key,
+                    image_hash,
+                    json.dumps(identity, sort_keys=True, default=str),
+                    method,
+                    int(np.asarray(vec).size),
+                    buf.getvalue(),
+                    utc_now(),
+                )
+            )
         with self._conn() as conn:  # one transaction, committed on exit
             conn.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?, ?, ?, ?)", records)
 
@@ -171,8 +194,14 @@ def feature_identity(backend: Any, alias: str, kind: str, precision: str = "stud
 
 
 def vision_features(
-    backend: Any, alias: str, cases: Sequence[Case], *, cache: Optional[FeatureCache] = None,
-    batch_size: int = 8, progress: Optional[ProgressFn] = None, precision: str = "study",
+    backend: Any,
+    alias: str,
+    cases: Sequence[Case],
+    *,
+    cache: Optional[FeatureCache] = None,
+    batch_size: int = 8,
+    progress: Optional[ProgressFn] = None,
+    precision: str = "study",
 ) -> np.ndarray:
     """Pooled features of each case's image (rows in the cases' order), through the backend's loaded model.
 
@@ -192,7 +221,7 @@ def vision_features(
     todo = list(missing.items())
     done = len(set(hashes)) - len(todo)
     for start in range(0, len(todo), max(1, batch_size)):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         vectors = pooled_batch(lm.model, lm.processor, [img for _, img in chunk], precision)
         new = {h: v for (h, _), v in zip(chunk, vectors)}
         if cache is not None:
@@ -206,7 +235,11 @@ def vision_features(
 
 # ------------------------------------------------------------------ t-SNE
 def tsne_coordinates(
-    features: np.ndarray, pca_dims: int = 50, perplexity: float = 30.0, seed: int = 42, precision: str = "study",
+    features: np.ndarray,
+    pca_dims: int = 50,
+    perplexity: float = 30.0,
+    seed: int = 42,
+    precision: str = "study",
 ) -> tuple[np.ndarray, list[str]]:
     """(n, 2) t-SNE coordinates after PCA, and notices about settings lowered for a small set."""
     from sklearn.decomposition import PCA
@@ -271,17 +304,23 @@ def linear_probe(features: np.ndarray, labels: Sequence[Any], folds: int = 5, se
     y = np.asarray([str(v) for v in labels])
     values, counts = np.unique(y, return_counts=True)
     n_pos = int((y == "positive").sum())
-    result = ProbeResult(np.nan, np.nan, np.nan, 0, [], len(y), n_pos, len(y) - n_pos,
-                         float(counts.max() / len(y)) if len(y) else np.nan)
+    result = ProbeResult(
+        np.nan, np.nan, np.nan, 0, [], len(y), n_pos, len(y) - n_pos, float(counts.max() / len(y)) if len(y) else np.nan
+    )
     if len(values) != 2 or counts.min() < 2:
-        result.notices.append(f"linear probe needs two classes with at least 2 images each; got {dict(zip(values, counts))}")
+        result.notices.append(
+            f"linear probe needs two classes with at least 2 images each; got {dict(zip(values, counts))}"
+        )
         return result
     k = int(min(folds, counts.min()))
     if k < folds:
-        result.notices.append(f"linear probe: {k}-fold CV instead of {folds} (smallest class has {counts.min()} images)")
+        result.notices.append(
+            f"linear probe: {k}-fold CV instead of {folds} (smallest class has {counts.min()} images)"
+        )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    scores = cross_val_score(model, X, y, cv=StratifiedKFold(n_splits=k, shuffle=True, random_state=seed),
-                             scoring="accuracy")
+    scores = cross_val_score(
+        model, X, y, cv=StratifiedKFold(n_splits=k, shuffle=True, random_state=seed), scoring="accuracy"
+    )
     mean = float(scores.mean())
     half = float(stats.t.ppf(0.975, k - 1) * scores.std(ddof=1) / np.sqrt(k)) if k > 1 else np.nan
     result.accuracy, result.folds, result.fold_accuracies = mean, k, [float(s) for s in scores]
@@ -290,7 +329,9 @@ def linear_probe(features: np.ndarray, labels: Sequence[Any], folds: int = 5, se
 
 
 # ------------------------------------------------------------------ the model's own answers
-def closed_form_accuracy(answers: Optional[pd.DataFrame], model: str, task: str, image_hashes: Sequence[str]) -> pd.DataFrame:
+def closed_form_accuracy(
+    answers: Optional[pd.DataFrame], model: str, task: str, image_hashes: Sequence[str]
+) -> pd.DataFrame:
     """Per closed-form prompt: the model's accuracy (answered rows) and F1_all on these images.
 
     answers: Store.answers_frame rows; cases are matched by image hash. Empty when none match.
@@ -300,8 +341,13 @@ def closed_form_accuracy(answers: Optional[pd.DataFrame], model: str, task: str,
     cols = ["prompt_id", "accuracy", "accuracy_all", "f1_all", "n"]
     if answers is None or answers.empty:
         return pd.DataFrame(columns=cols)
-    rows = answers[(answers["model"] == model) & (answers["task"] == task) & answers["image_hash"].isin(set(image_hashes))
-                   & answers["verdict"].notna() & answers["label"].notna()]
+    rows = answers[
+        (answers["model"] == model)
+        & (answers["task"] == task)
+        & answers["image_hash"].isin(set(image_hashes))
+        & answers["verdict"].notna()
+        & answers["label"].notna()
+    ]
     if "prompt_kind" in rows.columns:
         rows = rows[rows["prompt_kind"].fillna("closed") == "closed"]
     if "custom" in rows.columns:  # the study's wordings only: one a user typed in Compare is not the model's accuracy
@@ -315,8 +361,12 @@ def closed_form_accuracy(answers: Optional[pd.DataFrame], model: str, task: str,
 def _verdicts(answers: Optional[pd.DataFrame], model: str, task: str, prompt_id: Optional[str]) -> dict[str, str]:
     if answers is None or answers.empty or not prompt_id:
         return {}
-    rows = answers[(answers["model"] == model) & (answers["task"] == task) & (answers["prompt_id"] == prompt_id)
-                   & answers["verdict"].notna()]
+    rows = answers[
+        (answers["model"] == model)
+        & (answers["task"] == task)
+        & (answers["prompt_id"] == prompt_id)
+        & answers["verdict"].notna()
+    ]
     return dict(zip(rows["image_hash"], rows["verdict"]))
 
 
@@ -359,11 +409,19 @@ def analyse(
         try:
             model_backend = resolve(alias)
             if not hasattr(model_backend, "load"):
-                raise ValueError("vision features need a locally loaded model (transformers backend), "
-                                 f"not the {getattr(model_backend, 'name', 'remote')} backend")
-            X = vision_features(model_backend, alias, cases, cache=cache, batch_size=batch_size,
-                                progress=(lambda d, t, a=alias: progress(a, d, t)) if progress else None,
-                                precision=precision)
+                raise ValueError(
+                    "vision features need a locally loaded model (transformers backend), "
+                    f"not the {getattr(model_backend, 'name', 'remote')} backend"
+                )
+            X = vision_features(
+                model_backend,
+                alias,
+                cases,
+                cache=cache,
+                batch_size=batch_size,
+                progress=(lambda d, t, a=alias: progress(a, d, t)) if progress else None,
+                precision=precision,
+            )
             xy, tsne_notes = tsne_coordinates(X, pca_dims, perplexity, seed, precision)
         except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the rest still run
             notices.append(f"{alias}: {type(exc).__name__}: {exc}")
@@ -372,29 +430,64 @@ def analyse(
         notices += [f"{alias}: {n}" for n in tsne_notes]
         verdicts = _verdicts(answers, alias, task, verdict_prompt)
         for case, (x, y) in zip(cases, xy):
-            coords.append(dict(model=alias, task=task, case_id=case.case_id, image_hash=case.image_hash,
-                               label=case.label, x=float(x), y=float(y), verdict=verdicts.get(case.image_hash)))
+            coords.append(
+                dict(
+                    model=alias,
+                    task=task,
+                    case_id=case.case_id,
+                    image_hash=case.image_hash,
+                    label=case.label,
+                    x=float(x),
+                    y=float(y),
+                    verdict=verdicts.get(case.image_hash),
+                )
+            )
         labelled = [i for i, c in enumerate(cases) if c.label in ("positive", "negative")]
         probe = linear_probe(X[labelled], [cases[i].label for i in labelled], folds, seed)
         notices += [f"{alias}: {n}" for n in probe.notices]
         closed = closed_form_accuracy(answers, alias, task, [cases[i].image_hash for i in labelled])
         best = closed.loc[closed["accuracy"].idxmax()] if closed["accuracy"].notna().any() else None
-        probes.append(dict(
-            model=alias, task=task, n=probe.n, n_positive=probe.n_positive, n_negative=probe.n_negative,
-            folds=probe.folds, probe_accuracy=probe.accuracy, probe_ci_lo=probe.ci_lo, probe_ci_hi=probe.ci_hi,
-            chance=probe.chance,
-            closed_accuracy_mean=float(closed["accuracy"].mean()) if len(closed) else np.nan,
-            closed_accuracy_best=float(best["accuracy"]) if best is not None else np.nan,
-            closed_best_prompt=best["prompt_id"] if best is not None else None,
-            closed_prompts=len(closed), closed_cases=int(closed["n"].max()) if len(closed) else 0,
-        ))
-    return EmbeddingAnalysis(pd.DataFrame(coords, columns=COORD_COLUMNS), pd.DataFrame(probes, columns=PROBE_COLUMNS),
-                             notices, feats)
+        probes.append(
+            dict(
+                model=alias,
+                task=task,
+                n=probe.n,
+                n_positive=probe.n_positive,
+                n_negative=probe.n_negative,
+                folds=probe.folds,
+                probe_accuracy=probe.accuracy,
+                probe_ci_lo=probe.ci_lo,
+                probe_ci_hi=probe.ci_hi,
+                chance=probe.chance,
+                closed_accuracy_mean=float(closed["accuracy"].mean()) if len(closed) else np.nan,
+                closed_accuracy_best=float(best["accuracy"]) if best is not None else np.nan,
+                closed_best_prompt=best["prompt_id"] if best is not None else None,
+                closed_prompts=len(closed),
+                closed_cases=int(closed["n"].max()) if len(closed) else 0,
+            )
+        )
+    return EmbeddingAnalysis(
+        pd.DataFrame(coords, columns=COORD_COLUMNS), pd.DataFrame(probes, columns=PROBE_COLUMNS), notices, feats
+    )
 
 
 def format_probes(probes: pd.DataFrame) -> str:
     if probes.empty:
         return "(no models could be analysed)"
-    shown = probes[["model", "task", "n", "folds", "probe_accuracy", "probe_ci_lo", "probe_ci_hi", "chance",
-                    "closed_accuracy_mean", "closed_accuracy_best", "closed_best_prompt", "closed_cases"]]
+    shown = probes[
+        [
+            "model",
+            "task",
+            "n",
+            "folds",
+            "probe_accuracy",
+            "probe_ci_lo",
+            "probe_ci_hi",
+            "chance",
+            "closed_accuracy_mean",
+            "closed_accuracy_best",
+            "closed_best_prompt",
+            "closed_cases",
+        ]
+    ]
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")

@@ -11,6 +11,7 @@ before, so a second search on the same image costs no generation.
 A flip is a change of reading (positive, negative, or non-answer); `opposite_only` asks for
 positive <-> negative only. A failed request is never a flip.
 """
+
 from __future__ import annotations
 
 import re
@@ -76,15 +77,24 @@ class FlipResult:
 
     def message(self) -> str:
         if self.flip is None:
-            return (f"No flip within {self.requests} requests: {len(self.tried)} of {self.candidates} edited wordings "
-                    f"tried, every one read as {reading(self.base_answer)}.")
-        return (f"Flip found with {self.requests} requests: {self.flip.item.label} ({self.flip.item.family}, "
-                f"{self.flip.distance} token edit{'s' if self.flip.distance != 1 else ''}) turns "
-                f"{reading(self.base_answer)} into {reading(self.flip_answer)}.")
+            return (
+                f"No flip within {self.requests} requests: {len(self.tried)} of {self.candidates} edited wordings "
+                f"tried, every one read as {reading(self.base_answer)}."
+            )
+        return (
+            f"Flip found with {self.requests} requests: {self.flip.item.label} ({self.flip.item.family}, "
+            f"{self.flip.distance} token edit{'s' if self.flip.distance != 1 else ''}) turns "
+            f"{reading(self.base_answer)} into {reading(self.flip_answer)}."
+        )
 
 
-def candidates(base: PromptVariant, families: Sequence[str], words: TaskWords, seed: int = 0,
-               family_catalog: Optional[FamilyCatalog] = None) -> list[Candidate]:
+def candidates(
+    base: PromptVariant,
+    families: Sequence[str],
+    words: TaskWords,
+    seed: int = 0,
+    family_catalog: Optional[FamilyCatalog] = None,
+) -> list[Candidate]:
     """Every edited wording of `base` by these families, smallest edit first."""
     fc = family_catalog or load_families()
     order = {name: i for i, name in enumerate(families)}
@@ -114,19 +124,27 @@ def find_flip(
     names = list(families) if families else [n for n in fc.names() if fc.family(n).generator not in NOT_EDITS]
     for name in names:
         if fc.family(name).generator == "paraphrase":
-            raise ValueError("The flip search does not use paraphrases (they need a text model); leave that family out.")
+            raise ValueError(
+                "The flip search does not use paraphrases (they need a text model); leave that family out."
+            )
     pool = candidates(base, names, words, seed, fc)
     (base_answer,) = ask([base])
     start = reading(base_answer)
     if start is None:
         raise ValueError(f"The starting wording got no answer ({base_answer.error}); nothing to flip.")
-    result = FlipResult(model=model, base=base, base_answer=base_answer, requests=1,
-                        cached=int(bool(getattr(base_answer, "cached", False))), candidates=len(pool),
-                        budget=max_requests)
+    result = FlipResult(
+        model=model,
+        base=base,
+        base_answer=base_answer,
+        requests=1,
+        cached=int(bool(getattr(base_answer, "cached", False))),
+        candidates=len(pool),
+        budget=max_requests,
+    )
     position = 0
     while position < len(pool) and result.requests < max_requests:
         size = min(max(1, batch), max_requests - result.requests, len(pool) - position)
-        chunk = pool[position:position + size]
+        chunk = pool[position : position + size]
         position += size
         answers = {getattr(a, "prompt_id", None): a for a in ask([c.item.variant for c in chunk])}
         result.requests += len(chunk)

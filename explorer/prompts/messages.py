@@ -1,4 +1,5 @@
 """Turn (model, prompt variant, case) into the Request a backend answers."""
+
 from __future__ import annotations
 
 from typing import Optional

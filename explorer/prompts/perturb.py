@@ -14,6 +14,7 @@ itself, never guessed afterwards:
 A variant's id is derived from its family, its parent and the edit's parameters (the seed among them
 where the edit is random), so the same request makes the same ids on any machine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,21 @@ from explorer.prompts.variants import CLOSED_FAMILIES, closed_variants
 from explorer.schema import PromptVariant, Reading
 
 FAMILIES_FILE = PRESETS_DIR / "families.yaml"
-GENERATORS = ("casing", "punctuation", "whitespace", "typos", "answer_format", "option_order", "option_labels",
-              "templates", "synonyms", "polarity_flip", "framing", "study", "paraphrase")
+GENERATORS = (
+    "casing",
+    "punctuation",
+    "whitespace",
+    "typos",
+    "answer_format",
+    "option_order",
+    "option_labels",
+    "templates",
+    "synonyms",
+    "polarity_flip",
+    "framing",
+    "study",
+    "paraphrase",
+)
 LABEL_STYLES = ("A)", "1)", "(a)", "none")
 STUDY_GROUP = "study"
 # A paraphraser: (instruction with the question filled in, how many, seed) -> new question texts.
@@ -100,8 +114,14 @@ def _load_families(path: str) -> FamilyCatalog:
         if not isinstance(params, dict):
             raise PresetError(f"{where}.params: must be a mapping")
         families[str(name)] = FamilySpec(
-            name=str(name), title=str(raw.get("title") or name), generator=raw["generator"],
-            meaning=raw.get("meaning", "kept"), tier=tier, count=count, params=params)
+            name=str(name),
+            title=str(raw.get("title") or name),
+            generator=raw["generator"],
+            meaning=raw.get("meaning", "kept"),
+            tier=tier,
+            count=count,
+            params=params,
+        )
     findings = {}
     for task, raw in (data.get("tasks") or {}).items():
         words = (raw or {}).get("findings") if isinstance(raw, dict) else None
@@ -127,8 +147,14 @@ class TaskWords:
         return self.findings[0]
 
     def fill(self, template: str, finding: Optional[str] = None) -> str:
-        return template.format(finding=finding or self.finding, positive=self.positive, negative=self.negative,
-                               modality=self.modality, role=self.role, labels="{labels}")
+        return template.format(
+            finding=finding or self.finding,
+            positive=self.positive,
+            negative=self.negative,
+            modality=self.modality,
+            role=self.role,
+            labels="{labels}",
+        )
 
 
 _EVIDENCE_OF = re.compile(r"evidence of (.+?)\?", re.I)
@@ -140,9 +166,15 @@ def task_words(catalog: Catalog, task: str, families: Optional[FamilyCatalog] = 
     named = _EVIDENCE_OF.search(spec.prompts.evidence)
     first = named.group(1) if named else spec.class_names.positive.replace("_", " ")
     findings = (first,) + tuple(w for w in declared if w != first)
-    return TaskWords(task=task, findings=findings, positive=spec.prompts.options.positive,
-                     negative=spec.prompts.options.negative, modality=spec.modality, role=spec.diagnosis.role,
-                     one_word_suffix=catalog.one_word_suffix)
+    return TaskWords(
+        task=task,
+        findings=findings,
+        positive=spec.prompts.options.positive,
+        negative=spec.prompts.options.negative,
+        modality=spec.modality,
+        role=spec.diagnosis.role,
+        one_word_suffix=catalog.one_word_suffix,
+    )
 
 
 # ---------------------------------------------------------------- a wording taken apart and put back
@@ -180,8 +212,12 @@ class Parts:
 
     def text(self) -> str:
         head = f"{self.before} {self.stem}" if self.before else self.stem
-        blocks = [head, *self.option_lines(), *([self.instruction] if self.instruction else []),
-                  *([self.after] if self.after else [])]
+        blocks = [
+            head,
+            *self.option_lines(),
+            *([self.instruction] if self.instruction else []),
+            *([self.after] if self.after else []),
+        ]
         return self.lead + self.sep.join(blocks) + self.trail
 
     def labels_phrase(self) -> str:
@@ -191,8 +227,14 @@ class Parts:
     def variant(self, base: PromptVariant, yes_means: Optional[Reading] = None) -> PromptVariant:
         options = tuple((letter, reading, text) for letter, (reading, text) in zip(self.letters(), self.options))
         one_word = bool(re.search(r"\b(?:one|single)[ -]word\b", self.instruction, re.I))
-        return replace(base, text=self.text(), options=options, one_word=one_word,
-                       yes_means=None if options else (yes_means or base.yes_means), custom=False)
+        return replace(
+            base,
+            text=self.text(),
+            options=options,
+            one_word=one_word,
+            yes_means=None if options else (yes_means or base.yes_means),
+            custom=False,
+        )
 
 
 _LABEL_LINE = r"^[ \t]*\(?{label}[).:][ \t]*{text}[ \t]*$"
@@ -220,8 +262,13 @@ def decompose(variant: PromptVariant, one_word_suffix: str = "\nAnswer in one wo
     stem = text[:first_line].strip()
     style = "A)" if variant.options[0][0].isupper() else "(a)" if variant.options[0][0].islower() else "1)"
     # Text after the options stays with every edit (the study's fused prompt 6 carries a description request).
-    return Parts(stem=stem, options=tuple((r, t) for _, r, t in variant.options), label_style=style,
-                 instruction=instruction, after=" ".join(text[last_end:].split()))
+    return Parts(
+        stem=stem,
+        options=tuple((r, t) for _, r, t in variant.options),
+        label_style=style,
+        instruction=instruction,
+        after=" ".join(text[last_end:].split()),
+    )
 
 
 # ---------------------------------------------------------------- generators
@@ -248,8 +295,12 @@ def _case(style: str, s: str) -> str:
 def gen_casing(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     out = []
     for style in params.get("styles", ("lower", "upper", "title")):
-        new = replace(parts, stem=_case(style, parts.stem), instruction=_case(style, parts.instruction),
-                      options=tuple((r, _case(style, t)) for r, t in parts.options))
+        new = replace(
+            parts,
+            stem=_case(style, parts.stem),
+            instruction=_case(style, parts.instruction),
+            options=tuple((r, _case(style, t)) for r, t in parts.options),
+        )
         out.append(Edit(f"{style} case", {"style": style}, new))
     return out
 
@@ -268,8 +319,9 @@ def gen_punctuation(parts: Parts, words, params, rng) -> list[Edit]:
         if style not in _PUNCTUATION:
             raise PresetError(f"punctuation: unknown style {style!r} ({', '.join(_PUNCTUATION)})")
         if "?" in parts.stem:
-            out.append(Edit(style.replace("_", " "), {"style": style},
-                            replace(parts, stem=_PUNCTUATION[style](parts.stem))))
+            out.append(
+                Edit(style.replace("_", " "), {"style": style}, replace(parts, stem=_PUNCTUATION[style](parts.stem)))
+            )
     return out
 
 
@@ -301,9 +353,9 @@ def _typo(word: str, rng: random.Random) -> str:
     i = rng.randrange(1, len(word) - 1)
     kind = rng.choice(("swap", "drop", "double"))
     if kind == "swap":
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
     if kind == "drop":
-        return word[:i] + word[i + 1:]
+        return word[:i] + word[i + 1 :]
     return word[:i] + word[i] + word[i:]
 
 
@@ -318,8 +370,13 @@ def gen_typos(parts: Parts, words, params, rng) -> list[Edit]:
             continue
         for i in draw.sample(places, min(int(n), len(places))):
             tokens[i] = _typo(tokens[i], draw)
-        out.append(Edit(f"{n} typo{'s' if n != 1 else ''}", {"typos": n, "seed": draw_seed},
-                        replace(parts, stem="".join(tokens))))
+        out.append(
+            Edit(
+                f"{n} typo{'s' if n != 1 else ''}",
+                {"typos": n, "seed": draw_seed},
+                replace(parts, stem="".join(tokens)),
+            )
+        )
     return out
 
 
@@ -335,8 +392,13 @@ def gen_answer_format(parts: Parts, words, params, rng) -> list[Edit]:
         instruction = template.replace("{labels}", labels)
         if instruction == parts.instruction:
             continue
-        out.append(Edit(f"instruction: {instruction}" if instruction else "no instruction", {"instruction": template},
-                        replace(parts, instruction=instruction)))
+        out.append(
+            Edit(
+                f"instruction: {instruction}" if instruction else "no instruction",
+                {"instruction": template},
+                replace(parts, instruction=instruction),
+            )
+        )
     return out
 
 
@@ -378,7 +440,7 @@ def gen_synonyms(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     named = re.search(re.escape(words.finding), parts.stem, re.I)
     for synonym in words.findings[1:]:
         if named:
-            stem = parts.stem[: named.start()] + synonym + parts.stem[named.end():]
+            stem = parts.stem[: named.start()] + synonym + parts.stem[named.end() :]
             yes_means = None  # the same question about the same finding: polarity unchanged
         else:
             stem = words.fill(params.get("template", "Does this image contain evidence of {finding}?"), synonym)
@@ -394,9 +456,14 @@ def gen_polarity_flip(parts: Parts, words: TaskWords, params, rng, yes_means: Op
     """The question asked the other way round. For yes/no the new polarity is the opposite of the old;
     for multiple choice ("which does it not show?") every option's reading is flipped."""
     if parts.options:
-        return [Edit(f"which it does not show ({k})", {"template": t}, replace(
-            parts, stem=words.fill(t), options=tuple((_OPPOSITE[r], text) for r, text in parts.options)))
-                for k, t in enumerate(params.get("choice", ()), 1)]
+        return [
+            Edit(
+                f"which it does not show ({k})",
+                {"template": t},
+                replace(parts, stem=words.fill(t), options=tuple((_OPPOSITE[r], text) for r, text in parts.options)),
+            )
+            for k, t in enumerate(params.get("choice", ()), 1)
+        ]
     if yes_means not in _OPPOSITE:
         return []
     flipped = _OPPOSITE[yes_means]
@@ -406,12 +473,24 @@ def gen_polarity_flip(parts: Parts, words: TaskWords, params, rng, yes_means: Op
         word = m.group()
         swapped = word[2:] if m.group(1) else ("Ab" + word if word[0].isupper() else "ab" + word)
         swapped = swapped[0].upper() + swapped[1:] if word[0].isupper() else swapped.lower()
-        out.append(Edit(f"{word} -> {swapped}", {"swap": f"{word}->{swapped}"},
-                        replace(parts, stem=parts.stem[: m.start()] + swapped + parts.stem[m.end():]), flipped))
+        out.append(
+            Edit(
+                f"{word} -> {swapped}",
+                {"swap": f"{word}->{swapped}"},
+                replace(parts, stem=parts.stem[: m.start()] + swapped + parts.stem[m.end() :]),
+                flipped,
+            )
+        )
     key = "absent" if yes_means == "positive" else "present"
     for k, template in enumerate(params.get(key, ()), 1):
-        out.append(Edit(f"asked about {'absence' if key == 'absent' else 'presence'} ({k})", {"template": template},
-                        replace(parts, stem=words.fill(template)), flipped))
+        out.append(
+            Edit(
+                f"asked about {'absence' if key == 'absent' else 'presence'} ({k})",
+                {"template": template},
+                replace(parts, stem=words.fill(template)),
+                flipped,
+            )
+        )
     return out
 
 
@@ -423,15 +502,27 @@ def gen_framing(parts: Parts, words: TaskWords, params, rng) -> list[Edit]:
     for kind in _FRAMING_KINDS:
         for k, template in enumerate(params.get(kind, ()), 1):
             line = words.fill(template)
-            new = replace(parts, after=f"{parts.after} {line}".strip()) if kind == "confidence" else replace(
-                parts, before=f"{parts.before} {line}".strip())
+            new = (
+                replace(parts, after=f"{parts.after} {line}".strip())
+                if kind == "confidence"
+                else replace(parts, before=f"{parts.before} {line}".strip())
+            )
             out.append(Edit(f"{kind.replace('_', ' ')} ({k})", {"kind": kind, "template": template}, new))
     return out
 
 
-_SIMPLE = {"casing": gen_casing, "punctuation": gen_punctuation, "whitespace": gen_whitespace, "typos": gen_typos,
-           "answer_format": gen_answer_format, "option_order": gen_option_order, "option_labels": gen_option_labels,
-           "templates": gen_templates, "synonyms": gen_synonyms, "framing": gen_framing}
+_SIMPLE = {
+    "casing": gen_casing,
+    "punctuation": gen_punctuation,
+    "whitespace": gen_whitespace,
+    "typos": gen_typos,
+    "answer_format": gen_answer_format,
+    "option_order": gen_option_order,
+    "option_labels": gen_option_labels,
+    "templates": gen_templates,
+    "synonyms": gen_synonyms,
+    "framing": gen_framing,
+}
 
 
 # ---------------------------------------------------------------- generated variants
@@ -450,8 +541,11 @@ class Perturbed:
 def variant_id(family: str, parent: PromptVariant, params: Mapping[str, Any]) -> str:
     """The id of a generated variant: its family and a hash of its parent and the edit's parameters
     (the seed is among them where the edit is random), so the same edit gets the same id anywhere."""
-    blob = json.dumps({"family": family, "parent": parent.prompt_id, "parent_text": parent.text, "params": params},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"family": family, "parent": parent.prompt_id, "parent_text": parent.text, "params": params},
+        sort_keys=True,
+        default=str,
+    )
     return f"{family}_{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -485,8 +579,10 @@ def perturb(
     if family.generator == "study":
         if catalog is None:
             raise ValueError("the study family needs the catalog")
-        return [Perturbed(v, family.name, v.prompt_id, {}, family.meaning, "") for v in
-                _pick(closed_variants(catalog, words.task, selection), limit, rng)]
+        return [
+            Perturbed(v, family.name, v.prompt_id, {}, family.meaning, "")
+            for v in _pick(closed_variants(catalog, words.task, selection), limit, rng)
+        ]
     parts = decompose(parent, words.one_word_suffix)
     if parts is None:
         return []
@@ -504,8 +600,16 @@ def perturb(
             continue
         seen.add(variant.text)
         pid = variant_id(family.name, parent, edit.params)
-        out.append(Perturbed(replace(variant, prompt_id=pid, family=family.name, parent=parent.prompt_id),
-                             family.name, edit.label, dict(edit.params), family.meaning, parent.prompt_id))
+        out.append(
+            Perturbed(
+                replace(variant, prompt_id=pid, family=family.name, parent=parent.prompt_id),
+                family.name,
+                edit.label,
+                dict(edit.params),
+                family.meaning,
+                parent.prompt_id,
+            )
+        )
     return _pick(out, limit, rng)
 
 
@@ -517,8 +621,15 @@ def _pick(items: list, limit: int, rng: random.Random) -> list:
     return [items[i] for i in keep]
 
 
-def _paraphrases(parts: Parts, parent: PromptVariant, words: TaskWords, family: FamilySpec, limit: int, seed: int,
-                 paraphraser: Optional[Paraphraser]) -> list[Edit]:
+def _paraphrases(
+    parts: Parts,
+    parent: PromptVariant,
+    words: TaskWords,
+    family: FamilySpec,
+    limit: int,
+    seed: int,
+    paraphraser: Optional[Paraphraser],
+) -> list[Edit]:
     """Paraphrases of the question by a text model. A yes/no paraphrase keeps the parent's polarity only
     when the question still reads that way (question_polarity); one that reads the other way is dropped,
     since nothing says the model meant to flip it."""
@@ -539,8 +650,9 @@ def _paraphrases(parts: Parts, parent: PromptVariant, words: TaskWords, family: 
     return edits
 
 
-def reader_agrees(parent: PromptVariant, variant: PromptVariant, words: TaskWords,
-                  finding: Optional[str] = None) -> bool:
+def reader_agrees(
+    parent: PromptVariant, variant: PromptVariant, words: TaskWords, finding: Optional[str] = None
+) -> bool:
     """Whether the answer reader reads plain statements about the finding under `variant` as it does under
     `parent` (`finding`: what the variant calls it, when a synonym). The rule reader takes its target from
     the question's words, so some edits (a typo in the finding, a cue that names the finding, a "which does
@@ -589,16 +701,27 @@ def generate(
         for parent in sources:
             # Every candidate first, then the seed picks `limit` of those that pass, so a left-out
             # candidate does not leave the family short.
-            everything = perturb(parent, spec, words, seed, limit if spec.generator == "paraphrase" else 0,
-                                 catalog, selection, paraphraser)
+            everything = perturb(
+                parent,
+                spec,
+                words,
+                seed,
+                limit if spec.generator == "paraphrase" else 0,
+                catalog,
+                selection,
+                paraphraser,
+            )
             usable = []
             for item in everything:
                 if item.variant.prompt_id in seen_ids or item.variant.text in seen_texts:
                     continue
                 if spec.generator != "study" and item.variant.text in study_texts:
                     continue
-                if reader_check and spec.generator != "study" and not reader_agrees(
-                        parent, item.variant, words, item.params.get("synonym")):
+                if (
+                    reader_check
+                    and spec.generator != "study"
+                    and not reader_agrees(parent, item.variant, words, item.params.get("synonym"))
+                ):
                     continue
                 usable.append(item)
             for item in _pick(usable, limit, random.Random(f"{seed}|{spec.name}|{parent.prompt_id}|pick")):
@@ -608,12 +731,22 @@ def generate(
     return out
 
 
-def family_variants(catalog: Catalog, task: str, parents: Sequence[PromptVariant], families: Sequence[str],
-                    seed: int = 0, count: Optional[int] = None,
-                    selection: PromptSelection = PromptSelection()) -> list[PromptVariant]:
+def family_variants(
+    catalog: Catalog,
+    task: str,
+    parents: Sequence[PromptVariant],
+    families: Sequence[str],
+    seed: int = 0,
+    count: Optional[int] = None,
+    selection: PromptSelection = PromptSelection(),
+) -> list[PromptVariant]:
     """The variants a sweep adds for `families` (by name; "all" for every family but paraphrases)."""
     fc = load_families()
     names = [n for n in fc.names() if fc.family(n).generator != "paraphrase"] if list(families) == ["all"] else families
     words = task_words(catalog, task, fc)
-    return [p.variant for p in generate(parents, names, words, seed=seed, count=count, family_catalog=fc,
-                                        catalog=catalog, selection=selection)]
+    return [
+        p.variant
+        for p in generate(
+            parents, names, words, seed=seed, count=count, family_catalog=fc, catalog=catalog, selection=selection
+        )
+    ]

@@ -11,6 +11,7 @@ Two prompt sets (PromptSelection.prompt_set), with the same prompt ids so runs c
                 comma's fused prompt, per-task diagnosis templates). Only their meaning (family,
                 polarity, which line is option A) is derived here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,11 @@ def _mc(task: TaskSpec, family: str, suffix: str) -> PromptVariant:
         options = (("A", "negative", neg), ("B", "positive", pos))
     text = f"{MC_STEM}\nA) {options[0][2]}\nB) {options[1][2]}{suffix}"
     return PromptVariant(
-        prompt_id=family + ("_ow" if suffix else ""), family=family, text=text,
-        options=options, one_word=bool(suffix),
+        prompt_id=family + ("_ow" if suffix else ""),
+        family=family,
+        text=text,
+        options=options,
+        one_word=bool(suffix),
     )
 
 
@@ -54,8 +58,11 @@ def _yes_no(task: TaskSpec, family: str, suffix: str) -> PromptVariant:
     }
     stem, yes_means = stems[family]
     return PromptVariant(
-        prompt_id=family + ("_ow" if suffix else ""), family=family, text=stem + suffix,
-        yes_means=yes_means, one_word=bool(suffix),
+        prompt_id=family + ("_ow" if suffix else ""),
+        family=family,
+        text=stem + suffix,
+        yes_means=yes_means,
+        one_word=bool(suffix),
     )
 
 
@@ -75,13 +82,17 @@ def describe_variants(task: TaskSpec) -> list[PromptVariant]:
     return [
         PromptVariant(prompt_id="describe", family="describe", text=base + ".", kind="describe"),
         PromptVariant(
-            prompt_id="describe_dx", family="describe_dx", kind="describe",
+            prompt_id="describe_dx",
+            family="describe_dx",
+            kind="describe",
             text=f"{base} to diagnose {subj.diagnose}.",
         ),
     ]
 
 
-def closed_variants(catalog: Catalog, task_key: str, selection: PromptSelection = PromptSelection()) -> list[PromptVariant]:
+def closed_variants(
+    catalog: Catalog, task_key: str, selection: PromptSelection = PromptSelection()
+) -> list[PromptVariant]:
     """The study's closed-form prompts for a task, in the study's order (6 plain, then 6 one-word)."""
     task = catalog.task(task_key)
     families = CLOSED_FAMILIES if selection.families == "all" else selection.families
@@ -89,9 +100,7 @@ def closed_variants(catalog: Catalog, task_key: str, selection: PromptSelection 
     if selection.prompt_set == "paper-as-run":
         as_run = [v for v in prompt_set_variants(selection.prompt_set, task_key) if v.kind == "closed"]
         return [v for ow in word_options for v in as_run if v.one_word == ow and v.family in families]
-    variants = [
-        closed_variant(task, fam, ow, catalog.one_word_suffix) for ow in word_options for fam in families
-    ]
+    variants = [closed_variant(task, fam, ow, catalog.one_word_suffix) for ow in word_options for fam in families]
     if selection.original_code_defects:
         variants = _with_original_defects(task, variants)
     return variants
@@ -112,14 +121,19 @@ def _with_original_defects(task: TaskSpec, variants: list[PromptVariant]) -> lis
             continue
         if v.prompt_id == "mc_neg_first":
             v = PromptVariant(
-                prompt_id="mc_neg_first", family=v.family, text=v.text + describe_text,
-                options=v.options, one_word=False,
+                prompt_id="mc_neg_first",
+                family=v.family,
+                text=v.text + describe_text,
+                options=v.options,
+                one_word=False,
             )
         fixed.append(v)
     return fixed
 
 
-def all_variants(catalog: Catalog, task_key: str, selection: PromptSelection = PromptSelection()) -> list[PromptVariant]:
+def all_variants(
+    catalog: Catalog, task_key: str, selection: PromptSelection = PromptSelection()
+) -> list[PromptVariant]:
     if selection.prompt_set == "paper-as-run":
         described = [v for v in prompt_set_variants(selection.prompt_set, task_key) if v.kind == "describe"]
     else:
@@ -165,8 +179,13 @@ def prompt_set_variants(name: str, task_key: str, folder: Path = PROMPT_SETS_DIR
         if not isinstance(text, str) or not text.strip():
             raise PresetError(f"{where}.prompts.{i}: needs a text")
         kind = entry.get("kind", "closed")
-        common = dict(prompt_id=entry.get("id") or family, family=family, text=text, kind=kind,
-                      one_word=bool(entry.get("one_word")))
+        common = dict(
+            prompt_id=entry.get("id") or family,
+            family=family,
+            text=text,
+            kind=kind,
+            one_word=bool(entry.get("one_word")),
+        )
         if kind == "describe":
             out.append(PromptVariant(**common))
         elif family in _YES_MEANS:
@@ -228,8 +247,12 @@ def custom_variant(text: str, task: TaskSpec, based_on: Optional[PromptVariant] 
     options = _options_from_text(text, task)
     if options:
         return PromptVariant(
-            prompt_id=f"custom_{digest}", family="custom_mc", text=text, options=options,
-            one_word=one_word, custom=True,
+            prompt_id=f"custom_{digest}",
+            family="custom_mc",
+            text=text,
+            options=options,
+            one_word=one_word,
+            custom=True,
         )
     if based_on is not None and based_on.kind == "describe":
         return PromptVariant(
@@ -239,8 +262,12 @@ def custom_variant(text: str, task: TaskSpec, based_on: Optional[PromptVariant] 
     # -> positive), never the variant it was edited from; a question about a finding means positive.
     yes_means = question_polarity(text) or "positive"
     return PromptVariant(
-        prompt_id=f"custom_{digest}", family="custom", text=text, yes_means=yes_means,
-        one_word=one_word, custom=True,
+        prompt_id=f"custom_{digest}",
+        family="custom",
+        text=text,
+        yes_means=yes_means,
+        one_word=one_word,
+        custom=True,
     )
 
 

@@ -13,6 +13,7 @@ private app) is read through here, so a small file cannot pin a CPU or fill memo
   - JSON: parsed whole, so it is held to a tenth of the memory budget; nesting too deep is refused.
 Each limit that is hit raises ResultFileError naming the file and the limit.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,14 @@ class ReadLimits:
 def public_limits(max_upload_bytes: int, cancel: Optional[threading.Event] = None) -> ReadLimits:
     """Limits for a visitor's upload on a public deployment: the upload limit, 200,000 answers (the
     study's full cross product is ~20,000), 256 MB decoded, 20 s."""
-    return ReadLimits(max_file_bytes=max_upload_bytes, max_rows=200_000, max_memory_bytes=256 * MB,
-                      max_seconds=20.0, cancel=cancel, immutable=True)
+    return ReadLimits(
+        max_file_bytes=max_upload_bytes,
+        max_rows=200_000,
+        max_memory_bytes=256 * MB,
+        max_seconds=20.0,
+        cancel=cancel,
+        immutable=True,
+    )
 
 
 class ReadBudget:
@@ -85,8 +92,9 @@ class ReadBudget:
         """The file's size, refused above max_file_bytes."""
         size = path.stat().st_size
         if size > self.limits.max_file_bytes:
-            raise ResultFileError(f"{path.name}: {_size(size)} is above the {_size(self.limits.max_file_bytes)} "
-                                  "file size limit")
+            raise ResultFileError(
+                f"{path.name}: {_size(size)} is above the {_size(self.limits.max_file_bytes)} file size limit"
+            )
         return size
 
     def expect_rows(self, path: Path, rows: int) -> None:
@@ -136,8 +144,9 @@ def read_json_records(path: Path, budget: ReadBudget) -> Any:
     budget.check_file(path)
     if path.stat().st_size * JSON_MEMORY_FACTOR > budget.limits.max_memory_bytes:
         allowed = budget.limits.max_memory_bytes // JSON_MEMORY_FACTOR
-        raise ResultFileError(f"{path.name}: a JSON file above {_size(allowed)} is too large to parse here; "
-                              "export it as Parquet or CSV")
+        raise ResultFileError(
+            f"{path.name}: a JSON file above {_size(allowed)} is too large to parse here; export it as Parquet or CSV"
+        )
     try:
         if path.suffix.lower() in (".jsonl", ".ndjson"):
             records = []
@@ -180,8 +189,10 @@ def read_parquet(path: Path, budget: ReadBudget) -> pd.DataFrame:
                 widest[c] = max(widest[c], size)
                 total += size
         if budget.bytes + total > budget.limits.max_memory_bytes:
-            raise ResultFileError(f"{path.name}: its columns hold {_size(total)} uncompressed, above the "
-                                  f"{_size(budget.limits.max_memory_bytes)} memory limit")
+            raise ResultFileError(
+                f"{path.name}: its columns hold {_size(total)} uncompressed, above the "
+                f"{_size(budget.limits.max_memory_bytes)} memory limit"
+            )
         row_bound = max(1, sum(widest))
         batch_rows = int(min(8_192, max(1, PARQUET_BATCH_BYTES // row_bound)))
         batches = []
@@ -241,26 +252,35 @@ def read_sqlite_answers(path: Path, budget: ReadBudget, schema_version: int) -> 
 def _check_sqlite_schema(conn: sqlite3.Connection, path: Path, schema_version: int) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > schema_version:
-        raise ResultFileError(f"{path.name}: written by a newer explorer (store schema v{version}; this version "
-                              f"reads up to v{schema_version})")
+        raise ResultFileError(
+            f"{path.name}: written by a newer explorer (store schema v{version}; this version "
+            f"reads up to v{schema_version})"
+        )
     entries = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
     triggers = [name for kind, name, _ in entries if kind == "trigger"]
     if triggers:
-        raise ResultFileError(f"{path.name}: has triggers ({_shown(triggers)}); a results store has none, "
-                              "so it is not opened")
+        raise ResultFileError(
+            f"{path.name}: has triggers ({_shown(triggers)}); a results store has none, so it is not opened"
+        )
     kinds = {name: (kind, sql or "") for kind, name, sql in entries}
     if "answers" not in kinds:
         tables = sorted(name for kind, name, _ in entries if kind == "table")
-        raise ResultFileError(f"{path.name}: an SQLite file but not an explorer results store "
-                              f"(no 'answers' table; it has {_shown(tables) or 'no tables'})")
+        raise ResultFileError(
+            f"{path.name}: an SQLite file but not an explorer results store "
+            f"(no 'answers' table; it has {_shown(tables) or 'no tables'})"
+        )
     kind, sql = kinds["answers"]
     if kind != "table" or sql.lstrip().upper().startswith("CREATE VIRTUAL"):
-        raise ResultFileError(f"{path.name}: 'answers' is a {'virtual table' if kind == 'table' else kind}, "
-                              "not a plain table, so it is not read")
+        raise ResultFileError(
+            f"{path.name}: 'answers' is a {'virtual table' if kind == 'table' else kind}, "
+            "not a plain table, so it is not read"
+        )
     hidden = [row[1] for row in conn.execute("PRAGMA table_xinfo(answers)") if row[6] in (2, 3)]
     if hidden:
-        raise ResultFileError(f"{path.name}: 'answers' has generated columns ({_shown(hidden)}); a results "
-                              "store has none, so it is not read")
+        raise ResultFileError(
+            f"{path.name}: 'answers' has generated columns ({_shown(hidden)}); a results "
+            "store has none, so it is not read"
+        )
 
 
 def _shown(names: list, limit: int = 3) -> str:

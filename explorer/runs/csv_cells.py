@@ -8,6 +8,7 @@ keep this reversible, a cell that already starts with apostrophes followed by on
 characters gets one more. Only text cells change; numbers stay numbers. Parquet and JSON exports
 keep every value as it is; importing our CSV export removes the one added apostrophe.
 """
+
 from __future__ import annotations
 
 import re

@@ -6,6 +6,7 @@ rule verdicts would sit beside new ones and mix two rulers in one metric; `resco
 rule verdict written by another reader version (or all of them with `everything`) and leaves judge
 verdicts and errors alone.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,8 +32,9 @@ class RescoreSummary:
         return out
 
 
-def rescore(store: Store, everything: bool = False, model: Optional[str] = None,
-            task: Optional[str] = None) -> RescoreSummary:
+def rescore(
+    store: Store, everything: bool = False, model: Optional[str] = None, task: Optional[str] = None
+) -> RescoreSummary:
     """Re-read rule verdicts not written by the current reader (all rule verdicts if `everything`)."""
     filters = {k: v for k, v in (("model", model), ("task", task)) if v}
     summary = RescoreSummary()

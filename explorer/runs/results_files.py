@@ -3,6 +3,7 @@ and the cases worth a look in them (base and medical disagree, or the wording fl
 
 Nothing here needs a model, so the Results tab works on a machine that cannot run any.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,9 @@ def _is_sqlite(path: Path) -> bool:
 def _is_study_csv(path: Path) -> bool:
     """The study code writes {model}_{task}_vqa_results.csv with a `judgment` column (its first upload:
     eval_output*.csv with `gpt5_judgment`); our exports have `verdict`."""
-    if path.name.endswith("_vqa_results.csv") or (path.name.startswith("eval_output") and path.suffix.lower() == ".csv"):
+    if path.name.endswith("_vqa_results.csv") or (
+        path.name.startswith("eval_output") and path.suffix.lower() == ".csv"
+    ):
         return True
     if path.suffix.lower() != ".csv":
         return False

@@ -6,6 +6,7 @@ the page's session hash). Its progress is kept here, so a page that reloads can 
 (`release(session)`), it is cancelled after a grace period unless a new page attached to it first.
 In public mode a visitor runs at most `per_owner` sweeps at once.
 """
+
 from __future__ import annotations
 
 import threading
@@ -31,8 +32,14 @@ class SweepSnapshot:
 class SweepHandle:
     """One app sweep: its thread, its cancel switch and the newest progress."""
 
-    def __init__(self, owner: str, session: Optional[str], job: SweepJob, spec: Any = None,
-                 cancel: Optional[threading.Event] = None):
+    def __init__(
+        self,
+        owner: str,
+        session: Optional[str],
+        job: SweepJob,
+        spec: Any = None,
+        cancel: Optional[threading.Event] = None,
+    ):
         self.owner, self.session, self.spec = owner, session, spec
         self.cancel_event = cancel or threading.Event()
         self.started_at = time.time()
@@ -78,9 +85,16 @@ class SweepHandle:
                 state = "failed"
             else:
                 state = "cancelled" if getattr(self._summary, "cancelled", False) else "finished"
-            return SweepSnapshot(self.owner, done, total, dict(info), state, self.started_at, info.get("run_id")
-                                 or getattr(self._summary, "run_id", None),
-                                 None if self._error is None else f"{type(self._error).__name__}: {self._error}")
+            return SweepSnapshot(
+                self.owner,
+                done,
+                total,
+                dict(info),
+                state,
+                self.started_at,
+                info.get("run_id") or getattr(self._summary, "run_id", None),
+                None if self._error is None else f"{type(self._error).__name__}: {self._error}",
+            )
 
     def updates(self, poll_s: float = 0.2) -> Iterator[list]:
         """[(done, total, info)] whenever progress moved, [] as a heartbeat every poll_s, until the sweep
@@ -116,15 +130,23 @@ class RunningSweeps:
         self._handles: dict[str, list[SweepHandle]] = {}
         self._lock = threading.Lock()
 
-    def start(self, owner: str, job: SweepJob, spec: Any = None, session: Optional[str] = None,
-              cancel: Optional[threading.Event] = None) -> SweepHandle:
+    def start(
+        self,
+        owner: str,
+        job: SweepJob,
+        spec: Any = None,
+        session: Optional[str] = None,
+        cancel: Optional[threading.Event] = None,
+    ) -> SweepHandle:
         if not owner:
             raise ValueError("a sweep needs an owner (the visitor's session)")
         with self._lock:
             mine = [h for h in self._handles.get(owner, []) if h.running]
             if self.per_owner is not None and len(mine) >= self.per_owner:
-                raise ValueError(f"You already have {len(mine)} sweep(s) running; this public app allows "
-                                 f"{self.per_owner} at a time. Wait for it or cancel it first.")
+                raise ValueError(
+                    f"You already have {len(mine)} sweep(s) running; this public app allows "
+                    f"{self.per_owner} at a time. Wait for it or cancel it first."
+                )
             handle = SweepHandle(owner, session, job, spec, cancel)
             # Finished sweeps beyond the newest are forgotten: their answers are in the store.
             self._handles[owner] = mine + [handle]

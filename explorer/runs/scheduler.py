@@ -11,6 +11,7 @@ Results come back to the caller's thread, which alone writes the store and calls
 worker takes its next unit only after its last one was handed over, so a cancel (checked before
 each pull) loses at most the units in flight.
 """
+
 from __future__ import annotations
 
 import queue
@@ -37,8 +38,9 @@ def lane_shape(backend: Any, alias: str, batch_size: int) -> LaneShape:
     if ask is None:
         return LaneShape(LOCAL_DEVICE, max(1, batch_size), 1)
     shape = ask(alias, batch_size)
-    return LaneShape(shape.get("device"), max(1, int(shape.get("batch", batch_size))),
-                     max(1, int(shape.get("workers", 1))))
+    return LaneShape(
+        shape.get("device"), max(1, int(shape.get("batch", batch_size))), max(1, int(shape.get("workers", 1)))
+    )
 
 
 @dataclass
@@ -53,8 +55,14 @@ class Unit:
 class WorkQueue:
     """Units waiting, in plan order; a pull takes the first one a lane may run now."""
 
-    def __init__(self, units: Sequence[Unit], gates: GenerationGates, shapes: dict[str, LaneShape],
-                 cancel: Optional[threading.Event], stop: threading.Event):
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        gates: GenerationGates,
+        shapes: dict[str, LaneShape],
+        cancel: Optional[threading.Event],
+        stop: threading.Event,
+    ):
         self._units = list(units)
         self._gates, self._shapes = gates, shapes
         self._cancel, self._stop = cancel, stop
@@ -74,8 +82,11 @@ class WorkQueue:
                     self._units = []
                     self._cond.notify_all()
                     return None
-                mine = [u for u in self._units if (u.alias == alias if alias is not None
-                                                   else self._shapes[u.alias].device == device)]
+                mine = [
+                    u
+                    for u in self._units
+                    if (u.alias == alias if alias is not None else self._shapes[u.alias].device == device)
+                ]
                 if not mine:
                     return None
                 for unit in mine:

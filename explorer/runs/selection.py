@@ -5,6 +5,7 @@ the biased subset (the items that failed before). So a retry run stands for the 
 newest earlier full run whose items include all of its items. Every item of that plan gets its newest
 answer to the same request (same fingerprint) from any run since, retries included.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,10 @@ def plan_run(store, run_id: Optional[str] = None) -> tuple[Optional[str], Option
     keys = _item_keys(store, chosen)
     for earlier in reversed(runs[: runs.index(chosen)]):
         if not is_retry_run(store.run(earlier)) and keys <= _item_keys(store, earlier):
-            return earlier, (f"run {chosen} retried failed items of run {earlier}; "
-                             f"showing every item of {earlier} with its latest answer")
+            return earlier, (
+                f"run {chosen} retried failed items of run {earlier}; "
+                f"showing every item of {earlier} with its latest answer"
+            )
     return chosen, None
 
 
@@ -56,7 +59,7 @@ def plan_answers(store, run_id: Optional[str] = None, catalog=None) -> PlanAnswe
         return PlanAnswers(None, store.answers_frame(catalog=catalog))
     frame = store.answers_frame(catalog=catalog, run_id=base)
     runs = list(store.runs_frame()["run_id"])
-    later = runs[runs.index(base) + 1:] if base in runs else []
+    later = runs[runs.index(base) + 1 :] if base in runs else []
     replaced: list[str] = []
     if len(frame) and later:
         wanted = frame[ITEM_KEYS + ["fingerprint"]].assign(_order=0)

@@ -1,6 +1,7 @@
 """Merge a results store written by this tool (a `sweep --shard i/n` part) into another, keeping every
 answer's fingerprint, so the merged store serves those answers as cache (a re-run of the whole plan
 generates nothing). Answers already there (the same deterministic fingerprint) are skipped."""
+
 from __future__ import annotations
 
 from pathlib import Path

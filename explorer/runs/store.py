@@ -10,6 +10,7 @@ Concurrency: WAL mode (readers never block the writer), one connection per threa
 BEGIN IMMEDIATE transaction committed at once, and a busy timeout so a second process waits for the
 write lock instead of failing. A killed writer loses at most the item it was writing.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,19 @@ CREATE TABLE IF NOT EXISTS run_items (
 JSON_COLUMNS = ("model_identity", "polarity", "generation", "versions")
 # Columns a caller may filter answers_frame / answers on (each takes one value or several).
 FILTER_COLUMNS = (
-    "model", "task", "prompt_id", "prompt_family", "prompt_kind", "case_id", "image_hash", "label",
-    "verdict", "verdict_method", "prompt_format", "backend", "fingerprint",
+    "model",
+    "task",
+    "prompt_id",
+    "prompt_family",
+    "prompt_kind",
+    "case_id",
+    "image_hash",
+    "label",
+    "verdict",
+    "verdict_method",
+    "prompt_format",
+    "backend",
+    "fingerprint",
 )
 # What a run item says for itself (it wins over the answer row's own values in a run's view).
 RUN_ITEM_COLUMNS = ("model", "task", "case_id", "label", "prompt_id")
@@ -145,7 +157,9 @@ def _explorer_version() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if out.returncode == 0 and out.stdout.strip():
             return "git:" + out.stdout.strip()
@@ -187,12 +201,24 @@ def verdict_columns(verdict: Optional[Verdict]) -> dict[str, Any]:
     # A judge.JudgeError (label None) lands as verdict NULL with its method and reason: a judgement
     # that failed is kept as such, never as a verdict, and is judged again later.
     if verdict is None:
-        return dict(verdict=None, verdict_method=None, evidence=None, evidence_start=None,
-                    evidence_end=None, verdict_detail=None, judged_at=None)
+        return dict(
+            verdict=None,
+            verdict_method=None,
+            evidence=None,
+            evidence_start=None,
+            evidence_end=None,
+            verdict_detail=None,
+            judged_at=None,
+        )
     start, end = verdict.span if verdict.span else (None, None)
     return dict(
-        verdict=verdict.label, verdict_method=verdict.method, evidence=verdict.evidence,
-        evidence_start=start, evidence_end=end, verdict_detail=verdict.detail, judged_at=utc_now(),
+        verdict=verdict.label,
+        verdict_method=verdict.method,
+        evidence=verdict.evidence,
+        evidence_start=start,
+        evidence_end=end,
+        verdict_detail=verdict.detail,
+        judged_at=utc_now(),
     )
 
 
@@ -256,8 +282,9 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if self.path.is_dir():  # also an empty path, which is "."
-            raise StoreError(f"{str(path) or '(empty path)'} cannot be opened as a results store: it is a folder, "
-                             "not an SQLite file")
+            raise StoreError(
+                f"{str(path) or '(empty path)'} cannot be opened as a results store: it is a folder, not an SQLite file"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -282,7 +309,9 @@ class Store:
             try:
                 # Autocommit mode: reads see the latest commit; writes open their own transaction.
                 conn = sqlite3.connect(
-                    str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                    str(self.path),
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
                     check_same_thread=False,
                 )
                 conn.row_factory = sqlite3.Row
@@ -327,8 +356,7 @@ class Store:
         if not self.path.is_file() or self.path.stat().st_size == 0:
             return
         try:
-            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
             try:
                 self._check_ours(conn)
             finally:
@@ -379,32 +407,44 @@ class Store:
     # ------------------------------------------------------------ answers
     def lookup(self, fingerprint: str) -> Optional[dict[str, Any]]:
         """The cached answer to a deterministic request, or None (never an errored or sampled one)."""
-        row = self._conn().execute(
-            "SELECT * FROM answers WHERE fingerprint = ? AND deterministic = 1 AND error IS NULL",
-            (fingerprint,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM answers WHERE fingerprint = ? AND deterministic = 1 AND error IS NULL",
+                (fingerprint,),
+            )
+            .fetchone()
+        )
         return dict(row) if row else None
 
     def lookup_in_run(self, run_id: str, fingerprint: str) -> Optional[dict[str, Any]]:
         """An answer (sampled or not) made without error by this run: what a resumed run must not redo."""
-        row = self._conn().execute(
-            "SELECT * FROM answers WHERE run_id = ? AND fingerprint = ? AND error IS NULL ORDER BY id LIMIT 1",
-            (run_id, fingerprint),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM answers WHERE run_id = ? AND fingerprint = ? AND error IS NULL ORDER BY id LIMIT 1",
+                (run_id, fingerprint),
+            )
+            .fetchone()
+        )
         return dict(row) if row else None
 
     def has_error(self, fingerprint: str) -> bool:
         """True when the newest stored answer for this fingerprint is an error."""
-        row = self._conn().execute(
-            "SELECT error FROM answers WHERE fingerprint = ? ORDER BY id DESC LIMIT 1", (fingerprint,)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT error FROM answers WHERE fingerprint = ? ORDER BY id DESC LIMIT 1", (fingerprint,))
+            .fetchone()
+        )
         return bool(row and row["error"] is not None)
 
     def get(self, answer_id: int) -> Optional[dict[str, Any]]:
         row = self._conn().execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone()
         return dict(row) if row else None
 
-    def record_answer(self, row: dict[str, Any], run_item: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], bool]:
+    def record_answer(
+        self, row: dict[str, Any], run_item: Optional[dict[str, Any]] = None
+    ) -> tuple[dict[str, Any], bool]:
         """Store one answer (and the run item it serves) in one committed transaction.
 
         Returns (the stored row, whether this row was written). A deterministic answer is stored once:
@@ -456,8 +496,16 @@ class Store:
         conn.execute(
             "INSERT OR REPLACE INTO run_items (run_id, model, task, case_id, prompt_id, label, answer_id, cached) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item["run_id"], item["model"], item["task"], item["case_id"], item["prompt_id"],
-             item.get("label"), answer_id, int(cached)),
+            (
+                item["run_id"],
+                item["model"],
+                item["task"],
+                item["case_id"],
+                item["prompt_id"],
+                item.get("label"),
+                answer_id,
+                int(cached),
+            ),
         )
 
     def update_verdict(self, answer_id: int, verdict: Optional[Verdict]) -> None:
@@ -475,7 +523,9 @@ class Store:
         """Remove errored answers (e.g. after fixing an endpoint, to hide stale failures)."""
         where, params = self._where(filters, include_errors=True)
         with self._write() as conn:
-            ids = [r[0] for r in conn.execute(f"SELECT id FROM answers a WHERE {where} AND a.error IS NOT NULL", params)]
+            ids = [
+                r[0] for r in conn.execute(f"SELECT id FROM answers a WHERE {where} AND a.error IS NOT NULL", params)
+            ]
             conn.executemany("DELETE FROM run_items WHERE answer_id = ?", [(i,) for i in ids])
             conn.executemany("DELETE FROM answers WHERE id = ?", [(i,) for i in ids])
         return len(ids)
@@ -496,7 +546,9 @@ class Store:
             clauses.append("a.error IS NULL")
         return " AND ".join(clauses), params
 
-    def answers(self, run_id: Optional[str] = None, include_errors: bool = True, **filters: Any) -> list[dict[str, Any]]:
+    def answers(
+        self, run_id: Optional[str] = None, include_errors: bool = True, **filters: Any
+    ) -> list[dict[str, Any]]:
         """Answer rows as dicts (JSON columns as text), oldest first; see answers_frame for filters."""
         where, params = self._where(filters, include_errors, run_items=run_id is not None)
         if run_id is None:
@@ -571,10 +623,14 @@ class Store:
 
     def resumable_run(self, plan_hash: str) -> Optional[str]:
         """The newest unfinished run of this exact plan (cancelled, failed, or killed while running)."""
-        row = self._conn().execute(
-            "SELECT run_id FROM runs WHERE plan_hash = ? AND status != 'finished' ORDER BY created_at DESC LIMIT 1",
-            (plan_hash,),
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT run_id FROM runs WHERE plan_hash = ? AND status != 'finished' ORDER BY created_at DESC LIMIT 1",
+                (plan_hash,),
+            )
+            .fetchone()
+        )
         return row["run_id"] if row else None
 
     def run(self, run_id: str) -> Optional[dict[str, Any]]:

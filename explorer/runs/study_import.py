@@ -25,6 +25,7 @@ refusal rate is the study's.
 Both readers return the answers frame that explorer.analysis.metrics takes (schema.ANSWER_COLUMNS and more), and both
 raise ResultFileError naming the file, the column and the row (rows count from 1, header excluded).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,12 +49,31 @@ from explorer.runs.csv_cells import restore_frame
 from explorer.schema import ANSWER_COLUMNS, VERDICT_LABELS
 
 STUDY_COLUMNS = (
-    "task", "model", "row_id", "label", "label_name", "prompt_type", "one_word", "prompt", "response",
-    "judgment", "pred", "correct",
+    "task",
+    "model",
+    "row_id",
+    "label",
+    "label_name",
+    "prompt_type",
+    "one_word",
+    "prompt",
+    "response",
+    "judgment",
+    "pred",
+    "correct",
 )
 STUDY_FILE_GLOB = "*_vqa_results.csv"
 EVAL_OUTPUT_COLUMNS = (
-    "model_id", "prompt_idx", "prompt", "row_id", "label", "label_str", "response", "gpt5_judgment", "pred", "correct",
+    "model_id",
+    "prompt_idx",
+    "prompt",
+    "row_id",
+    "label",
+    "label_str",
+    "response",
+    "gpt5_judgment",
+    "pred",
+    "correct",
 )
 EVAL_OUTPUT_GLOB = "eval_output*.csv"
 # label_str of the first upload's judge scripts -> candidate tasks (skin and IDC share malignant/benign).
@@ -70,8 +90,20 @@ MC_FAMILIES = ("mc_pos_first", "mc_neg_first")
 
 # The columns of an imported or read answers frame, in this order (extra columns of an export follow).
 OUTPUT_COLUMNS = [
-    *ANSWER_COLUMNS, "p_positive", "pair", "role", "one_word", "prompt_kind", "prompt_text", "answer",
-    "verdict_method", "verdict_detail", "row_id", "model_id", "source_file", "source_row",
+    *ANSWER_COLUMNS,
+    "p_positive",
+    "pair",
+    "role",
+    "one_word",
+    "prompt_kind",
+    "prompt_text",
+    "answer",
+    "verdict_method",
+    "verdict_detail",
+    "row_id",
+    "model_id",
+    "source_file",
+    "source_row",
 ]
 _TEXT_COLUMNS = ("model", "task", "prompt_id", "prompt_family", "case_id", "label", "verdict", "pair", "role")
 _ROLES = ("base", "medical")
@@ -134,8 +166,9 @@ def _one_of(allowed: Iterable[str]) -> Callable[[Any], str]:
     return parse
 
 
-def _parse(frame: pd.DataFrame, column: str, parse: Callable[[Any], Any], path: Path, expected: str,
-           allow_blank: bool = False) -> list[Any]:
+def _parse(
+    frame: pd.DataFrame, column: str, parse: Callable[[Any], Any], path: Path, expected: str, allow_blank: bool = False
+) -> list[Any]:
     """Parse one column cell by cell; the first bad cell raises with its row and value."""
     values = []
     for row, value in enumerate(frame[column].tolist(), start=1):
@@ -283,18 +316,19 @@ def read_study_results(path: Union[str, Path], catalog=None, budget: Optional[Re
     tasks = _parse(raw, "task", _one_of(catalog.tasks), path, f"a task key ({', '.join(catalog.tasks)})")
     models = _parse(raw, "model", lambda v: str(v).strip(), path, "a model id")
     row_ids = _parse(raw, "row_id", _int_cell, path, "a row number (integer)")
-    labels = _parse(raw, "label", lambda v: {0: "negative", 1: "positive"}[_int_cell(v)], path,
-                    "0 (negative) or 1 (positive)")
+    labels = _parse(
+        raw, "label", lambda v: {0: "negative", 1: "positive"}[_int_cell(v)], path, "0 (negative) or 1 (positive)"
+    )
     one_words = _parse(raw, "one_word", _bool_cell, path, "True or False")
     prompt_types = _parse(raw, "prompt_type", _one_of(STUDY_PROMPT_TYPES), path, "yesno or ab")
     prompts = _parse(raw, "prompt", str, path, "the prompt text")
-    preds = _parse(raw, "pred", lambda v: {1: 1, 0: 0, -1: -1}[_int_cell(v)], path, "1, 0, -1 or empty",
-                   allow_blank=True)
+    preds = _parse(
+        raw, "pred", lambda v: {1: 1, 0: 0, -1: -1}[_int_cell(v)], path, "1, 0, -1 or empty", allow_blank=True
+    )
     corrects = _parse(raw, "correct", lambda v: {1: 1, 0: 0}[_int_cell(v)], path, "1, 0 or empty", allow_blank=True)
     judgments = [str(v).strip().upper() for v in raw["judgment"].tolist()]
     if all(j == "" for j in judgments) and all(p is None for p in preds):
-        raise _fail(path, "no judgements at all (the study ran with --no_judge); judge the answers first",
-                    "judgment")
+        raise _fail(path, "no judgements at all (the study ran with --no_judge); judge the answers first", "judgment")
 
     records = []
     for i in range(len(raw)):
@@ -309,19 +343,35 @@ def read_study_results(path: Union[str, Path], catalog=None, budget: Optional[Re
         family = study_family(prompts[i], task)
         is_mc = family in MC_FAMILIES or family == "custom_mc"
         if is_mc != (prompt_types[i] == "ab"):
-            raise _fail(path, f"prompt_type {prompt_types[i]!r} does not fit the prompt {prompts[i][:60]!r}",
-                        "prompt_type", row)
+            raise _fail(
+                path, f"prompt_type {prompt_types[i]!r} does not fit the prompt {prompts[i][:60]!r}", "prompt_type", row
+            )
         alias = _model_alias(models[i], catalog)
         spec = catalog.models.get(alias) if alias else None
-        records.append(dict(
-            model=alias or models[i], task=task.key,
-            prompt_id=study_prompt_id(prompts[i], family, one_words[i]), prompt_family=family,
-            case_id=f"{task.key}:hf:{row_ids[i]}", label=labels[i], verdict=verdict,
-            p_positive=np.nan, pair=spec.pair if spec else None, role=spec.role if spec else None,
-            one_word=one_words[i], prompt_kind="closed", prompt_text=prompts[i], answer=raw.at[i, "response"],
-            verdict_method=STUDY_METHOD, verdict_detail=_study_detail(judgments[i]),
-            row_id=row_ids[i], model_id=models[i], source_file=str(path), source_row=row,
-        ))
+        records.append(
+            dict(
+                model=alias or models[i],
+                task=task.key,
+                prompt_id=study_prompt_id(prompts[i], family, one_words[i]),
+                prompt_family=family,
+                case_id=f"{task.key}:hf:{row_ids[i]}",
+                label=labels[i],
+                verdict=verdict,
+                p_positive=np.nan,
+                pair=spec.pair if spec else None,
+                role=spec.role if spec else None,
+                one_word=one_words[i],
+                prompt_kind="closed",
+                prompt_text=prompts[i],
+                answer=raw.at[i, "response"],
+                verdict_method=STUDY_METHOD,
+                verdict_detail=_study_detail(judgments[i]),
+                row_id=row_ids[i],
+                model_id=models[i],
+                source_file=str(path),
+                source_row=row,
+            )
+        )
     out = pd.DataFrame.from_records(records, columns=OUTPUT_COLUMNS)
     out["case_id"] = _split_double_rows(out)
     _check_unique(out, path)
@@ -347,7 +397,9 @@ def _eval_task(raw: pd.DataFrame, path: Path, catalog) -> str:
     if len(candidates) == 1:
         return candidates[0]
     text = " ".join(str(p).lower() for p in raw["prompt"].tolist())
-    matched = [t for t, word in (("skin_cancer", "skin"), ("histo_idc", "carcinoma")) if t in candidates and word in text]
+    matched = [
+        t for t, word in (("skin_cancer", "skin"), ("histo_idc", "carcinoma")) if t in candidates and word in text
+    ]
     if len(matched) != 1:
         raise _fail(path, "cannot tell skin lesions from histopathology: the prompts name neither (or both)", "prompt")
     return matched[0]
@@ -365,8 +417,9 @@ def _eval_output_frame(raw: pd.DataFrame, path: Path, catalog) -> pd.DataFrame:
     as_run = {v.text.strip(): v for v in prompt_set_variants("paper-as-run", task.key)}
     models = _parse(raw, "model_id", lambda v: str(v).strip(), path, "a model id")
     row_ids = _parse(raw, "row_id", _int_cell, path, "a row number (integer)")
-    labels = _parse(raw, "label", lambda v: {0: "negative", 1: "positive"}[_int_cell(v)], path,
-                    "0 (negative) or 1 (positive)")
+    labels = _parse(
+        raw, "label", lambda v: {0: "negative", 1: "positive"}[_int_cell(v)], path, "0 (negative) or 1 (positive)"
+    )
     prompt_idx = _parse(raw, "prompt_idx", _int_cell, path, "a prompt position (integer)")
     preds = _parse(raw, "pred", lambda v: {1: 1, 0: 0, -1: -1}[_int_cell(v)], path, "1, 0 or -1")
     corrects = _parse(raw, "correct", lambda v: {1: 1, 0: 0}[_int_cell(v)], path, "1, 0 or empty", allow_blank=True)
@@ -388,18 +441,35 @@ def _eval_output_frame(raw: pd.DataFrame, path: Path, catalog) -> pd.DataFrame:
             prompt_id, kind, text = study_prompt_id(prompt, family, one_word), "closed", prompt
         alias = _model_alias(models[i], catalog)
         spec = catalog.models.get(alias) if alias else None
-        records.append(dict(
-            model=alias or models[i], task=task.key, prompt_id=prompt_id, prompt_family=family,
-            case_id=f"{task.key}:hf:{row_ids[i]}", label=labels[i],
-            verdict=judged if kind == "closed" else None,
-            p_positive=np.nan, pair=spec.pair if spec else None, role=spec.role if spec else None,
-            one_word=one_word, prompt_kind=kind, prompt_text=text,
-            answer="" if _blank(raw.at[i, "response"]) else str(raw.at[i, "response"]),
-            verdict_method=STUDY_METHOD,
-            verdict_detail=_study_detail(judgments[i]) + (f" (prompt {prompt_idx[i]})" if kind == "closed" else
-                                                          f" (prompt {prompt_idx[i]}, a description: not scored)"),
-            row_id=row_ids[i], model_id=models[i], source_file=str(path), source_row=row,
-        ))
+        records.append(
+            dict(
+                model=alias or models[i],
+                task=task.key,
+                prompt_id=prompt_id,
+                prompt_family=family,
+                case_id=f"{task.key}:hf:{row_ids[i]}",
+                label=labels[i],
+                verdict=judged if kind == "closed" else None,
+                p_positive=np.nan,
+                pair=spec.pair if spec else None,
+                role=spec.role if spec else None,
+                one_word=one_word,
+                prompt_kind=kind,
+                prompt_text=text,
+                answer="" if _blank(raw.at[i, "response"]) else str(raw.at[i, "response"]),
+                verdict_method=STUDY_METHOD,
+                verdict_detail=_study_detail(judgments[i])
+                + (
+                    f" (prompt {prompt_idx[i]})"
+                    if kind == "closed"
+                    else f" (prompt {prompt_idx[i]}, a description: not scored)"
+                ),
+                row_id=row_ids[i],
+                model_id=models[i],
+                source_file=str(path),
+                source_row=row,
+            )
+        )
     out = pd.DataFrame.from_records(records, columns=OUTPUT_COLUMNS)
     out["case_id"] = _split_double_rows(out)
     _check_unique(out, path)
@@ -427,8 +497,9 @@ def _check_unique(frame: pd.DataFrame, path: Union[Path, str]) -> None:
         )
 
 
-def import_study_results(paths: Union[str, Path, Iterable[Union[str, Path]]], catalog=None,
-                         budget: Optional[ReadBudget] = None) -> pd.DataFrame:
+def import_study_results(
+    paths: Union[str, Path, Iterable[Union[str, Path]]], catalog=None, budget: Optional[ReadBudget] = None
+) -> pd.DataFrame:
     """Several study result files (or a folder of `*_vqa_results.csv`) as one answers frame.
 
     The study writes the one-word run of a (model, task) to the same file name as the plain run, so

@@ -7,6 +7,7 @@ the judge runs as its own stage. Each answer is committed as soon as it is judge
 killed sweep loses at most the units in flight and resumes where it stopped: a deterministic request
 already answered is served from the store, never generated again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,7 +87,9 @@ class SweepSummary:
 
 
 # ------------------------------------------------------------------ planning
-def _generation_for(catalog: Catalog, alias: str, override: Union[GenerationSettings, Mapping, None]) -> GenerationSettings:
+def _generation_for(
+    catalog: Catalog, alias: str, override: Union[GenerationSettings, Mapping, None]
+) -> GenerationSettings:
     """The model's own settings, replaced by a GenerationSettings or patched by a dict of fields."""
     own = catalog.model(alias).generation.settings()
     if override is None:
@@ -214,8 +217,9 @@ class SweepSpec:
         if not self.families:
             return chosen
         closed = [v for v in chosen if v.kind == "closed"]
-        return chosen + family_variants(catalog, task, closed, self.families, self.seed, self.family_count,
-                                        self.selection)
+        return chosen + family_variants(
+            catalog, task, closed, self.families, self.seed, self.family_count, self.selection
+        )
 
     def _chosen_variants(self, catalog: Catalog, task: str) -> list[PromptVariant]:
         closed = prompt_lib.closed_variants(catalog, task, self.selection)
@@ -243,14 +247,12 @@ def plan_from_spec(catalog: Catalog, spec: SweepSpec, case_loader: CaseLoader) -
         catalog.model(alias)
     variants = {task: spec.variants(catalog, task) for task in spec.tasks}
     cases = {task: list(case_loader(task, spec.per_class, spec.seed)) for task in spec.tasks}
-    plan = plan_sweep(
-        catalog, spec.models, spec.tasks, cases, variants, spec.prompt_style, spec.generation_override()
-    )
+    plan = plan_sweep(catalog, spec.models, spec.tasks, cases, variants, spec.prompt_style, spec.generation_override())
     return shard_plan(plan, *spec.shard)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """"i/n" (1 <= i <= n) -> (i, n), with a one-line error for anything else."""
+    """ "i/n" (1 <= i <= n) -> (i, n), with a one-line error for anything else."""
     try:
         i, n = (int(part) for part in str(text).split("/"))
     except ValueError:
@@ -285,8 +287,16 @@ def shard_plan(items: Sequence[SweepItem], index: int, count: int) -> list[Sweep
 def plan_hash(items: Sequence[SweepItem]) -> str:
     """Identifies a plan independently of the backend, so a re-run of the same plan resumes its run."""
     keys = [
-        [it.model, it.task, it.case.case_id, it.case.image_hash, it.variant.prompt_id, it.variant.text,
-         it.request.prompt_format, it.request.generation.as_dict()]
+        [
+            it.model,
+            it.task,
+            it.case.case_id,
+            it.case.image_hash,
+            it.variant.prompt_id,
+            it.variant.text,
+            it.request.prompt_format,
+            it.request.generation.as_dict(),
+        ]
         for it in items
     ]
     return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
@@ -319,8 +329,11 @@ def describe_plan(items: Sequence[SweepItem]) -> tuple[dict, dict]:
         if it.variant.prompt_id not in ids:
             ids.append(it.variant.prompt_id)
         cases_by_task.setdefault(it.task, {})[it.case.case_id] = {
-            "case_id": it.case.case_id, "image_hash": it.case.image_hash, "label": it.case.label,
-            "source": it.case.source, "row_id": it.case.row_id,
+            "case_id": it.case.case_id,
+            "image_hash": it.case.image_hash,
+            "label": it.case.label,
+            "source": it.case.source,
+            "row_id": it.case.row_id,
         }
         generation[it.model] = it.request.generation.as_dict()
         formats[it.model] = it.request.prompt_format
@@ -412,27 +425,52 @@ class _Runner:
         self.judge, self.progress, self.on_item, self.on_text = judge, progress, on_item, on_text
 
     def run_item(self, item: SweepItem) -> dict:
-        return {"run_id": self.summary.run_id, "model": item.model, "task": item.task,
-                "case_id": item.case.case_id, "prompt_id": item.variant.prompt_id, "label": item.case.label}
+        return {
+            "run_id": self.summary.run_id,
+            "model": item.model,
+            "task": item.task,
+            "case_id": item.case.case_id,
+            "prompt_id": item.variant.prompt_id,
+            "label": item.case.label,
+        }
 
     def report(self, item: SweepItem, row: dict, cached: bool) -> None:
         if self.on_item is not None:
             # The item's own case and prompt names win: a cached answer may come from another case id.
-            view = {**row, "task": item.task, "case_id": item.case.case_id, "label": item.case.label,
-                    "prompt_id": item.variant.prompt_id, "source": item.case.source, "cached": cached}
+            view = {
+                **row,
+                "task": item.task,
+                "case_id": item.case.case_id,
+                "label": item.case.label,
+                "prompt_id": item.variant.prompt_id,
+                "source": item.case.source,
+                "cached": cached,
+            }
             self.on_item(item, view)
         if self.progress is not None:
             s = self.summary
-            self.progress(s.done, self.total, {
-                "cached": s.cached, "computed": s.computed, "new": s.computed, "errors": s.errors,
-                "model": item.model, "task": item.task, "run_id": s.run_id,
-            })
+            self.progress(
+                s.done,
+                self.total,
+                {
+                    "cached": s.cached,
+                    "computed": s.computed,
+                    "new": s.computed,
+                    "errors": s.errors,
+                    "model": item.model,
+                    "task": item.task,
+                    "run_id": s.run_id,
+                },
+            )
 
     def serve_cached(self, item: SweepItem, row: dict) -> None:
         self.store.link_run_item(self.run_item(item), row["id"], cached=True)
         self.summary.cached += 1
-        if self.judge is not None and item.variant.kind == "closed" and (
-                row.get("verdict_method") != _judge_name(self.judge) or stored_judge_failed(row)):
+        if (
+            self.judge is not None
+            and item.variant.kind == "closed"
+            and (row.get("verdict_method") != _judge_name(self.judge) or stored_judge_failed(row))
+        ):
             # A sweep run with a judge reports that judge's verdicts, also for answers made earlier;
             # a judgement that failed before is tried again, never served as if it were one.
             verdict = verdicts_for([(row.get("answer") or "", variant_from_row(row), row["task"])], self.judge)[0]
@@ -440,11 +478,24 @@ class _Runner:
             row = self.store.get(row["id"])
         self.report(item, _with_item_polarity(row, item), cached=True)
 
-    def store_result(self, item: SweepItem, fingerprint: str, identity: dict, backend_name: str,
-                     response: Response, verdict: Optional[Verdict] = None) -> None:
+    def store_result(
+        self,
+        item: SweepItem,
+        fingerprint: str,
+        identity: dict,
+        backend_name: str,
+        response: Response,
+        verdict: Optional[Verdict] = None,
+    ) -> None:
         row = answer_row(
-            fingerprint=fingerprint, request=item.request, case=item.case, variant=item.variant,
-            model_identity=identity, backend=backend_name, response=response, verdict=verdict,
+            fingerprint=fingerprint,
+            request=item.request,
+            case=item.case,
+            variant=item.variant,
+            model_identity=identity,
+            backend=backend_name,
+            response=response,
+            verdict=verdict,
             run_id=self.summary.run_id,
         )
         stored, written = self.store.record_answer(row, self.run_item(item))
@@ -459,8 +510,15 @@ class _Runner:
     def fail_unstored(self, item: SweepItem, error: str) -> None:
         """An item that cannot even be fingerprinted (its backend is unusable): reported, not stored."""
         self.summary.errors += 1
-        row = {"id": None, "model": item.model, "prompt_text": item.variant.text, "answer": "",
-               "error": error, "verdict": None, "prompt_family": item.variant.family}
+        row = {
+            "id": None,
+            "model": item.model,
+            "prompt_text": item.variant.text,
+            "answer": "",
+            "error": error,
+            "verdict": None,
+            "prompt_family": item.variant.family,
+        }
         self.report(item, row, cached=False)
 
 
@@ -521,8 +579,9 @@ def run_sweep(
     p_hash = plan_hash(items)
     run_id = run_id or store.resumable_run(p_hash) or new_run_id()
     plan_info, manifest = describe_plan(items)
-    plan_info["settings"].update({"batch_size": batch_size, "judge": _judge_name(judge) if judge else "rules",
-                                  "only_errors": only_errors})
+    plan_info["settings"].update(
+        {"batch_size": batch_size, "judge": _judge_name(judge) if judge else "rules", "only_errors": only_errors}
+    )
     store.start_run(run_id, plan_info, manifest, p_hash)
     summary = SweepSummary(run_id=run_id, planned=len(items), failures=dict(failures))
     runner = _Runner(store, summary, len(items), judge, progress, on_item, on_text)
@@ -530,8 +589,18 @@ def run_sweep(
     status = "failed"
     try:
         work = _serve_stored(items, failures, fingerprints, runner)
-        skipped = _generate_rest(work, backend_of, identity_of, fingerprints, runner, batch_size, cancel,
-                                 failures, gates or GenerationGates(), unload_after)
+        skipped = _generate_rest(
+            work,
+            backend_of,
+            identity_of,
+            fingerprints,
+            runner,
+            batch_size,
+            cancel,
+            failures,
+            gates or GenerationGates(),
+            unload_after,
+        )
         status = "cancelled" if skipped else "finished"
     except BaseException:
         status = "interrupted"
@@ -570,14 +639,24 @@ def _serve_stored(items, failures, fingerprints, runner: _Runner) -> dict[str, l
     return work
 
 
-def _generate_rest(work, backend_of, identity_of, fingerprints, runner: _Runner, batch_size, cancel,
-                   failures, gates: GenerationGates, unload_after: bool) -> list:
+def _generate_rest(
+    work,
+    backend_of,
+    identity_of,
+    fingerprints,
+    runner: _Runner,
+    batch_size,
+    cancel,
+    failures,
+    gates: GenerationGates,
+    unload_after: bool,
+) -> list:
     """Everything not in the store, through the scheduler; returns the units a cancel left undone."""
     shapes = {alias: lane_shape(backend_of[alias], alias, batch_size) for alias in work}
     units = []
     for alias, groups in work.items():
         size = shapes[alias].unit_size
-        units += [Unit(alias, groups[s:s + size]) for s in range(0, len(groups), size)]
+        units += [Unit(alias, groups[s : s + size]) for s in range(0, len(groups), size)]
     left = {alias: sum(1 for u in units if u.alias == alias) for alias in work}
 
     def generate(unit: Unit) -> list:
@@ -598,7 +677,11 @@ def _generate_rest(work, backend_of, identity_of, fingerprints, runner: _Runner,
         return _verdicts_of(unit, runner.judge)
 
     def handle(unit: Unit, judged: Any) -> None:
-        verdicts = judged if isinstance(judged, list) else _verdicts_of(unit, None if judged is None else _FailedJudge(judged, runner.judge))
+        verdicts = (
+            judged
+            if isinstance(judged, list)
+            else _verdicts_of(unit, None if judged is None else _FailedJudge(judged, runner.judge))
+        )
         backend_name = str(getattr(backend_of[unit.alias], "name", type(backend_of[unit.alias]).__name__))
         identity = identity_of[unit.alias]
         # Committed one by one, in order: a kill from here on loses only the items not yet written.
@@ -610,8 +693,13 @@ def _generate_rest(work, backend_of, identity_of, fingerprints, runner: _Runner,
                 if hit is not None:
                     runner.serve_cached(twin, hit)
                 else:  # the request failed: its error stands for the twin too
-                    runner.store_result(twin, fingerprints[twin.key], identity, backend_name,
-                                        Response(error="the same request failed earlier in this batch"))
+                    runner.store_result(
+                        twin,
+                        fingerprints[twin.key],
+                        identity,
+                        backend_name,
+                        Response(error="the same request failed earlier in this batch"),
+                    )
         left[unit.alias] -= 1
         backend = backend_of[unit.alias]
         if unload_after and not left[unit.alias] and hasattr(backend, "unload"):
@@ -619,8 +707,9 @@ def _generate_rest(work, backend_of, identity_of, fingerprints, runner: _Runner,
 
     if not units:
         return []
-    return run_units(units, shapes, generate, handle, gates, cancel,
-                     judge=judge_unit if runner.judge is not None else None)
+    return run_units(
+        units, shapes, generate, handle, gates, cancel, judge=judge_unit if runner.judge is not None else None
+    )
 
 
 class _FailedJudge:
@@ -636,7 +725,9 @@ class _FailedJudge:
 def _verdicts_of(unit: Unit, judge: Any) -> list[Optional[Verdict]]:
     """Verdicts for a unit's answers (None for errors and description prompts), in the unit's order."""
     ok = [i for i, r in enumerate(unit.responses) if r.ok]
-    judged = verdicts_for([(unit.responses[i].text, unit.items[i][0].variant, unit.items[i][0].task) for i in ok], judge)
+    judged = verdicts_for(
+        [(unit.responses[i].text, unit.items[i][0].variant, unit.items[i][0].task) for i in ok], judge
+    )
     verdicts: list[Optional[Verdict]] = [None] * len(unit.responses)
     for i, verdict in zip(ok, judged):
         verdicts[i] = verdict
@@ -687,7 +778,7 @@ def rejudge(
     for start in range(0, len(todo), max(1, batch_size)):
         if cancel is not None and cancel.is_set():
             break
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         triples = [(row.get("answer") or "", variant_from_row(row), row["task"]) for row in chunk]
         for row, verdict in zip(chunk, verdicts_for(triples, judge_fn)):
             store.update_verdict(row["id"], verdict)

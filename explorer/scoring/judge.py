@@ -33,6 +33,7 @@ temperature (gpt-5 rejects temperature=0: in the authors' code that made every c
 and an explicit reasoning effort (default "medium", what gpt-5 uses when none is sent).
 Other judges: greedy, 16 tokens, temperature 0. `judge_endpoint` applies this to an endpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,9 +50,21 @@ from explorer.catalog.presets import PRESETS_DIR
 from explorer.schema import GenerationSettings, PromptVariant, Request, Response, Verdict
 
 __all__ = [
-    "AMBIGUOUS", "JUDGE_ERROR", "JUDGE_GENERATION", "JUDGE_PROMPT_SETS", "JudgeError", "JudgeTokens", "LLMJudge",
-    "is_judge_failure", "is_reasoning_model", "judge_endpoint", "judge_generation", "judge_outcomes", "needs_rejudge",
-    "stored_ambiguous", "stored_judge_failed",
+    "AMBIGUOUS",
+    "JUDGE_ERROR",
+    "JUDGE_GENERATION",
+    "JUDGE_PROMPT_SETS",
+    "JudgeError",
+    "JudgeTokens",
+    "LLMJudge",
+    "is_judge_failure",
+    "is_reasoning_model",
+    "judge_endpoint",
+    "judge_generation",
+    "judge_outcomes",
+    "needs_rejudge",
+    "stored_ambiguous",
+    "stored_judge_failed",
     "read_judgement",
 ]
 
@@ -236,8 +249,9 @@ def study_judge_prompts(path: Union[str, Path] = PRESETS_DIR / "judge_prompts" /
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return StudyJudgePrompts(user_template=data["user_template"], system=dict(data["system"]),
-                                 source=data.get("source", ""))
+        return StudyJudgePrompts(
+            user_template=data["user_template"], system=dict(data["system"]), source=data.get("source", "")
+        )
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: cannot read the study's judge prompts ({type(exc).__name__}: {exc})") from None
 
@@ -276,8 +290,10 @@ class LLMJudge:
         self.prompts = prompts
         self.retries = retries
         self.study = (study_prompts or study_judge_prompts()) if prompts == "study" else None
-        if isinstance(task_tokens, Mapping) and {"positive", "negative"} <= set(task_tokens) and all(
-            isinstance(task_tokens[k], str) for k in ("positive", "negative")
+        if (
+            isinstance(task_tokens, Mapping)
+            and {"positive", "negative"} <= set(task_tokens)
+            and all(isinstance(task_tokens[k], str) for k in ("positive", "negative"))
         ):
             self._shared: Optional[JudgeTokens] = JudgeTokens.coerce(task_tokens)
             self._tokens: dict[str, JudgeTokens] = {}
@@ -309,10 +325,14 @@ class LLMJudge:
             try:
                 tokens = self._tokens[task]
             except KeyError:
-                raise ValueError(f"the judge has no tokens for task {task!r}; known: {', '.join(sorted(self._tokens))}") from None
+                raise ValueError(
+                    f"the judge has no tokens for task {task!r}; known: {', '.join(sorted(self._tokens))}"
+                ) from None
         if self.study is not None and task not in self.study.system:
-            raise ValueError(f"the study's judge has no prompt for task {task!r} (it has {', '.join(sorted(self.study.system))}); "
-                             "use the explorer judge prompts")
+            raise ValueError(
+                f"the study's judge has no prompt for task {task!r} (it has {', '.join(sorted(self.study.system))}); "
+                "use the explorer judge prompts"
+            )
         return tokens
 
     def identity(self) -> dict[str, Any]:
@@ -349,10 +369,14 @@ class LLMJudge:
         """All text the judge is sent, messages joined (for display and tests)."""
         return "\n\n".join(m["content"][0] for m in self.build_messages(answer, variant, task))
 
-    def request(self, answer: str, variant: PromptVariant, task: str,
-                generation: Optional[GenerationSettings] = None) -> Request:
-        return Request(model=self.model_alias, messages=self.build_messages(answer, variant, task),
-                       generation=generation or self.generation)
+    def request(
+        self, answer: str, variant: PromptVariant, task: str, generation: Optional[GenerationSettings] = None
+    ) -> Request:
+        return Request(
+            model=self.model_alias,
+            messages=self.build_messages(answer, variant, task),
+            generation=generation or self.generation,
+        )
 
     # ---------------------------------------------------------------- judging
     def judge(self, answer: str, prompt_variant: PromptVariant, task: str) -> Union[Verdict, JudgeError]:
@@ -388,14 +412,17 @@ class LLMJudge:
                     still.append(i)
                     if _cut_by_budget(response):
                         budgets[i] = dataclasses.replace(
-                            budgets[i], max_new_tokens=min(MAX_BUDGET, 2 * budgets[i].max_new_tokens))
+                            budgets[i], max_new_tokens=min(MAX_BUDGET, 2 * budgets[i].max_new_tokens)
+                        )
             pending = still
         for i in pending:
             tries = attempts[i]
             out[i] = self._failed(f"{tries[-1]} (after {len(tries)} attempts)" if len(tries) > 1 else tries[-1])
         return [v for v in out if v is not None]
 
-    def _run(self, requests: list[Request], tasks: list[str]) -> list[tuple[Union[Verdict, JudgeError], Optional[Response]]]:
+    def _run(
+        self, requests: list[Request], tasks: list[str]
+    ) -> list[tuple[Union[Verdict, JudgeError], Optional[Response]]]:
         try:
             responses = list(self.backend.generate(requests))
         except Exception as exc:  # an unreachable judge: no judgement, to be retried

@@ -10,6 +10,7 @@ labels before it ("Radiological assessment:") are not part of it.
 Two-option questions carry their options (given by the caller in order); each option is reduced
 to the stems that tell it from the other ("lower lobe" vs "upper lobe": "lower" vs "upper").
 """
+
 from __future__ import annotations
 
 import re
@@ -58,7 +59,9 @@ _CLAUSE_QUESTION = re.compile(
     r"(?:[,;]|\bbut|\bso|\band|\bnow)\s+(?P<aux>(?:is|are|does|do|did|can|could|was|were|has|have|will|would|should)\s)",
     re.I,
 )
-_NORMALITY_STEMS = NORMAL_STEMS | frozenset(stem(w) for w in "abnormal abnormality pathology pathological diseased".split())
+_NORMALITY_STEMS = NORMAL_STEMS | frozenset(
+    stem(w) for w in "abnormal abnormality pathology pathological diseased".split()
+)
 _OPTION_LABEL = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[).:\]]|[-*•])\s*")
 
 
@@ -104,7 +107,7 @@ def _core_question(question: str) -> str:
     # "I think this image is normal, but is there a tumor?": the clause that asks.
     asks = list(_CLAUSE_QUESTION.finditer(core))
     if asks and asks[-1].start() > 0:
-        core = core[asks[-1].start("aux"):]
+        core = core[asks[-1].start("aux") :]
     return core.strip()
 
 
@@ -115,8 +118,11 @@ _OBJECT_VERBS = re.compile(
 )
 _DEFINITE_COPULA = re.compile(r"^\s*(?:is|are|was|were)\s+(?:the|this|that|these|those|his|her|its|their)\b", re.I)
 # Final words that read as a predicate ("Is the anatomy of the gyri affected?"), not a place's noun.
-_PREDICATE_SUFFIX = re.compile(r"(?:ed|al|ic|ous|ive|ent|ant|ar|ble|ful|less|cut|wide|large|small|clear|dense|"
-                               r"thick|thin|sharp|intact|normal|er)$", re.I)
+_PREDICATE_SUFFIX = re.compile(
+    r"(?:ed|al|ic|ous|ive|ent|ant|ar|ble|ful|less|cut|wide|large|small|clear|dense|"
+    r"thick|thin|sharp|intact|normal|er)$",
+    re.I,
+)
 
 
 def _content(core: str) -> tuple[list[str], list[str], bool, list[str]]:
@@ -132,7 +138,7 @@ def _content(core: str) -> tuple[list[str], list[str], bool, list[str]]:
     verb = _OBJECT_VERBS.search(text)
     if verb:  # "does gangrene toe in infant show typical lesion" -> the object is the target
         subject_words = [stem(t.lower) for t in tokens(text[: verb.start()]) if stem(t.lower) not in GENERIC_STEMS]
-        text = text[verb.end():]
+        text = text[verb.end() :]
     head: list[str] = []
     rest: list[str] = []
     alternatives: list[str] = []
@@ -160,7 +166,7 @@ def _content(core: str) -> tuple[list[str], list[str], bool, list[str]]:
         last = content[-1] if content else None
         if last is not None and _PREDICATE_SUFFIX.search(last.lower):
             predicate = stem(last.lower)
-            joined = [stem(t.lower) for t in content[-2:-1] if text[t.end:last.start] == "-"]  # "clear-cut"
+            joined = [stem(t.lower) for t in content[-2:-1] if text[t.end : last.start] == "-"]  # "clear-cut"
             rest = [w for w in rest if w != predicate and w not in joined]
             head = [*head, *rest, *joined, predicate]
             alternatives.extend(joined)
@@ -189,13 +195,17 @@ def _options(options: Sequence[str], labels: Sequence[str]) -> tuple[OptionFocus
             for j, other in enumerate(stem_sets):
                 if j != i and not negations[j] and set(other) == own:
                     negated_of = j
-        result.append(OptionFocus(label=str(labels[i]), text=t, stems=frozenset(specific or distinct or own),
-                                  negated_of=negated_of))
+        result.append(
+            OptionFocus(
+                label=str(labels[i]), text=t, stems=frozenset(specific or distinct or own), negated_of=negated_of
+            )
+        )
     return tuple(result)
 
 
-def read_question(question: str, options: Optional[Sequence[str]] = None,
-                  labels: Optional[Sequence[str]] = None) -> Focus:
+def read_question(
+    question: str, options: Optional[Sequence[str]] = None, labels: Optional[Sequence[str]] = None
+) -> Focus:
     question = question if isinstance(question, str) else ("" if question is None else str(question))
     core = _core_question(unicodedata.normalize("NFKC", question[:4000]))  # full-width letters too
     head, rest, negated, alternatives = _content(core)
@@ -227,8 +237,15 @@ def read_question(question: str, options: Optional[Sequence[str]] = None,
     if options:
         labels = list(labels) if labels else [chr(ord("A") + i) for i in range(len(options))]
         opts = _options(list(options), labels[: len(options)])
-    return Focus(core=core, primary=frozenset(primary), secondary=frozenset(secondary) - primary,
-                 echo=echo, normality=normality, negated=negated, options=opts)
+    return Focus(
+        core=core,
+        primary=frozenset(primary),
+        secondary=frozenset(secondary) - primary,
+        echo=echo,
+        normality=normality,
+        negated=negated,
+        options=opts,
+    )
 
 
 def question_polarity(question: str) -> Optional[str]:

@@ -30,6 +30,7 @@ one is configured, settles exactly those.
 Cost: linear in the answer; only the first 6,000 and last 1,500 characters are read (a verdict is
 given at the start or in the conclusion).
 """
+
 from __future__ import annotations
 
 import re
@@ -105,7 +106,9 @@ _CODE = re.compile(
     r"let\s|public\s|private\s|if\s*\(|for\s*\(|while\s*\(|//|/\*)|;\s*$|\breturn\s+[\"']",
     re.I | re.M,
 )
-_CHOICES_ONLY = re.compile(r"\W*(?:(?:options?|choices?)\W*(?:yes|no)\W*(?:or|/|,)?|(?:yes|no)\s*(?:or|/))\W*(?:yes|no)\W*$", re.I)
+_CHOICES_ONLY = re.compile(
+    r"\W*(?:(?:options?|choices?)\W*(?:yes|no)\W*(?:or|/|,)?|(?:yes|no)\s*(?:or|/))\W*(?:yes|no)\W*$", re.I
+)
 _CHOICE_MENTION = re.compile(r"\b(?:yes\s*(?:or|/)\s*no|no\s*(?:or|/)\s*yes)\b", re.I)
 
 
@@ -123,8 +126,16 @@ def _working_copy(answer: str) -> str:
 
 # One character for one, so spans still index the answer: curly quotes, and full-width forms
 # ("Ｙｅｓ", "，") as their ASCII twins.
-_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u3002": ".",
-                         **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}})
+_QUOTES = str.maketrans(
+    {
+        "\u2019": "'",
+        "\u2018": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u3002": ".",
+        **{chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)},
+    }
+)
 
 
 def _blank(text: str, start: int, end: int) -> str:
@@ -281,8 +292,11 @@ _DISCLAIMER = re.compile(
     r"\bnot\s+(?:a|an)\s+(?:doctor|physician|radiologist|medical\s+professional)\b",
     re.I,
 )
-_VOID_OPENER = re.compile(r"\b(?:whether|if|unless|to\s+determine|to\s+rule\s+out|to\s+exclude|to\s+assess|"
-                          r"to\s+evaluate|to\s+check|to\s+look\s+for|look\s+for|depends\s+on)\b", re.I)
+_VOID_OPENER = re.compile(
+    r"\b(?:whether|if|unless|to\s+determine|to\s+rule\s+out|to\s+exclude|to\s+assess|"
+    r"to\s+evaluate|to\s+check|to\s+look\s+for|look\s+for|depends\s+on)\b",
+    re.I,
+)
 _CONCLUSION = re.compile(
     r"\W*(?:in\s+conclusion|overall|in\s+summary|to\s+summari[sz]e|to\s+conclude|summary|therefore|thus|"
     r"hence|so|finally|final(?:\s+answer)?|conclusion|impression|answer|the\s+answer\s+is|"
@@ -347,6 +361,7 @@ _LISTED = re.compile(r"\b(?:such\s+as|including|e\.g\.|for\s+example|for\s+insta
 # Textbook talk, not a statement about this image.
 _GENERIC_MOOD = re.compile(r"\b(?:typically|usually|generally|commonly|often|tends?\s+to|in\s+general)\b", re.I)
 
+
 def _negated(text: str, toks: list[Token], i: int, clause_start: int) -> tuple[bool, int]:
     """(negated, where the negation starts) for the finding toks[i]."""
     start = toks[i].start
@@ -357,7 +372,7 @@ def _negated(text: str, toks: list[Token], i: int, clause_start: int) -> tuple[b
         if low in SCOPE_BREAKERS:
             break
         if low in NEGATORS or low.endswith("n't"):
-            window = text[toks[j].start: toks[i].end]
+            window = text[toks[j].start : toks[i].end]
             if not PSEUDO_NEGATION.match(window):
                 return True, toks[j].start
         seen += 1
@@ -368,8 +383,14 @@ def _negated(text: str, toks: list[Token], i: int, clause_start: int) -> tuple[b
     return False, start
 
 
-def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[tuple[int, int]],
-                sentences: list[tuple[int, int]], antonyms: frozenset[str] = frozenset()) -> list[_Cue]:
+def _statements(
+    text: str,
+    toks: list[Token],
+    stems: frozenset[str],
+    void: list[tuple[int, int]],
+    sentences: list[tuple[int, int]],
+    antonyms: frozenset[str] = frozenset(),
+) -> list[_Cue]:
     """Each mention of a stem (or an antonym) outside void spans: "yes" when affirmed, "no" when negated."""
     found: list[_Cue] = []
     for i, tok in enumerate(toks):
@@ -393,16 +414,22 @@ def _statements(text: str, toks: list[Token], stems: frozenset[str], void: list[
         if post:
             end = post.end()
         generic = bool(_GENERIC_MOOD.search(text, *_sentence_at(sentences, tok.start)))  # "X typically appears as"
-        before = [t.lower for t in toks[max(0, i - 15):i] if t.start >= clause_start]
+        before = [t.lower for t in toks[max(0, i - 15) : i] if t.start >= clause_start]
         # "could potentially be a tumor or ... carcinoma", "conditions such as fibrosis": possibilities.
-        tentative = generic or any(w in TENTATIVE for w in before) or bool(
-            _LISTED.search(text, clause_start, tok.start))
+        tentative = (
+            generic or any(w in TENTATIVE for w in before) or bool(_LISTED.search(text, clause_start, tok.start))
+        )
         found.append(_Cue("yes" if affirmed else "no", neg_start, end, "statement", tentative, generic=generic))
     return found
 
 
-def _normality_statements(text: str, toks: list[Token], void: list[tuple[int, int]],
-                          sentences: list[tuple[int, int]], subject: frozenset[str] = frozenset()) -> list[_Cue]:
+def _normality_statements(
+    text: str,
+    toks: list[Token],
+    void: list[tuple[int, int]],
+    sentences: list[tuple[int, int]],
+    subject: frozenset[str] = frozenset(),
+) -> list[_Cue]:
     """For normality questions: "yes" = the image is normal, "no" = abnormal. Words of the question's
     own subject ("Is this skin lesion normal?") are not findings."""
     normal = _statements(text, toks, NORMAL_STEMS - {stem("clear")}, void, sentences)
@@ -428,8 +455,11 @@ _LEANING = re.compile(
     r"(?=\s*(?:[,.;:!]|$|\n))",
     re.I,
 )
-_LEADING_ADVERB = re.compile(r"[\s\"'(]*(?:(?:I\s+(?:think|believe|would\s+say)(?:\s+so)?|probably|likely|most\s+likely|"
-                             r"possibly|definitely|certainly|absolutely|perhaps)\s*,?\s*)", re.I)
+_LEADING_ADVERB = re.compile(
+    r"[\s\"'(]*(?:(?:I\s+(?:think|believe|would\s+say)(?:\s+so)?|probably|likely|most\s+likely|"
+    r"possibly|definitely|certainly|absolutely|perhaps)\s*,?\s*)",
+    re.I,
+)
 
 
 def _answer_word(text: str, pos: int) -> Optional[_Cue]:
@@ -437,7 +467,7 @@ def _answer_word(text: str, pos: int) -> Optional[_Cue]:
     leaning = _LEANING.match(text, pos)
     if leaning:
         adverb = _LEADING_ADVERB.match(text, pos)
-        after = _answer_word_plain(text, leaning.end() + 1) if text[leaning.end():leaning.end() + 1] == "," else None
+        after = _answer_word_plain(text, leaning.end() + 1) if text[leaning.end() : leaning.end() + 1] == "," else None
         if after is not None and adverb:
             return after  # "I think so, yes."
         s, e = leaning.span("no") if leaning.group("no") else leaning.span("yes")
@@ -451,7 +481,7 @@ def _answer_word(text: str, pos: int) -> Optional[_Cue]:
 
 
 def _answer_word_plain(text: str, pos: int) -> Optional[_Cue]:
-    rest = text[pos:pos + 40]
+    rest = text[pos : pos + 40]
     stripped = rest.lstrip(" \t\n\"'(")
     offset = pos + len(rest) - len(stripped)
     for words, value in ((CJK_YES, "yes"), (CJK_NO, "no")):
@@ -465,11 +495,12 @@ def _answer_word_plain(text: str, pos: int) -> Optional[_Cue]:
     value = "yes" if word in YES_WORDS else "no" if word in NO_WORDS else None
     if value is None:
         return None
-    after = text[m.end(1): m.end(1) + 30]
+    after = text[m.end(1) : m.end(1) + 30]
     nxt = after.lstrip(" \t")
     if nxt[:1] and nxt[:1] not in ",.;:!?)\n\"'-\u2014\u2013" and not after.startswith("\n"):
         if word in ("no", "non", "false", "true", "correct") and not re.match(
-                r"(?:it|there|this|that|i|the|we|they|he|she|these|those|you|as|in|because|but|not)\b", nxt, re.I):
+            r"(?:it|there|this|that|i|the|we|they|he|she|these|those|you|as|in|because|but|not)\b", nxt, re.I
+        ):
             return None  # "No fracture is seen" is a statement, "True to form" is not an answer
         if word in ("si", "da", "ya", "ja") and not re.match(r"[,.;:!\s]*$", after[:3]):
             return None
@@ -477,8 +508,18 @@ def _answer_word_plain(text: str, pos: int) -> Optional[_Cue]:
 
 
 # Whole one-word answers that say present or absent.
-_ONE_WORD = {"positive": "yes", "present": "yes", "detected": "yes", "seen": "yes", "visible": "yes",
-             "negative": "no", "absent": "no", "none": "no", "not present": "no", "not seen": "no"}
+_ONE_WORD = {
+    "positive": "yes",
+    "present": "yes",
+    "detected": "yes",
+    "seen": "yes",
+    "visible": "yes",
+    "negative": "no",
+    "absent": "no",
+    "none": "no",
+    "not present": "no",
+    "not seen": "no",
+}
 
 
 def _explicit_answers(text: str, start: int, sentences: list[tuple[int, int]]) -> list[_Cue]:
@@ -505,7 +546,7 @@ def _explicit_answers(text: str, start: int, sentences: list[tuple[int, int]]) -
             continue
         cue = _answer_word(text, c.end())
         if cue is None:
-            m = re.match(r"[\s,]*(?:the\s+answer\s+is\s*:?)?", text[c.end():])
+            m = re.match(r"[\s,]*(?:the\s+answer\s+is\s*:?)?", text[c.end() :])
             cue = _answer_word(text, c.end() + m.end())
         if cue and all(abs(x.start - cue.start) > 2 for x in found):
             found.append(_Cue(cue.value, cue.start, cue.end, "concluding answer"))
@@ -513,18 +554,31 @@ def _explicit_answers(text: str, start: int, sentences: list[tuple[int, int]]) -
 
 
 # ---------------------------------------------------------------- the reading
-def _result(answer: str, label: str, value: Optional[str], cue: Optional[_Cue], reason: str,
-            confident: bool = True, others: Sequence[_Cue] = ()) -> "AnswerReading":
+def _result(
+    answer: str,
+    label: str,
+    value: Optional[str],
+    cue: Optional[_Cue],
+    reason: str,
+    confident: bool = True,
+    others: Sequence[_Cue] = (),
+) -> "AnswerReading":
     if cue is None:
         return AnswerReading(answer=value, label=label, reason=reason, confident=confident)
     spans = tuple((c.start, c.end) for c in [cue, *others])
-    return AnswerReading(answer=value if label == "answer" else None, label=label,
-                         evidence=answer[cue.start:cue.end], span=(cue.start, cue.end), reason=reason,
-                         confident=confident, spans=spans)
+    return AnswerReading(
+        answer=value if label == "answer" else None,
+        label=label,
+        evidence=answer[cue.start : cue.end],
+        span=(cue.start, cue.end),
+        reason=reason,
+        confident=confident,
+        spans=spans,
+    )
 
 
 def _quote(answer: str, cue: _Cue) -> str:
-    words = answer[cue.start:cue.end]
+    words = answer[cue.start : cue.end]
     return repr(words if len(words) <= 80 else words[:77] + "...")
 
 
@@ -574,14 +628,18 @@ def _stance(text: str, focus: Focus, sentences: list[tuple[int, int]], toks: lis
     target = focus.primary | focus.secondary | focus.echo
     for m in refusals[:5]:
         s, e = _sentence_at(sentences, m.start())
-        if re.search(r"\b(?:definitive|definite|certain|conclusive|accurate|precise|confident)\b", text[m.start():e], re.I):
+        if re.search(
+            r"\b(?:definitive|definite|certain|conclusive|accurate|precise|confident)\b", text[m.start() : e], re.I
+        ):
             hedges.append(m)  # "I cannot provide a definitive diagnosis": engages, without a verdict
             continue
         e = sentences.clause_end(m.end(), e) if isinstance(sentences, _Sentences) else e
-        engaged = re.search(r"\b(?:whether|if)\b|presence", text[m.start():e], re.I) or any(
-            t.stem in target for t in toks if m.end() <= t.start < e)
-        if engaged and re.search(r"\b(?:determine|tell|say|confirm|assess|know|be\s+(?:sure|certain))\b",
-                                 text[m.start():e], re.I):
+        engaged = re.search(r"\b(?:whether|if)\b|presence", text[m.start() : e], re.I) or any(
+            t.stem in target for t in toks if m.end() <= t.start < e
+        )
+        if engaged and re.search(
+            r"\b(?:determine|tell|say|confirm|assess|know|be\s+(?:sure|certain))\b", text[m.start() : e], re.I
+        ):
             hedges.append(m)
     if hedges:
         m = min(hedges, key=lambda x: x.start())
@@ -644,8 +702,9 @@ def _settle(cues: list[_Cue], text: str, sentences: list[tuple[int, int]]) -> tu
     return None, [first, later_against[0]], "mixed"
 
 
-def read_answer(answer: str, question: str, options: Optional[Sequence[str]] = None,
-                labels: Optional[Sequence[str]] = None) -> AnswerReading:
+def read_answer(
+    answer: str, question: str, options: Optional[Sequence[str]] = None, labels: Optional[Sequence[str]] = None
+) -> AnswerReading:
     """Read a model's free-text `answer` to a closed `question` (see the module docstring).
 
     `options`: the option texts of an either/or or multiple-choice question, in order; the reading's
@@ -666,12 +725,18 @@ def read_answer(answer: str, question: str, options: Optional[Sequence[str]] = N
 
     spans = tuple((back(s), back(e) if (s <= _HEAD) == (e <= _HEAD) else _HEAD) for s, e in reading.spans)
     span = spans[0] if reading.span is not None and spans else None
-    return AnswerReading(reading.answer, reading.label, answer[span[0]:span[1]] if span else "", span,
-                         reading.reason, reading.confident, spans)
+    return AnswerReading(
+        reading.answer,
+        reading.label,
+        answer[span[0] : span[1]] if span else "",
+        span,
+        reading.reason,
+        reading.confident,
+        spans,
+    )
 
 
-def _read(answer: str, question: str, options: Optional[list[str]],
-          labels: Optional[Sequence[str]]) -> AnswerReading:
+def _read(answer: str, question: str, options: Optional[list[str]], labels: Optional[Sequence[str]]) -> AnswerReading:
     focus = read_question(question, options, labels)
     text = _working_copy(answer)
     text = _blank_echo(text, focus)
@@ -697,10 +762,17 @@ def _read(answer: str, question: str, options: Optional[list[str]],
         reading = _read_choice(answer, text, start, leaked, focus, sentences, toks, void)
     else:
         reading = _read_yes_no(answer, text, start, leaked, focus, sentences, toks, void)
-    if label_at is not None and reading.span and not text[start:reading.span[0]].strip():
+    if label_at is not None and reading.span and not text[start : reading.span[0]].strip():
         span = (label_at, reading.span[1])  # "Answer: B" is the evidence, not "B"
-        reading = AnswerReading(reading.answer, reading.label, answer[span[0]:span[1]], span, reading.reason,
-                                reading.confident, (span, *reading.spans[1:]))
+        reading = AnswerReading(
+            reading.answer,
+            reading.label,
+            answer[span[0] : span[1]],
+            span,
+            reading.reason,
+            reading.confident,
+            (span, *reading.spans[1:]),
+        )
     return reading
 
 
@@ -715,14 +787,14 @@ def _blank_option_list(text: str, focus: Focus) -> str:
     return text
 
 
-def target_statements(text: str, focus: Focus, toks: list[Token], void: list[tuple[int, int]],
-                      sentences: list[tuple[int, int]]) -> tuple[list[_Cue], bool]:
+def target_statements(
+    text: str, focus: Focus, toks: list[Token], void: list[tuple[int, int]], sentences: list[tuple[int, int]]
+) -> tuple[list[_Cue], bool]:
     """(statements answering the question, whether they rest on the question's own target)."""
     if focus.normality is not None:
         cues = _normality_statements(text, toks, void, sentences, focus.secondary)
         if focus.normality == "abnormal":
-            cues = [_Cue("no" if c.value == "yes" else "yes", c.start, c.end, c.how, c.tentative, c.weak)
-                    for c in cues]
+            cues = [_Cue("no" if c.value == "yes" else "yes", c.start, c.end, c.how, c.tentative, c.weak) for c in cues]
         return _flip(cues, focus.negated), True
     antonyms = frozenset().union(*(ANTONYMS.get(s, frozenset()) for s in focus.primary)) - focus.primary
     # A misspelt finding ("pnemonia") still names it; a word that is another target term does not.
@@ -735,15 +807,16 @@ def target_statements(text: str, focus: Focus, toks: list[Token], void: list[tup
         normal = _statements(text, toks, NORMAL_STEMS, void, sentences)
         subject = _statements(text, toks, focus.secondary, void, sentences)
         if normal and subject:
-            cues = [_Cue("no" if c.value == "yes" else "yes", c.start, c.end, "normal", c.tentative, True)
-                    for c in normal]
+            cues = [
+                _Cue("no" if c.value == "yes" else "yes", c.start, c.end, "normal", c.tentative, True) for c in normal
+            ]
             return _flip(cues, focus.negated), False
     if focus.primary & ABNORMAL_STEMS or _pathological(focus):
-        whole = [c for c in _normality_statements(text, toks, void, sentences, focus.secondary)
-                 if c.how != "finding"]
+        whole = [c for c in _normality_statements(text, toks, void, sentences, focus.secondary) if c.how != "finding"]
         if whole:
-            cues = [_Cue("no" if c.value == "yes" else "yes", c.start, c.end, "normal", c.tentative, True)
-                    for c in whole]
+            cues = [
+                _Cue("no" if c.value == "yes" else "yes", c.start, c.end, "normal", c.tentative, True) for c in whole
+            ]
             return _flip(cues, focus.negated), False
     return [], False
 
@@ -758,8 +831,16 @@ def _flip(cues: list[_Cue], negated: bool) -> list[_Cue]:
     return [_Cue("no" if c.value == "yes" else "yes", c.start, c.end, c.how, c.tentative, c.weak) for c in cues]
 
 
-def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
-                 sentences: list[tuple[int, int]], toks: list[Token], void: list[tuple[int, int]]) -> AnswerReading:
+def _read_yes_no(
+    answer: str,
+    text: str,
+    start: int,
+    leaked: bool,
+    focus: Focus,
+    sentences: list[tuple[int, int]],
+    toks: list[Token],
+    void: list[tuple[int, int]],
+) -> AnswerReading:
     both = re.search(r"\b(?:yes\s+and\s+no|no\s+and\s+yes)\b", text, re.I)
     if both:
         cue = _Cue("hedge", both.start(), both.end(), "hedge")
@@ -774,32 +855,61 @@ def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         first = explicit[0]
         s, e = _sentence_at(sentences, first.start)
         if leaked and not _echoes(focus, toks, s, e):
-            return _result(answer, "unclear", None, first,
-                           f"a leaked role turn ({_quote(answer, first)}) that does not answer the question")
-        if re.match(r"[\s,]*(?:please|can\s+you|could\s+you|would\s+you|I\s+would\s+like|I\s+want)\b",
-                    text[first.end:], re.I):
+            return _result(
+                answer,
+                "unclear",
+                None,
+                first,
+                f"a leaked role turn ({_quote(answer, first)}) that does not answer the question",
+            )
+        if re.match(
+            r"[\s,]*(?:please|can\s+you|could\s+you|would\s+you|I\s+would\s+like|I\s+want)\b", text[first.end :], re.I
+        ):
             return _result(answer, "unclear", None, first, f"{_quote(answer, first)} opens a request, not an answer")
         stance_after = _HEDGE.search(text, first.end, e) or _REFUSAL.search(text, first.end, e)
-        if stance_after and re.match(r"[\s,.;:!-]*(?:I|it|this|we|that)\b", text[first.end:stance_after.start()]):
+        if stance_after and re.match(r"[\s,.;:!-]*(?:I|it|this|we|that)\b", text[first.end : stance_after.start()]):
             # "No, I cannot determine that from this image": the "no" answers nothing.
-            stance = _stance(text, focus, sentences, toks) or _Cue("hedge", stance_after.start(), stance_after.end(), "hedge")
-            return _result(answer, stance.value, None, stance, f"{_quote(answer, first)} opens a {stance.value}: "
-                           f"{_quote(answer, stance)}", others=[first])
+            stance = _stance(text, focus, sentences, toks) or _Cue(
+                "hedge", stance_after.start(), stance_after.end(), "hedge"
+            )
+            return _result(
+                answer,
+                stance.value,
+                None,
+                stance,
+                f"{_quote(answer, first)} opens a {stance.value}: {_quote(answer, stance)}",
+                others=[first],
+            )
         against = [c for c in explicit[1:] if c.value != first.value]
         if against:
-            return _result(answer, "hedge", None, first,
-                           f"says both {_quote(answer, first)} and {_quote(answer, against[0])}",
-                           others=[against[0]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                first,
+                f"says both {_quote(answer, first)} and {_quote(answer, against[0])}",
+                others=[against[0]],
+            )
         in_sentence = [c for c in statements if s <= c.start < e and not c.weak and not c.tentative]
         if in_sentence and all(c.value != first.value for c in in_sentence):
-            return _result(answer, "hedge", None, first,
-                           f"{_quote(answer, first)} contradicted in the same sentence by {_quote(answer, in_sentence[0])}",
-                           others=[in_sentence[0]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                first,
+                f"{_quote(answer, first)} contradicted in the same sentence by {_quote(answer, in_sentence[0])}",
+                others=[in_sentence[0]],
+            )
         definite = [c for c in statements if not c.weak and not c.tentative and on_target]
         if definite and all(c.value != first.value for c in definite):
-            return _result(answer, "hedge", None, first,
-                           f"{_quote(answer, first)} contradicted by {_quote(answer, definite[0])}",
-                           others=[definite[0]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                first,
+                f"{_quote(answer, first)} contradicted by {_quote(answer, definite[0])}",
+                others=[definite[0]],
+            )
         return _result(answer, "answer", first.value, first, f"{first.how} {_quote(answer, first)}")
 
     if leaked and _USER_VOICE.match(text, start):
@@ -813,65 +923,127 @@ def _read_yes_no(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         concluding = [c for c in statements if _CONCLUSION.match(text, _sentence_at(sentences, c.start)[0])]
         if not concluding:
             # "it is not clear if the lesion is typical ...": the question is weighed, not answered.
-            return _result(answer, "hedge", None, engaged, f"weighs the question without answering it: "
-                           f"{_quote(answer, engaged)}", others=statements[:1])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                engaged,
+                f"weighs the question without answering it: {_quote(answer, engaged)}",
+                others=statements[:1],
+            )
     if statements:
         cue, conflict, how = _settle(statements, text, sentences)
         if cue is None:
-            return _result(answer, "hedge", None, conflict[0],
-                           f"mixed statements: {_quote(answer, conflict[0])} vs {_quote(answer, conflict[1])}",
-                           others=conflict[1:])
-        if stance is not None and stance.value == "refusal" and not stance.weak and \
-                all(c.generic or c.weak for c in statements):
+            return _result(
+                answer,
+                "hedge",
+                None,
+                conflict[0],
+                f"mixed statements: {_quote(answer, conflict[0])} vs {_quote(answer, conflict[1])}",
+                others=conflict[1:],
+            )
+        if (
+            stance is not None
+            and stance.value == "refusal"
+            and not stance.weak
+            and all(c.generic or c.weak for c in statements)
+        ):
             # "I'm not able to analyze medical images, but pneumonia typically appears as ...": declined.
-            return _result(answer, "refusal", None, stance, f"declines, then only talks in general: "
-                           f"{_quote(answer, stance)}", others=[cue])
+            return _result(
+                answer,
+                "refusal",
+                None,
+                stance,
+                f"declines, then only talks in general: {_quote(answer, stance)}",
+                others=[cue],
+            )
         if stance is not None and stance.value == "hedge" and (cue.tentative or not stance.start > cue.start):
             # "difficult to determine whether ... ; there may be ..." ends without a verdict.
             if cue.tentative or cue.weak:
-                return _result(answer, "hedge", None, stance,
-                               f"hedge {_quote(answer, stance)} beside only a tentative {_quote(answer, cue)}",
-                               others=[cue])
+                return _result(
+                    answer,
+                    "hedge",
+                    None,
+                    stance,
+                    f"hedge {_quote(answer, stance)} beside only a tentative {_quote(answer, cue)}",
+                    others=[cue],
+                )
         frame = _POSSIBLE_FRAME.search(text, *_sentence_at(sentences, statements[0].start))
-        if frame and all(c.tentative or frame.start() <= c.start < frame.end() + 400 for c in statements) and \
-                re.search(r"\b(?:however|but)\b", text[cue.end:], re.I):
+        if (
+            frame
+            and all(c.tentative or frame.start() <= c.start < frame.end() + 400 for c in statements)
+            and re.search(r"\b(?:however|but)\b", text[cue.end :], re.I)
+        ):
             # "It is possible that the mass could represent ... However, further tests ...": weighed, not answered.
             hedge = _Cue("hedge", frame.start(), frame.end(), "hedge")
-            return _result(answer, "hedge", None, hedge, f"only a possibility, then a caveat: {_quote(answer, hedge)}",
-                           others=[cue])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                hedge,
+                f"only a possibility, then a caveat: {_quote(answer, hedge)}",
+                others=[cue],
+            )
         confident = on_target and how == "agree" and not cue.weak and stance is None
-        return _result(answer, "answer", cue.value, cue,
-                       f"{'states' if on_target else 'implies'} {_quote(answer, cue)}"
-                       + ("" if how == "agree" else f" ({'the concluding sentence' if how == 'conclusion' else 'the opening statement'})"),
-                       confident=confident)
+        return _result(
+            answer,
+            "answer",
+            cue.value,
+            cue,
+            f"{'states' if on_target else 'implies'} {_quote(answer, cue)}"
+            + (
+                ""
+                if how == "agree"
+                else f" ({'the concluding sentence' if how == 'conclusion' else 'the opening statement'})"
+            ),
+            confident=confident,
+        )
     if stance is not None:
-        return _result(answer, stance.value, None, stance,
-                       f"{stance.value} with no answer: {_quote(answer, stance)}", confident=not stance.weak)
+        return _result(
+            answer,
+            stance.value,
+            None,
+            stance,
+            f"{stance.value} with no answer: {_quote(answer, stance)}",
+            confident=not stance.weak,
+        )
     if not focus.has_target:
-        return _result(answer, "unclear", None, None, "no answer word, and the question names no target to look for",
-                       confident=False)
-    return _result(answer, "unclear", None, None, "no answer to the question: no yes/no, and nothing said about "
-                   + ", ".join(sorted(focus.primary)[:3] or [focus.normality or "the target"]))
+        return _result(
+            answer,
+            "unclear",
+            None,
+            None,
+            "no answer word, and the question names no target to look for",
+            confident=False,
+        )
+    return _result(
+        answer,
+        "unclear",
+        None,
+        None,
+        "no answer to the question: no yes/no, and nothing said about "
+        + ", ".join(sorted(focus.primary)[:3] or [focus.normality or "the target"]),
+    )
 
 
 # ---------------------------------------------------------------- either/or and multiple choice
 def _label_at(text: str, pos: int, focus: Focus) -> Optional[_Cue]:
     """An option label opening text[pos:] ("B", "(B)", "B)", "Option B", "**B**"), not the article "A"."""
-    m = re.match(r"[\s\"'(]*(?:(?:option|choice)\s*)?\(?", text[pos:pos + 60], re.I)
+    m = re.match(r"[\s\"'(]*(?:(?:option|choice)\s*)?\(?", text[pos : pos + 60], re.I)
     i = pos + m.end()
     for index, option in enumerate(focus.options):
         label = option.label
         lower = len(label) == 1 and label.isupper() and text.startswith(label.lower(), i)
         if not text.startswith(label, i) and not lower:
             continue
-        if lower and not m.group().strip() and text[i + 1:i + 3].strip(" .!)\n"):
+        if lower and not m.group().strip() and text[i + 1 : i + 3].strip(" .!)\n"):
             continue  # "a tumor": the article; a bare "b" or "(b)" is a label
         end = i + len(label)
-        rest = text[end:end + 80]
+        rest = text[end : end + 80]
         if rest[:1].isalnum():
             continue  # "Ab..." is a word
         closed = re.match(r"\s*[)\].:-]", rest)
-        tail = rest[closed.end():] if closed else rest
+        tail = rest[closed.end() :] if closed else rest
         if closed or not tail.strip() or tail.lstrip(" \t")[:1] in tuple(",;!?\n\"'"):
             named = _option_named_at(tail, focus)
             if named is not None and named != index:
@@ -886,8 +1058,11 @@ def _option_named_at(text: str, focus: Focus) -> Optional[int]:
     head = text.lstrip(" \t")[:80].lower()
     best = None
     for index, option in enumerate(focus.options):
-        if option.text and head.startswith(option.text.lower()) and (
-                best is None or len(option.text) > len(focus.options[best].text)):
+        if (
+            option.text
+            and head.startswith(option.text.lower())
+            and (best is None or len(option.text) > len(focus.options[best].text))
+        ):
             best = index
     return best
 
@@ -905,8 +1080,9 @@ def _edit_distance(a: str, b: str, limit: int = 2) -> int:
     return previous[-1]
 
 
-def _near_spellings(toks: list[Token], stems: frozenset[str], taken: frozenset[str],
-                    strict: bool = False) -> frozenset[str]:
+def _near_spellings(
+    toks: list[Token], stems: frozenset[str], taken: frozenset[str], strict: bool = False
+) -> frozenset[str]:
     """Words in the answer a letter or two away from an option's ("sagittal" for the question's
     "saggital"); never a word that is another option's own ("hypodense" is not "hyperdense")."""
     near = set()
@@ -916,26 +1092,32 @@ def _near_spellings(toks: list[Token], stems: frozenset[str], taken: frozenset[s
             continue
         for target in stems:
             limit = (1 if len(target) < 8 else 2) if strict else 2
-            if len(target) >= 6 and word[0] == target[0] and abs(len(t.stem) - len(target)) <= 1 and \
-                    _edit_distance(t.stem, target, limit) <= limit:
+            if (
+                len(target) >= 6
+                and word[0] == target[0]
+                and abs(len(t.stem) - len(target)) <= 1
+                and _edit_distance(t.stem, target, limit) <= limit
+            ):
                 near.add(t.stem)
     return frozenset(near)
 
 
 _MORE = re.compile(r"\b(?:larger|bigger|greater|more|higher|wider|longer|heavier|thicker)\b", re.I)
 _LESS = re.compile(r"\b(?:smaller|less|lesser|lower|narrower|shorter|lighter|thinner|fewer)\b", re.I)
-_COPULA_BEFORE = re.compile(r"\b(?:is|are|was|were|appears?|seems?|looks?|be)\s+(?:to\s+be\s+)?(?:an?\s+|the\s+)?$", re.I)
+_COPULA_BEFORE = re.compile(
+    r"\b(?:is|are|was|were|appears?|seems?|looks?|be)\s+(?:to\s+be\s+)?(?:an?\s+|the\s+)?$", re.I
+)
 
 
 def _comparison(text: str, s: int, e: int, inside: list[_Cue], question: str) -> Optional[_Cue]:
-    """"X is larger than Y" answering "Which is bigger, X or Y?": X; "X is smaller than Y": Y."""
+    """ "X is larger than Y" answering "Which is bigger, X or Y?": X; "X is smaller than Y": Y."""
     asks_more, asks_less = bool(_MORE.search(question)), bool(_LESS.search(question))
     if asks_more == asks_less:
         return None
     first, second = inside[0], next((c for c in inside if c.value != inside[0].value), None)
     if second is None:
         return None
-    between = text[first.end:second.start]
+    between = text[first.end : second.start]
     if not re.search(r"\bthan\b|\bcompared\s+(?:to|with)\b", between, re.I):
         return None
     more, less = _MORE.search(between), _LESS.search(between)
@@ -946,7 +1128,7 @@ def _comparison(text: str, s: int, e: int, inside: list[_Cue], question: str) ->
 
 def _predicate_choice(text: str, inside: list[_Cue]) -> Optional[_Cue]:
     """Of two options named in one sentence, the one stated as its predicate ("... appear to be solid")."""
-    stated = [c for c in inside if _COPULA_BEFORE.search(text[max(0, c.start - 30):c.start])]
+    stated = [c for c in inside if _COPULA_BEFORE.search(text[max(0, c.start - 30) : c.start])]
     return stated[0] if len({c.value for c in stated}) == 1 else None
 
 
@@ -954,8 +1136,9 @@ _NEITHER = re.compile(r"\b(?:neither|none)\s+of\s+(?:the\s+)?(?:\w+\s+)?(?:optio
 _RESTATES_BOTH = re.compile(r"\b(?:either|both|or|and|vs\.?|versus|between)\b", re.I)
 
 
-def _choice_statements(text: str, toks: list[Token], focus: Focus, void: list[tuple[int, int]],
-                       sentences: list[tuple[int, int]]) -> list[_Cue]:
+def _choice_statements(
+    text: str, toks: list[Token], focus: Focus, void: list[tuple[int, int]], sentences: list[tuple[int, int]]
+) -> list[_Cue]:
     """Affirmed mentions of an option's own words: a cue for that option ("A", "B", ...); a denied
     mention of one of two options is weak support for the other."""
     opts = focus.options
@@ -963,8 +1146,9 @@ def _choice_statements(text: str, toks: list[Token], focus: Focus, void: list[tu
     cues: list[_Cue] = []
     if pair is not None:
         negative, positive = pair
-        stems = frozenset().union(*(focus.options[positive].stems | SYNONYMS.get(s, frozenset())
-                                    for s in focus.options[positive].stems))
+        stems = frozenset().union(
+            *(focus.options[positive].stems | SYNONYMS.get(s, frozenset()) for s in focus.options[positive].stems)
+        )
         for c in _statements(text, toks, stems, void, sentences):
             index = positive if c.value == "yes" else negative
             cues.append(_Cue(chr(ord("A") + index), c.start, c.end, "names", c.tentative))
@@ -979,8 +1163,16 @@ def _choice_statements(text: str, toks: list[Token], focus: Focus, void: list[tu
     return sorted(cues, key=lambda c: c.start)
 
 
-def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
-                 sentences: list[tuple[int, int]], toks: list[Token], void: list[tuple[int, int]]) -> AnswerReading:
+def _read_choice(
+    answer: str,
+    text: str,
+    start: int,
+    leaked: bool,
+    focus: Focus,
+    sentences: list[tuple[int, int]],
+    toks: list[Token],
+    void: list[tuple[int, int]],
+) -> AnswerReading:
     neither = _NEITHER.search(text)
     if neither:
         cue = _Cue("hedge", neither.start(), neither.end(), "hedge")
@@ -1012,18 +1204,30 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         first = labels[0]
         against = [c for c in labels[1:] if c.value != first.value]
         if against:
-            return _result(answer, "hedge", None, first,
-                           f"names two options: {_quote(answer, first)} and {_quote(answer, against[0])}",
-                           others=[against[0]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                first,
+                f"names two options: {_quote(answer, first)} and {_quote(answer, against[0])}",
+                others=[against[0]],
+            )
         s, e = _sentence_at(sentences, first.start)
-        contra = [c for c in statements if s <= c.start < e and c.value != first.value and not c.weak
-                  and c.start >= first.end]
+        contra = [
+            c for c in statements if s <= c.start < e and c.value != first.value and not c.weak and c.start >= first.end
+        ]
         definite = [c for c in statements if not c.weak and not c.tentative]
         if not contra and definite and all(c.value != first.value for c in definite):
             contra = definite
         if contra:
-            return _result(answer, "hedge", None, first,
-                           f"{_quote(answer, first)} contradicted by {_quote(answer, contra[0])}", others=[contra[0]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                first,
+                f"{_quote(answer, first)} contradicted by {_quote(answer, contra[0])}",
+                others=[contra[0]],
+            )
         return _result(answer, "answer", first.value, first, f"{first.how} {_quote(answer, first)}")
     short = text[start:].strip(" \t\n.!\"'").lower()
     if 2 <= len(short) <= 20 and not statements and not word:
@@ -1031,7 +1235,9 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         if len(prefixed) == 1:  # "mr" for "mri"
             i = text.lower().index(short, start)
             cue = _Cue(chr(ord("A") + prefixed[0]), i, i + len(short), "names")
-            return _result(answer, "answer", cue.value, cue, f"starts the option {_quote(answer, cue)}", confident=False)
+            return _result(
+                answer, "answer", cue.value, cue, f"starts the option {_quote(answer, cue)}", confident=False
+            )
     strong = [c for c in statements if not c.weak]
     restated = None
     for s, e in sentences:
@@ -1044,37 +1250,70 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
             later = [c for c in strong if c.start >= e and c.value != cue.value and not c.tentative]
             concluding = [c for c in later if _CONCLUSION.match(text, _sentence_at(sentences, c.start)[0])]
             if concluding:
-                return _result(answer, "answer", concluding[-1].value, concluding[-1],
-                               f"the concluding sentence names {_quote(answer, concluding[-1])}", confident=False)
+                return _result(
+                    answer,
+                    "answer",
+                    concluding[-1].value,
+                    concluding[-1],
+                    f"the concluding sentence names {_quote(answer, concluding[-1])}",
+                    confident=False,
+                )
             if leaked and not _echoes(focus, toks, s, e):
                 return _result(answer, "unclear", None, cue, "a leaked role turn that does not answer the question")
-            return _result(answer, "answer", cue.value, cue, f"names {_quote(answer, cue)}",
-                           confident=not later and not cue.tentative)
+            return _result(
+                answer,
+                "answer",
+                cue.value,
+                cue,
+                f"names {_quote(answer, cue)}",
+                confident=not later and not cue.tentative,
+            )
         compared = _comparison(text, s, e, inside, focus.core)
         if compared is not None:
-            return _result(answer, "answer", compared.value, compared,
-                           f"the comparison names {_quote(answer, compared)}", confident=False)
+            return _result(
+                answer,
+                "answer",
+                compared.value,
+                compared,
+                f"the comparison names {_quote(answer, compared)}",
+                confident=False,
+            )
         if not _RESTATES_BOTH.search(text[s:e]):
             stated = _predicate_choice(text, inside)
             if stated is not None:
-                return _result(answer, "answer", stated.value, stated, f"states {_quote(answer, stated)}",
-                               confident=False)
+                return _result(
+                    answer, "answer", stated.value, stated, f"states {_quote(answer, stated)}", confident=False
+                )
             a = inside[0]
             b = next(c for c in inside if c.value != a.value)
-            return _result(answer, "hedge", None, a, f"names both {_quote(answer, a)} and {_quote(answer, b)}",
-                           others=[b])
+            return _result(
+                answer, "hedge", None, a, f"names both {_quote(answer, a)} and {_quote(answer, b)}", others=[b]
+            )
         if re.search(r"\b(?:both|either|could\s+be|may\s+be|might\s+be)\b", text[s:e], re.I):
-            return _result(answer, "hedge", None, inside[0], f"leaves both options open: {_quote(answer, inside[0])}",
-                           others=[inside[-1]])
+            return _result(
+                answer,
+                "hedge",
+                None,
+                inside[0],
+                f"leaves both options open: {_quote(answer, inside[0])}",
+                others=[inside[-1]],
+            )
         restated = restated or (s, e, inside)  # "X or Y?" restated: read on.
     weak = [c for c in statements if c.weak]
     if weak and len({c.value for c in weak}) == 1:
-        return _result(answer, "answer", weak[0].value, weak[0], f"{weak[0].how}: {_quote(answer, weak[0])}",
-                       confident=False)
+        return _result(
+            answer, "answer", weak[0].value, weak[0], f"{weak[0].how}: {_quote(answer, weak[0])}", confident=False
+        )
     stance = _stance(text, focus, sentences, toks)
     if stance is not None:
-        return _result(answer, stance.value, None, stance, f"{stance.value} with no choice: {_quote(answer, stance)}",
-                       confident=not stance.weak)
+        return _result(
+            answer,
+            stance.value,
+            None,
+            stance,
+            f"{stance.value} with no choice: {_quote(answer, stance)}",
+            confident=not stance.weak,
+        )
     both = re.search(r"\bboth\b", text[start:], re.I)
     if both:
         cue = _Cue("hedge", start + both.start(), start + both.end(), "hedge")
@@ -1083,6 +1322,12 @@ def _read_choice(answer: str, text: str, start: int, leaked: bool, focus: Focus,
         return _result(answer, "unclear", None, word, f"{_quote(answer, word)} does not answer an either/or question")
     if restated:
         cue = restated[2][0]
-        return _result(answer, "hedge", None, cue, f"restates both options without choosing: {_quote(answer, cue)}",
-                       others=restated[2][1:2])
+        return _result(
+            answer,
+            "hedge",
+            None,
+            cue,
+            f"restates both options without choosing: {_quote(answer, cue)}",
+            others=restated[2][1:2],
+        )
     return _result(answer, "unclear", None, None, "names none of the options")

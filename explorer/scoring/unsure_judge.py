@@ -7,6 +7,7 @@ and sends exactly the unsure ones to the wrapped judge (explorer/scoring/judge.p
 with the same judge/judge_many methods), so a sweep pays for judge calls only where they can change
 a reading. A preset asks for it with `judge: {method: rules+llm}`; the CLI with `sweep --judge-unsure`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence, Union

@@ -8,6 +8,7 @@ and the letter "A" means opposite things in the two multiple-choice orderings.
 Every verdict read here carries method "rules:<reader version>", so a store can tell answers read
 by an older reader and re-read them (`sweep --rescore`).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -31,9 +32,16 @@ def is_rules_method(method: Optional[str]) -> bool:
 def _well_formed_options(prompt: PromptVariant) -> PromptVariant:
     """The prompt with only the options that can be read: a non-empty letter, a reading that is
     positive or negative (anything else would become a verdict label) and a text."""
-    kept = tuple(o for o in prompt.options
-                 if isinstance(o, (tuple, list)) and len(o) == 3 and isinstance(o[0], str) and o[0]
-                 and o[1] in ("positive", "negative") and isinstance(o[2], str))
+    kept = tuple(
+        o
+        for o in prompt.options
+        if isinstance(o, (tuple, list))
+        and len(o) == 3
+        and isinstance(o[0], str)
+        and o[0]
+        and o[1] in ("positive", "negative")
+        and isinstance(o[2], str)
+    )
     return prompt if kept == prompt.options else replace(prompt, options=kept)
 
 
@@ -56,11 +64,20 @@ def parse_verdict(answer: str, prompt: PromptVariant) -> Verdict:
         return Verdict(label="unclear", method=RULES_METHOD, detail="description prompts are not parsed into a verdict")
     prompt = _well_formed_options(prompt)
     if not prompt.is_multiple_choice and prompt.yes_means not in ("positive", "negative"):
-        return Verdict(label="unclear", method=RULES_METHOD, detail="the prompt has no polarity (no yes_means, no options)")
+        return Verdict(
+            label="unclear", method=RULES_METHOD, detail="the prompt has no polarity (no yes_means, no options)"
+        )
     options = [text for _, _, text in prompt.options] or None
     labels = [letter for letter, _, _ in prompt.options] or None
     reading = read_answer(answer, prompt.text, options, labels)
     label = reading_of(reading, prompt) or (reading.label if reading.label != "answer" else "unclear")
     detail = reading.reason + ("" if reading.confident else " (unsure)")
-    return Verdict(label=label, evidence=reading.evidence, span=reading.span, method=RULES_METHOD,
-                   detail=detail, confident=reading.confident, spans=reading.spans)
+    return Verdict(
+        label=label,
+        evidence=reading.evidence,
+        span=reading.span,
+        method=RULES_METHOD,
+        detail=detail,
+        confident=reading.confident,
+        spans=reading.spans,
+    )

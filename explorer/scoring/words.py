@@ -5,6 +5,7 @@ Morphology comes from the Snowball English stemmer ("effusions" and "effusion" s
 answer in any of its forms without a word list per condition. The lists below are closed classes
 (answer words, negators, hedges, refusals) and one small table of findings that imply "abnormal".
 """
+
 from __future__ import annotations
 
 import re
@@ -17,9 +18,19 @@ __all__ = ["Token", "tokens", "stem"]
 
 _STEMMER = snowballstemmer.stemmer("english")
 # British spellings that the stemmer does not merge with the American ones.
-_SPELLING = {"tumour": "tumor", "tumours": "tumors", "oedema": "edema", "haemorrhage": "hemorrhage",
-             "grey": "gray", "oesophagus": "esophagus", "anaemia": "anemia", "ischaemic": "ischemic",
-             "ischaemia": "ischemia", "haematoma": "hematoma", "xray": "x-ray"}
+_SPELLING = {
+    "tumour": "tumor",
+    "tumours": "tumors",
+    "oedema": "edema",
+    "haemorrhage": "hemorrhage",
+    "grey": "gray",
+    "oesophagus": "esophagus",
+    "anaemia": "anemia",
+    "ischaemic": "ischemic",
+    "ischaemia": "ischemia",
+    "haematoma": "hematoma",
+    "xray": "x-ray",
+}
 
 
 @lru_cache(maxsize=8192)
@@ -55,25 +66,97 @@ def tokens(text: str, start: int = 0, end: int | None = None) -> list[Token]:
 
 # ---------------------------------------------------------------- answer words
 # Lower-cased. Other languages: models answer in the question's language or their own.
-YES_WORDS = frozenset({
-    "yes", "yeah", "yep", "yup", "affirmative", "true", "correct",
-    "sí", "si", "sì", "ja", "oui", "sim", "da", "да", "tak", "evet", "ya", "iya", "はい", "예", "네",
-})
-NO_WORDS = frozenset({
-    "no", "nope", "false", "nein", "non", "não", "nao", "нет", "nie", "hayır", "hayir", "tidak",
-    "いいえ", "아니요", "아니오", "아니",
-})
+YES_WORDS = frozenset(
+    {
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "affirmative",
+        "true",
+        "correct",
+        "sí",
+        "si",
+        "sì",
+        "ja",
+        "oui",
+        "sim",
+        "da",
+        "да",
+        "tak",
+        "evet",
+        "ya",
+        "iya",
+        "はい",
+        "예",
+        "네",
+    }
+)
+NO_WORDS = frozenset(
+    {
+        "no",
+        "nope",
+        "false",
+        "nein",
+        "non",
+        "não",
+        "nao",
+        "нет",
+        "nie",
+        "hayır",
+        "hayir",
+        "tidak",
+        "いいえ",
+        "아니요",
+        "아니오",
+        "아니",
+    }
+)
 # Scripts without spaces: the answer starts with these characters.
 CJK_YES = ("是的", "是", "对", "有", "對")
 CJK_NO = ("不是", "没有", "沒有", "否", "不", "无", "無")
 
 # ---------------------------------------------------------------- negation (NegEx-style)
-NEGATORS = frozenset({
-    "no", "not", "without", "absence", "absent", "free", "lack", "lacks", "lacking", "neither", "nor",
-    "never", "none", "non", "negative", "cannot", "can't", "don't", "doesn't", "didn't", "isn't",
-    "aren't", "wasn't", "weren't", "haven't", "hasn't", "hadn't", "won't", "wouldn't", "nothing",
-    "excluded", "exclude", "excludes", "denies", "unlikely", "nil",
-})
+NEGATORS = frozenset(
+    {
+        "no",
+        "not",
+        "without",
+        "absence",
+        "absent",
+        "free",
+        "lack",
+        "lacks",
+        "lacking",
+        "neither",
+        "nor",
+        "never",
+        "none",
+        "non",
+        "negative",
+        "cannot",
+        "can't",
+        "don't",
+        "doesn't",
+        "didn't",
+        "isn't",
+        "aren't",
+        "wasn't",
+        "weren't",
+        "haven't",
+        "hasn't",
+        "hadn't",
+        "won't",
+        "wouldn't",
+        "nothing",
+        "excluded",
+        "exclude",
+        "excludes",
+        "denies",
+        "unlikely",
+        "nil",
+    }
+)
 # "no doubt", "not only": the negator does not negate what follows.
 PSEUDO_NEGATION = re.compile(
     r"\b(?:no\s+doubt|not\s+only|no\s+matter|not\s+just|no\s+question|without\s+doubt|not\s+to\s+mention)\b", re.I
@@ -86,46 +169,101 @@ POST_NEGATION = re.compile(
     re.I,
 )
 # Words that end a negation's reach (NegEx's terminators) besides sentence and clause punctuation.
-SCOPE_BREAKERS = frozenset({
-    "but", "however", "although", "though", "whereas", "except", "which", "while", "yet", "aside",
-    "apart", "still", "rather", "instead",
-})
+SCOPE_BREAKERS = frozenset(
+    {
+        "but",
+        "however",
+        "although",
+        "though",
+        "whereas",
+        "except",
+        "which",
+        "while",
+        "yet",
+        "aside",
+        "apart",
+        "still",
+        "rather",
+        "instead",
+    }
+)
 
 # ---------------------------------------------------------------- tentative findings
-TENTATIVE = frozenset({
-    "may", "might", "could", "possible", "possibly", "perhaps", "potential", "potentially", "suggest",
-    "suggests", "suggestive", "suspicious", "suspected", "concerning", "likely", "probable", "probably",
-    "questionable", "consistent", "compatible", "appear", "appears", "seem", "seems", "some", "subtle",
-    "mild", "slight", "slightly", "minimal", "can", "would", "typically", "usually",
-})
+TENTATIVE = frozenset(
+    {
+        "may",
+        "might",
+        "could",
+        "possible",
+        "possibly",
+        "perhaps",
+        "potential",
+        "potentially",
+        "suggest",
+        "suggests",
+        "suggestive",
+        "suspicious",
+        "suspected",
+        "concerning",
+        "likely",
+        "probable",
+        "probably",
+        "questionable",
+        "consistent",
+        "compatible",
+        "appear",
+        "appears",
+        "seem",
+        "seems",
+        "some",
+        "subtle",
+        "mild",
+        "slight",
+        "slightly",
+        "minimal",
+        "can",
+        "would",
+        "typically",
+        "usually",
+    }
+)
 
 # ---------------------------------------------------------------- findings that make an image abnormal
 # Stems (see stem()): a stated one answers "Is this image normal?" with no, "...abnormal?" with yes.
-ABNORMAL_STEMS = frozenset(stem(w) for w in (
-    "abnormal abnormality pathology pathological lesion mass tumor tumorous neoplasm neoplastic "
-    "glioma glioblastoma meningioma metastasis metastatic malignant malignancy cancer cancerous "
-    "carcinoma melanoma fracture effusion opacity consolidation pneumonia infiltrate edema hemorrhage "
-    "bleed infarct infarction nodule cyst enlarged enlargement cardiomegaly pneumothorax atelectasis "
-    "collapse hernia obstruction dilated dilation disease diseased infection inflammation irregular "
-    "atypical atypia dysplasia invasive carcinoma hematoma aneurysm stenosis thickening calcification "
-    "degeneration atrophy displacement displaced deviation shift herniation"
-).split())
+ABNORMAL_STEMS = frozenset(
+    stem(w)
+    for w in (
+        "abnormal abnormality pathology pathological lesion mass tumor tumorous neoplasm neoplastic "
+        "glioma glioblastoma meningioma metastasis metastatic malignant malignancy cancer cancerous "
+        "carcinoma melanoma fracture effusion opacity consolidation pneumonia infiltrate edema hemorrhage "
+        "bleed infarct infarction nodule cyst enlarged enlargement cardiomegaly pneumothorax atelectasis "
+        "collapse hernia obstruction dilated dilation disease diseased infection inflammation irregular "
+        "atypical atypia dysplasia invasive carcinoma hematoma aneurysm stenosis thickening calcification "
+        "degeneration atrophy displacement displaced deviation shift herniation"
+    ).split()
+)
 NORMAL_STEMS = frozenset(stem(w) for w in "normal unremarkable healthy benign clear".split())
 # Antonyms: a stated antonym answers the question's term negatively ("benign" to "malignant?").
 ANTONYMS = {
-    stem("malignant"): frozenset({stem("benign")}), stem("benign"): frozenset({stem("malignant"), stem("malignancy")}),
-    stem("abnormal"): NORMAL_STEMS - {stem("clear")}, stem("normal"): frozenset({stem("abnormal")}),
-    stem("present"): frozenset({stem("absent")}), stem("absent"): frozenset({stem("present")}),
-    stem("positive"): frozenset({stem("negative")}), stem("negative"): frozenset({stem("positive")}),
-    stem("increased"): frozenset({stem("decreased")}), stem("decreased"): frozenset({stem("increased")}),
-    stem("left"): frozenset({stem("right")}), stem("right"): frozenset({stem("left")}),
+    stem("malignant"): frozenset({stem("benign")}),
+    stem("benign"): frozenset({stem("malignant"), stem("malignancy")}),
+    stem("abnormal"): NORMAL_STEMS - {stem("clear")},
+    stem("normal"): frozenset({stem("abnormal")}),
+    stem("present"): frozenset({stem("absent")}),
+    stem("absent"): frozenset({stem("present")}),
+    stem("positive"): frozenset({stem("negative")}),
+    stem("negative"): frozenset({stem("positive")}),
+    stem("increased"): frozenset({stem("decreased")}),
+    stem("decreased"): frozenset({stem("increased")}),
+    stem("left"): frozenset({stem("right")}),
+    stem("right"): frozenset({stem("left")}),
 }
 # Words that name a condition the study asks about, by the question's word (stems both sides).
 SYNONYMS = {
     stem(key): frozenset(stem(w) for w in words.split())
     for key, words in {
         "tumor": "tumors tumorous mass masses neoplasm neoplasms neoplastic glioma glioblastoma meningioma "
-                 "metastasis metastases metastatic",
+        "metastasis metastases metastatic",
         "pneumonia": "consolidation consolidations infiltrate infiltrates",
         "cancer": "cancerous malignant malignancy melanoma carcinoma carcinomas",
         "carcinoma": "carcinomas idc malignant malignancy cancer cancerous",
@@ -136,14 +274,17 @@ SYNONYMS = {
     }.items()
 }
 # Words that say nothing about what the question targets.
-GENERIC_STEMS = frozenset(stem(w) for w in (
-    "image images picture photo photograph scan scans film radiograph radiography x-ray xray ray "
-    "study slide patch view sample figure specimen shown visible seen present noted identified evident "
-    "appreciated observed detected demonstrated depicted displayed evidence sign signs presence finding "
-    "findings feature features indication indications any some there this that these those it its "
-    "the a an of in on at to with within for from by patient patients you i we see show shows showing "
-    "contain contains containing demonstrate demonstrates depict depicts display displays reveal reveals "
-    "is are was were be been being do does did can could would will should may might has have had "
-    "here case region area type kind consider please answer question one word yes no process change "
-    "changes appearance pattern likely and associated related"
-).split())
+GENERIC_STEMS = frozenset(
+    stem(w)
+    for w in (
+        "image images picture photo photograph scan scans film radiograph radiography x-ray xray ray "
+        "study slide patch view sample figure specimen shown visible seen present noted identified evident "
+        "appreciated observed detected demonstrated depicted displayed evidence sign signs presence finding "
+        "findings feature features indication indications any some there this that these those it its "
+        "the a an of in on at to with within for from by patient patients you i we see show shows showing "
+        "contain contains containing demonstrate demonstrates depict depicts display displays reveal reveals "
+        "is are was were be been being do does did can could would will should may might has have had "
+        "here case region area type kind consider please answer question one word yes no process change "
+        "changes appearance pattern likely and associated related"
+    ).split()
+)

@@ -4,6 +4,7 @@ It holds what is shared across users (the catalog, the results store, loaded mod
 single-case questions into tiny sweeps, so a live compare, a variant grid and a full study all
 go through one code path: plan -> backend -> verdict -> store. Per-user state lives in the caller.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -143,8 +144,9 @@ class Explorer(ProbeActions):
             if a in in_memory:
                 row = in_memory[a]
                 how = " ".join(x for x in (row["dtype"], row["quantization"]) if x)
-                status = replace(status, reason=f"in memory on {row['device']}, {how}",
-                                 size_gb=round(row["size_bytes"] / 1e9, 3))
+                status = replace(
+                    status, reason=f"in memory on {row['device']}, {how}", size_gb=round(row["size_bytes"] / 1e9, 3)
+                )
             out.append(status)
         return out
 
@@ -157,8 +159,10 @@ class Explorer(ProbeActions):
             return "No local model loaded yet: models load on first use."
         used = sum(r["size_bytes"] for r in rows)
         names = ", ".join(r["alias"] for r in rows) or "none"
-        return (f"Loaded: {names} ({human_bytes(used)} of a {human_bytes(budget)} budget); when a model "
-                "would not fit, the least recently used is unloaded first.")
+        return (
+            f"Loaded: {names} ({human_bytes(used)} of a {human_bytes(budget)} budget); when a model "
+            "would not fit, the least recently used is unloaded first."
+        )
 
     def any_random_weights(self, aliases: Iterable[str]) -> bool:
         return any(self.catalog.model(a).is_demo for a in aliases)
@@ -188,8 +192,9 @@ class Explorer(ProbeActions):
                 return v
         raise PresetError(f"task {task!r} has no prompt {prompt_id!r}")
 
-    def custom_variant(self, task: str, text: str, based_on_id: Optional[str] = None,
-                       yes_means: Optional[str] = None) -> PromptVariant:
+    def custom_variant(
+        self, task: str, text: str, based_on_id: Optional[str] = None, yes_means: Optional[str] = None
+    ) -> PromptVariant:
         """The preset's variant when the text is unchanged, else a user variant whose polarity comes from
         its own words; `yes_means` ("positive"/"negative") sets it for an edited yes/no wording instead."""
         based_on = self.variant(task, based_on_id) if based_on_id else None
@@ -227,9 +232,7 @@ class Explorer(ProbeActions):
             if (self.samples_dir / name).is_dir():
                 return self.samples_dir / name
         # A folder given directly for one task has class subfolders itself.
-        return self.samples_dir if any(
-            (self.samples_dir / c).is_dir() for c in ("positive", "negative")
-        ) else None
+        return self.samples_dir if any((self.samples_dir / c).is_dir() for c in ("positive", "negative")) else None
 
     # ------------------------------------------------------------ asking
     def generation_for(self, alias: str) -> GenerationSettings:
@@ -264,8 +267,13 @@ class Explorer(ProbeActions):
         self.policy.check_models(models)
         style = prompt_style or self.preset.prompt_format
         plan = plan_sweep(
-            self.catalog, list(models), [case.task], {case.task: [case]}, {case.task: list(variants)},
-            style, generation_override=generation,
+            self.catalog,
+            list(models),
+            [case.task],
+            {case.task: [case]},
+            {case.task: list(variants)},
+            style,
+            generation_override=generation,
         )
         views: list[AnswerView] = []
 
@@ -276,8 +284,13 @@ class Explorer(ProbeActions):
                 on_cell(view)
 
         run_sweep(
-            plan, self.registry.for_model, self.store, batch_size=self.batch_size,
-            on_item=finished, on_text=on_text, gates=self.gates,
+            plan,
+            self.registry.for_model,
+            self.store,
+            batch_size=self.batch_size,
+            on_item=finished,
+            on_text=on_text,
+            gates=self.gates,
         )
         order = {(v.prompt_id, m): i for i, (v, m) in enumerate((v, m) for v in variants for m in models)}
         return sorted(views, key=lambda v: order.get((v.prompt_id, v.model), 0))
@@ -342,17 +355,24 @@ class Explorer(ProbeActions):
         self.policy.check_models(spec.models)
         if self.policy.enabled and not self._cases_from_folder():
             # Refuse before downloading a dataset: per_class images of each class is what HF sampling gives.
-            self.policy.check_sweep(sum(
-                len(spec.models) * len(spec.variants(self.catalog, t)) * spec.per_class * 2 for t in spec.tasks
-            ))
+            self.policy.check_sweep(
+                sum(len(spec.models) * len(spec.variants(self.catalog, t)) * spec.per_class * 2 for t in spec.tasks)
+            )
         whole = plan_from_spec(self.catalog, replace(spec, shard=(1, 1)), self._case_loader)
         plan = shard_plan(whole, *spec.shard)
         self.policy.check_sweep(plan)
         judge = self.make_judge() if spec.judge else None
         summary = run_sweep(
-            plan, self.registry.for_model, self.store, batch_size=self.batch_size,
-            progress=progress, cancel=cancel, judge=judge, only_errors=retry_errors,
-            unload_after=unload_after, gates=self.gates,
+            plan,
+            self.registry.for_model,
+            self.store,
+            batch_size=self.batch_size,
+            progress=progress,
+            cancel=cancel,
+            judge=judge,
+            only_errors=retry_errors,
+            unload_after=unload_after,
+            gates=self.gates,
         )
         summary.notes.extend(short_classes(whole, spec.per_class))  # the whole plan's images, not one shard's
         if spec.shard != (1, 1):
@@ -360,13 +380,17 @@ class Explorer(ProbeActions):
         return summary
 
     # ------------------------------------------------------------ app sweeps, by visitor
-    def start_sweep(self, owner: str, spec: SweepSpec, session: Optional[str] = None,
-                    cancel: Optional[threading.Event] = None) -> SweepHandle:
+    def start_sweep(
+        self, owner: str, spec: SweepSpec, session: Optional[str] = None, cancel: Optional[threading.Event] = None
+    ) -> SweepHandle:
         """Run `spec` in the background for `owner` (a visitor); follow it with handle.updates() and
         handle.result(). session: the page following it, whose end cancels it (see end_session)."""
         return self.app_sweeps.start(
-            owner, lambda progress, stop: self.sweep(spec, progress=progress, cancel=stop),
-            spec=spec, session=session, cancel=cancel,
+            owner,
+            lambda progress, stop: self.sweep(spec, progress=progress, cancel=stop),
+            spec=spec,
+            session=session,
+            cancel=cancel,
         )
 
     def running_sweep(self, owner: str) -> Optional[SweepHandle]:
@@ -390,7 +414,9 @@ class Explorer(ProbeActions):
         spec = self.preset.judge
         endpoint = self.registry.endpoints.get(spec.model) or EndpointConfig(
             base_url=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-            model=spec.model, api_key_env="OPENAI_API_KEY", send_temperature=spec.send_temperature,
+            model=spec.model,
+            api_key_env="OPENAI_API_KEY",
+            send_temperature=spec.send_temperature,
         )
         if endpoint.api_key_env and not os.environ.get(endpoint.api_key_env):
             raise ValueError(
@@ -400,9 +426,14 @@ class Explorer(ProbeActions):
         # The server's own model name decides whether it reasons (budget, no temperature, effort).
         endpoint = judge_endpoint(endpoint, endpoint.model, spec.reasoning_effort)
         tokens = {key: task.judge_tokens for key, task in self.catalog.tasks.items()}
-        judge = LLMJudge(OpenAIBackend({spec.model: endpoint}), spec.model, tokens,
-                         generation=judge_generation(endpoint.model, spec.max_output_tokens),
-                         prompts=spec.prompts, retries=spec.retries)
+        judge = LLMJudge(
+            OpenAIBackend({spec.model: endpoint}),
+            spec.model,
+            tokens,
+            generation=judge_generation(endpoint.model, spec.max_output_tokens),
+            prompts=spec.prompts,
+            retries=spec.retries,
+        )
         if spec.method == "rules+llm":
             from explorer.scoring.unsure_judge import UnsureOnlyJudge
 
@@ -431,8 +462,9 @@ class Explorer(ProbeActions):
             frame = frame[~frame["case_id"].map(is_upload)].reset_index(drop=True)
         return frame
 
-    def open_results(self, path: str | Path, uploaded: bool = False,
-                     cancel: Optional[threading.Event] = None) -> pd.DataFrame:
+    def open_results(
+        self, path: str | Path, uploaded: bool = False, cancel: Optional[threading.Event] = None
+    ) -> pd.DataFrame:
         """A results store, an export or the study code's CSVs (a file or its folder) as an answers frame.
 
         In public mode only files the visitor uploaded (uploaded=True) can be opened, never server paths.
@@ -444,8 +476,11 @@ class Explorer(ProbeActions):
             return results_files.open_results(path, self.catalog)
         # An upload is read within limits (a public Space's are tight) and as an unchanging file; `cancel`
         # (set when the visitor's page closes) stops the read at its next batch or SQLite step.
-        limits = (public_limits(self.policy.max_upload_bytes, cancel) if self.policy.enabled
-                  else replace(ReadLimits(), immutable=True, cancel=cancel))
+        limits = (
+            public_limits(self.policy.max_upload_bytes, cancel)
+            if self.policy.enabled
+            else replace(ReadLimits(), immutable=True, cancel=cancel)
+        )
         try:
             return results_files.open_results(path, self.catalog, limits)
         except (ValueError, OSError) as exc:

@@ -14,6 +14,7 @@ Limits can be tuned with EXPLORER_PUBLIC_MAX_UPLOAD_MB, EXPLORER_PUBLIC_MAX_PIXE
 EXPLORER_PUBLIC_MAX_SWEEP_ITEMS. Every check raises PolicyError (a ValueError) whose message is meant
 for the visitor; with public mode off every check passes.
 """
+
 from __future__ import annotations
 
 import os
@@ -166,8 +167,7 @@ class PublicPolicy:
         if refused:
             allowed = ", ".join(sorted(self.allowed_models)) or "none"
             raise PolicyError(
-                f"This public demo only runs the preset's models ({allowed}); not available here: "
-                f"{', '.join(refused)}."
+                f"This public demo only runs the preset's models ({allowed}); not available here: {', '.join(refused)}."
             )
 
     def check_sweep(self, items: Union[int, Sized]) -> None:

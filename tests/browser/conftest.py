@@ -3,6 +3,7 @@
 Skips cleanly when Playwright or the system Chromium is missing (`playwright install` cannot download
 here; install Debian's `chromium` instead).
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -6,6 +6,7 @@ Starts the app in a subprocess (demo preset, a temporary store) unless --url is 
 Playwright on the system Chromium, and writes one PNG per tab. `running_app` is also what the browser
 tests use to start and stop the app.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ from typing import Iterator, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+]
 DEFAULT_SAMPLES = REPO.parent / "shared" / "samples"
 
 
@@ -35,20 +41,41 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(store: Path, samples: Optional[Path] = None, preset: str = "demo",
-                timeout_s: float = 180.0, log: Optional[Path] = None) -> Iterator[str]:
+def running_app(
+    store: Path,
+    samples: Optional[Path] = None,
+    preset: str = "demo",
+    timeout_s: float = 180.0,
+    log: Optional[Path] = None,
+) -> Iterator[str]:
     """Start `python app.py` on a free 127.0.0.1 port, wait until it answers, yield its URL, stop it."""
     port = free_port()
-    cmd = [sys.executable, str(REPO / "app.py"), "--preset", preset, "--store", str(store),
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        str(REPO / "app.py"),
+        "--preset",
+        preset,
+        "--store",
+        str(store),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if samples is not None:
         cmd += ["--samples", str(samples)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
     log = log or store.parent / "app.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout_s
@@ -122,19 +149,23 @@ def compare_once(page, image: Path, timeout_ms: int = 120_000) -> None:
     page.locator("#upload input[type=file]").set_input_files(str(image))
     page.locator("#case-info").wait_for(timeout=timeout_ms)
     page.locator("#run-compare").click()
-    page.wait_for_function("document.querySelectorAll('#answer-cards .vx-card.vx-done, #answer-cards .vx-card.vx-error').length >= 4",
-                           timeout=timeout_ms)
+    page.wait_for_function(
+        "document.querySelectorAll('#answer-cards .vx-card.vx-done, #answer-cards .vx-card.vx-error').length >= 4",
+        timeout=timeout_ms,
+    )
 
 
 def run_grid(page, timeout_ms: int = 240_000) -> None:
     open_tab(page, "Variant grid")
     page.locator("#run-grid").click()
-    page.wait_for_function("document.querySelectorAll('#variant-grid td.vx-cell[data-verdict]').length >= 48",
-                           timeout=timeout_ms)
+    page.wait_for_function(
+        "document.querySelectorAll('#variant-grid td.vx-cell[data-verdict]').length >= 48", timeout=timeout_ms
+    )
 
 
-def run_sweep(page, task: str = "Chest X-ray (pneumonia)", n_prompts: int = 2, per_class: int = 1,
-              timeout_ms: int = 240_000) -> None:
+def run_sweep(
+    page, task: str = "Chest X-ray (pneumonia)", n_prompts: int = 2, per_class: int = 1, timeout_ms: int = 240_000
+) -> None:
     """A small sweep: one task, the first n prompts, per_class images of each class, every model."""
     open_tab(page, "Sweep")
     tasks = page.locator("#sweep-tasks")

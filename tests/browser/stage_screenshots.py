@@ -6,6 +6,7 @@ Starts the app (offline demo models, a temporary store), asks two wordings on a 
 the history strip and the word diff show, then photographs the page as a presenter, a phone and a
 clinician (a DICOM in the viewer) see it. PNGs are written as palette images to stay small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,8 @@ def small_png(page, path: Path, full_page: bool = False) -> Path:
     """A screenshot quantised to 256 colours (UI pictures lose nothing visible; the file shrinks ~3x)."""
     raw = page.screenshot(full_page=full_page)
     Image.open(io.BytesIO(raw)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
-        path, optimize=True)
+        path, optimize=True
+    )
     return path
 
 

@@ -4,6 +4,7 @@ Upload a chest X-ray, compare four models, edit the prompt and press Enter, see 
 variant grid, run a tiny sweep (1 task, 2 images, 2 prompts) to the end, see a chart, download the CSV.
 Every step asserts on what is on the screen.
 """
+
 from __future__ import annotations
 
 import csv

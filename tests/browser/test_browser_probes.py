@@ -1,5 +1,6 @@
 """The probe tabs in a real browser, on the offline demo models: the Embeddings tab draws its t-SNE scatter
 and the probe's accuracy beside the models' own; Describe & diagnose shows descriptions and diagnoses."""
+
 from __future__ import annotations
 
 import screenshots as tools  # pytest puts this folder on sys.path (rootdir-less test folders)

@@ -2,6 +2,7 @@
 wording runs, the history strip and the word diff, both cards of a pair on a phone, and a public app
 with no load/unload that serves no uploaded original.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,13 +33,16 @@ def _wait_answers(page, heading_part: str) -> None:
     page.wait_for_function(
         "([part, n]) => { const h = document.querySelector('#answer-cards .vx-cards-heading');"
         " return h && h.innerText.includes(part) && document.querySelectorAll("
-        f"'{DONE}:not(.vx-stale)').length === n; }}", arg=[heading_part, N_MODELS])
+        f"'{DONE}:not(.vx-stale)').length === n; }}",
+        arg=[heading_part, N_MODELS],
+    )
 
 
 def _in_viewport(page, selector: str) -> list[dict]:
     return page.locator(selector).evaluate_all(
         "els => els.map(e => { const r = e.getBoundingClientRect();"
-        " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, width: r.width}; })")
+        " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, width: r.width}; })"
+    )
 
 
 def test_answers_above_the_fold_dropdown_runs_history_and_diff(page):
@@ -86,7 +90,9 @@ def test_answers_above_the_fold_dropdown_runs_history_and_diff(page):
     assert other.evaluate("document.body.classList.contains('vx-present')")
     assert not other.locator("#app-title").is_visible() and not other.locator("#compare-side").is_visible()
     size = "e => parseFloat(getComputedStyle(e).fontSize)"
-    assert other.locator(f"{DONE} .vx-answer").first.evaluate(size) > page.locator(f"{DONE} .vx-answer").first.evaluate(size)
+    assert other.locator(f"{DONE} .vx-answer").first.evaluate(size) > page.locator(f"{DONE} .vx-answer").first.evaluate(
+        size
+    )
     other.close()
 
     # An edited wording is "your wording 1", in the heading, the strip and a link that carries its text.
@@ -203,8 +209,16 @@ def test_public_mode_has_no_load_unload_and_serves_no_uploaded_original(browser,
     from gradio.utils import get_upload_folder
     from gradio_client import handle_file
 
-    _, answers, _ = client.predict(handle_file(str(dicom)), "pneumonia", "unknown", "Is this image abnormal?",
-                                   "abnormal", ["demo-gemma"], "paper", api_name="/compare")
+    _, answers, _ = client.predict(
+        handle_file(str(dicom)),
+        "pneumonia",
+        "unknown",
+        "Is this image abnormal?",
+        "abnormal",
+        ["demo-gemma"],
+        "paper",
+        api_name="/compare",
+    )
     assert answers and answers[0]["error"] is None and "upload" in answers[0]["case_id"]
     assert not list(Path(get_upload_folder()).rglob("Qwertyson*"))
     context.close()
@@ -222,13 +236,17 @@ def test_reload_during_a_sweep_re_attaches_and_cancel_still_works(page):
     box.fill("3")  # 4 models x 12 wordings x 6 images: long enough to reload in the middle
     box.press("Enter")
     page.locator("#run-sweep").click()
-    page.wait_for_function("(() => { const p = document.querySelector('#sweep-progress');"
-                           " return p && p.dataset.state === 'running' && +p.dataset.done > 0; })()")
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#sweep-progress');"
+        " return p && p.dataset.state === 'running' && +p.dataset.done > 0; })()"
+    )
     page.reload()
     page.locator("#run-compare").wait_for()
     tools.open_tab(page, "Sweep")
-    page.wait_for_function("(() => { const p = document.querySelector('#sweep-progress');"
-                           " return p && p.dataset.state === 'running' && +p.dataset.total > 0; })()")
+    page.wait_for_function(
+        "(() => { const p = document.querySelector('#sweep-progress');"
+        " return p && p.dataset.state === 'running' && +p.dataset.total > 0; })()"
+    )
     assert "found again" in page.locator("#sweep-status").inner_text()
     before = int(page.locator("#sweep-progress").get_attribute("data-done"))
     page.wait_for_function("b => +document.querySelector('#sweep-progress').dataset.done > b", arg=before)

@@ -1,5 +1,6 @@
 """Two visitors at once, in Chromium: one runs a sweep, the other's Compare of answers already in the
 store returns while that sweep is still running (no app-wide lock)."""
+
 from __future__ import annotations
 
 import screenshots as tools  # pytest puts this folder on sys.path (rootdir-less test folders)
@@ -14,8 +15,7 @@ def _pick_example_and_run(page) -> None:
     page.locator("#examples .thumbnail-item").first.click()
     page.locator("#case-info").wait_for()
     page.locator("#prompt textarea").press("Enter")
-    page.wait_for_function(f"document.querySelectorAll('{DONE}:not(.vx-stale)').length === {N_MODELS}",
-                           timeout=240_000)
+    page.wait_for_function(f"document.querySelectorAll('{DONE}:not(.vx-stale)').length === {N_MODELS}", timeout=240_000)
 
 
 def test_a_cached_compare_returns_while_another_visitor_sweeps(browser, app_url):
@@ -39,9 +39,11 @@ def test_a_cached_compare_returns_while_another_visitor_sweeps(browser, app_url)
         box.fill("3")  # long enough to still be running when the other visitor's Compare is done
         box.press("Enter")
         other.locator("#run-sweep").click()
-        other.wait_for_function("(() => { const p = document.querySelector('#sweep-progress');"
-                                " return p && p.dataset.state === 'running' && +p.dataset.done > 0; })()",
-                                timeout=240_000)
+        other.wait_for_function(
+            "(() => { const p = document.querySelector('#sweep-progress');"
+            " return p && p.dataset.state === 'running' && +p.dataset.done > 0; })()",
+            timeout=240_000,
+        )
 
         # The first visitor asks again: every answer comes from the store while the sweep generates.
         second = viewer.new_page()

@@ -6,6 +6,7 @@ the found flip (two wordings, the changed words marked) or the "No flip within N
 test_families_found_flip.py finds a flip for certain, with a served model whose answers depend on known
 words.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,13 +52,16 @@ def test_generate_run_grouped_grid_flip_and_phone(page, tmp_path):
     assert heads == ["study", "casing", "polarity_flip"]
     assert page.locator("#variant-grid tr.vx-family-head").first.inner_text().startswith("The study")
     names = page.locator("#variant-grid .vx-wording-name").all_inner_texts()
-    assert any(n.startswith("Letter case:") for n in names) and any(n.startswith("Asked the other way round:") for n in names)
+    assert any(n.startswith("Letter case:") for n in names) and any(
+        n.startswith("Asked the other way round:") for n in names
+    )
     # The whole wording is on screen (wrapped, not cut) and on hover.
     flipped = page.locator('#variant-grid th.vx-wording[title="Is this image free of pneumonia?"]')
     if flipped.count():  # the seed picked this template
         assert flipped.locator(".vx-wording-text").inner_text() == "Is this image free of pneumonia?"
     for text in page.locator("#variant-grid .vx-wording-text").evaluate_all(
-            "els => els.map(e => [e.scrollWidth <= e.clientWidth + 1, getComputedStyle(e).whiteSpace])"):
+        "els => els.map(e => [e.scrollWidth <= e.clientWidth + 1, getComputedStyle(e).whiteSpace])"
+    ):
         assert text == [True, "pre-wrap"]
 
     # The smallest flip of one model's answer, within a small budget.

@@ -1,6 +1,7 @@
 """The smallest flip, found, in Chromium: a model served by a local OpenAI-compatible test server whose
 answer depends on known words (it says "Yes." only when the finding is written in capitals), so the
 flip search must find the letter-case edit and show both wordings with the changed words marked."""
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,11 @@ def served_app(tmp_path, monkeypatch, samples):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with FakeOpenAIServer(replier=_shouting_model) as server:
         endpoints = tmp_path / "endpoints.yaml"
-        endpoints.write_text(yaml.safe_dump({"demo-gemma": {"base_url": server.base_url, "model": "fake-vlm",
-                                                           "timeout_s": 10.0, "max_retries": 0}}))
+        endpoints.write_text(
+            yaml.safe_dump(
+                {"demo-gemma": {"base_url": server.base_url, "model": "fake-vlm", "timeout_s": 10.0, "max_retries": 0}}
+            )
+        )
         monkeypatch.setenv("EXPLORER_ENDPOINTS", str(endpoints))
         with tools.running_app(tmp_path / "explorer.sqlite", samples, log=tmp_path / "app.log") as url:
             yield url, server

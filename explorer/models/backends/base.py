@@ -5,6 +5,7 @@ belongs to one request (a timeout, an HTTP error, an empty reply) is recorded in
 Response.error; only a problem with the setup itself (unknown model, missing endpoint or key)
 raises BackendError, whose message is written for the user.
 """
+
 from __future__ import annotations
 
 import time

@@ -9,6 +9,7 @@ likes. Here the caller sets a deadline for its thread (`deadline(at)`), and the 
 Passing the deadline raises DeadlinePassed, a ReadTimeout of the client's HTTP library (the OpenAI
 client reports it as a timeout; the backend tells it apart by the clock).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """A few per-image results kept across generate() calls (torch-free, so a backend can hold one before
 any model is loaded)."""
+
 from __future__ import annotations
 
 import threading

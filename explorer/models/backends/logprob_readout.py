@@ -6,6 +6,7 @@ A server names tokens by their text, not by id, so the top tokens become a tiny 
 own, and readout.answer_tokens sorts them into yes-like, no-like and option letters as it does for a
 real tokenizer.
 """
+
 from __future__ import annotations
 
 import math

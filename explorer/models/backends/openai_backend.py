@@ -14,6 +14,7 @@ Response.error at once, never raised.
 API keys are read from the environment variable an endpoint names (api_key_env), handed to the
 client, and scrubbed from every error text; they never appear in identity(), repr or logs.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -130,13 +131,15 @@ class EndpointConfig:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise BackendError(f"endpoint {self.host}: {name} must be a whole number, got {value!r}")
         if self.timeout_s <= 0 or self.deadline_s <= 0 or self.max_retries < 0 or self.max_concurrency < 1:
-            raise BackendError(f"endpoint {self.host}: need timeout_s > 0, deadline_s > 0, max_retries >= 0, "
-                               "max_concurrency >= 1")
+            raise BackendError(
+                f"endpoint {self.host}: need timeout_s > 0, deadline_s > 0, max_retries >= 0, max_concurrency >= 1"
+            )
 
     def __repr__(self) -> str:
         # extra is shown redacted: a value pasted there by mistake must not reach a log.
         shown = ", ".join(
-            f"{f}={_redacted(getattr(self, f)) if f == 'extra' else getattr(self, f)!r}" for f in self.__dataclass_fields__
+            f"{f}={_redacted(getattr(self, f)) if f == 'extra' else getattr(self, f)!r}"
+            for f in self.__dataclass_fields__
         )
         return f"EndpointConfig({shown})"
 
@@ -253,7 +256,10 @@ class OpenAIBackend:
                         )
                     self._secrets.add(api_key)
                 client = openai.OpenAI(
-                    api_key=api_key, base_url=cfg.base_url, timeout=cfg.timeout_s, max_retries=0,
+                    api_key=api_key,
+                    base_url=cfg.base_url,
+                    timeout=cfg.timeout_s,
+                    max_retries=0,
                     http_client=http_client(cfg.timeout_s),  # honours each request's deadline
                 )
                 self._clients[key] = client
@@ -418,7 +424,11 @@ class OpenAIBackend:
                 return reply
 
             outcome = self._with_retries(cfg, attempt)
-            extra: dict[str, Any] = {"endpoint": cfg.host, "attempts": outcome.attempts, "total_s": round(outcome.total_s, 4)}
+            extra: dict[str, Any] = {
+                "endpoint": cfg.host,
+                "attempts": outcome.attempts,
+                "total_s": round(outcome.total_s, 4),
+            }
             if request.generation.min_new_tokens and not cfg.min_tokens_param:
                 extra["not_sent"] = ["min_new_tokens"]
             if outcome.reply is None:
@@ -451,7 +461,9 @@ class OpenAIBackend:
         attempts, latency, last_error = 0, 0.0, ""
         for attempt in range(cfg.max_retries + 1):
             if self._closed.is_set():
-                return _Outcome(None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started)
+                return _Outcome(
+                    None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started
+                )
             attempts += 1
             failure: Optional[BaseException] = None
             with semaphore:
@@ -465,7 +477,9 @@ class OpenAIBackend:
             if failure is None:
                 return _Outcome(reply, None, attempts, latency, time.perf_counter() - started)
             if self._closed.is_set():
-                return _Outcome(None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started)
+                return _Outcome(
+                    None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started
+                )
             if time.monotonic() >= due or is_deadline_error(failure):
                 return _Outcome(None, late, attempts, latency, time.perf_counter() - started)
             retryable, wait_hint, message = _classify(failure, cfg)
@@ -479,11 +493,18 @@ class OpenAIBackend:
             else:
                 delay = min(cfg.backoff_base_s * 2**attempt, cfg.backoff_max_s) * random.uniform(0.5, 1.0)
             if time.monotonic() + delay >= due:  # the retry could not finish in time
-                return _Outcome(None, f"{last_error}; no time left to retry within the {cfg.deadline_s:g} s deadline",
-                                attempts, latency, time.perf_counter() - started)
+                return _Outcome(
+                    None,
+                    f"{last_error}; no time left to retry within the {cfg.deadline_s:g} s deadline",
+                    attempts,
+                    latency,
+                    time.perf_counter() - started,
+                )
             log.warning("%s (attempt %d of %d); retrying in %.2f s", last_error, attempts, cfg.max_retries + 1, delay)
             if self._closed.wait(delay):
-                return _Outcome(None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started)
+                return _Outcome(
+                    None, "cancelled: the backend was closed", attempts, latency, time.perf_counter() - started
+                )
         error = f"gave up after {attempts} attempts: {last_error}"
         return _Outcome(None, error, attempts, latency, time.perf_counter() - started)
 
@@ -527,9 +548,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _is_transport_error(exc: BaseException) -> bool:
-    return any(
-        cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__
-    )
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(exc).__mro__)
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:

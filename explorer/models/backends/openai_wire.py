@@ -2,6 +2,7 @@
 
 Module-level helpers for OpenAIBackend (openai_backend.py), which owns concurrency, retries and failures.
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,8 +60,11 @@ def read_chat(completion: Any) -> Reply:
     choice = choices[0]
     message = getattr(choice, "message", None)
     finish = getattr(choice, "finish_reason", None)
-    extra: dict[str, Any] = {"finish_reason": finish, "response_id": getattr(completion, "id", None),
-                             "server_model": getattr(completion, "model", None)}
+    extra: dict[str, Any] = {
+        "finish_reason": finish,
+        "response_id": getattr(completion, "id", None),
+        "server_model": getattr(completion, "model", None),
+    }
     content = getattr(message, "content", None) if message is not None else None
     refusal = getattr(message, "refusal", None) if message is not None else None
     if content is None and refusal:
@@ -138,8 +142,11 @@ def read_responses(response: Any) -> Reply:
     if error:
         raise BadReply(f"the server reported an error: {getattr(error, 'message', error)}")
     status = getattr(response, "status", None)
-    extra: dict[str, Any] = {"status": status, "response_id": getattr(response, "id", None),
-                             "server_model": getattr(response, "model", None)}
+    extra: dict[str, Any] = {
+        "status": status,
+        "response_id": getattr(response, "id", None),
+        "server_model": getattr(response, "model", None),
+    }
     incomplete = getattr(response, "incomplete_details", None)
     if incomplete is not None and getattr(incomplete, "reason", None):
         extra["incomplete_reason"] = incomplete.reason
@@ -257,7 +264,9 @@ def _chat_message(message: Message, images: "DataUrls") -> dict[str, Any]:
         # Plain string content: what every server's chat template accepts.
         return {"role": message["role"], "content": parts[0]}
     content = [
-        {"type": "text", "text": p} if isinstance(p, str) else {"type": "image_url", "image_url": {"url": images.get(p)}}
+        {"type": "text", "text": p}
+        if isinstance(p, str)
+        else {"type": "image_url", "image_url": {"url": images.get(p)}}
         for p in parts
     ]
     return {"role": message["role"], "content": content}

@@ -17,6 +17,7 @@ The extended cache is laid out exactly as a left-padded batch generated from scr
 (pads first, then the row's tokens), so positions, masks and sliding-window distances are the
 ones one-at-a-time generation sees. Works for one image per request; anything else goes the plain way.
 """
+
 from __future__ import annotations
 
 import functools
@@ -154,7 +155,11 @@ def image_features(model: Any, image_inputs: dict[str, Any]) -> Any:
     fn = inner.get_image_features
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in image_inputs.items() if k in params and k != "pixel_values"}
-    if "image_sizes" in params and "image_sizes" not in kwargs and params["image_sizes"].default is inspect.Parameter.empty:
+    if (
+        "image_sizes" in params
+        and "image_sizes" not in kwargs
+        and params["image_sizes"].default is inspect.Parameter.empty
+    ):
         raise ReuseNotApplicable("the image processor gave no image_sizes")
     pixel_values = image_inputs["pixel_values"].to(model.device, dtype=model.dtype)
     if "image_sizes" in kwargs and isinstance(kwargs["image_sizes"], torch.Tensor):
@@ -215,8 +220,10 @@ def version_note() -> Optional[str]:
     version = transformers.__version__
     if any(version == t or version.startswith(t + ".") for t in TESTED_TRANSFORMERS):
         return None
-    return (f"prefix reuse was tested on transformers {', '.join(TESTED_TRANSFORMERS)}, this is {version}: "
-            "answers are checked against plain generation by tests/test_speed_paths.py; run it")
+    return (
+        f"prefix reuse was tested on transformers {', '.join(TESTED_TRANSFORMERS)}, this is {version}: "
+        "answers are checked against plain generation by tests/test_speed_paths.py; run it"
+    )
 
 
 def cache_arg(model: Any) -> str:
@@ -466,8 +473,9 @@ def continue_from_prefixes(
 Segments = list[list[tuple[int, int]]]  # per row: (start, length) runs of source positions, in order
 
 
-def _place_rows(src: torch.Tensor, segments: Segments, width: int, room: int, index: dict,
-                gather: Optional[bool] = None) -> torch.Tensor:
+def _place_rows(
+    src: torch.Tensor, segments: Segments, width: int, room: int, index: dict, gather: Optional[bool] = None
+) -> torch.Tensor:
     """[batch, heads, width (+ room), head_dim]: row i holds, right-aligned, the positions
     segments[i] names of src (batch 1: shared by all rows; else row i of src), the pads before
     them filled with finite values (the attention mask hides them).
@@ -534,8 +542,13 @@ def _extend_packed(
     if len(distinct) == 1:
         layers = list(distinct[0].layers)
     else:
-        layers = [(torch.cat([p.layers[i][0] for p in distinct], dim=-2), torch.cat([p.layers[i][1] for p in distinct], dim=-2))
-                  for i in range(len(distinct[0].layers))]
+        layers = [
+            (
+                torch.cat([p.layers[i][0] for p in distinct], dim=-2),
+                torch.cat([p.layers[i][1] for p in distinct], dim=-2),
+            )
+            for i in range(len(distinct[0].layers))
+        ]
     if not total:
         return layers, segments
 
@@ -556,8 +569,14 @@ def _extend_packed(
         mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
     else:
         mask = allowed
-    model(input_ids=input_ids, attention_mask=mask[None, None].to(device), position_ids=positions,
-          **{cache_arg(model): cache}, use_cache=True, logits_to_keep=1)
+    model(
+        input_ids=input_ids,
+        attention_mask=mask[None, None].to(device),
+        position_ids=positions,
+        **{cache_arg(model): cache},
+        use_cache=True,
+        logits_to_keep=1,
+    )
     return _cache_layers(cache), segments
 
 
@@ -595,7 +614,13 @@ def _extend_side_by_side(
             mask[i, :n] = 1
             mask[i, p_max : p_max + len(s)] = 1
         positions = torch.tensor(p_len, device=device)[:, None] + torch.arange(s_max, device=device)[None]
-        model(input_ids=suffix, attention_mask=mask, position_ids=positions,
-              **{cache_arg(model): extended}, use_cache=True, logits_to_keep=1)
+        model(
+            input_ids=suffix,
+            attention_mask=mask,
+            position_ids=positions,
+            **{cache_arg(model): extended},
+            use_cache=True,
+            logits_to_keep=1,
+        )
     segments = [[(0, n), (p_max, len(s))] for n, s in zip(p_len, own)]
     return _cache_layers(extended), segments

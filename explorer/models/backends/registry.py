@@ -4,6 +4,7 @@ Local models (the study's and the offline demos) share one TransformersBackend (
 local_backend="vllm", one VLLMBackend), which owns the loaded weights; an alias listed in the endpoints config is answered by an OpenAI-compatible server
 instead (e.g. a vLLM server per model on a GPU box).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ def load_endpoints(path: Optional[str | Path] = None) -> dict:
     if not path:
         return {}
     from explorer.models.backends.openai_backend import EndpointConfig
+
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -66,8 +68,13 @@ def _unique_keys(pairs: list) -> dict:
 
 
 class BackendRegistry:
-    def __init__(self, catalog: Catalog, endpoints: Optional[dict] = None, local_backend: Optional[str] = None,
-                 **transformers_options):
+    def __init__(
+        self,
+        catalog: Catalog,
+        endpoints: Optional[dict] = None,
+        local_backend: Optional[str] = None,
+        **transformers_options,
+    ):
         """local_backend: "transformers" (default) or "vllm" (offline vLLM engines, an optional dependency)."""
         self.catalog = catalog
         self.endpoints = dict(endpoints or {})

@@ -18,6 +18,7 @@ All three give the answers one-at-a-time generation gives, up to floating-point 
 `exact=True` is the study's own way: one request per generate call, no reuse, the authors' dtype
 (bf16 on a GPU, fp32 on CPU, as their pipeline() call); its answers carry another cache key.
 """
+
 from __future__ import annotations
 
 import gc
@@ -141,8 +142,11 @@ def _installed_version(package: str) -> str:
         for name in ("version.py", "__init__.py"):
             path = Path(folder) / name
             if path.is_file():
-                found = re.search(r"^__version__\s*(?::\s*str)?\s*=\s*['\"]([^'\"]+)['\"]",
-                                  path.read_text(encoding="utf-8", errors="replace"), re.M)
+                found = re.search(
+                    r"^__version__\s*(?::\s*str)?\s*=\s*['\"]([^'\"]+)['\"]",
+                    path.read_text(encoding="utf-8", errors="replace"),
+                    re.M,
+                )
                 if found:
                     return found.group(1)
     return __import__(package).__version__
@@ -192,13 +196,15 @@ class TransformersBackend:
         self.reuse = reuse
         self.exact = exact
         self.quantization = quantization
-        for value in (quantization.values() if isinstance(quantization, Mapping) else [quantization]):
+        for value in quantization.values() if isinstance(quantization, Mapping) else [quantization]:
             if value is not None and value not in QUANTIZATIONS:
                 raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or None)")
         self.memo = ImageMemo(image_memo)
         self.models = ModelManager(
-            budget_bytes=memory_budget, device=device or "cpu",  # the real device is known on first use
-            on_unload=self._release, free_memory=self._free_memory,
+            budget_bytes=memory_budget,
+            device=device or "cpu",  # the real device is known on first use
+            on_unload=self._release,
+            free_memory=self._free_memory,
         )
         self._lock = threading.RLock()
 
@@ -210,8 +216,10 @@ class TransformersBackend:
             self.models.device = self._device
         elif self._device.startswith("cuda") and not _torch().cuda.is_available():
             # Otherwise the first symptom is a baffling "0 bytes GPU free" from the memory budget.
-            raise BackendError(f"device {self._device!r} was asked for, but torch sees no CUDA GPU on this machine "
-                               f"(torch {_torch().__version__}); use --device cpu or install a CUDA build of torch")
+            raise BackendError(
+                f"device {self._device!r} was asked for, but torch sees no CUDA GPU on this machine "
+                f"(torch {_torch().__version__}); use --device cpu or install a CUDA build of torch"
+            )
         return self._device
 
     def _free_memory(self) -> int:
@@ -273,8 +281,11 @@ class TransformersBackend:
         elif spec is not None and spec.is_demo:
             digest = config_hash(spec.architecture, spec.demo_seed, self.demo_size)
             ident.update(
-                model=f"demo/{spec.alias}", demo_of=spec.demo_of, config_hash=digest,
-                revision=f"demo-build-{BUILD_VERSION}", random_weights=True,
+                model=f"demo/{spec.alias}",
+                demo_of=spec.demo_of,
+                config_hash=digest,
+                revision=f"demo-build-{BUILD_VERSION}",
+                random_weights=True,
             )
         else:
             assert spec is not None
@@ -409,24 +420,35 @@ class TransformersBackend:
                 self._make_room(alias, need, dtype)
                 self._check_memory(alias, need, dtype)
             return self.models.acquire(
-                alias, lambda: self._load(alias, source, dtype, quantization), need,
-                device=self.device, dtype=dtype, quantization=quantization, measure=lambda lm: measured_bytes(lm.model),
+                alias,
+                lambda: self._load(alias, source, dtype, quantization),
+                need,
+                device=self.device,
+                dtype=dtype,
+                quantization=quantization,
+                measure=lambda lm: measured_bytes(lm.model),
             )
 
     def _quantization_config(self, alias: str, quantization: str, dtype: str) -> Any:
         """bitsandbytes settings as the transformers docs give them (untested here: no GPU in CI)."""
         if not self.device.startswith("cuda"):
-            raise BackendError(f"{alias}: 8-/4-bit loading (bitsandbytes) needs a CUDA GPU; this backend runs on {self.device}")
+            raise BackendError(
+                f"{alias}: 8-/4-bit loading (bitsandbytes) needs a CUDA GPU; this backend runs on {self.device}"
+            )
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise BackendError(f"{alias}: {quantization} loading needs bitsandbytes: pip install bitsandbytes") from None
+            raise BackendError(
+                f"{alias}: {quantization} loading needs bitsandbytes: pip install bitsandbytes"
+            ) from None
         from transformers import BitsAndBytesConfig
 
         if quantization == "8bit":
             return BitsAndBytesConfig(load_in_8bit=True)
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(_torch(), dtype),
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=getattr(_torch(), dtype),
         )
 
     def _load(self, alias: str, source: _Source, dtype: str, quantization: Optional[str] = None) -> LoadedModel:
@@ -464,14 +486,24 @@ class TransformersBackend:
         tokenizer.padding_side = "left"  # generation continues from the right edge of every row
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        adds_bos = bool(tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id])
+        adds_bos = bool(
+            tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        )
         return LoadedModel(
-            alias=alias, model=model, processor=processor, tokenizer=tokenizer, source=source.path,
-            revision=source.revision, dtype=dtype if not quantization else f"{dtype}+{quantization}",
-            device=str(model.device), multimodal=multimodal,
-            random_weights=source.random_weights, load_s=time.perf_counter() - started,
+            alias=alias,
+            model=model,
+            processor=processor,
+            tokenizer=tokenizer,
+            source=source.path,
+            revision=source.revision,
+            dtype=dtype if not quantization else f"{dtype}+{quantization}",
+            device=str(model.device),
+            multimodal=multimodal,
+            random_weights=source.random_weights,
+            load_s=time.perf_counter() - started,
             image_token=getattr(processor, "image_token", None) if multimodal else None,
-            adds_bos=adds_bos, fixes=fixes,
+            adds_bos=adds_bos,
+            fixes=fixes,
         )
 
     def loaded(self) -> list[str]:
@@ -575,8 +607,10 @@ class TransformersBackend:
                     # answer's record and once in the log (a transformers upgrade can cause this).
                     prepared = self._prepare_plain(lm, texts, images)
                     prepared["info"]["reuse_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
-                    _warn_once(f"{lm.alias}: prefix/feature reuse failed, answering the slow plain way "
-                               f"({prepared['info']['reuse_skipped']}). {reuse_lib.version_note() or ''}")
+                    _warn_once(
+                        f"{lm.alias}: prefix/feature reuse failed, answering the slow plain way "
+                        f"({prepared['info']['reuse_skipped']}). {reuse_lib.version_note() or ''}"
+                    )
             else:
                 prepared = self._prepare_plain(lm, texts, images)
             return self._generate(lm, items, prepared, on_text, started)
@@ -585,9 +619,7 @@ class TransformersBackend:
     def _prepare_plain(self, lm: LoadedModel, texts: list[str], images: list[list[Any]]) -> dict[str, Any]:
         """Left-padded rows, each with its own copy of its image (reuse="none")."""
         if lm.multimodal:
-            inputs = lm.processor(
-                text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
-            )
+            inputs = lm.processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
             inputs = inputs.to(lm.model.device, dtype=lm.model.dtype)
         else:
             inputs = lm.tokenizer(texts, padding=True, return_tensors="pt").to(lm.model.device)
@@ -628,21 +660,28 @@ class TransformersBackend:
                 computed[key] = found
             per_row.append(computed[key])
         device = lm.model.device
-        gen_inputs = {"input_ids": inputs["input_ids"].to(device), "attention_mask": inputs["attention_mask"].to(device)}
+        gen_inputs = {
+            "input_ids": inputs["input_ids"].to(device),
+            "attention_mask": inputs["attention_mask"].to(device),
+        }
         for key in ("token_type_ids", "mm_token_type_ids"):
             if key in inputs:  # Gemma 3: bidirectional attention among the image tokens
                 gen_inputs[key] = inputs[key].to(device)
         gen_inputs["mm_encoder_outputs"] = {"image": reuse_lib.features_for_rows(per_row)}
         return {"inputs": gen_inputs, "info": {"reuse": "features", "images_encoded": len(computed) - hits}}
 
-    def _prepare_prefix(self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, max_new_tokens: int) -> dict[str, Any]:
+    def _prepare_prefix(
+        self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, max_new_tokens: int
+    ) -> dict[str, Any]:
         """Each image's prefix (the template up to the end of its image tokens) prefilled once,
         extended with every prompt's own tokens, laid out as a left-padded batch."""
         model = lm.model
         ends = [reuse_lib.image_span_end(rows, i) for i in range(len(keys))]
         if any(end == 0 or end >= len(ids) for end, ids in zip(ends, rows.ids)):
             raise reuse_lib.ReuseNotApplicable("a prompt has no text after its image")
-        reuse_lib.check_prefix_applicable(model, max(ends) + max(len(ids) - end - 1 for ids, end in zip(rows.ids, ends)))
+        reuse_lib.check_prefix_applicable(
+            model, max(ends) + max(len(ids) - end - 1 for ids, end in zip(rows.ids, ends))
+        )
         starts: dict[Any, set] = {}
         for key, end, ids in zip(keys, ends, rows.ids):
             starts.setdefault(key, set()).add(tuple(ids[:end]))
@@ -672,10 +711,18 @@ class TransformersBackend:
         estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), width + room)
         self._check_kv_room(lm, estimate)
         batch = reuse_lib.continue_from_prefixes(model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room)
-        gen_inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                      reuse_lib.cache_arg(model): batch.cache}
-        info = {"reuse": "prefix", "prefix_tokens": max(p.length for p in computed.values()), "images_encoded": prefilled,
-                "kv_estimate_bytes": estimate, "kv_room": room}
+        gen_inputs = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            reuse_lib.cache_arg(model): batch.cache,
+        }
+        info = {
+            "reuse": "prefix",
+            "prefix_tokens": max(p.length for p in computed.values()),
+            "images_encoded": prefilled,
+            "kv_estimate_bytes": estimate,
+            "kv_room": room,
+        }
         return {"inputs": gen_inputs, "info": info}
 
     def _check_kv_room(self, lm: LoadedModel, need: int) -> None:
@@ -688,7 +735,9 @@ class TransformersBackend:
             raise MemoryError(f"the batch's KV cache needs about {human_bytes(need)}, {human_bytes(free)} free")
 
     # ------------------------------------------------------------ generating
-    def _generate(self, lm: LoadedModel, items, prepared: dict[str, Any], on_text: Optional[OnText], started: float) -> list[Response]:
+    def _generate(
+        self, lm: LoadedModel, items, prepared: dict[str, Any], on_text: Optional[OnText], started: float
+    ) -> list[Response]:
         torch = _torch()
         inputs, info = prepared["inputs"], prepared["info"]
         settings = items[0][1].generation

@@ -14,6 +14,7 @@ logits do (over the top-k tokens vLLM returns, not the whole vocabulary: said in
 One engine is held at a time (vLLM takes a fixed share of GPU memory); a request for another model
 replaces it. Multi-GPU: tensor_parallel_size / pipeline_parallel_size are vLLM's own options.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,7 +39,9 @@ def _vllm() -> Any:
     try:
         import vllm
     except ImportError:
-        raise BackendError("--backend vllm needs vLLM: pip install vllm (Linux with a CUDA GPU; it is not in requirements.txt)") from None
+        raise BackendError(
+            "--backend vllm needs vLLM: pip install vllm (Linux with a CUDA GPU; it is not in requirements.txt)"
+        ) from None
     return vllm
 
 
@@ -80,13 +83,17 @@ class VLLMBackend:
         if device is not None and not str(device).startswith("cuda"):
             raise BackendError(f"the vLLM backend runs on CUDA GPUs, not {device!r}; use --backend transformers")
         if ignored.get("quantization"):
-            raise BackendError("--quantization is bitsandbytes for the transformers backend; with vLLM give a "
-                               "quantized checkpoint or engine_options={'quantization': ...}")
+            raise BackendError(
+                "--quantization is bitsandbytes for the transformers backend; with vLLM give a "
+                "quantized checkpoint or engine_options={'quantization': ...}"
+            )
         self.catalog = catalog
         self.dtype_override = dtype
         self.exact = exact
-        self.parallel = {"tensor_parallel_size": int(tensor_parallel_size),
-                         "pipeline_parallel_size": int(pipeline_parallel_size)}
+        self.parallel = {
+            "tensor_parallel_size": int(tensor_parallel_size),
+            "pipeline_parallel_size": int(pipeline_parallel_size),
+        }
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.local_paths = {a: Path(p) for a, p in (local_paths or {}).items()}
@@ -128,9 +135,14 @@ class VLLMBackend:
             source, revision = f"demo/{spec.alias}", None
         else:
             source, revision = self._source(model_alias, spec)
-        ident: dict[str, Any] = {"backend": self.name, "model": source, "revision": revision,
-                                 "dtype": self._dtype(spec), "vllm": _installed_vllm_version(),
-                                 "random_weights": bool(spec and spec.is_demo)}
+        ident: dict[str, Any] = {
+            "backend": self.name,
+            "model": source,
+            "revision": revision,
+            "dtype": self._dtype(spec),
+            "vllm": _installed_vllm_version(),
+            "random_weights": bool(spec and spec.is_demo),
+        }
         if self.exact:
             ident["execution"] = EXACT_EXECUTION
         return ident
@@ -149,10 +161,15 @@ class VLLMBackend:
             spec = self._spec(alias)
             source, revision = self._source(alias, spec)
             options: dict[str, Any] = {
-                "model": source, "revision": revision, "dtype": self._dtype(spec),
-                "enable_prefix_caching": not self.exact, "limit_mm_per_prompt": {"image": 1},
-                "gpu_memory_utilization": self.gpu_memory_utilization, "seed": 0,
-                "max_logprobs": READOUT_TOP_K, **self.parallel,
+                "model": source,
+                "revision": revision,
+                "dtype": self._dtype(spec),
+                "enable_prefix_caching": not self.exact,
+                "limit_mm_per_prompt": {"image": 1},
+                "gpu_memory_utilization": self.gpu_memory_utilization,
+                "seed": 0,
+                "max_logprobs": READOUT_TOP_K,
+                **self.parallel,
             }
             if self.max_model_len:
                 options["max_model_len"] = int(self.max_model_len)
@@ -186,8 +203,10 @@ class VLLMBackend:
     def sampling_params(self, request: Request) -> Any:
         g = request.generation
         options: dict[str, Any] = {
-            "max_tokens": g.max_new_tokens, "min_tokens": g.min_new_tokens,
-            "temperature": g.temperature if g.do_sample else 0.0, "top_p": g.top_p if g.do_sample else 1.0,
+            "max_tokens": g.max_new_tokens,
+            "min_tokens": g.min_new_tokens,
+            "temperature": g.temperature if g.do_sample else 0.0,
+            "top_p": g.top_p if g.do_sample else 1.0,
             "seed": g.seed,
         }
         if request.readout is not None and request.readout.kind == "closed":
@@ -197,9 +216,18 @@ class VLLMBackend:
     @staticmethod
     def chat_messages(request: Request) -> list[dict[str, Any]]:
         """OpenAI-style messages for LLM.chat, each image as a PNG data URL."""
-        return [{"role": m["role"], "content": [
-            {"type": "image_url", "image_url": {"url": _data_url(p.image)}} if isinstance(p, ImagePart)
-            else {"type": "text", "text": p} for p in m["content"]]} for m in request.messages]
+        return [
+            {
+                "role": m["role"],
+                "content": [
+                    {"type": "image_url", "image_url": {"url": _data_url(p.image)}}
+                    if isinstance(p, ImagePart)
+                    else {"type": "text", "text": p}
+                    for p in m["content"]
+                ],
+            }
+            for m in request.messages
+        ]
 
     @staticmethod
     def raw_prompt(request: Request) -> dict[str, Any]:
@@ -226,21 +254,27 @@ class VLLMBackend:
             for group, call in ((chat, self._run_chat), (raw, self._run_raw)):
                 step = 1 if self.exact else len(group) or 1
                 for s in range(0, len(group), step):
-                    part = group[s:s + step]
+                    part = group[s : s + step]
                     for i, response in zip(part, call(engine, [requests[i] for i in part])):
                         responses[i] = response
         return [r if r is not None else Response(error="no answer produced") for r in responses]
 
     def _run_chat(self, engine: Any, requests: list[Request]) -> list[Response]:
         started = time.perf_counter()
-        outputs = engine.chat([self.chat_messages(r) for r in requests],
-                              sampling_params=[self.sampling_params(r) for r in requests], use_tqdm=False)
+        outputs = engine.chat(
+            [self.chat_messages(r) for r in requests],
+            sampling_params=[self.sampling_params(r) for r in requests],
+            use_tqdm=False,
+        )
         return self._responses(engine, requests, outputs, time.perf_counter() - started)
 
     def _run_raw(self, engine: Any, requests: list[Request]) -> list[Response]:
         started = time.perf_counter()
-        outputs = engine.generate([self.raw_prompt(r) for r in requests],
-                                  sampling_params=[self.sampling_params(r) for r in requests], use_tqdm=False)
+        outputs = engine.generate(
+            [self.raw_prompt(r) for r in requests],
+            sampling_params=[self.sampling_params(r) for r in requests],
+            use_tqdm=False,
+        )
         return self._responses(engine, requests, outputs, time.perf_counter() - started)
 
     def _responses(self, engine: Any, requests: list[Request], outputs: list[Any], wall: float) -> list[Response]:
@@ -250,8 +284,11 @@ class VLLMBackend:
         out = []
         for request, result in zip(requests, outputs):
             completion = result.outputs[0]
-            extra: dict[str, Any] = {"batch_wall_s": wall, "batch_size": len(requests), "finish_reason":
-                                     getattr(completion, "finish_reason", None)}
+            extra: dict[str, Any] = {
+                "batch_wall_s": wall,
+                "batch_size": len(requests),
+                "finish_reason": getattr(completion, "finish_reason", None),
+            }
             p_positive = None
             first = (completion.logprobs or [None])[0] if getattr(completion, "logprobs", None) else None
             if first and request.readout is not None:
@@ -263,12 +300,16 @@ class VLLMBackend:
                 p_positive, raw = readout(probs, request.readout, tokens)
                 if raw:
                     extra["readout"] = {**raw, "from": f"top-{READOUT_TOP_K} logprobs"}
-            out.append(Response(
-                text=completion.text, latency_s=wall / max(1, len(requests)),
-                input_tokens=len(getattr(result, "prompt_token_ids", None) or []) or None,
-                output_tokens=len(getattr(completion, "token_ids", None) or []) or None,
-                p_positive=p_positive, extra=extra,
-            ))
+            out.append(
+                Response(
+                    text=completion.text,
+                    latency_s=wall / max(1, len(requests)),
+                    input_tokens=len(getattr(result, "prompt_token_ids", None) or []) or None,
+                    output_tokens=len(getattr(completion, "token_ids", None) or []) or None,
+                    p_positive=p_positive,
+                    extra=extra,
+                )
+            )
         return out
 
 
