@@ -32,14 +32,14 @@ def _rows(*paths):
 def test_extra_rows_kept_in_the_project():
     rows = _rows()
     result = reader_accuracy.score(rows)
-    assert result["lenient"] >= 0.95, result
-    assert result["exact"] >= 0.93, result
+    assert result["lenient"] >= 0.96, result
+    assert result["exact"] >= 0.95, result
 
 
 def test_whole_development_set():
     rows = _rows(reader_accuracy.SHARED)
     result = reader_accuracy.score(rows)
-    assert result["lenient"] >= 0.96 and result["exact"] >= 0.95, {k: v for k, v in result.items() if k != "preds"}
+    assert result["lenient"] >= 0.975 and result["exact"] >= 0.97, {k: v for k, v in result.items() if k != "preds"}
     for label, (recall, count) in result["recall"].items():
         if count >= 10:
             assert recall >= 0.8, (label, recall, count)
