@@ -16,7 +16,8 @@ from typing import Optional
 
 from explorer.schema import PromptVariant, Reading, Verdict
 from explorer.scoring.question_focus import question_polarity
-from explorer.scoring.reader import READER_VERSION, AnswerReading, read_answer
+from explorer.scoring.reader import READER_VERSION, read_answer
+from explorer.scoring.reading import AnswerReading
 
 __all__ = ["RULES_METHOD", "parse_verdict", "question_polarity", "read_answer", "reading_of", "is_rules_method"]
 
