@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import threading
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -175,3 +176,28 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, (ValueError, KeyError, FileNotFoundError, PermissionError)):
         return str(exc).strip("'\"") or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
+
+
+class CancelTokens:
+    """Cancel events by token. A page's gr.State keeps only the token (plain data that pickles, as
+    ZeroGPU needs); the event stays with the handler that runs the job."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def token(self, event: threading.Event) -> str:
+        with self._lock:
+            for token, known in self._events.items():
+                if known is event:
+                    return token
+            # Jobs long over are forgotten, so the map does not grow with every job ever run.
+            for token in [t for t, e in self._events.items() if e.is_set()]:
+                del self._events[token]
+            token = uuid.uuid4().hex
+            self._events[token] = event
+            return token
+
+    def event(self, token: Optional[str]) -> Optional[threading.Event]:
+        with self._lock:
+            return self._events.get(token or "")

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from explorer.app import names, render
-from explorer.app.context import Background, SharedExplorer, gpu, user_message, warn
+from explorer.app.context import Background, CancelTokens, SharedExplorer, gpu, user_message, warn
 from explorer.app.embeddings_tab import bar
 
 COMPARE_CASE = "__compare__"
@@ -123,6 +123,7 @@ def _runs_choices(runs: pd.DataFrame, public: bool = False) -> list[tuple[str, s
 class DiagnoseHandlers:
     def __init__(self, shared: SharedExplorer):
         self.shared = shared
+        self._cancels = CancelTokens()  # the page's state keeps a token, never the event itself
 
     def shown(
         self, task: str, diagnoser: Optional[str], case_id: Optional[str] = None, run: Optional[str] = None, state=None
@@ -221,7 +222,7 @@ class DiagnoseHandlers:
             return
         cancel = threading.Event()
         own = _own_runs(state)
-        state = {"cancel": cancel, "runs": own}
+        state = {"cancel_token": self._cancels.token(cancel), "runs": own}
         yield (
             bar("dx-sweep-progress", 0, 0, "planning", "running"),
             render.notice(""),
@@ -281,7 +282,7 @@ class DiagnoseHandlers:
                 gr.skip(),
                 gr.skip(),
                 gr.update(choices=_runs_choices(ex.description_runs(own), self.shared.settings.public)),
-                {"cancel": None, "runs": own},
+                {"cancel_token": None, "runs": own},
             )
             return
         s = result.summary
@@ -305,7 +306,7 @@ class DiagnoseHandlers:
             result.recovered.round(3),
             gr.update(value=str(path), interactive=True),
             gr.update(choices=runs, value=result.run_id or ALL_RUNS),
-            {"cancel": None, "runs": own},
+            {"cancel_token": None, "runs": own},
         )
 
     def new_sweep(self, tasks, per_class, with_closed, run_pick, models, diagnoser, templates, state):
@@ -315,8 +316,9 @@ class DiagnoseHandlers:
         yield from self.run_sweep(tasks, per_class, with_closed, run_pick, models, diagnoser, templates, state, False)
 
     def cancel(self, state):
-        if state and state.get("cancel") is not None and not state["cancel"].is_set():
-            state["cancel"].set()
+        event = self._cancels.event((state or {}).get("cancel_token"))
+        if event is not None and not event.is_set():
+            event.set()
             return render.notice("Cancelling after the current batch; finished answers and diagnoses are kept.", "info")
         return render.notice("Nothing is running.", "info")
 

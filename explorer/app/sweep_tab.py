@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from explorer.app import names, render
-from explorer.app.context import SharedExplorer, gpu, user_message, warn
+from explorer.app.context import CancelTokens, SharedExplorer, gpu, user_message, warn
 
 METRIC_COLUMNS = [
     "model",
@@ -69,6 +69,7 @@ def write_exports(ex, run_id: str) -> list[str]:
 class SweepHandlers:
     def __init__(self, shared: SharedExplorer):
         self.shared = shared
+        self._cancels = CancelTokens()  # the page's state keeps a token, never the event itself
 
     def _frame(self, ex, run_id: str) -> pd.DataFrame:
         return ex.answers_frame(run_id=run_id)
@@ -110,7 +111,7 @@ class SweepHandlers:
 
     def cancel(self, state, request: gr.Request = None):
         """Cancel this page's sweep, or after a reload the visitor's sweep this page re-attached to."""
-        event = (state or {}).get("cancel")
+        event = self._cancels.event((state or {}).get("cancel_token"))
         if event is None:
             handle = self.shared.get().running_sweep(owner_of(request)) if owner_of(request) else None
             event = handle.cancel_event if handle is not None and handle.running else None
@@ -130,7 +131,7 @@ class SweepHandlers:
         if handle is None:
             yield (gr.skip(),) * (3 + N_CHARTS + N_FILES + 1)
             return
-        state = {"spec": handle.spec, "cancel": handle.cancel_event}
+        state = {"spec": handle.spec, "cancel_token": self._cancels.token(handle.cancel_event)}
         snap = handle.snapshot()
         yield (
             render.progress(
@@ -149,7 +150,10 @@ class SweepHandlers:
         one has really started: a sweep refused while planning (public limits, a missing samples folder)
         takes nothing away, and one that fails midway offers what it finished."""
         cancel = threading.Event()
-        state = {"spec": spec, "cancel": cancel}  # out at once, so Cancel works while images load
+        state = {
+            "spec": spec,
+            "cancel_token": self._cancels.token(cancel),
+        }  # out at once: Cancel works while images load
         yield (
             render.progress(0, 0, "planning: loading images", "running"),
             render.notice(""),
