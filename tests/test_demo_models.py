@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ DEMOS = {
     "demo-gemma": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
     "demo-medgemma": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
 }
-BUILD_TIMES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +32,7 @@ def demo_cache(tmp_path_factory, catalog):
     root = tmp_path_factory.mktemp("demo-cache")
     paths = {}
     for alias in DEMOS:
-        started = time.perf_counter()
         paths[alias] = ensure_demo_model(catalog.model(alias), cache_dir=root)
-        BUILD_TIMES[alias] = time.perf_counter() - started
     return root, paths
 
 
@@ -215,8 +211,3 @@ def test_text_model_for_judge_and_diagnosis(tmp_path):
     ids = tok(prompt.removeprefix("<bos>"), return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-
-def test_report_build_times(demo_cache, capsys):
-    with capsys.disabled():
-        print("\n  demo build s: " + ", ".join(f"{a} {t:.2f}" for a, t in BUILD_TIMES.items()))

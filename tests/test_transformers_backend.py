@@ -3,7 +3,6 @@ template, batching and streaming code the study's real models go through."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +23,6 @@ PROMPTS = (
     "Does this image contain evidence of pneumonia? Consider signs of consolidation, air bronchograms, and silhouettes.",
     "Which does this image show? Choose one answer.\nA) Pneumonia\nB) No pneumonia\nAnswer in one word.",
 )
-TIMINGS: dict[str, list[float]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +69,7 @@ def test_identity_needs_no_loading_and_marks_random_weights(catalog, tmp_path):
 def test_each_architecture_answers_through_both_prompt_paths(backend, catalog, alias):
     spec = catalog.model(alias)
     for fmt in dict.fromkeys(spec.prompt_formats.values()):
-        started = time.perf_counter()
         [resp] = backend.generate([_request(alias, PROMPTS[0], IMAGES[0], fmt)])
-        TIMINGS.setdefault(alias, []).append(time.perf_counter() - started)
         assert resp.ok, resp.error
         assert resp.text.strip() and resp.output_tokens >= SHORT.min_new_tokens
         assert resp.input_tokens > 5 and resp.extra["batch_size"] == 1
@@ -241,14 +237,6 @@ def test_real_sample_image_through_all_demos(backend, samples_dir):
             [_request(alias, PROMPTS[1], image, backend.catalog.model(alias).prompt_format("paper"))]
         )
         assert resp.ok and resp.text, (alias, resp.error)
-
-
-def test_report_generate_times(capsys):
-    with capsys.disabled():
-        print(
-            "\n  first-call generate s (incl. build+load), then per request: "
-            + ", ".join(f"{a} " + "/".join(f"{t:.2f}" for t in ts) for a, ts in TIMINGS.items())
-        )
 
 
 def test_asking_for_cuda_without_a_gpu_says_so():
