@@ -153,6 +153,22 @@ CASES = [
     ),
     ("There are signs of pnemonia in the right lung.", "Does this image contain evidence of pneumonia?", None, "yes"),
     ("Yes, a tumor is present.", "I think this image is normal, but is there a tumor?", None, "yes"),
+    # a finding put on the other side, a synonym of the property, images as options
+    (
+        "The image shows a chest X-ray with a pleural effusion in the right lung, not the left.",
+        "Is there evidence of a pleural effusion in the left lung in this image?",
+        None,
+        "no",
+    ),
+    ("There are bilateral pleural effusions.", "Is there a pleural effusion in the left lung?", None, "yes"),
+    ("Cardiomegaly is present.", "Is the heart enlarged?", None, "yes"),
+    ("Image B.", "Which image shows signs of pneumonia?", ["The first image", "The second image"], "B"),
+    (
+        "Neither image shows clear signs of pneumonia.",
+        "Which image shows pneumonia?",
+        ["The first image", "The second image"],
+        "hedge",
+    ),
     # languages and confidence suffixes
     ("是的", "Is there a tumor?", None, "yes"),
     ("Sí.", "Is there a tumor?", None, "yes"),

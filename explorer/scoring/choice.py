@@ -22,7 +22,7 @@ from explorer.scoring.words import (
 
 def label_at(text: str, pos: int, focus: Focus) -> Optional[Cue]:
     """An option label opening text[pos:] ("B", "(B)", "B)", "Option B", "**B**"), not the article "A"."""
-    m = re.match(r"[\s\"'(]*(?:(?:option|choice)\s*)?\(?", text[pos : pos + 60], re.I)
+    m = re.match(r"[\s\"'(]*(?:(?:option|choice|image|picture|answer)\s*)?\(?", text[pos : pos + 60], re.I)
     i = pos + m.end()
     for index, option in enumerate(focus.options):
         label = option.label
@@ -94,7 +94,11 @@ def predicate_choice(text: str, inside: list[Cue]) -> Optional[Cue]:
     return stated[0] if len({c.value for c in stated}) == 1 else None
 
 
-NEITHER = re.compile(r"\b(?:neither|none)\s+of\s+(?:the\s+)?(?:\w+\s+)?(?:options|choices|answers|above)\b", re.I)
+NEITHER = re.compile(
+    r"\b(?:neither|none)\s+of\s+(?:the\s+)?(?:\w+\s+)?(?:options|choices|answers|above|images)\b|"
+    r"^\W*neither\b",  # "Neither image shows ..."
+    re.I | re.M,
+)
 
 
 RESTATES_BOTH = re.compile(r"\b(?:either|both|or|and|vs\.?|versus|between)\b", re.I)

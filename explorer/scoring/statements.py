@@ -14,6 +14,7 @@ from explorer.scoring.text_layout import Sentences, sentence_at, within
 from explorer.scoring.words import (
     ABNORMAL_STEMS,
     ANTONYMS,
+    LOCATION_STEMS,
     NEGATORS,
     NORMAL_STEMS,
     POST_NEGATION,
@@ -146,7 +147,7 @@ def target_statements(
     near = near_spellings(toks, focus.primary, focus.primary | antonyms | focus.secondary, strict=True)
     cues = find_statements(text, toks, focus.primary | near, void, sentences, antonyms)
     if cues:
-        return flipped(cues, focus.negated), True
+        return flipped(elsewhere(text, toks, cues, focus, sentences), focus.negated), True
     if focus.secondary:
         # The subject instead of the finding ("Is the heart enlarged?" - "The heart is normal in size").
         normal = find_statements(text, toks, NORMAL_STEMS, void, sentences)
@@ -209,3 +210,25 @@ def near_spellings(
             ):
                 near.add(t.stem)
     return frozenset(near)
+
+
+_NOT_SIDE = re.compile(r"\bnot\s+(?:in\s+|on\s+|at\s+)?(?:the\s+)?([a-z]+)", re.I)
+
+
+def elsewhere(text: str, toks: list[Token], cues: list[Cue], focus: Focus, sentences) -> list[Cue]:
+    """A finding stated only on the other side ("in the right lung, not the left") answers a question
+    about this side with no (weakly: the reader is unsure of it)."""
+    sides = focus.secondary & LOCATION_STEMS
+    if not sides:
+        return cues
+    others = frozenset().union(*(ANTONYMS.get(side, frozenset()) for side in sides)) - sides
+    out = []
+    for cue in cues:
+        start, end = sentence_at(sentences, cue.start)
+        here = {t.stem for t in toks if start <= t.start < end}
+        denied = {stem(m.group(1)) for m in _NOT_SIDE.finditer(text, start, end)}
+        if cue.value == "yes" and here & others and (not here & sides or sides & denied):
+            out.append(Cue("no", cue.start, cue.end, "elsewhere", cue.tentative, True))
+        else:
+            out.append(cue)
+    return out

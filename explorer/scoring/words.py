@@ -256,8 +256,17 @@ ANTONYMS = {
     stem("increased"): frozenset({stem("decreased")}),
     stem("decreased"): frozenset({stem("increased")}),
     stem("left"): frozenset({stem("right")}),
+    stem("upper"): frozenset({stem("lower")}),
+    stem("lower"): frozenset({stem("upper")}),
+    stem("anterior"): frozenset({stem("posterior")}),
+    stem("posterior"): frozenset({stem("anterior")}),
+    stem("superior"): frozenset({stem("inferior")}),
+    stem("inferior"): frozenset({stem("superior")}),
     stem("right"): frozenset({stem("left")}),
 }
+# Where a finding is: a statement that puts it on the other side ("in the right lung, not the
+# left") does not answer a question about this side.
+LOCATION_STEMS = frozenset(stem(w) for w in "left right upper lower anterior posterior superior inferior".split())
 # Words that name a condition the study asks about, by the question's word (stems both sides).
 SYNONYMS = {
     stem(key): frozenset(stem(w) for w in words.split())
@@ -270,6 +279,7 @@ SYNONYMS = {
         "malignant": "malignancy cancer cancerous melanoma carcinoma",
         "effusion": "effusions",
         "cardiomegaly": "enlarged enlargement",
+        "enlarged": "enlargement cardiomegaly hepatomegaly splenomegaly",
         "fracture": "fractures fractured break",
     }.items()
 }
