@@ -169,6 +169,8 @@ CASES = [
         ["The first image", "The second image"],
         "hedge",
     ),
+    ("This is an MRI image of the brain.", "Is this a CT scan?", None, "no"),
+    ("This is a CT scan of the abdomen.", "Is this a CT scan?", None, "yes"),
     # languages and confidence suffixes
     ("是的", "Is there a tumor?", None, "yes"),
     ("Sí.", "Is there a tumor?", None, "yes"),

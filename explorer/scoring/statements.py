@@ -15,6 +15,7 @@ from explorer.scoring.words import (
     ABNORMAL_STEMS,
     ANTONYMS,
     LOCATION_STEMS,
+    MODALITY_STEMS,
     NEGATORS,
     NORMAL_STEMS,
     POST_NEGATION,
@@ -157,6 +158,13 @@ def target_statements(
                 Cue("no" if c.value == "yes" else "yes", c.start, c.end, "normal", c.tentative, True) for c in normal
             ]
             return flipped(cues, focus.negated), False
+    asked = focus.primary & MODALITY_STEMS
+    if asked:
+        # "Is this a CT?" - "This is an MRI image": another modality, stated, answers no.
+        other = find_statements(text, toks, MODALITY_STEMS - asked, void, sentences)
+        stated = [Cue("no", c.start, c.end, "another modality", c.tentative, True) for c in other if c.value == "yes"]
+        if stated:
+            return flipped(stated, focus.negated), False
     if focus.primary & ABNORMAL_STEMS or pathological(focus):
         whole = [c for c in normality_statements(text, toks, void, sentences, focus.secondary) if c.how != "finding"]
         if whole:

@@ -264,6 +264,11 @@ ANTONYMS = {
     stem("inferior"): frozenset({stem("superior")}),
     stem("right"): frozenset({stem("left")}),
 }
+# Imaging modalities: a stated other modality answers "Is this a CT?" with no. "x-ray" is one
+# token pair ("x", "ray") to the tokenizer, so its stems are "x" and "ray".
+MODALITY_STEMS = frozenset(
+    stem(w) for w in "ct mri ray radiograph ultrasound sonogram pet mammogram angiogram fluoroscopy endoscopy".split()
+)
 # Where a finding is: a statement that puts it on the other side ("in the right lung, not the
 # left") does not answer a question about this side.
 LOCATION_STEMS = frozenset(stem(w) for w in "left right upper lower anterior posterior superior inferior".split())
