@@ -11,6 +11,7 @@ import pytest
 from explorer.scoring.reader import read_answer
 
 LR = ["left", "right"]
+STATEMENTS = ["The lesion in the first image is malignant.", "The lesion in the second image is malignant."]
 # (answer, question, options, expected: "yes"/"no"/"A"/"B"/"refusal"/"hedge"/"unclear")
 CASES = [
     # a finding stated without yes/no, about a condition no word list has
@@ -171,6 +172,11 @@ CASES = [
     ),
     ("This is an MRI image of the brain.", "Is this a CT scan?", None, "no"),
     ("This is a CT scan of the abdomen.", "Is this a CT scan?", None, "yes"),
+    # statements as options, labels anywhere, a formal answer over labels on the way
+    ("Based on the images, option B is more likely.", "Which statement is correct?", STATEMENTS, "B"),
+    ("Option A is not correct; the answer is B.", "Which statement is correct?", STATEMENTS, "B"),
+    ("I cannot determine which lesion is malignant from these images alone.", "Which is correct?", STATEMENTS, "hedge"),
+    ("Consolidation - absent", "Is there consolidation?", None, "no"),
     # languages and confidence suffixes
     ("是的", "Is there a tumor?", None, "yes"),
     ("Sí.", "Is there a tumor?", None, "yes"),

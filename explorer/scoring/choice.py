@@ -44,6 +44,8 @@ def label_at(text: str, pos: int, focus: Focus) -> Optional[Cue]:
             return Cue(chr(ord("A") + index), i, end + (closed.end() if closed else 0), "option label")
         if option_named_at(tail, focus) == index:  # "A Tumor" when A is "Tumor"
             return Cue(chr(ord("A") + index), i, end, "option label")
+        if re.search(r"(?:option|choice)\s*\(?$", m.group(), re.I):  # "option B is more likely"
+            return Cue(chr(ord("A") + index), pos + m.group().lower().index("o"), end, "option label")
     return None
 
 
@@ -94,6 +96,10 @@ def predicate_choice(text: str, inside: list[Cue]) -> Optional[Cue]:
     return stated[0] if len({c.value for c in stated}) == 1 else None
 
 
+# After a label: the model rules that option out.
+RULED_OUT = re.compile(
+    r"\)?\s+(?:is|seems|appears)\s+(?:not\s+(?:correct|right|likely)|incorrect|wrong|unlikely)", re.I
+)
 NEITHER = re.compile(
     r"\b(?:neither|none)\s+of\s+(?:the\s+)?(?:\w+\s+)?(?:options|choices|answers|above|images)\b|"
     r"^\W*neither\b",  # "Neither image shows ..."
@@ -154,9 +160,14 @@ def read_choice(
         if cue and all(c.start != cue.start for c in labels):
             labels.append(Cue(cue.value, m.start(), cue.end, "formal answer"))
     seen = {c.start for c in labels}
-    for m in re.finditer(r"(?:^|\n)[ \t]*|\((?=[A-Za-z0-9]\))", text):
+    # Line starts, "(B)" anywhere, and "option B" / "choice B" anywhere ("option B is more likely").
+    scan = r"(?:^|\n)[ \t]*|\((?=[A-Za-z0-9]\))|(?P<kw>\b(?:option|choice)\s+)(?=\(?[A-Za-z0-9]\b)"
+    for m in re.finditer(scan, text, re.I):
+        at = m.start() if m.group("kw") else m.end()
+        if m.group("kw") and RULED_OUT.match(text, m.end() + 1):
+            continue  # "Option A is not correct": not a choice of A
         if m.end() > start + 1:
-            cue = label_at(text, m.end(), focus)
+            cue = label_at(text, at, focus)
             if cue and not seen.intersection(range(cue.start - 2, cue.start + 3)):
                 labels.append(cue)
                 seen.add(cue.start)
@@ -169,6 +180,9 @@ def read_choice(
         conflict = [c for c in labels if c.value == "conflict"]
         if conflict:
             return make_reading(answer, "hedge", None, conflict[0], f"contradicts itself: {conflict[0].how}")
+        formal = [c for c in labels if c.how == "formal answer"]
+        if formal and len({c.value for c in formal}) == 1:
+            labels = formal  # "the answer is B" decides over labels mentioned on the way
         first = labels[0]
         against = [c for c in labels[1:] if c.value != first.value]
         if against:

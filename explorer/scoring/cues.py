@@ -32,7 +32,7 @@ HEDGE = re.compile(
     r"distinguish|establish|ascertain|evaluate|identify|differentiate|be\s+(?:certain|sure)|answer)|"
     r"(?:can(?:no|')?t|can\s+not|could\s*n[o']?t|cannot|unable\s+to)\s+(?:\w+\s+){0,2}?"
     r"(?:determine|tell|say|confirm|assess|ascertain|establish|be\s+(?:certain|sure))\s+"
-    r"(?:(?:\w+\s+){0,5}?)(?:whether|if|the\s+presence|for\s+(?:sure|certain)|definitively|with\s+certainty|"
+    r"(?:(?:\w+\s+){0,5}?)(?:whether|if|which|the\s+presence|for\s+(?:sure|certain)|definitively|with\s+certainty|"
     r"from\s+(?:this|the)\s+(?:image|picture|scan|x-ray)|based\s+on)|"
     r"cannot\s+be\s+(?:determined|assessed|confirmed|excluded|ruled\s+out|evaluated)|"
     r"(?:may|might|could)\s+or\s+(?:may|might|could)\s+not|"

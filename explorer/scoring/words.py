@@ -163,7 +163,7 @@ PSEUDO_NEGATION = re.compile(
 )
 # After a finding: "effusion is not seen", "pneumothorax absent", "fracture ruled out".
 POST_NEGATION = re.compile(
-    r"[\s,]*(?:(?:is|are|was|were|appears?|seems?|looks?|remains?)\s+(?:to\s+be\s+)?)?"
+    r"[\s,:\-\u2013\u2014]*(?:(?:is|are|was|were|appears?|seems?|looks?|remains?)\s+(?:to\s+be\s+)?)?"
     r"(?:not\s+(?:\w+\s+)?(?:seen|visible|visualized|present|evident|detected|identified|observed|noted|"
     r"appreciated|apparent|shown|demonstrated|found|suggested)|absent|excluded|ruled\s+out|negative)\b",
     re.I,
@@ -300,6 +300,6 @@ GENERIC_STEMS = frozenset(
         "contain contains containing demonstrate demonstrates depict depicts display displays reveal reveals "
         "is are was were be been being do does did can could would will should may might has have had "
         "here case region area type kind consider please answer question one word yes no process change "
-        "changes appearance pattern likely and associated related"
+        "changes appearance pattern likely and associated related which what following statement statements"
     ).split()
 )
