@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -71,8 +72,6 @@ def keyword_baseline(row: dict) -> str:
     if options:
         hits = [i for i, option in enumerate(options) if option.lower() in text]
         return f"OPTION_{'AB'[hits[0]]}" if len(hits) == 1 and hits[0] < 2 else "OFF_TOPIC"
-    import re
-
     yes = bool(re.search(r"\byes\b", text))
     no = bool(re.search(r"\bno\b", text))
     return "YES" if yes and not no else "NO" if no and not yes else "OFF_TOPIC"

@@ -35,7 +35,7 @@ class StandInSpaces(types.ModuleType):
                 @functools.wraps(fn)
                 def wrapper(*args, **kwargs):
                     self.calls.append(fn.__name__)
-                    check((args[1:], kwargs))  # args[0] is the handler object, bound before the call
+                    check((args, kwargs))  # the handler is a bound method: every argument is a Gradio input
                     for out in fn(*args, **kwargs):
                         yield check(out)
 
@@ -44,7 +44,7 @@ class StandInSpaces(types.ModuleType):
             @functools.wraps(fn)
             def plain(*args, **kwargs):
                 self.calls.append(fn.__name__)
-                check((args[1:], kwargs))
+                check((args, kwargs))
                 return check(fn(*args, **kwargs))
 
             return plain

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-DEFAULT_STORE = str(Path("runs") / "explorer.sqlite")
+from explorer.cli.results import store_arg
 
 
 def add_rescore(sub) -> None:
@@ -15,7 +15,7 @@ def add_rescore(sub) -> None:
         description="Re-read every rule-read verdict that an older reader wrote (judge verdicts and errors "
         "are left alone), so one store never mixes two readers. Prints what changed.",
     )
-    p.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default: {DEFAULT_STORE})")
+    store_arg(p)
     p.add_argument("--all", action="store_true", help="re-read rule verdicts of the current reader too")
     p.add_argument("--model", help="only this model alias")
     p.add_argument("--task", help="only this task")

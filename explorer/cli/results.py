@@ -56,7 +56,7 @@ def store_problem(store, exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _store_arg(p) -> None:
+def store_arg(p) -> None:
     p.add_argument("--store", default=DEFAULT_STORE, help=f"results store, an SQLite file (default: {DEFAULT_STORE})")
 
 
@@ -172,7 +172,7 @@ def add_sweep(sub) -> None:
         help="GB the loaded models may take together; the least recently used is unloaded first "
         "(default: 90%% of free memory)",
     )
-    _store_arg(p)
+    store_arg(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -351,7 +351,7 @@ def add_metrics(sub) -> None:
         description="Per (model, task): mean accuracy and F1_all over prompts, prompt variance "
         "(std of accuracy), refusal rate, flip rate, Fleiss' kappa; and the paper's headline.",
     )
-    _store_arg(p)
+    store_arg(p)
     p.add_argument("--run", help="one run's items only (default: the newest run)")
     p.add_argument("--all", action="store_true", help="every answer in the store, not one run")
     p.add_argument("--cells", action="store_true", help="also print per-prompt metrics")
@@ -515,7 +515,7 @@ def add_export(sub) -> None:
         help="write answers, metrics and a run manifest to files",
         description="Write answers.<fmt>, metrics_cells/summary/headline.<fmt> and manifest.json.",
     )
-    _store_arg(p)
+    store_arg(p)
     p.add_argument("--run", help="one run's items (default: the newest run); --all for everything")
     p.add_argument("--all", action="store_true", help="every answer in the store")
     p.add_argument("--out", required=True, help="output folder")
@@ -547,7 +547,7 @@ def add_import(sub) -> None:
         "answers.csv/.parquet/.json exported by this tool, so they can be browsed and measured.",
     )
     p.add_argument("paths", nargs="+", help="files or folders")
-    _store_arg(p)
+    store_arg(p)
     p.set_defaults(func=cmd_import)
 
 

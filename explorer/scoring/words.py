@@ -282,7 +282,6 @@ SYNONYMS = {
         "cancer": "cancerous malignant malignancy melanoma carcinoma carcinomas",
         "carcinoma": "carcinomas idc malignant malignancy cancer cancerous",
         "malignant": "malignancy cancer cancerous melanoma carcinoma",
-        "effusion": "effusions",
         "cardiomegaly": "enlarged enlargement",
         "enlarged": "enlargement cardiomegaly hepatomegaly splenomegaly",
         "fracture": "fractures fractured break",
