@@ -81,6 +81,12 @@ CASES = [
         "unclear",
     ),
     ("Yes stroma to to to lobe to lobe to lobe to lobe density density density", "Is there a tumor?", None, "unclear"),
+    (
+        "difficult no Malignant right and left pixels great region and left pixels great region and left pixels great",
+        "Is this chest X-ray normal?",
+        None,
+        "unclear",
+    ),
     ("© 2019 Radiology Society. All rights reserved.", "Is there a mass?", None, "unclear"),
     # two options
     ("Lower", "Is the lesion in the lower lobe or the upper lobe?", ["lower lobe", "upper lobe"], "A"),

@@ -139,8 +139,9 @@ COMMON = frozenset(
 
 
 def looks_like_noise(text: str) -> bool:
-    """Word salad, as random-weight models write: hardly any common English words, or one word
-    repeated over and over ("diagnosis diagnosis diagnosis opacity You diagnosis ...")."""
+    """Word salad, as random-weight models write: hardly any common English words, one word
+    repeated over and over ("diagnosis diagnosis diagnosis opacity You diagnosis ..."), or one
+    phrase going round in a loop."""
     words = [w.lower() for w in re.findall(r"[A-Za-z']+", text[:3000])]
     if len(words) < 8:
         return False
@@ -152,4 +153,8 @@ def looks_like_noise(text: str) -> bool:
         longest = max(longest, run)
     content = Counter(w for w in words if w not in COMMON)
     top = max(content.values(), default=0)
-    return longest >= 3 or (len(words) >= 12 and top / len(words) > 0.25)
+    if longest >= 3 or (len(words) >= 12 and top / len(words) > 0.25):
+        return True
+    # A phrase going round in a loop ("left pixels great region and left pixels great region ...").
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return len(trigrams) >= 12 and len(set(trigrams)) / len(trigrams) < 0.5

@@ -128,7 +128,9 @@ def _read(answer: str, question: str, options: Optional[list[str]], labels: Opti
     if problem:
         return make_reading(answer, "unclear", None, None, problem)
     if looks_like_noise(text):
-        return make_reading(answer, "unclear", None, None, "looks like noise: hardly any common English words")
+        return make_reading(
+            answer, "unclear", None, None, "looks like noise: word salad, as random-weight models write"
+        )
     sentences = sentences_of(text)
     toks = tokens(text)
     void = void_spans(text, sentences, focus)
