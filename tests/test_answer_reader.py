@@ -82,7 +82,8 @@ CASES = [
     ),
     ("Yes stroma to to to lobe to lobe to lobe to lobe density density density", "Is there a tumor?", None, "unclear"),
     (
-        "difficult no Malignant right and left pixels great region and left pixels great region and left pixels great",
+        "difficult no Malignant right and left pixels great region and left pixels great region and left pixels "
+        "great region and left pixels great",
         "Is this chest X-ray normal?",
         None,
         "unclear",
