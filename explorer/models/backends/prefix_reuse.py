@@ -258,7 +258,7 @@ def initial_room(max_new_tokens: int, width: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _roomy_layer_class():
+def roomy_layer_class():
     """Defined on first use, so importing this module does not import transformers."""
     from transformers.cache_utils import DynamicLayer
 
@@ -277,7 +277,7 @@ def _roomy_layer_class():
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            have = self.get_seq_length()
+            have = self.stored()
             new = key_states.shape[-2]
             if self._k is None or have + new > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
                 self._make_room(key_states, value_states, have, have + new + self.room)
@@ -286,6 +286,12 @@ def _roomy_layer_class():
             self.keys, self.values = self._k[:, :, : have + new], self._v[:, :, : have + new]
             self.room = max(self.room, (have + new) // 8)  # later growth is geometric
             return self.keys, self.values
+
+        def stored(self) -> int:
+            """Positions held in this layer's own storage."""
+            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+                return 0
+            return int(self.keys.shape[-2])
 
         def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
             """Take buffers whose first `length` positions are already filled (with room after
@@ -344,7 +350,7 @@ def _new_cache(model: Any, layers: Optional[list[tuple[torch.Tensor, torch.Tenso
 
     cache = DynamicCache(config=_text_config(model))
     if room:
-        roomy = _roomy_layer_class()
+        roomy = roomy_layer_class()
         cache.layers = [roomy(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     for layer, (k, v) in zip(cache.layers, layers or []):
         layer.update(k, v)
@@ -415,7 +421,12 @@ class PreparedBatch:
 
 
 def continue_from_prefixes(
-    model: Any, rows: Sequence[Sequence[int]], prefixes: Sequence[Prefix], pad_id: int, room: int = 0
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    prefixes: Sequence[Prefix],
+    pad_id: int,
+    room: int = 0,
+    shared: bool = False,
 ) -> PreparedBatch:
     """Extend each row's prefix with the row's own tokens (all but its last) in one pass, then lay
     the cache out as a left-padded batch: [pads][prefix][own tokens] per row, which is the layout
@@ -428,6 +439,9 @@ def continue_from_prefixes(
     into the generation cache. Otherwise the rows are extended side by side, each starting from
     its own copy of its prefix (see _extend_side_by_side). Either way every real token sees the
     keys it sees in a plain left-padded batch, in the same order; only masked positions differ.
+
+    shared=True: the cache keeps each distinct prefix once and only the rows' own tokens per row
+    (see shared_prefix.py); generate() must then run inside shared_prefix.attending(cache).
     """
     device = model.device
     batch = len(rows)
@@ -437,12 +451,14 @@ def continue_from_prefixes(
         layers, segments = _extend_packed(model, own, prefixes)
     else:
         layers, segments = _extend_side_by_side(model, own, prefixes, pad_id)
+    if shared:
+        return _shared_layout(model, rows, prefixes, layers, segments, pad_id, room)
 
     # Rearrange every row to [pads][prefix][own tokens], written straight into the generation
     # cache's storage, layer by layer, each source layer dropped once moved.
     width = max(n + len(s) for n, s in zip(p_len, own))
     cache = _new_cache(model, room=room)
-    roomy = _roomy_layer_class()
+    roomy = roomy_layer_class()
     index: dict[Any, torch.Tensor] = {}
     for layer_idx, target in enumerate(cache.layers):
         k, v = layers[layer_idx]
@@ -468,6 +484,49 @@ def continue_from_prefixes(
         input_ids[i, pad + p.length :] = torch.tensor(list(r[p.length :]), dtype=torch.long)
         attention_mask[i, pad:] = 1
     return PreparedBatch(input_ids.to(device), attention_mask.to(device), cache)
+
+
+def _shared_layout(
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    prefixes: Sequence[Prefix],
+    layers: list,
+    segments: "Segments",
+    pad_id: int,
+    room: int,
+) -> PreparedBatch:
+    """The batch as [prefix region][pads][own tokens] per row, its cache holding each distinct
+    prefix once (the Prefix's own tensors, not copied) and each row's own tokens right-aligned."""
+    from . import shared_prefix
+
+    groups_of: dict[int, int] = {}
+    groups = [groups_of.setdefault(id(p), len(groups_of)) for p in prefixes]
+    distinct = list({id(p): p for p in prefixes}.values())
+    region = max(p.length for p in prefixes)
+    tails = [[runs[-1]] for runs in segments]  # each row's own-token run
+    own_width = max(runs[0][1] for runs in tails)
+    cache = shared_prefix.new_cache(model, [p.layers for p in distinct], groups, region, room)
+    index: dict[Any, torch.Tensor] = {}
+    for layer_idx, target in enumerate(cache.layers):
+        k, v = layers[layer_idx]
+        layers[layer_idx] = None
+        target.adopt(
+            _place_rows(k, tails, own_width, target.room, index),
+            _place_rows(v, tails, own_width, target.room, index),
+            own_width,
+        )
+        del k, v
+
+    full = region + own_width + 1
+    input_ids = torch.full((len(rows), full), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), full), dtype=torch.long)
+    for i, (r, p) in enumerate(zip(rows, prefixes)):
+        input_ids[i, : p.length] = torch.tensor(p.ids, dtype=torch.long)
+        attention_mask[i, : p.length] = 1
+        tail = list(r[p.length :])  # own tokens and the last one
+        input_ids[i, full - len(tail) :] = torch.tensor(tail, dtype=torch.long)
+        attention_mask[i, full - len(tail) :] = 1
+    return PreparedBatch(input_ids.to(model.device), attention_mask.to(model.device), cache)
 
 
 Segments = list[list[tuple[int, int]]]  # per row: (start, length) runs of source positions, in order
@@ -510,7 +569,9 @@ def _place_rows(
 
 def _packed_pass_ok(model: Any) -> bool:
     """The packed pass hands the model its own 4-D mask, which sdpa and eager attention read as given."""
-    return getattr(_text_config(model), "_attn_implementation", None) in ("sdpa", "eager")
+    from .shared_prefix import ATTENTION_NAME  # sdpa itself for a pass without a shared-prefix cache
+
+    return getattr(_text_config(model), "_attn_implementation", None) in ("sdpa", "eager", ATTENTION_NAME)
 
 
 def _extend_packed(

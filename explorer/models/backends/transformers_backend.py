@@ -110,6 +110,7 @@ def _lazy_module(name: str) -> Any:
 
 
 reuse_lib = _lazy_module(__package__ + ".prefix_reuse")
+shared_lib = _lazy_module(__package__ + ".shared_prefix")
 
 
 # Cache keys name this execution mode, so exact and batched answers are never served for each other.
@@ -172,6 +173,7 @@ class TransformersBackend:
         quantization: Quantization = None,
         image_memo: int = 2,
         exact: bool = False,
+        shared_prefix: bool = True,
     ):
         """device: "cuda", "cuda:1", "cpu"... (default: CUDA when available); dtype overrides every
         model's preset dtype; local_paths maps an alias (in the catalog or not) to a model folder.
@@ -181,7 +183,9 @@ class TransformersBackend:
         quantization: "8bit" | "4bit" for every non-demo model, or {alias: "8bit"|"4bit"|None};
         bitsandbytes on CUDA only.
         image_memo: how many images' prefix caches / features are kept between calls.
-        exact: the study's execution (one request per call, no reuse, the authors' dtype)."""
+        exact: the study's execution (one request per call, no reuse, the authors' dtype).
+        shared_prefix: with reuse="prefix", decode against one copy of each image's prefix where the
+        model allows it (see shared_prefix.py); False keeps a copy per row."""
         if exact:
             reuse, batch_size = "none", 1
         if reuse not in REUSE_MODES:
@@ -194,6 +198,7 @@ class TransformersBackend:
         self.demo_size = demo_size or DemoSize.tiny()
         self.demo_cache_dir = Path(demo_cache_dir) if demo_cache_dir else None
         self.reuse = reuse
+        self.shared_prefix = shared_prefix
         self.exact = exact
         self.quantization = quantization
         for value in quantization.values() if isinstance(quantization, Mapping) else [quantization]:
@@ -708,9 +713,16 @@ class TransformersBackend:
         # estimate is checked before the batch's cache is built (too big: the batch is halved).
         width = max(len(ids) for ids in rows.ids)
         room = reuse_lib.initial_room(max_new_tokens, width)
-        estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), width + room)
+        # One copy of a prefix pays off when rows share it; a lone row decodes faster with plain sdpa.
+        sharing = len(rows.ids) > len({id(p) for p in prefixes})
+        shared = self.shared_prefix and sharing and shared_lib.enable(model)
+        # A shared-prefix cache allocates the rows' own tokens only (the prefixes exist already).
+        per_row = max(len(ids) - p.length for ids, p in zip(rows.ids, prefixes)) if shared else width
+        estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + room)
         self._check_kv_room(lm, estimate)
-        batch = reuse_lib.continue_from_prefixes(model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room)
+        batch = reuse_lib.continue_from_prefixes(
+            model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room, shared=shared
+        )
         gen_inputs = {
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,
@@ -718,12 +730,13 @@ class TransformersBackend:
         }
         info = {
             "reuse": "prefix",
+            "kv_layout": "shared prefix" if shared else "copy per row",
             "prefix_tokens": max(p.length for p in computed.values()),
             "images_encoded": prefilled,
             "kv_estimate_bytes": estimate,
             "kv_room": room,
         }
-        return {"inputs": gen_inputs, "info": info}
+        return {"inputs": gen_inputs, "info": info, "shared_cache": batch.cache if shared else None}
 
     def _check_kv_room(self, lm: LoadedModel, need: int) -> None:
         """MemoryError (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
@@ -750,9 +763,12 @@ class TransformersBackend:
             torch.manual_seed(settings.seed)
         with FirstLogits(lm.model, enabled=wants_readout) as first:
             if stream:
-                output, first_token_s = self._generate_streaming(lm, inputs, gen_kwargs, items[0][0], on_text)
+                output, first_token_s = self._generate_streaming(
+                    lm, inputs, gen_kwargs, items[0][0], on_text, prepared.get("shared_cache")
+                )
             else:
-                output = lm.model.generate(**inputs, **gen_kwargs)
+                with shared_lib.attending(prepared.get("shared_cache")):
+                    output = lm.model.generate(**inputs, **gen_kwargs)
         wall = time.perf_counter() - started
         new_tokens = output[:, prompt_len:]
         eos_ids = self._eos_ids(lm)
@@ -782,7 +798,9 @@ class TransformersBackend:
             )
         return responses
 
-    def _generate_streaming(self, lm: LoadedModel, inputs, gen_kwargs, index: int, on_text: OnText):
+    def _generate_streaming(
+        self, lm: LoadedModel, inputs, gen_kwargs, index: int, on_text: OnText, shared_cache: Any = None
+    ):
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -791,7 +809,7 @@ class TransformersBackend:
 
         def work() -> None:
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), shared_lib.attending(shared_cache):
                     result["output"] = lm.model.generate(**inputs, **gen_kwargs, streamer=streamer)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
                 result["error"] = exc

@@ -1,0 +1,156 @@
+"""Shared-prefix decoding: each image's prefix kept once, read once per step for all its rows, with
+the answers of a cache that copies it into every row."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from explorer.catalog.presets import load_catalog
+from explorer.models.backends import shared_prefix
+from explorer.models.backends.transformers_backend import TransformersBackend
+from explorer.prompts.variants import closed_variants
+from explorer.schema import GenerationSettings, ImagePart, Request
+
+
+def _image(w: int, h: int, seed: int) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray((torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy())
+
+
+IMAGES = (_image(90, 60, 20), _image(56, 112, 21))  # AnyRes: prefixes of different lengths
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+@pytest.fixture(scope="module")
+def backends(catalog, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("demo-cache")
+    shared = TransformersBackend(catalog, demo_cache_dir=cache, shared_prefix=True)
+    copies = TransformersBackend(catalog, demo_cache_dir=cache, shared_prefix=False)
+    plain = TransformersBackend(catalog, demo_cache_dir=cache, reuse="none")
+    copies.models = plain.models = shared.models  # one copy of the weights
+    yield SimpleNamespace(shared=shared, copies=copies, plain=plain)
+    shared.close()
+
+
+def _requests(catalog, alias, variants, images, gen):
+    fmt = catalog.model(alias).prompt_format("paper")
+    return [
+        Request(
+            model=alias,
+            generation=gen,
+            prompt_format=fmt,
+            readout=v,
+            messages=({"role": "user", "content": (ImagePart(im, f"img{id(im)}"), v.text)},),
+        )
+        for im in images
+        for v in variants
+    ]
+
+
+# ------------------------------------------------------------------ the attention function
+def _reference(query, keys, values, mask, scale):
+    """Eager attention over whole rows (GQA by repeating the key/value heads)."""
+    rep = query.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1)
+    scores = (query @ keys.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return (torch.softmax(scores, -1) @ values).transpose(1, 2)
+
+
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_attention_equals_attention_over_whole_rows(q_len):
+    """Two images (prefixes of 7 and 4 positions) over five rows in mixed order, rows with padding
+    among their own tokens, grouped query heads: the same output as attending to each row's
+    prefix and own tokens laid out in one sequence."""
+    torch.manual_seed(0)
+    heads, kv_heads, dim, own = 4, 2, 8, 6
+    prefixes = [(torch.randn(1, kv_heads, n, dim), torch.randn(1, kv_heads, n, dim)) for n in (7, 4)]
+    groups = [0, 1, 0, 0, 1]
+    batch = len(groups)
+    layer = shared_prefix.layer_class()(prefixes, groups, width=7, room=2)
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    query = torch.randn(batch, heads, q_len, dim)
+    keys, values = torch.randn(batch, kv_heads, own, dim), torch.randn(batch, kv_heads, own, dim)
+    mask = torch.ones(batch, 1, q_len, own, dtype=torch.bool)
+    mask[1, ..., :2] = False  # pads before row 1's own tokens
+    mask[3, ..., :1] = False
+    mask[..., own - q_len :] &= torch.ones(q_len, q_len, dtype=torch.bool).tril()  # causal among the new ones
+    with shared_prefix.attending(SimpleNamespace(layers=[layer])):
+        out, _ = shared_prefix.shared_prefix_attention(module, query, keys, values, mask, scaling=dim**-0.5)
+    for row, group in enumerate(groups):
+        p_keys, p_values = prefixes[group]
+        whole_k = torch.cat([p_keys, keys[row : row + 1]], dim=2)
+        whole_v = torch.cat([p_values, values[row : row + 1]], dim=2)
+        whole_mask = torch.cat([torch.ones(1, 1, q_len, p_keys.shape[2], dtype=torch.bool), mask[row : row + 1]], -1)
+        expected = _reference(query[row : row + 1], whole_k, whole_v, whole_mask, dim**-0.5)
+        torch.testing.assert_close(out[row : row + 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_without_a_shared_cache_the_function_is_sdpa():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(1)
+    module = SimpleNamespace(layer_idx=0, num_key_value_groups=2, is_causal=True, training=False)
+    query, keys, values = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    ours, _ = shared_prefix.shared_prefix_attention(module, query, keys, values, None, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(module, query, keys, values, None, scaling=0.3)
+    assert torch.equal(ours, theirs)
+
+
+# ------------------------------------------------------------------ through the backend
+def test_shared_prefix_answers_like_copies_and_like_one_at_a_time(backends, catalog):
+    """Two images of different prefix lengths in one batch, answers long enough that the rows'
+    storage grows past its first room: the same tokens as the per-row copies and as one request at
+    a time, the same first-token readout, and the prefix held once."""
+    variants = closed_variants(catalog, "pneumonia")[:5]
+    gen = GenerationSettings(max_new_tokens=72, min_new_tokens=72)  # past the 64 positions of first room
+    requests = _requests(catalog, "demo-llava", variants, IMAGES, gen)
+    shared = backends.shared.generate(requests)
+    copies = backends.copies.generate(requests)
+    assert {r.extra["kv_layout"] for r in shared} == {"shared prefix"}
+    assert {r.extra["kv_layout"] for r in copies} == {"copy per row"}
+    assert [r.text for r in shared] == [r.text for r in copies]
+    assert [r.output_tokens for r in shared] == [72] * len(requests)
+    for a, b in zip(shared, copies):
+        assert a.p_positive == pytest.approx(b.p_positive, abs=1e-5)
+    single = [backends.plain.generate([r])[0].text for r in requests[:2] + requests[-2:]]
+    assert single == [r.text for r in shared[:2] + shared[-2:]]
+    # The shared cache allocates room for the rows' own tokens only, not 10 copies of two prefixes
+    # (the shorter of which is over half the longer).
+    from explorer.models.backends.prefix_reuse import kv_cache_bytes
+
+    per_row_position = kv_cache_bytes(backends.shared.load("demo-llava").model, 1, 1)
+    saved = copies[0].extra["kv_estimate_bytes"] - shared[0].extra["kv_estimate_bytes"]
+    assert saved >= per_row_position * len(requests) * shared[0].extra["prefix_tokens"] // 2
+
+
+def test_shared_prefix_streams_and_is_kept_for_sharing_rows_only(backends, catalog):
+    variants = closed_variants(catalog, "pneumonia")[:3]
+    gen = GenerationSettings(max_new_tokens=5, min_new_tokens=2)
+    one = _requests(catalog, "demo-llava-med", variants[:1], IMAGES[:1], gen)
+    seen = []
+    [streamed] = backends.shared.generate(one, on_text=lambda i, text: seen.append(text))
+    assert streamed.extra["kv_layout"] == "copy per row"  # a lone row: plain sdpa is faster
+    assert seen and streamed.text == backends.plain.generate(one)[0].text
+    many = _requests(catalog, "demo-llava-med", variants, IMAGES[:1], gen)
+    assert {r.extra["kv_layout"] for r in backends.shared.generate(many)} == {"shared prefix"}
+
+
+def test_sliding_window_models_keep_a_copy_per_row(backends, catalog):
+    """Gemma 3's sliding-window layers measure distances in cache positions, which the prefix
+    region would change: those models keep the plain layout, and attend with sdpa."""
+    variants = closed_variants(catalog, "pneumonia")[:3]
+    gen = GenerationSettings(max_new_tokens=4, min_new_tokens=1)
+    answers = backends.shared.generate(_requests(catalog, "demo-gemma", variants, IMAGES[:1], gen))
+    assert {r.extra["kv_layout"] for r in answers} == {"copy per row"}
+    lm = backends.shared.load("demo-gemma")
+    assert not shared_prefix.applicable(lm.model)
+    assert lm.model.config.get_text_config(decoder=True)._attn_implementation == "sdpa"
