@@ -18,11 +18,12 @@ backend.generate for one compare call (Explorer.ask of one prompt on one case). 
 
   python bench/bench_speed.py --threads 1             # 3 images x 12 prompts x 3 architectures, ~1 min on CPU
   python bench/bench_speed.py --images 4 --max-new-tokens 64 --modes prefix,features,none
+  python bench/bench_speed.py --threads 1 --max-new-tokens 96 --length-mix --modes prefix,prefix-copies
   python bench/bench_speed.py --full --images 8       # CUDA: real widths (LLaVA 7B, Gemma 3 4B shapes)
   HF_HUB_OFFLINE=0 python bench/bench_speed.py --real # CUDA: the study's own checkpoints (cached or downloaded)
 
---full builds each random model in fp32 on disk (about 30 GB for a 7B one) and deletes it after its
-run; --real needs the weights (HF_TOKEN for the gated Gemma models).
+--full builds each random model on the GPU in bf16 (about 14 GB on disk for a 7B one) and deletes it
+after its run; --real needs the weights (HF_TOKEN for the gated Gemma models).
 """
 
 from __future__ import annotations
@@ -75,6 +76,25 @@ def full_sizes():
     }
 
 
+def build_on_gpu(catalog, alias: str, size, folder: Path) -> Path:
+    """Build a full-size random model straight on the GPU in bf16 and save it where the backend
+    looks for it: seconds of random init and 8-14 GB written, where building on the CPU in fp32
+    takes minutes and 16-28 GB. The backend then loads it through from_pretrained as usual."""
+    import torch
+
+    from explorer.models.demo import ensure_demo_model
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            built = ensure_demo_model(catalog.model(alias), size, folder)
+    finally:
+        torch.set_default_dtype(before)
+        torch.cuda.empty_cache()
+    return built
+
+
 # ------------------------------------------------------------------ (a) the study's loop
 def study_loop(pipe, architecture: str, fmt: str, cases, variants, settings):
     """One pipeline call per (image, prompt), as in the study's gen/*.py (prompt-major there; the
@@ -113,6 +133,79 @@ def study_loop(pipe, architecture: str, fmt: str, cases, variants, settings):
     return answers
 
 
+# ------------------------------------------------------------------ an answer-length mix
+def mix_answer_lengths(backend, lm, requests, max_new_tokens: int, min_new_tokens: int = 0) -> list[int]:
+    """Random weights never pick the end token, so every answer runs to the limit. Real answers to
+    closed questions stop anywhere from a word to a paragraph. This picks up to three tokens the model
+    itself chooses greedily at different steps of different rows and makes them end tokens too (in
+    the model's generation_config, which the study's loop and the engine both read), so rows stop at
+    different lengths, decided by the model's own greedy choices (no earlier than min_new_tokens,
+    before which generate() does not let an answer end). Returns the tokens added."""
+    steps: list = []
+    handle = lm.model.register_forward_hook(lambda mod, args, out: steps.append(out.logits[:, -1].argmax(-1).tolist()))
+    try:
+        backend.memo.clear()
+        backend.generate(requests)
+    finally:
+        handle.remove()
+    picked = [row for row in steps if len(row) == len(requests)][-max_new_tokens:]
+    first: dict[int, list[int]] = {}  # token -> per row, the first step it is picked (limit if never)
+    for step, row_tokens in enumerate(picked):
+        if step + 1 <= min_new_tokens:
+            continue
+        for row, token in enumerate(row_tokens):
+            first.setdefault(token, [max_new_tokens] * len(requests))
+            first[token][row] = min(first[token][row], step + 1)
+    chosen: list[int] = []
+    lengths = [max_new_tokens] * len(requests)
+    for _ in range(3):
+
+        def spread(token):  # most distinct lengths first, then the widest spread
+            mixed = [min(a, b) for a, b in zip(lengths, first[token])]
+            return (len(set(mixed)), statistics.pstdev(mixed)) if len(set(mixed)) > 1 else (0, -1.0)
+
+        best = max((t for t in first if t not in chosen), key=spread, default=None)
+        if best is None or spread(best)[0] == 0:
+            break
+        chosen.append(best)
+        lengths = [min(a, b) for a, b in zip(lengths, first[best])]
+        if statistics.median(lengths) < max_new_tokens:
+            break
+    eos = lm.model.generation_config.eos_token_id
+    eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+    lm.model.generation_config.eos_token_id = sorted(set(eos) | set(chosen))
+    backend.memo.clear()
+    return chosen
+
+
+# ------------------------------------------------------------------ first-token logits
+def first_token_logit_gap(backend, lm, requests) -> float:
+    """Largest |difference| between the engine's first-step logits (the requests as one batch, the
+    backend's reuse mode) and a plain forward pass over each prompt alone, which is the first step
+    of the study's one-at-a-time call."""
+    import torch
+
+    first = [replace(r, generation=replace(r.generation, max_new_tokens=1, min_new_tokens=0)) for r in requests]
+    seen: list = []
+    handle = lm.model.register_forward_hook(lambda mod, args, out: seen.append(out.logits[:, -1].float().cpu()))
+    try:
+        backend.memo.clear()
+        backend.generate(first)
+    finally:
+        handle.remove()
+    batch = next(x for x in seen if x.shape[0] == len(first))
+    gap = 0.0
+    for row, req in enumerate(first):
+        text = backend._prompt_text(lm, req)
+        inputs = lm.processor(text=[text], images=[[req.images()[0]]], return_tensors="pt")
+        inputs = inputs.to(lm.model.device, dtype=lm.model.dtype)
+        with torch.inference_mode():
+            alone = lm.model(**inputs).logits[0, -1].float().cpu()
+        gap = max(gap, float((alone - batch[row]).abs().max()))
+    backend.memo.clear()
+    return gap
+
+
 # ------------------------------------------------------------------ one architecture
 class Recording:
     """The backend as the sweep sees it, counting which path (reuse mode) answered each request."""
@@ -122,13 +215,20 @@ class Recording:
 
         self.backend, self.name, self.paths = backend, backend.name, Counter()
         self.lengths: list[int] = []  # answer tokens per request
+        self.kv_bytes = 0
 
     def identity(self, alias):
         return self.backend.identity(alias)
 
     def generate(self, requests, on_text=None):
         responses = self.backend.generate(requests, on_text)
-        self.paths.update(r.extra.get("reuse", "?") for r in responses)
+        self.paths.update(
+            f"{r.extra.get('reuse', '?')} ({r.extra['kv_layout']})"
+            if r.extra.get("kv_layout")
+            else r.extra.get("reuse", "?")
+            for r in responses
+        )
+        self.kv_bytes = max([self.kv_bytes] + [int(r.extra.get("kv_estimate_bytes") or 0) for r in responses])
         self.lengths += [r.output_tokens or 0 for r in responses]
         return responses
 
@@ -146,6 +246,9 @@ class Result:
     engine_s: dict[str, float] = field(default_factory=dict)  # reuse mode -> seconds
     identical: dict[str, float] = field(default_factory=dict)  # reuse mode -> share identical to the loop
     paths: dict[str, str] = field(default_factory=dict)  # reuse mode asked -> paths that answered
+    kv_bytes: dict[str, int] = field(default_factory=dict)  # reuse mode -> largest batch's KV cache (estimate)
+    gpu_peak: dict[str, int] = field(default_factory=dict)  # reuse mode -> peak GPU memory of its sweep (CUDA)
+    logit_gap: float = float("nan")  # first-token logits: engine batch vs each prompt alone, max |difference|
     cached_s: float = 0.0
     lengths: list[int] = field(default_factory=list)  # answer tokens of the engine's answers
     ask_ms: float = 0.0
@@ -187,6 +290,11 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     lm = backend.load(alias)
     pipe = transformers.pipeline("image-text-to-text", model=lm.model, processor=lm.processor)
 
+    if args.length_mix:
+        probe = [build_request(spec, v, cases[0], "paper", settings) for v in variants]
+        added = mix_answer_lengths(backend, lm, probe, settings.max_new_tokens, settings.min_new_tokens or 0)
+        print(f"  length mix: tokens {added} end answers too (greedy picks of the model itself)")
+
     # Warm both paths up on an image outside the benchmark (lazy imports, first-call allocations).
     warm = synthetic_cases("warmup", 1, seed=99)
     study_loop(pipe, architecture, fmt, warm, variants[:1], settings)
@@ -208,19 +316,29 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     )
     result = Result(architecture, alias, len(plan), [], loop_s)
     for mode in args.modes:
-        backend.reuse = mode
+        # prefix-copies: prefix reuse with the prefix copied into every row (no shared-prefix attention).
+        backend.reuse, backend.shared_prefix = ("prefix", False) if mode == "prefix-copies" else (mode, True)
         backend.memo.clear()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         answers = {}
 
         def keep(item, row, answers=answers):
             answers[(item.case.case_id, item.variant.prompt_id)] = (row.get("answer") or "").strip()
 
-        with Store(workdir / f"{alias}-{mode}.sqlite") as store:
+        fresh = workdir / f"{alias}-{mode}.sqlite"
+        for leftover in workdir.glob(fresh.name + "*"):  # a --workdir used before: time fresh work
+            leftover.unlink()
+        with Store(fresh) as store:
             started = time.perf_counter()
             recording = Recording(backend)
             summary = run_sweep(plan, recording, store, batch_size=args.batch_size, on_item=keep)
             result.engine_s[mode] = time.perf_counter() - started
             result.paths[mode] = ", ".join(f"{k} x{n}" for k, n in sorted(recording.paths.items()))
+            result.kv_bytes[mode] = recording.kv_bytes
+            if torch.cuda.is_available():
+                result.gpu_peak[mode] = torch.cuda.max_memory_allocated()
             if mode == "prefix" and recording.lengths:
                 result.lengths = sorted(recording.lengths)
             result.errors += summary.errors
@@ -238,7 +356,10 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
                     print(
                         f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}"
                     )
-    backend.reuse = "prefix"
+    backend.reuse, backend.shared_prefix = "prefix", True
+    result.logit_gap = first_token_logit_gap(
+        backend, lm, [build_request(spec, v, cases[0], "paper", settings) for v in variants]
+    )
 
     # Image tokens per image, as the processor counts them for this architecture.
     for case in cases:
@@ -247,7 +368,10 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         result.image_tokens.append(int((ids == lm.model.config.image_token_id).sum()))
 
     # App overhead: Explorer.ask (plan, store lookup, generate, verdict, commit) vs bare generate.
-    explorer = Explorer(preset="demo", store_path=workdir / f"{alias}-app.sqlite", catalog=catalog)
+    app_store = workdir / f"{alias}-app.sqlite"
+    for leftover in workdir.glob(app_store.name + "*"):
+        leftover.unlink()
+    explorer = Explorer(preset="demo", store_path=app_store, catalog=catalog)
     explorer.registry = registry
     asks, bares = [], []
     for variant in variants[: max(1, args.overhead_repeats)]:
@@ -315,9 +439,17 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="32 = the study's min_new_tokens for LLaVA")
     parser.add_argument("--batch-size", type=int, default=12)
     parser.add_argument(
-        "--modes", default="prefix", help="engine reuse modes to time (prefix always): prefix,features,none"
+        "--modes",
+        default="prefix",
+        help="engine reuse modes to time (prefix always): prefix,prefix-copies,features,none "
+        "(prefix-copies: the prefix copied into every row instead of shared-prefix attention)",
     )
     parser.add_argument("--overhead-repeats", type=int, default=3)
+    parser.add_argument(
+        "--length-mix",
+        action="store_true",
+        help="rows stop at different lengths (tokens the model picks become end tokens; see mix_answer_lengths)",
+    )
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     parser.add_argument("--full", action="store_true", help="random models at the real widths and depths (CUDA)")
     parser.add_argument(
@@ -376,12 +508,20 @@ def main(argv=None) -> int:
         for arch in archs:
             alias = (REAL_MODELS if args.real else ARCHITECTURES)[arch]
             print(f"\n{arch} ({alias}) ...", flush=True)
+            if args.full:
+                started = time.perf_counter()
+                build_on_gpu(catalog, alias, sizes[arch], workdir / "models" / arch)
+                print(f"  built at full size on the GPU in {time.perf_counter() - started:.0f}s", flush=True)
             r = bench_architecture(arch, alias, sizes[arch], args, catalog, cases, variants, workdir)
             results.append(r)
             extra = "".join(
                 f"; {m} {r.engine_s[m]:.1f}s ({r.identical[m]:.0%} identical)" for m in args.modes if m != "prefix"
             )
-            print(f"  answered by: {r.paths['prefix']}")
+            for m in args.modes:
+                memory = f"KV cache of the largest batch {r.kv_bytes[m] / 1e6:.1f} MB" if r.kv_bytes.get(m) else ""
+                if m in r.gpu_peak:
+                    memory += f"; GPU peak {r.gpu_peak[m] / 1e9:.2f} GB"
+                print(f"  {m}: answered by {r.paths[m]}{'; ' + memory if memory else ''}")
             if r.lengths:
                 n = len(r.lengths)
                 print(
@@ -390,7 +530,8 @@ def main(argv=None) -> int:
                 )
             print(
                 f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
-                f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}{extra}; cached re-run "
+                f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}; first-token logits within "
+                f"{r.logit_gap:.2g}{extra}; cached re-run "
                 f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
                 f"ask {r.ask_ms:.0f} ms vs generate {r.generate_ms:.0f} ms; errors {r.errors}",
                 flush=True,
