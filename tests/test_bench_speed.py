@@ -46,8 +46,9 @@ def test_length_mix_picks_end_tokens_from_the_models_own_choices(bench_speed):
     """Rows whose greedy picks first reach token 7 at steps 2, 5 and 9 (and row 3 never): token 7
     becomes an end token, and the rows would stop at 2, 5, 9 and the limit. Steps before
     min_new_tokens are not counted (generate() does not let an answer end there)."""
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     picks = [  # per step, each row's argmax
         [1, 1, 1, 1],

@@ -148,6 +148,13 @@ def image_inputs_of_row(rows: Rows, row: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- features path
+def check_features_applicable(model: Any) -> None:
+    """Raise ReuseNotApplicable where generate() takes no precomputed image features (transformers
+    before 5.2x has no mm_encoder_outputs: it would reject the keyword and fail every request)."""
+    if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+        raise ReuseNotApplicable("this transformers version takes no precomputed image features (mm_encoder_outputs)")
+
+
 def image_features(model: Any, image_inputs: dict[str, Any]) -> Any:
     """The model's own get_image_features (vision tower + projector) for one image, as the
     forward pass would call it, returned as the BaseModelOutputWithPooling it passes on."""
@@ -210,7 +217,7 @@ def sliding_window(model: Any) -> Optional[int]:
 
 # The transformers releases this module was run against (its tests and bench/bench_speed.py). Outside
 # them prefix reuse still runs, through the same public calls, but says so once (see version_note).
-TESTED_TRANSFORMERS = ("5.25",)
+TESTED_TRANSFORMERS = ("5.17", "5.25")
 
 
 def version_note() -> Optional[str]:

@@ -649,6 +649,7 @@ class TransformersBackend:
 
     def _prepare_features(self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, inputs: Any) -> dict[str, Any]:
         """Vision tower + projector once per image; the features go to generate as mm_encoder_outputs."""
+        reuse_lib.check_features_applicable(lm.model)
         per_row: list[Any] = []
         computed: dict[Any, Any] = {}
         hits = 0
