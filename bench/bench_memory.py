@@ -1,7 +1,8 @@
 """Memory of a batch's KV cache at the study's shapes: what reserving max_new_tokens+1 positions per row
 up front took, what the engine reserves now (prefix_reuse.initial_room: what the batch can reach when
 small, else an eighth of the prompt, grown as decoding goes on), what a 2,048-token answer grows to, and
-the study's per-call loop (one row). Weights from model_manager.KNOWN_PARAMS. Computed from the real
+the study's per-call loop (one row), and with shared-prefix decoding (shared_prefix.py: the image's
+prefix once, only each row's own tokens per row; full-attention models). Weights from model_manager.KNOWN_PARAMS. Computed from the real
 models' configs (layers, KV heads, head size) with prefix_reuse.kv_cache_bytes; nothing is loaded.
 
   python bench/bench_memory.py                  # 12 rows (the study's prompts of one image), bf16
@@ -18,6 +19,8 @@ from bench_speed import full_sizes
 
 # Prompt widths in tokens: image tokens plus template and question (LLaVA-1.6's AnyRes tops out near 2,900).
 WIDTHS = {"llava_next": 2950, "llava": 620, "gemma3": 300}
+OWN = 45  # of which a row's own tokens after the image (template and question), about
+SHARED = {"llava_next", "llava"}  # full attention in every layer: shared-prefix decoding applies
 WEIGHTS = {
     "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf",
     "llava": "wnkh/llava-med-v1.5-mistral-7b-hf",
@@ -39,10 +42,11 @@ def main() -> int:
 
     print(f"{args.rows} rows, max_new_tokens {args.max_new_tokens}, bf16, one {args.gpu_gb:g} GB GPU")
     print(
-        "| architecture | weights GB | KV up front (old) GB | KV at start (now) GB | KV at 2,048 tokens GB "
-        "| per-call loop GB | weights + KV now fit? |"
+        "| architecture | weights GB | KV up front (old) GB | KV at start, copy per row GB | KV at 2,048 tokens, "
+        "copy per row GB | KV at start, shared prefix GB | KV at 2,048 tokens, shared prefix GB "
+        "| per-call loop GB | weights + KV at start fit? |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for arch, size in full_sizes().items():
         config = SimpleNamespace(
             num_attention_heads=size.text_heads,
@@ -60,15 +64,23 @@ def main() -> int:
         now = kv_cache_bytes(model, args.rows, width + initial_room(args.max_new_tokens, width))
         full = kv_cache_bytes(model, args.rows, width + args.max_new_tokens)
         loop = kv_cache_bytes(model, 1, width + args.max_new_tokens)
+        if arch in SHARED:
+            prefix = kv_cache_bytes(model, 1, width - OWN)
+            start = prefix + kv_cache_bytes(model, args.rows, OWN + initial_room(args.max_new_tokens, width))
+            grown = prefix + kv_cache_bytes(model, args.rows, OWN + args.max_new_tokens)
+            shared = f"{start / GB:.2f} | {grown / GB:.2f}"
+        else:
+            start, shared = now, "- | -"
         weights = weight_bytes(known_params(WEIGHTS[arch]), "bfloat16")
-        fits = (weights + now) / GB <= args.gpu_gb
+        fits = (weights + start) / GB <= args.gpu_gb
         print(
-            f"| {arch} | {weights / GB:.1f} | {old / GB:.2f} | {now / GB:.2f} | {full / GB:.2f} | {loop / GB:.2f} | "
-            f"{'yes' if fits else 'no'} ({(weights + now) / GB:.1f} GB) |"
+            f"| {arch} | {weights / GB:.1f} | {old / GB:.2f} | {now / GB:.2f} | {full / GB:.2f} | {shared} | "
+            f"{loop / GB:.2f} | {'yes' if fits else 'no'} ({(weights + start) / GB:.1f} GB) |"
         )
     print(
         "\nKV at start grows by an eighth at a time only while some row is still generating; answers that stop "
-        "early never reach the 2,048-token column. Gemma 3's sliding-window layers are counted as full (an upper bound)."
+        "early never reach the 2,048-token columns. Gemma 3's sliding-window layers are counted as full (an upper bound); "
+        "they keep a copy per row (shared-prefix decoding is for full-attention models)."
     )
     return 0
 
