@@ -144,7 +144,7 @@ def mix_answer_lengths(backend, lm, requests, max_new_tokens: int, min_new_token
     steps: list = []
     handle = lm.model.register_forward_hook(lambda mod, args, out: steps.append(out.logits[:, -1].argmax(-1).tolist()))
     try:
-        backend.memo.clear()
+        backend.forget_reused()
         backend.generate(requests)
     finally:
         handle.remove()
@@ -174,7 +174,7 @@ def mix_answer_lengths(backend, lm, requests, max_new_tokens: int, min_new_token
     eos = lm.model.generation_config.eos_token_id
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
     lm.model.generation_config.eos_token_id = sorted(set(eos) | set(chosen))
-    backend.memo.clear()
+    backend.forget_reused()
     return chosen
 
 
@@ -189,7 +189,7 @@ def first_token_logit_gap(backend, lm, requests) -> float:
     seen: list = []
     handle = lm.model.register_forward_hook(lambda mod, args, out: seen.append(out.logits[:, -1].float().cpu()))
     try:
-        backend.memo.clear()
+        backend.forget_reused()
         backend.generate(first)
     finally:
         handle.remove()
@@ -202,11 +202,54 @@ def first_token_logit_gap(backend, lm, requests) -> float:
         with torch.inference_mode():
             alone = lm.model(**inputs).logits[0, -1].float().cpu()
         gap = max(gap, float((alone - batch[row]).abs().max()))
-    backend.memo.clear()
+    backend.forget_reused()
     return gap
 
 
 # ------------------------------------------------------------------ one architecture
+def time_engine(backend, plan, mode: str, repeat: int, result: "Result", workdir: Path, args) -> tuple[float, dict]:
+    """One sweep of the plan into a fresh store by one engine mode; returns its seconds and answers,
+    and notes in result which paths answered and what the KV cache and (CUDA) the GPU peak were."""
+    import torch
+
+    from explorer.runs.store import Store
+    from explorer.runs.sweep import run_sweep
+
+    # prefix-copies: prefix reuse with the prefix copied into every row (no shared-prefix attention).
+    backend.reuse, backend.shared_prefix = ("prefix", False) if mode == "prefix-copies" else (mode, True)
+    backend.forget_reused()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    answers: dict = {}
+
+    def keep(item, row):
+        answers[(item.case.case_id, item.variant.prompt_id)] = (row.get("answer") or "").strip()
+
+    fresh = workdir / f"{plan[0].model}-{mode}-{repeat}.sqlite"
+    for leftover in workdir.glob(fresh.name + "*"):  # a --workdir used before: time fresh work
+        leftover.unlink()
+    with Store(fresh) as store:
+        started = time.perf_counter()
+        recording = Recording(backend)
+        summary = run_sweep(plan, recording, store, batch_size=args.batch_size, on_item=keep)
+        seconds = time.perf_counter() - started
+        result.paths[mode] = ", ".join(f"{k} x{n}" for k, n in sorted(recording.paths.items()))
+        result.kv_bytes[mode] = recording.kv_bytes
+        if torch.cuda.is_available():
+            result.gpu_peak[mode] = torch.cuda.max_memory_allocated()
+        if mode == "prefix" and recording.lengths:
+            result.lengths = sorted(recording.lengths)
+        result.errors += summary.errors
+        if mode == "prefix" and repeat == 0:
+            started = time.perf_counter()
+            again = run_sweep(plan, backend, store, batch_size=args.batch_size)
+            result.cached_s = time.perf_counter() - started
+            if again.computed:
+                print(f"  note: the cached re-run generated {again.computed} answers again")
+    return seconds, answers
+
+
 class Recording:
     """The backend as the sweep sees it, counting which path (reuse mode) answered each request."""
 
@@ -249,6 +292,7 @@ class Result:
     kv_bytes: dict[str, int] = field(default_factory=dict)  # reuse mode -> largest batch's KV cache (estimate)
     gpu_peak: dict[str, int] = field(default_factory=dict)  # reuse mode -> peak GPU memory of its sweep (CUDA)
     logit_gap: float = float("nan")  # first-token logits: engine batch vs each prompt alone, max |difference|
+    ratios: list[float] = field(default_factory=list)  # the throughput ratio of each repeat
     cached_s: float = 0.0
     lengths: list[int] = field(default_factory=list)  # answer tokens of the engine's answers
     ask_ms: float = 0.0
@@ -295,15 +339,22 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         added = mix_answer_lengths(backend, lm, probe, settings.max_new_tokens, settings.min_new_tokens or 0)
         print(f"  length mix: tokens {added} end answers too (greedy picks of the model itself)")
 
-    # Warm both paths up on an image outside the benchmark (lazy imports, first-call allocations).
-    warm = synthetic_cases("warmup", 1, seed=99)
+    # Warm both paths up on an image outside the benchmark (lazy imports, first-call allocations; for
+    # the sweep also the answer reader's per-question work, which a long sweep pays once).
+    warm = synthetic_cases(cases[0].task, 1, seed=99)
     study_loop(pipe, architecture, fmt, warm, variants[:1], settings)
-    backend.generate([build_request(spec, v, warm[0], "paper", settings) for v in variants[:2]])  # a shared batch
-    backend.memo.clear()
-
-    started = time.perf_counter()
-    loop = study_loop(pipe, architecture, fmt, cases, variants, settings)
-    loop_s = time.perf_counter() - started
+    warm_plan = plan_sweep(
+        catalog,
+        [alias],
+        [warm[0].task],
+        {warm[0].task: warm},
+        {warm[0].task: variants},
+        "paper",
+        generation_override=settings,
+    )
+    with Store(workdir / f"{alias}-warmup-{time.monotonic_ns()}.sqlite") as store:
+        run_sweep(warm_plan, backend, store, batch_size=args.batch_size)
+    backend.forget_reused()
 
     plan = plan_sweep(
         catalog,
@@ -314,48 +365,27 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         "paper",
         generation_override=settings,
     )
-    result = Result(architecture, alias, len(plan), [], loop_s)
-    for mode in args.modes:
-        # prefix-copies: prefix reuse with the prefix copied into every row (no shared-prefix attention).
-        backend.reuse, backend.shared_prefix = ("prefix", False) if mode == "prefix-copies" else (mode, True)
-        backend.memo.clear()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        answers = {}
-
-        def keep(item, row, answers=answers):
-            answers[(item.case.case_id, item.variant.prompt_id)] = (row.get("answer") or "").strip()
-
-        fresh = workdir / f"{alias}-{mode}.sqlite"
-        for leftover in workdir.glob(fresh.name + "*"):  # a --workdir used before: time fresh work
-            leftover.unlink()
-        with Store(fresh) as store:
-            started = time.perf_counter()
-            recording = Recording(backend)
-            summary = run_sweep(plan, recording, store, batch_size=args.batch_size, on_item=keep)
-            result.engine_s[mode] = time.perf_counter() - started
-            result.paths[mode] = ", ".join(f"{k} x{n}" for k, n in sorted(recording.paths.items()))
-            result.kv_bytes[mode] = recording.kv_bytes
-            if torch.cuda.is_available():
-                result.gpu_peak[mode] = torch.cuda.max_memory_allocated()
-            if mode == "prefix" and recording.lengths:
-                result.lengths = sorted(recording.lengths)
-            result.errors += summary.errors
-            if mode == "prefix":
-                started = time.perf_counter()
-                again = run_sweep(plan, backend, store, batch_size=args.batch_size)
-                result.cached_s = time.perf_counter() - started
-                if again.computed:
-                    print(f"  note: the cached re-run generated {again.computed} answers again")
-        same = sum(answers.get(k) == v for k, v in loop.items())
-        result.identical[mode] = same / max(len(loop), 1)
-        if mode == "prefix":
-            for (case_id, prompt_id), text in loop.items():
-                if answers.get((case_id, prompt_id)) != text:
-                    print(
-                        f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}"
-                    )
+    result = Result(architecture, alias, len(plan), [], 0.0)
+    loop_times: list[float] = []
+    engine_times: dict[str, list[float]] = {m: [] for m in args.modes}
+    for repeat in range(max(1, args.repeats)):  # loop and engine taken turn about: noise hits both
+        started = time.perf_counter()
+        loop = study_loop(pipe, architecture, fmt, cases, variants, settings)
+        loop_times.append(time.perf_counter() - started)
+        for mode in args.modes:
+            seconds, answers = time_engine(backend, plan, mode, repeat, result, workdir, args)
+            engine_times[mode].append(seconds)
+            same = sum(answers.get(k) == v for k, v in loop.items()) / max(len(loop), 1)
+            result.identical[mode] = min(same, result.identical.get(mode, 1.0))
+            if mode == "prefix" and repeat == 0:
+                for (case_id, prompt_id), text in loop.items():
+                    if answers.get((case_id, prompt_id)) != text:
+                        print(
+                            f"  differs {case_id} {prompt_id}: loop {text[:60]!r} / engine {answers.get((case_id, prompt_id), '')[:60]!r}"
+                        )
+    result.loop_s = statistics.median(loop_times)
+    result.engine_s = {m: statistics.median(t) for m, t in engine_times.items()}
+    result.ratios = [a / b for a, b in zip(loop_times, engine_times["prefix"])]
     backend.reuse, backend.shared_prefix = "prefix", True
     result.logit_gap = first_token_logit_gap(
         backend, lm, [build_request(spec, v, cases[0], "paper", settings) for v in variants]
@@ -377,11 +407,11 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
     for variant in variants[: max(1, args.overhead_repeats)]:
         case = cases[0]
         request = build_request(spec, variant, case, "paper", settings)
-        backend.memo.clear()
+        backend.forget_reused()
         started = time.perf_counter()
         backend.generate([request])
         bares.append(time.perf_counter() - started)
-        backend.memo.clear()
+        backend.forget_reused()
         started = time.perf_counter()
         explorer.ask(case, variant, [alias], prompt_style="paper", generation=settings)
         asks.append(time.perf_counter() - started)
@@ -445,6 +475,9 @@ def main(argv=None) -> int:
         "(prefix-copies: the prefix copied into every row instead of shared-prefix attention)",
     )
     parser.add_argument("--overhead-repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="time loop and engine N times, taking turns; medians are reported"
+    )
     parser.add_argument(
         "--length-mix",
         action="store_true",
@@ -530,7 +563,8 @@ def main(argv=None) -> int:
                 )
             print(
                 f"  image tokens {r.image_tokens}; study loop {r.loop_s:.1f}s; engine {r.engine_s['prefix']:.1f}s -> "
-                f"{r.speedup:.1f}x; identical {r.identical['prefix']:.0%}; first-token logits within "
+                f"{r.speedup:.1f}x{' (repeats: ' + ', '.join(f'{x:.1f}' for x in r.ratios) + ')' if len(r.ratios) > 1 else ''}; "
+                f"identical {r.identical['prefix']:.0%}; first-token logits within "
                 f"{r.logit_gap:.2g}{extra}; cached re-run "
                 f"{r.engine_s['prefix'] / max(r.cached_s, 1e-9):.0f}x faster ({r.cached_s * 1000:.0f} ms); "
                 f"ask {r.ask_ms:.0f} ms vs generate {r.generate_ms:.0f} ms; errors {r.errors}",

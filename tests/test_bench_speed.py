@@ -72,7 +72,7 @@ def test_length_mix_picks_end_tokens_from_the_models_own_choices(bench_speed):
             return SimpleNamespace(logits=logits)
 
     model = Model()
-    backend = SimpleNamespace(memo=SimpleNamespace(clear=lambda: None))
+    backend = SimpleNamespace(forget_reused=lambda: None)
     backend.generate = lambda requests: [model(step) for step in range(len(picks))]
     lm = SimpleNamespace(model=model)
     chosen = bench_speed.mix_answer_lengths(backend, lm, ["r"] * 4, max_new_tokens=10)

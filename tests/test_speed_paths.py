@@ -349,6 +349,33 @@ def test_image_processor_runs_once_and_gives_the_plain_output(backends, catalog,
         assert torch.equal(shared[key], plain[key]), key
 
 
+def test_prompts_are_tokenized_once_per_image_size(backends, variants):
+    """Another image of the same size expands to the same texts: their tokens come from the memo,
+    equal to the plain processor's, and changing what the caller got back changes nothing kept."""
+    lm = backends["prefix"].load("demo-llava")
+    texts = [
+        backends["prefix"]._prompt_text(lm, r)
+        for r in _requests("demo-llava", variants[:4], "chat_template", images=IMAGES[:1])
+    ]
+    same_size = _image(*IMAGES[0].size, seed=99)  # AnyRes: the same size gives the same image tokens
+    memo = reuse_lib.TokenMemo()
+    calls = []
+    original = type(lm.processor.tokenizer).__call__
+    try:
+        type(lm.processor.tokenizer).__call__ = lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1]
+        first = reuse_lib.encode_once_per_image(lm.processor, texts, [IMAGES[0]] * 4, memo)
+        first["input_ids"][:, -1] = -7  # the caller's copy
+        second = reuse_lib.encode_once_per_image(lm.processor, texts, [same_size] * 4, memo)
+        other = reuse_lib.encode_once_per_image(lm.processor, texts[:2], [same_size] * 2, memo)
+    finally:
+        type(lm.processor.tokenizer).__call__ = original
+    assert len(calls) == 2  # the first batch and the other batch; the second image hit the memo
+    plain = lm.processor(text=texts, images=[[same_size]] * 4, padding=True, return_tensors="pt")
+    for key in plain:
+        assert torch.equal(second[key], plain[key]), key
+    assert other["input_ids"].shape[0] == 2
+
+
 # ------------------------------------------------------------------ first-token readout
 def test_answer_tokens_cover_the_spellings_of_yes_no_and_letters(backends):
     for alias in ("demo-llava", "demo-gemma"):

@@ -20,8 +20,10 @@ ones one-at-a-time generation sees. Works for one image per request; anything el
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -88,13 +90,57 @@ def _take_rows(value: Any, order: list[int], n_unique: int) -> Any:
     raise ReuseNotApplicable(f"cannot share an image processor output of type {type(value).__name__}")
 
 
-def encode_once_per_image(processor: Any, texts: Sequence[str], images: Sequence[Any]) -> Any:
-    """processor(text=texts, images=[[image] per text], padding=True) with each distinct image
-    object resized/tiled once. Same output as the plain call."""
-    import copy
+class TokenMemo:
+    """Remembers a tokenizer's output for a batch of texts. The processor expands each image into its
+    576-2,900 image tokens before tokenizing, so the 12 prompts about every image of one size are the
+    same 12 long texts; tokenizing them again for each image costs LLaVA-1.6 about as much as a
+    prompt's whole image processing. A few batches are kept (least recently used dropped)."""
 
+    def __init__(self, size: int = 8):
+        self.size = size
+        self._kept: "OrderedDict[Any, Any]" = OrderedDict()
+
+    def __call__(self, tokenizer: Any, text: Any, kwargs: dict) -> Any:
+        if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
+            return tokenizer(text, **kwargs)
+        key = (id(tokenizer), tuple(text), repr(sorted(kwargs.items())))
+        found = self._kept.get(key)
+        if found is None:
+            found = self._kept[key] = tokenizer(text, **kwargs)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        self._kept.move_to_end(key)
+        # A fresh container with fresh tensors: the caller may change what it gets back.
+        return type(found)(
+            {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in found.items()}
+        )
+
+
+class _MemoTokenizer:
+    """Stands in for a processor's tokenizer: calls with a batch of texts go through a TokenMemo."""
+
+    def __init__(self, inner: Any, memo: TokenMemo):
+        self._inner, self._memo = inner, memo
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            return self._inner(text, *args, **kwargs)
+        return self._memo(self._inner, text, kwargs)
+
+
+def encode_once_per_image(
+    processor: Any, texts: Sequence[str], images: Sequence[Any], token_memo: Optional[TokenMemo] = None
+) -> Any:
+    """processor(text=texts, images=[[image] per text], padding=True) with each distinct image
+    object resized/tiled once, and the texts' tokens taken from token_memo when it has them. Same
+    output as the plain call."""
     shared = copy.copy(processor)  # a shallow copy, so the loaded processor itself is never changed
     shared.image_processor = _OncePerImage(processor.image_processor)
+    if token_memo is not None and getattr(processor, "tokenizer", None) is not None:
+        shared.tokenizer = _MemoTokenizer(processor.tokenizer, token_memo)
     try:
         return shared(text=list(texts), images=[[img] for img in images], padding=True, return_tensors="pt")
     except ReuseNotApplicable:

@@ -152,6 +152,35 @@ def new_cache(
 
 
 # ---------------------------------------------------------------- the attention function
+# PyTorch's fused CPU attention kernel returns the log-sum-exp that joining two parts needs; it is an
+# internal op, so it is used where it answers and replaced by the same math in plain ops where not.
+_FUSED_CPU: dict[str, bool] = {"usable": True}
+
+
+def _attend(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(query . keys * scale + bias) . values, and the log-sum-exp of each query's scores.
+    query [n, h, q, d], keys/values [n or 1, h, k, d], bias broadcastable to [n, h, q, k] or None."""
+    if query.device.type == "cpu" and _FUSED_CPU["usable"]:
+        fused = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        try:
+            if fused is not None:
+                if keys.shape[0] != query.shape[0]:
+                    keys, values = keys.expand(query.shape[0], -1, -1, -1), values.expand(query.shape[0], -1, -1, -1)
+                out, lse = fused(query, keys, values, attn_mask=bias, scale=scale)
+                return out, lse
+        except (RuntimeError, TypeError):
+            pass
+        _FUSED_CPU["usable"] = False
+    scores = torch.matmul(query, keys.transpose(-1, -2)).float().mul_(scale)
+    if bias is not None:
+        scores.add_(bias)
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = scores.sub_(lse.unsqueeze(-1)).exp_().to(values.dtype)
+    return torch.matmul(weights, values), lse
+
+
 def shared_prefix_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -182,43 +211,34 @@ def shared_prefix_attention(
     scale = scaling if scaling is not None else dim**-0.5
     # Query heads grouped under their key/value head (head h reads key/value head h // rep).
     q = query.reshape(batch, kv_heads, rows_q, dim)
-    # Scores against the rows' own tokens, masked as sdpa's mask says; the softmax runs in float32
-    # (as eager attention's does), split in two parts joined by their maxima and sums.
-    own_scores = torch.matmul(q, key.transpose(-1, -2)).float().mul_(scale)
-    if attention_mask is not None:
+    bias = None
+    if attention_mask is not None:  # sdpa's mask over the own part, as an additive one per query row
         mask = attention_mask[:, :, None].expand(batch, attention_mask.shape[1], heads // kv_heads, q_len, -1)
         mask = mask.reshape(batch, attention_mask.shape[1], rows_q, -1)
-        if mask.dtype == torch.bool:
-            own_scores.masked_fill_(~mask, torch.finfo(torch.float32).min)
-        else:
-            own_scores.add_(mask)
-    out = torch.empty_like(q) if len(layer.rows_of) > 1 else None
+        bias = (
+            mask
+            if mask.dtype != torch.bool
+            else torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
+        )
+    own_out, own_lse = _attend(q, key, value, bias, scale)  # [batch, kv_heads, rows_q, dim], [..., rows_q]
+    out = torch.empty(batch, kv_heads, rows_q, dim, dtype=query.dtype, device=query.device)
     for group, rows in layer.rows_of.items():
         p_keys, p_values = layer.prefixes[group]  # [1, kv_heads, length, dim]
         whole = len(rows) == batch
         index = None if whole else layer.row_index(group, query.device)
-        qg = q if whole else q.index_select(0, index)
         n = len(rows)
-        # Every query of the group against one copy of the prefix: [kv_heads, n * rows_q, length].
-        flat = qg.permute(1, 0, 2, 3).reshape(kv_heads, n * rows_q, dim)
-        prefix_scores = torch.matmul(flat, p_keys[0].transpose(-1, -2)).float().mul_(scale)
-        p_max = prefix_scores.amax(-1, keepdim=True)
-        prefix_scores.sub_(p_max).exp_()
-        p_sum = prefix_scores.sum(-1, keepdim=True)
-        from_prefix = torch.matmul(prefix_scores.to(p_values.dtype), p_values[0])
-        # Back to [n, kv_heads, rows_q, ...].
-        from_prefix, p_max, p_sum = (
-            t.reshape(kv_heads, n, rows_q, -1).transpose(0, 1) for t in (from_prefix, p_max, p_sum)
-        )
-        scores = own_scores if whole else own_scores.index_select(0, index)
-        top = torch.maximum(p_max, scores.amax(-1, keepdim=True))
-        scores = (scores - top).exp_()
-        prefix_share = (p_max - top).exp_()
-        total = p_sum * prefix_share + scores.sum(-1, keepdim=True)
-        values = value if whole else value.index_select(0, index)
-        from_own = torch.matmul(scores.to(values.dtype), values)
-        part = ((from_prefix.float() * prefix_share + from_own.float()) / total).to(query.dtype)
-        if out is None:
+        qg = q if whole else q.index_select(0, index)
+        # Every query of the group against one copy of the prefix: [1, kv_heads, n * rows_q, dim].
+        flat = qg.transpose(0, 1).reshape(1, kv_heads, n * rows_q, dim)
+        p_out, p_lse = _attend(flat, p_keys, p_values, None, scale)
+        p_out = p_out.reshape(kv_heads, n, rows_q, dim).transpose(0, 1)
+        p_lse = p_lse.reshape(kv_heads, n, rows_q).transpose(0, 1)
+        o_out = own_out if whole else own_out.index_select(0, index)
+        o_lse = own_lse if whole else own_lse.index_select(0, index)
+        # One softmax over both parts: each part's output weighted by its share of the total mass.
+        share = torch.sigmoid(p_lse.float() - o_lse.float()).unsqueeze(-1)
+        part = torch.lerp(o_out.float(), p_out.float(), share).to(query.dtype)
+        if whole:
             out = part
         else:
             out.index_copy_(0, index, part)

@@ -205,6 +205,7 @@ class TransformersBackend:
             if value is not None and value not in QUANTIZATIONS:
                 raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (or None)")
         self.memo = ImageMemo(image_memo)
+        self._token_memos: dict[str, Any] = {}  # model alias -> prefix_reuse.TokenMemo
         self.models = ModelManager(
             budget_bytes=memory_budget,
             device=device or "cpu",  # the real device is known on first use
@@ -520,6 +521,7 @@ class TransformersBackend:
 
     def _release(self, alias: str, lm: Any) -> None:
         self.memo.drop_model(alias)  # its remembered prefixes hold memory too
+        self._token_memos.pop(alias, None)
 
     @staticmethod
     def _free_released() -> None:
@@ -635,7 +637,7 @@ class TransformersBackend:
         keys = [_image_key(req) for _, req in items]
         canonical: dict[Any, Any] = {}
         images = [canonical.setdefault(key, req.images()[0]) for key, (_, req) in zip(keys, items)]
-        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images)
+        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images, self._token_memo(lm.alias))
         image_ids = [getattr(lm.model.config, "image_token_id", None)]
         rows = reuse_lib.split_rows(inputs, image_ids)
         if self.reuse == "prefix":
@@ -646,6 +648,18 @@ class TransformersBackend:
                 prepared["info"]["reuse_skipped"] = str(exc)[:300]
                 return prepared
         return self._prepare_features(lm, keys, rows, inputs)
+
+    def forget_reused(self) -> None:
+        """Drop every remembered image prefix, image feature and tokenized prompt batch (the next
+        request starts as a fresh process would)."""
+        self.memo.clear()
+        self._token_memos.clear()
+
+    def _token_memo(self, alias: str) -> Any:
+        """The tokenized prompts of one model, kept between batches (see prefix_reuse.TokenMemo)."""
+        if alias not in self._token_memos:
+            self._token_memos[alias] = reuse_lib.TokenMemo()
+        return self._token_memos[alias]
 
     def _prepare_features(self, lm: LoadedModel, keys: list[Any], rows: reuse_lib.Rows, inputs: Any) -> dict[str, Any]:
         """Vision tower + projector once per image; the features go to generate as mm_encoder_outputs."""
