@@ -263,6 +263,9 @@ class Recording:
     def identity(self, alias):
         return self.backend.identity(alias)
 
+    def scheduling(self, alias, batch_size):  # the sweep's units as the backend sizes them
+        return self.backend.scheduling(alias, batch_size)
+
     def generate(self, requests, on_text=None):
         responses = self.backend.generate(requests, on_text)
         self.paths.update(

@@ -65,11 +65,13 @@ def _reference(query, keys, values, mask, scale):
     return (torch.softmax(scores, -1) @ values).transpose(1, 2)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "plain-ops"])
 @pytest.mark.parametrize("q_len", [1, 3])
-def test_attention_equals_attention_over_whole_rows(q_len):
+def test_attention_equals_attention_over_whole_rows(q_len, fused, monkeypatch):
     """Two images (prefixes of 7 and 4 positions) over five rows in mixed order, rows with padding
     among their own tokens, grouped query heads: the same output as attending to each row's
     prefix and own tokens laid out in one sequence."""
+    monkeypatch.setitem(shared_prefix._FUSED_CPU, "usable", fused)
     torch.manual_seed(0)
     heads, kv_heads, dim, own = 4, 2, 8, 6
     prefixes = [(torch.randn(1, kv_heads, n, dim), torch.randn(1, kv_heads, n, dim)) for n in (7, 4)]
@@ -154,3 +156,17 @@ def test_sliding_window_models_keep_a_copy_per_row(backends, catalog):
     lm = backends.shared.load("demo-gemma")
     assert not shared_prefix.applicable(lm.model)
     assert lm.model.config.get_text_config(decoder=True)._attn_implementation == "sdpa"
+
+
+def test_short_shared_prefixes_batch_several_images(catalog, backends):
+    """LLaVA's 576-position prefixes: a batch (and a sweep's unit) holds 3 images' prompts; LLaVA-1.6's
+    ~2,900 and Gemma 3's sliding windows keep one image per batch, as does any other reuse mode."""
+    shared = backends.shared
+    assert shared.images_per_batch("demo-llava-med") == 3
+    assert shared.scheduling("demo-llava-med", 12)["batch"] == 36
+    assert shared.images_per_batch("demo-llava") == 1 and shared.images_per_batch("demo-gemma") == 1
+    assert backends.copies.images_per_batch("demo-llava-med") == 1
+    assert backends.plain.images_per_batch("demo-llava-med") == 1
+    assert shared.images_per_batch("no-such-model") == 1
+    exact = TransformersBackend(catalog, exact=True)
+    assert exact.scheduling("demo-llava-med", 12)["batch"] == 1

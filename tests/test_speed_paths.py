@@ -175,7 +175,10 @@ def test_each_image_is_encoded_once_and_remembered(backends, catalog, variants):
     try:
         first = b.generate(requests)
         assert sum(calls) == 2  # one vision pass per image, not 24
-        assert [r.extra["images_encoded"] for r in first] == [1] * 24  # a batch of 12 per image
+        # LLaVA's short prefixes: the 24 prompts of both images go in one batch (up to 3 images).
+        assert b.images_per_batch("demo-llava-med") == 3
+        assert [r.extra["images_encoded"] for r in first] == [2] * 24
+        assert {r.extra["batch_size"] for r in first} == {24}
         calls.clear()
         again = b.generate(requests[:5])  # the next batch of prompts about an image: nothing re-encoded
         assert sum(calls) == 0 and again[0].extra["images_encoded"] == 0
@@ -290,6 +293,15 @@ def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, varia
             by_gather[row, :, 12 - width : 12], taken
         )
         assert torch.isfinite(by_copy[row, :, :12]).all() and torch.isfinite(by_gather[row, :, :12]).all()
+    # A part of a batch (the rows of one image) written into a shared output, both ways.
+    for gather in (False, True):
+        out = torch.full((5, 2, 14, 3), float("nan"))
+        reuse_lib._place_rows(src, segments, 12, 2, {}, gather=gather, out=out, rows=[4, 0, 2])
+        for row, target in zip(range(3), (4, 0, 2)):
+            taken = torch.cat([src[0, :, s : s + n] for s, n in segments[row]], dim=1)
+            assert torch.equal(out[target, :, 12 - taken.shape[1] : 12], taken)
+            assert torch.isfinite(out[target, :, :12]).all()
+        assert torch.isnan(out[1]).all() and torch.isnan(out[3]).all()
 
 
 def test_prompts_reaching_a_sliding_window_are_not_reused():

@@ -104,7 +104,8 @@ def add_sweep(sub) -> None:
         "--batch-size",
         type=positive_int,
         default=12,
-        help="requests per generate() call (default 12: fastest on CPU in the speed runs)",
+        help="requests per generate() call (default 12, the study's prompts of one image); models that share "
+        "short image prefixes take several images' prompts per call (LLaVA-Med: 3 images, 36 requests)",
     )
     p.add_argument(
         "--judge",

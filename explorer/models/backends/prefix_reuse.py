@@ -501,29 +501,30 @@ def continue_from_prefixes(
     p_len = [p.length for p in prefixes]
     own = [list(r[p.length : -1]) for r, p in zip(rows, prefixes)]  # the row's tokens before its last
     if _packed_pass_ok(model):
-        layers, segments = _extend_packed(model, own, prefixes)
+        # One packed pass per image: the rows of one image never attend to another image's prefix,
+        # so passing several together would only add masked work (it grows with their product).
+        parts = []
+        for group in _rows_by_prefix(prefixes):
+            layers, segments = _extend_packed(model, [own[i] for i in group], [prefixes[i] for i in group])
+            parts.append(_Part(layers, segments, group))
     else:
-        layers, segments = _extend_side_by_side(model, own, prefixes, pad_id)
+        parts = [_Part(*_extend_side_by_side(model, own, prefixes, pad_id), list(range(batch)))]
     if shared:
-        return _shared_layout(model, rows, prefixes, layers, segments, pad_id, room)
+        return _shared_layout(model, rows, prefixes, parts, pad_id, room)
 
     # Rearrange every row to [pads][prefix][own tokens], written straight into the generation
     # cache's storage, layer by layer, each source layer dropped once moved.
     width = max(n + len(s) for n, s in zip(p_len, own))
     cache = _new_cache(model, room=room)
     roomy = roomy_layer_class()
-    index: dict[Any, torch.Tensor] = {}
     for layer_idx, target in enumerate(cache.layers):
-        k, v = layers[layer_idx]
-        layers[layer_idx] = None
         extra = target.room if isinstance(target, roomy) else 0
-        k_out = _place_rows(k, segments, width, extra, index)
-        v_out = _place_rows(v, segments, width, extra, index)
+        k_out, v_out = _place_parts(parts, layer_idx, batch, width, extra, lambda runs: runs)
         if extra:
             target.adopt(k_out, v_out, width)
         else:
             target.update(k_out, v_out)
-        del k, v, k_out, v_out
+        del k_out, v_out
 
     full = width + 1
     input_ids = torch.full((batch, full), pad_id, dtype=torch.long)
@@ -543,8 +544,7 @@ def _shared_layout(
     model: Any,
     rows: Sequence[Sequence[int]],
     prefixes: Sequence[Prefix],
-    layers: list,
-    segments: "Segments",
+    parts: list["_Part"],
     pad_id: int,
     room: int,
 ) -> PreparedBatch:
@@ -556,19 +556,13 @@ def _shared_layout(
     groups = [groups_of.setdefault(id(p), len(groups_of)) for p in prefixes]
     distinct = list({id(p): p for p in prefixes}.values())
     region = max(p.length for p in prefixes)
-    tails = [[runs[-1]] for runs in segments]  # each row's own-token run
-    own_width = max(runs[0][1] for runs in tails)
+    own_width = max(runs[-1][1] for part in parts for runs in part.segments)
     cache = shared_prefix.new_cache(model, [p.layers for p in distinct], groups, region, room)
-    index: dict[Any, torch.Tensor] = {}
     for layer_idx, target in enumerate(cache.layers):
-        k, v = layers[layer_idx]
-        layers[layer_idx] = None
-        target.adopt(
-            _place_rows(k, tails, own_width, target.room, index),
-            _place_rows(v, tails, own_width, target.room, index),
-            own_width,
-        )
-        del k, v
+        # Each row's own-token run only: the prefixes stay where they are.
+        k_out, v_out = _place_parts(parts, layer_idx, len(rows), own_width, target.room, lambda runs: runs[-1:])
+        target.adopt(k_out, v_out, own_width)
+        del k_out, v_out
 
     full = region + own_width + 1
     input_ids = torch.full((len(rows), full), pad_id, dtype=torch.long)
@@ -585,29 +579,81 @@ def _shared_layout(
 Segments = list[list[tuple[int, int]]]  # per row: (start, length) runs of source positions, in order
 
 
+@dataclass
+class _Part:
+    """The extended cache of some of a batch's rows: per layer (keys, values), where each of its
+    rows' positions sit in them, and which rows of the batch they are."""
+
+    layers: list
+    segments: Segments
+    rows: list[int]
+
+
+def _rows_by_prefix(prefixes: Sequence[Prefix]) -> list[list[int]]:
+    """Row indices grouped by the prefix they share, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        groups.setdefault(id(p), []).append(i)
+    return list(groups.values())
+
+
+def _place_parts(parts: list[_Part], layer_idx: int, batch: int, width: int, room: int, pick) -> tuple:
+    """One layer's keys and values for the whole batch, each part's rows placed from its own
+    source (pick: which of a row's runs to take); each part's source layer dropped once moved."""
+    k_out = v_out = None
+    for part in parts:
+        k, v = part.layers[layer_idx]
+        part.layers[layer_idx] = None
+        if k_out is None:
+            k_out = k.new_empty(batch, k.shape[1], width + room, k.shape[-1])
+            v_out = v.new_empty(batch, v.shape[1], width + room, v.shape[-1])
+        segments = [pick(runs) for runs in part.segments]
+        index: dict[Any, torch.Tensor] = {}
+        _place_rows(k, segments, width, room, index, out=k_out, rows=part.rows)
+        _place_rows(v, segments, width, room, index, out=v_out, rows=part.rows)
+        del k, v
+    return k_out, v_out
+
+
 def _place_rows(
-    src: torch.Tensor, segments: Segments, width: int, room: int, index: dict, gather: Optional[bool] = None
+    src: torch.Tensor,
+    segments: Segments,
+    width: int,
+    room: int,
+    index: dict,
+    gather: Optional[bool] = None,
+    out: Optional[torch.Tensor] = None,
+    rows: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """[batch, heads, width (+ room), head_dim]: row i holds, right-aligned, the positions
     segments[i] names of src (batch 1: shared by all rows; else row i of src), the pads before
-    them filled with finite values (the attention mask hides them).
+    them filled with finite values (the attention mask hides them). With out and rows given, the
+    rows are written into out's rows[i] instead of a new tensor.
 
     On CPU one contiguous copy per run (several times faster than a gather there); elsewhere one
     gather per tensor (fewer kernel launches). The positions that are not pads get the same values."""
     batch = len(segments)
     heads, dim = src.shape[1], src.shape[-1]
-    out = src.new_empty(batch, heads, width + room, dim)
+    whole = out is None or rows is None or list(rows) == list(range(out.shape[0]))
+    if out is None:
+        out = src.new_empty(batch, heads, width + room, dim)
+    targets = list(range(batch)) if rows is None else list(rows)
     if gather is None:
         gather = src.device.type != "cpu"
     if not gather:
         for i, runs in enumerate(segments):
             row = src[0 if src.shape[0] == 1 else i]
+            t = targets[i]
             at = width - sum(n for _, n in runs)
             if at:
-                out[i, :, :at].zero_()
+                out[t, :, :at].zero_()
             for start, n in runs:
-                out[i, :, at : at + n] = row[:, start : start + n]
+                out[t, :, at : at + n] = row[:, start : start + n]
                 at += n
+        return out
+    if not whole:  # a part of the batch: gather its rows, then put them in place
+        placed = _place_rows(src, segments, width, 0, index, gather=True)
+        out[torch.tensor(targets, device=out.device), :, :width] = placed[:, :, :width]
         return out
     key = (src.device, heads, dim)
     if key not in index:  # per-layer device and shape (a model split over GPUs)
