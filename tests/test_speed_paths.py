@@ -338,6 +338,8 @@ def test_sliding_window_answers_match_when_generation_runs_past_the_window(catal
         requests = _requests("demo-medgemma", chosen, "chat_template", images=IMAGES[:1], gen=gen)
         batched = b.generate(requests)
         assert {r.extra["reuse"] for r in batched} == {path}
+        if path == "prefix":  # one copy of the prefix, hidden by distance once the window passes it
+            assert {r.extra["kv_layout"] for r in batched} == {"shared prefix"}
         assert all(r.input_tokens + r.output_tokens > 40 for r in batched)
         assert [r.text for r in batched] == [plain.generate([r])[0].text for r in requests]
     b.close()

@@ -557,7 +557,10 @@ def _shared_layout(
     distinct = list({id(p): p for p in prefixes}.values())
     region = max(p.length for p in prefixes)
     own_width = max(runs[-1][1] for part in parts for runs in part.segments)
-    cache = shared_prefix.new_cache(model, [p.layers for p in distinct], groups, region, room)
+    # A query's position is its index in the own part plus this (row's prefix length, own tokens,
+    # less the own part's width): what sliding-window layers measure distances from.
+    offsets = [p.length + (len(r) - p.length - 1) - own_width for r, p in zip(rows, prefixes)]
+    cache = shared_prefix.new_cache(model, [p.layers for p in distinct], groups, region, room, offsets)
     for layer_idx, target in enumerate(cache.layers):
         # Each row's own-token run only: the prefixes stay where they are.
         k_out, v_out = _place_parts(parts, layer_idx, len(rows), own_width, target.room, lambda runs: runs[-1:])

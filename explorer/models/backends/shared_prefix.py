@@ -15,9 +15,10 @@ row with a shorter prefix has masked positions at the end of the region (they ar
 generate() derives positions from the attention mask, so every real token keeps the position it
 has in a plain batch.
 
-Only for models whose language model runs sdpa with full attention in every layer (the LLaVA
-models). Sliding-window layers (Gemma 3) count distances in cache indices, which the prefix region
-would change, so those models keep the plain layout.
+For models whose language model runs sdpa. Sliding-window layers (Gemma 3) keep every position:
+transformers' mask hides what lies outside the window among the rows' own tokens (whose cache
+indices are as far apart as their positions), and the attention function hides prefix positions by
+their true distance from each query.
 """
 
 from __future__ import annotations
@@ -65,11 +66,9 @@ def _text_config(model: Any) -> Any:
 
 
 def applicable(model: Any) -> bool:
-    """The language model attends with sdpa (or already with this function) in every layer, fully."""
+    """The language model attends with sdpa (or already with this function), with a dynamic cache."""
     cfg = _text_config(model)
     if getattr(cfg, "_attn_implementation", None) not in ("sdpa", ATTENTION_NAME):
-        return False
-    if getattr(cfg, "sliding_window", None) or any("sliding" in str(t) for t in getattr(cfg, "layer_types", ()) or ()):
         return False
     return getattr(model.generation_config, "cache_implementation", None) in (None, "dynamic")
 
@@ -102,12 +101,24 @@ def layer_class():
         returns the rows' own part only; the attention function adds the prefixes."""
 
         def __init__(
-            self, prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]], groups: Sequence[int], width: int, room: int
+            self,
+            prefixes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+            groups: Sequence[int],
+            width: int,
+            room: int,
+            window: Optional[int] = None,
+            offsets: Sequence[int] = (),
         ):
             super().__init__(room)
             self.prefixes = list(prefixes)
             self.groups = list(groups)  # row -> index into prefixes
             self.width = int(width)  # the prefix region's width in cache indices
+            # A sliding-window layer keeps every position and hides, by position, what lies outside
+            # the window (transformers' mask does it for the own part; the attention function for
+            # the prefixes). offsets: per row, a query's position minus its index in the own part.
+            self.sliding_window = int(window) if window else None
+            self.is_sliding = self.sliding_window is not None
+            self.offsets = list(offsets)
             self.rows_of: dict[int, list[int]] = {}
             for row, group in enumerate(self.groups):
                 self.rows_of.setdefault(group, []).append(row)
@@ -119,6 +130,14 @@ def layer_class():
             if key not in self._indices:
                 self._indices[key] = torch.tensor(self.rows_of[group], device=device)
             return self._indices[key]
+
+        def query_positions(self, q_len: int, device: Any) -> torch.Tensor:
+            """[rows, q_len]: the positions of the queries just stored (the last q_len)."""
+            key = ("offsets", str(device))
+            if key not in self._indices:
+                self._indices[key] = torch.tensor(self.offsets, device=device)
+            first = self.stored() - q_len
+            return self._indices[key][:, None] + torch.arange(first, first + q_len, device=device)[None]
 
         def get_seq_length(self) -> int:
             return self.width + self.stored()
@@ -141,17 +160,52 @@ def new_cache(
     groups: Sequence[int],
     width: int,
     room: int,
+    offsets: Sequence[int] = (),
 ):
-    """A DynamicCache of SharedPrefixLayers. prefixes: per distinct prefix, its (keys, values) per layer."""
+    """A DynamicCache of SharedPrefixLayers, sliding where generate() would make a sliding layer.
+    prefixes: per distinct prefix, its (keys, values) per layer; offsets: see SharedPrefixLayer."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=_text_config(model))
     shared = layer_class()
-    cache.layers = [shared([p[i] for p in prefixes], groups, width, room) for i in range(len(cache.layers))]
+    cache.layers = [
+        shared(
+            [p[i] for p in prefixes],
+            groups,
+            width,
+            room,
+            window=getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None,
+            offsets=offsets,
+        )
+        for i, layer in enumerate(cache.layers)
+    ]
     return cache
 
 
 # ---------------------------------------------------------------- the attention function
+def _outside_window(
+    layer: Any, rows: list[int], q_len: int, rep: int, length: int, query: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """For a sliding-window layer, the additive mask that hides prefix positions a query's window
+    no longer reaches (query position - key position >= window), as [1, 1, rows * rep * q_len,
+    length]; None when every query still sees the whole prefix."""
+    if layer.sliding_window is None:
+        return None
+    positions = (
+        layer.query_positions(q_len, query.device)[rows]
+        if len(rows) != len(layer.groups)
+        else layer.query_positions(q_len, query.device)
+    )
+    first_seen = positions - layer.sliding_window + 1  # [n, q_len]
+    if int(first_seen.max()) <= 0:
+        return None
+    first_seen = first_seen[:, None, :].expand(-1, rep, -1).reshape(-1, 1)  # query rows in (row, rep, q) order
+    hidden = torch.arange(length, device=query.device)[None] < first_seen
+    return torch.zeros(hidden.shape, dtype=query.dtype, device=query.device).masked_fill_(hidden, float("-inf"))[
+        None, None
+    ]
+
+
 # PyTorch's fused CPU attention kernel returns the log-sum-exp that joining two parts needs; it is an
 # internal op, so it is used where it answers and replaced by the same math in plain ops where not.
 _FUSED_CPU: dict[str, bool] = {"usable": True}
@@ -169,7 +223,7 @@ def _attend(
                 if keys.shape[0] != query.shape[0]:
                     keys, values = keys.expand(query.shape[0], -1, -1, -1), values.expand(query.shape[0], -1, -1, -1)
                 out, lse = fused(query, keys, values, attn_mask=bias, scale=scale)
-                return out, lse
+                return _nothing_where_all_hidden(out, lse, bias)
         except (RuntimeError, TypeError):
             pass
         _FUSED_CPU["usable"] = False
@@ -178,7 +232,20 @@ def _attend(
         scores.add_(bias)
     lse = torch.logsumexp(scores, dim=-1)
     weights = scores.sub_(lse.unsqueeze(-1)).exp_().to(values.dtype)
-    return torch.matmul(weights, values), lse
+    return _nothing_where_all_hidden(torch.matmul(weights, values), lse, bias)
+
+
+def _nothing_where_all_hidden(
+    out: torch.Tensor, lse: torch.Tensor, bias: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A query whose every key is hidden takes nothing from this part: output 0, log-sum-exp -inf
+    (kernels leave NaN or an arbitrary average there)."""
+    if bias is None:
+        return out, lse
+    hidden = torch.isneginf(bias).all(dim=-1).expand(lse.shape)
+    if not bool(hidden.any()):
+        return out, lse
+    return out.masked_fill(hidden.unsqueeze(-1), 0.0), lse.masked_fill(hidden, float("-inf"))
 
 
 def shared_prefix_attention(
@@ -230,7 +297,13 @@ def shared_prefix_attention(
         qg = q if whole else q.index_select(0, index)
         # Every query of the group against one copy of the prefix: [1, kv_heads, n * rows_q, dim].
         flat = qg.transpose(0, 1).reshape(1, kv_heads, n * rows_q, dim)
-        p_out, p_lse = _attend(flat, p_keys, p_values, None, scale)
+        p_out, p_lse = _attend(
+            flat,
+            p_keys,
+            p_values,
+            _outside_window(layer, rows, q_len, heads // kv_heads, p_keys.shape[-2], query),
+            scale,
+        )
         p_out = p_out.reshape(kv_heads, n, rows_q, dim).transpose(0, 1)
         p_lse = p_lse.reshape(kv_heads, n, rows_q).transpose(0, 1)
         o_out = own_out if whole else own_out.index_select(0, index)
