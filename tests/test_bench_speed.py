@@ -43,6 +43,8 @@ def test_bench_speed_reports_identical_answers_memory_and_logits(bench_speed, tm
 
 
 def test_length_mix_picks_end_tokens_from_the_models_own_choices(bench_speed):
+    import answer_checks  # bench/ is on sys.path while the fixture holds
+
     """Rows whose greedy picks first reach token 7 at steps 2, 5 and 9 (and row 3 never): token 7
     becomes an end token, and the rows would stop at 2, 5, 9 and the limit. Steps before
     min_new_tokens are not counted (generate() does not let an answer end there)."""
@@ -75,8 +77,8 @@ def test_length_mix_picks_end_tokens_from_the_models_own_choices(bench_speed):
     backend = SimpleNamespace(forget_reused=lambda: None)
     backend.generate = lambda requests: [model(step) for step in range(len(picks))]
     lm = SimpleNamespace(model=model)
-    chosen = bench_speed.mix_answer_lengths(backend, lm, ["r"] * 4, max_new_tokens=10)
+    chosen = answer_checks.mix_answer_lengths(backend, lm, ["r"] * 4, max_new_tokens=10)
     assert chosen[0] == 7 and model.generation_config.eos_token_id[:2] == [0, 7]
     model.generation_config.eos_token_id = 0
-    late = bench_speed.mix_answer_lengths(backend, lm, ["r"] * 4, max_new_tokens=10, min_new_tokens=4)
+    late = answer_checks.mix_answer_lengths(backend, lm, ["r"] * 4, max_new_tokens=10, min_new_tokens=4)
     assert 7 in late  # still mixes rows 1 and 2 (steps 5 and 9); row 0's step 2 is too early to count

@@ -191,12 +191,7 @@ def _outside_window(
     length]; None when every query still sees the whole prefix."""
     if layer.sliding_window is None:
         return None
-    positions = (
-        layer.query_positions(q_len, query.device)[rows]
-        if len(rows) != len(layer.groups)
-        else layer.query_positions(q_len, query.device)
-    )
-    first_seen = positions - layer.sliding_window + 1  # [n, q_len]
+    first_seen = layer.query_positions(q_len, query.device)[rows] - layer.sliding_window + 1  # [n, q_len]
     if int(first_seen.max()) <= 0:
         return None
     first_seen = first_seen[:, None, :].expand(-1, rep, -1).reshape(-1, 1)  # query rows in (row, rep, q) order
