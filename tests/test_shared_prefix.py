@@ -175,14 +175,47 @@ def test_sliding_window_models_share_the_prefix_too(backends, catalog):
 
 
 def test_short_shared_prefixes_batch_several_images(catalog, backends):
-    """LLaVA's 576-position prefixes: a batch (and a sweep's unit) holds 3 images' prompts; LLaVA-1.6's
-    ~2,900 keep one image per batch, as do Gemma 3 (not faster with more) and other reuse modes."""
+    """With shared-prefix decoding a batch (and a sweep's unit) holds 3 images' prompts; the other
+    reuse modes, exact mode and unknown models keep one image per batch."""
     shared = backends.shared
-    assert shared.images_per_batch("demo-llava-med") == 3
+    for alias in ("demo-llava-med", "demo-llava", "demo-gemma"):
+        assert shared.images_per_batch(alias) == 3
     assert shared.scheduling("demo-llava-med", 12)["batch"] == 36
-    assert shared.images_per_batch("demo-llava") == 1 and shared.images_per_batch("demo-gemma") == 1
     assert backends.copies.images_per_batch("demo-llava-med") == 1
     assert backends.plain.images_per_batch("demo-llava-med") == 1
     assert shared.images_per_batch("no-such-model") == 1
     exact = TransformersBackend(catalog, exact=True)
     assert exact.scheduling("demo-llava-med", 12)["batch"] == 1
+
+
+def test_several_images_batch_is_halved_before_prefill_when_its_worst_case_kv_would_not_fit(
+    catalog, backends, monkeypatch
+):
+    """On a GPU with room for one image's rows at max_new_tokens but not two images', a batch of two
+    images is split before anything is prefilled; the answers are those of the whole batch."""
+    shared = backends.shared
+    variants = closed_variants(catalog, "pneumonia")[:3]
+    gen = GenerationSettings(max_new_tokens=8, min_new_tokens=1)
+    requests = _requests(catalog, "demo-llava-med", variants, IMAGES, gen)
+    needs = []
+    check = shared._check_kv_room
+    monkeypatch.setattr(
+        shared, "_check_kv_room", lambda lm, need, what="": (needs.append((need, what)), check(lm, need, what))[1]
+    )
+    shared.forget_reused()
+    roomy = [r.text for r in shared.generate(requests)]
+    [(two_images, what)] = [(need, what) for need, what in needs if what]
+    assert what == "2 images' prompts at 8 new tokens"
+    monkeypatch.setattr(shared, "_kv_free_bytes", lambda lm: int(0.75 * two_images / 0.9))
+    prefilled = []
+    prepare = type(shared)._prepare_prefix
+    monkeypatch.setattr(
+        type(shared),
+        "_prepare_prefix",
+        lambda self, lm, keys, rows, n: (prefilled.append(len(set(keys))), prepare(self, lm, keys, rows, n))[1],
+    )
+    shared.forget_reused()
+    tight = shared.generate(requests)
+    assert [r.text for r in tight] == roomy and not any(r.error for r in tight)
+    assert prefilled[0] == 2 and prefilled[1:] and all(n == 1 for n in prefilled[1:])
+    assert {r.extra["kv_layout"] for r in tight} == {"shared prefix"}

@@ -363,6 +363,35 @@ def test_image_processor_runs_once_and_gives_the_plain_output(backends, catalog,
         assert torch.equal(shared[key], plain[key]), key
 
 
+@pytest.mark.parametrize("alias", ["demo-llava", "demo-gemma"])
+def test_rows_of_several_images_match_the_plain_processor_and_share_pixels(backends, variants, alias):
+    """encode_rows processes each distinct image once: every row's ids and token types are the plain
+    processor's, each row's image inputs are its image's own (Gemma 3: equal to the plain batch row),
+    and the rows of one image hold views of one tensor rather than copies."""
+    lm = backends["prefix"].load(alias)
+    texts = [backends["prefix"]._prompt_text(lm, r) for r in _requests(alias, variants[:3], "chat_template")]
+    images = [IMAGES[0]] * 3 + [IMAGES[1]] * 3
+    order = [0, 3, 1, 4, 2, 5]  # images interleaved: rows must come back in the order asked
+    texts, images = [texts[i] for i in order], [images[i] for i in order]
+    image_ids = [lm.model.config.image_token_id]
+    rows = reuse_lib.encode_rows(lm.processor, texts, images, image_ids)
+    plain = reuse_lib.split_rows(
+        lm.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt"), image_ids
+    )
+    assert rows.ids == plain.ids
+    assert rows.token_types == plain.token_types
+    assert (rows.token_types is not None) == (alias == "demo-gemma")
+    for row, image in enumerate(images):
+        alone = lm.processor(text=texts[row : row + 1], images=[[image]], return_tensors="pt")
+        assert torch.equal(rows.image_inputs[row]["pixel_values"], alone["pixel_values"])
+        if alias == "demo-gemma":
+            assert torch.equal(rows.image_inputs[row]["pixel_values"], plain.image_inputs[row]["pixel_values"])
+    pixels = [rows.image_inputs[row]["pixel_values"] for row in range(len(images))]
+    same_image = [row for row, image in enumerate(images) if image is IMAGES[0]]
+    assert len({pixels[row].untyped_storage().data_ptr() for row in same_image}) == 1
+    assert pixels[0].untyped_storage().data_ptr() != pixels[1].untyped_storage().data_ptr()
+
+
 def test_prompts_are_tokenized_once_per_image_size(backends, variants):
     """Another image of the same size expands to the same texts: their tokens come from the memo,
     equal to the plain processor's, and changing what the caller got back changes nothing kept."""

@@ -147,9 +147,6 @@ def encode_once_per_image(
         return processor(text=list(texts), images=[[img] for img in images], padding=True, return_tensors="pt")
 
 
-# ---------------------------------------------------------------- small LRU of per-image results
-
-
 # ---------------------------------------------------------------- rows of a processed batch
 @dataclass
 class Rows:
@@ -157,7 +154,7 @@ class Rows:
 
     ids: list[list[int]]  # each row's token ids
     token_types: Optional[list[list[int]]]  # Gemma 3: 1 on image tokens (bidirectional attention)
-    per_image: dict[str, Any]  # pixel_values, image_sizes...: row i is entry i
+    image_inputs: list[dict[str, Any]]  # per row: pixel_values, image_sizes... as a one-row batch
     image_mask_ids: frozenset[int]  # token ids that stand for image features
 
 
@@ -170,7 +167,45 @@ def split_rows(inputs: Any, image_token_ids: Sequence[int]) -> Rows:
             types = [row[m].tolist() for row, m in zip(inputs[key], mask)]
             break
     per_image = {k: v for k, v in inputs.items() if k not in _TOKEN_KEYS}
-    return Rows(ids, types, per_image, frozenset(int(t) for t in image_token_ids if t is not None))
+    image_inputs = [
+        {k: v[row : row + 1] for k, v in per_image.items() if isinstance(v, (torch.Tensor, list, tuple))}
+        for row in range(len(ids))
+    ]
+    return Rows(ids, types, image_inputs, frozenset(int(t) for t in image_token_ids if t is not None))
+
+
+def encode_rows(
+    processor: Any,
+    texts: Sequence[str],
+    images: Sequence[Any],
+    image_token_ids: Sequence[int],
+    token_memo: Optional[TokenMemo] = None,
+) -> Rows:
+    """The rows of encode_once_per_image, processed one distinct image at a time: the rows of an image
+    then hold views of its one processed copy, where one call over several images would copy the
+    pixels into every row (36 rows of 896x896 pixels: a third of a GB, and as long to copy as the
+    vision tower takes). Rows come back in the order asked."""
+    groups: dict[int, list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(id(image), []).append(index)
+    if len(groups) == 1:
+        return split_rows(encode_once_per_image(processor, texts, images, token_memo), image_token_ids)
+    ids: list[Any] = [None] * len(texts)
+    types: list[Any] = [None] * len(texts)
+    image_inputs: list[Any] = [None] * len(texts)
+    typed = False
+    for indexes in groups.values():
+        part = split_rows(
+            encode_once_per_image(processor, [texts[i] for i in indexes], [images[i] for i in indexes], token_memo),
+            image_token_ids,
+        )
+        typed = part.token_types is not None
+        for local, index in enumerate(indexes):
+            ids[index], image_inputs[index] = part.ids[local], part.image_inputs[local]
+            types[index] = part.token_types[local] if typed else None
+    return Rows(
+        ids, types if typed else None, image_inputs, frozenset(int(t) for t in image_token_ids if t is not None)
+    )
 
 
 def image_span_end(rows: Rows, row: int) -> int:
@@ -184,13 +219,7 @@ def image_span_end(rows: Rows, row: int) -> int:
 
 
 def image_inputs_of_row(rows: Rows, row: int) -> dict[str, Any]:
-    out = {}
-    for key, value in rows.per_image.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value[row : row + 1]
-        elif isinstance(value, (list, tuple)):
-            out[key] = value[row : row + 1]
-    return out
+    return rows.image_inputs[row]
 
 
 # ---------------------------------------------------------------- features path

@@ -155,10 +155,12 @@ def _installed_version(package: str) -> str:
 
 Quantization = Union[None, str, Mapping[str, Optional[str]]]
 
-# Image positions of the prefix per architecture that decodes with a shared prefix (full attention),
-# and the prefix positions one batch may hold before another image's prompts go to the next batch.
-IMAGE_POSITIONS = {"llava": 576, "llava_next": 2928}  # Gemma 3: measured no faster with 8 images a batch
-SHARED_PREFIX_BUDGET = 2048
+# Architectures whose batches (and a sweep's units) take the prompts of several images when decoding
+# shares each image's prefix: 36 rows decode in little more time than 12 on a CPU and at less cost per
+# row on a GPU. 3 images against 1 (bench_speed --threads 1, CPU, demo shapes, times the study loop):
+# LLaVA-1.6 9.0x against 7.9x, Gemma 3 11.1x against 8.7x. On a GPU a batch of several images is
+# halved before its prefill when its worst-case KV cache would not fit (_check_kv_room).
+SHARED_PREFIX_IMAGES = {"llava": 3, "llava_next": 3, "gemma3": 3}
 
 
 class TransformersBackend:
@@ -555,17 +557,14 @@ class TransformersBackend:
 
     def images_per_batch(self, alias: str) -> int:
         """How many images' prompts one batch holds: several where decoding shares each image's
-        prefix and the prefixes are short (LLaVA's 576 image positions: 3 images, 36 rows), whose
-        decoding steps cost little more than 12 rows' on a CPU and less per row on a GPU; one where
-        prefixes are long (LLaVA-1.6's ~2,900 positions) or more rows were not faster (Gemma 3)."""
+        prefix (SHARED_PREFIX_IMAGES), one in the other reuse modes and for other architectures."""
         try:
             spec = self._spec(alias)
         except BackendError:  # an unknown model: its requests fail on their own, later
             return 1
         if self.reuse != "prefix" or not self.shared_prefix or spec is None:
             return 1
-        positions = IMAGE_POSITIONS.get(spec.architecture)
-        return max(1, SHARED_PREFIX_BUDGET // positions) if positions else 1
+        return SHARED_PREFIX_IMAGES.get(spec.architecture, 1)
 
     def generate(self, requests: Sequence[Request], on_text: Optional[OnText] = None) -> list[Response]:
         """Answers in the order asked. Raises BackendError only when a model cannot be had at all."""
@@ -659,17 +658,22 @@ class TransformersBackend:
         keys = [_image_key(req) for _, req in items]
         canonical: dict[Any, Any] = {}
         images = [canonical.setdefault(key, req.images()[0]) for key, (_, req) in zip(keys, items)]
-        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images, self._token_memo(lm.alias))
         image_ids = [getattr(lm.model.config, "image_token_id", None)]
-        rows = reuse_lib.split_rows(inputs, image_ids)
+        memo = self._token_memo(lm.alias)
         if self.reuse == "prefix":
             try:
+                rows = reuse_lib.encode_rows(lm.processor, texts, images, image_ids, memo)
                 return self._prepare_prefix(lm, keys, rows, items[0][1].generation.max_new_tokens)
             except reuse_lib.ReuseNotApplicable as exc:
-                prepared = self._prepare_features(lm, keys, rows, inputs)
-                prepared["info"]["reuse_skipped"] = str(exc)[:300]
-                return prepared
-        return self._prepare_features(lm, keys, rows, inputs)
+                skipped = str(exc)[:300]
+        else:
+            skipped = None
+        # The features path hands generate one padded batch, so it takes one processor call.
+        inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images, memo)
+        prepared = self._prepare_features(lm, keys, reuse_lib.split_rows(inputs, image_ids), inputs)
+        if skipped:
+            prepared["info"]["reuse_skipped"] = skipped
+        return prepared
 
     def forget_reused(self) -> None:
         """Drop every remembered image prefix, image feature and tokenized prompt batch (the next
@@ -729,6 +733,22 @@ class TransformersBackend:
             starts.setdefault(key, set()).add(tuple(ids[:end]))
         if any(len(s) > 1 for s in starts.values()):  # e.g. a template that puts the image after the question
             raise reuse_lib.ReuseNotApplicable("the prompts of one image differ before its image tokens")
+        # KV room: what the batch can reach when that is small, else grown as decoding goes on. The
+        # estimate is checked before anything is prefilled (too big: the batch is halved); a batch of
+        # several images must fit even if every row runs to max_new_tokens.
+        width = max(len(ids) for ids in rows.ids)
+        room = reuse_lib.initial_room(max_new_tokens, width)
+        # One copy of a prefix pays off when rows share it; a lone row decodes faster with plain sdpa.
+        shared = self.shared_prefix and len(rows.ids) > len(starts) and shared_lib.enable(model)
+        # A shared-prefix cache allocates the rows' own tokens only (each prefix is kept once, apart).
+        per_row = max(len(ids) - end for ids, end in zip(rows.ids, ends)) if shared else width
+        estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + room)
+        if len(starts) > 1:
+            prefix_lengths = [len(next(iter(s))) for s in starts.values()]
+            prefixes_bytes = sum(reuse_lib.kv_cache_bytes(model, 1, n) for n in prefix_lengths) if shared else 0
+            worst = prefixes_bytes + reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + max_new_tokens)
+            self._check_kv_room(lm, worst, f"{len(starts)} images' prompts at {max_new_tokens} new tokens")
+        self._check_kv_room(lm, estimate)
         prefixes: list[Optional[reuse_lib.Prefix]] = [None] * len(keys)
         computed: dict[Any, reuse_lib.Prefix] = {}
         prefilled = 0
@@ -746,17 +766,6 @@ class TransformersBackend:
                         self.memo.put(memo_key, found)
                 computed[group] = found
             prefixes[row] = computed[group]
-        # KV room: what the batch can reach when that is small, else grown as decoding goes on; the
-        # estimate is checked before the batch's cache is built (too big: the batch is halved).
-        width = max(len(ids) for ids in rows.ids)
-        room = reuse_lib.initial_room(max_new_tokens, width)
-        # One copy of a prefix pays off when rows share it; a lone row decodes faster with plain sdpa.
-        sharing = len(rows.ids) > len({id(p) for p in prefixes})
-        shared = self.shared_prefix and sharing and shared_lib.enable(model)
-        # A shared-prefix cache allocates the rows' own tokens only (the prefixes exist already).
-        per_row = max(len(ids) - p.length for ids, p in zip(rows.ids, prefixes)) if shared else width
-        estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + room)
-        self._check_kv_room(lm, estimate)
         batch = reuse_lib.continue_from_prefixes(
             model, rows.ids, prefixes, lm.tokenizer.pad_token_id, room=room, shared=shared
         )
@@ -775,14 +784,19 @@ class TransformersBackend:
         }
         return {"inputs": gen_inputs, "info": info, "shared_cache": batch.cache if shared else None}
 
-    def _check_kv_room(self, lm: LoadedModel, need: int) -> None:
+    def _check_kv_room(self, lm: LoadedModel, need: int, what: str = "") -> None:
         """MemoryError (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
-        memory; on CPU the operating system has the last word."""
-        if not str(lm.device).startswith("cuda"):
-            return
-        free = free_bytes(str(lm.device))
-        if need > 0.9 * free:
-            raise MemoryError(f"the batch's KV cache needs about {human_bytes(need)}, {human_bytes(free)} free")
+        memory."""
+        free = self._kv_free_bytes(lm)
+        if free is not None and need > 0.9 * free:
+            raise MemoryError(
+                f"the batch's KV cache{f' ({what})' if what else ''} needs about {human_bytes(need)}, "
+                f"{human_bytes(free)} free"
+            )
+
+    def _kv_free_bytes(self, lm: LoadedModel) -> Optional[int]:
+        """Free memory on the model's GPU; None on CPU, where the operating system has the last word."""
+        return free_bytes(str(lm.device)) if str(lm.device).startswith("cuda") else None
 
     # ------------------------------------------------------------ generating
     def _generate(
