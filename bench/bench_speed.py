@@ -271,10 +271,11 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         added = mix_answer_lengths(backend, lm, probe, settings.max_new_tokens, settings.min_new_tokens or 0)
         print(f"  length mix: tokens {added} end answers too (greedy picks of the model itself)")
 
-    # Warm both paths up on an image outside the benchmark (lazy imports, first-call allocations; for
-    # the sweep also the answer reader's per-question work, which a long sweep pays once).
-    warm = synthetic_cases(cases[0].task, 1, seed=99)
-    study_loop(pipe, architecture, fmt, warm, variants[:1], settings)
+    # Warm both paths up on images outside the benchmark (lazy imports, first-call allocations; for
+    # the sweep also the answer reader's per-question work, which a long sweep pays once). The sweep
+    # warms on as many images as it is timed on, so its batches have been of the timed shape before.
+    warm = synthetic_cases(cases[0].task, len(cases), seed=99)
+    study_loop(pipe, architecture, fmt, warm[:1], variants[:1], settings)
     warm_plan = plan_sweep(
         catalog,
         [alias],
