@@ -1,12 +1,15 @@
 """Memory of a batch's KV cache at the study's shapes: what reserving max_new_tokens+1 positions per row
 up front took, what the engine reserves now (prefix_reuse.initial_room: what the batch can reach when
 small, else an eighth of the prompt, grown as decoding goes on), what a 2,048-token answer grows to, and
-the study's per-call loop (one row), and with shared-prefix decoding (shared_prefix.py: the image's
-prefix once, only each row's own tokens per row; full-attention models). Weights from model_manager.KNOWN_PARAMS. Computed from the real
-models' configs (layers, KV heads, head size) with prefix_reuse.kv_cache_bytes; nothing is loaded.
+the study's per-call loop (one row), and with shared-prefix decoding (shared_prefix.py: each image's
+prefix once, only each row's own tokens per row). A batch holds the prompts of --images images (the
+engine's batches: transformers_backend.SHARED_PREFIX_IMAGES); on a GPU a batch of several images is
+halved before its prefill when its cache at the limit would not fit. Weights from
+model_manager.KNOWN_PARAMS. Computed from the real models' configs (layers, KV heads, head size) with
+prefix_reuse.kv_cache_bytes; nothing is loaded.
 
-  python bench/bench_memory.py                  # 12 rows (the study's prompts of one image), bf16
-  python bench/bench_memory.py --rows 24 --max-new-tokens 512 --gpu-gb 24
+  python bench/bench_memory.py                  # 3 images x 12 rows (the study's prompts), bf16, 24 GB
+  python bench/bench_memory.py --images 1 --max-new-tokens 512 --gpu-gb 80
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from bench_speed import full_sizes
 # Prompt widths in tokens: image tokens plus template and question (LLaVA-1.6's AnyRes tops out near 2,900).
 WIDTHS = {"llava_next": 2950, "llava": 620, "gemma3": 300}
 OWN = 45  # of which a row's own tokens after the image (template and question), about
-SHARED = {"llava_next", "llava"}  # full attention in every layer: shared-prefix decoding applies
 WEIGHTS = {
     "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf",
     "llava": "wnkh/llava-med-v1.5-mistral-7b-hf",
@@ -30,7 +32,8 @@ WEIGHTS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=12)
+    parser.add_argument("--rows", type=int, default=12, help="prompts per image")
+    parser.add_argument("--images", type=int, default=None, help="images per batch (default: the engine's)")
     parser.add_argument("--max-new-tokens", type=int, default=2048)
     parser.add_argument("--gpu-gb", type=float, default=24.0)
     args = parser.parse_args()
@@ -38,15 +41,20 @@ def main() -> int:
     import torch
 
     from explorer.models.backends.prefix_reuse import initial_room, kv_cache_bytes
+    from explorer.models.backends.transformers_backend import SHARED_PREFIX_IMAGES
     from explorer.models.manager import GB, known_params, weight_bytes
 
-    print(f"{args.rows} rows, max_new_tokens {args.max_new_tokens}, bf16, one {args.gpu_gb:g} GB GPU")
+    images = args.images
     print(
-        "| architecture | weights GB | KV up front (old) GB | KV at start, copy per row GB | KV at 2,048 tokens, "
-        "copy per row GB | KV at start, shared prefix GB | KV at 2,048 tokens, shared prefix GB "
-        "| per-call loop GB | weights + KV at start fit? |"
+        f"{args.rows} rows per image, {images or 'the engine' + chr(39) + 's'} images per batch, "
+        f"max_new_tokens {args.max_new_tokens}, bf16, one {args.gpu_gb:g} GB GPU"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| architecture | weights GB | rows | KV up front (old) GB | KV at start, copy per row GB | KV at 2,048 tokens, "
+        "copy per row GB | KV at start, shared prefix GB | KV at 2,048 tokens, shared prefix GB "
+        "| per-call loop GB | weights + KV at start fit? | batch kept whole on the GPU? |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arch, size in full_sizes().items():
         config = SimpleNamespace(
             num_attention_heads=size.text_heads,
@@ -59,28 +67,30 @@ def main() -> int:
             config=SimpleNamespace(text_config=config, get_text_config=lambda decoder=True, c=config: c),
             dtype=torch.bfloat16,
         )
+        n_images = images or SHARED_PREFIX_IMAGES.get(arch, 1)
+        rows = n_images * args.rows
         width = WIDTHS[arch]
-        old = kv_cache_bytes(model, args.rows, width + args.max_new_tokens + 1)
-        now = kv_cache_bytes(model, args.rows, width + initial_room(args.max_new_tokens, width))
-        full = kv_cache_bytes(model, args.rows, width + args.max_new_tokens)
+        old = kv_cache_bytes(model, rows, width + args.max_new_tokens + 1)
+        now = kv_cache_bytes(model, rows, width + initial_room(args.max_new_tokens, width))
+        full = kv_cache_bytes(model, rows, width + args.max_new_tokens)
         loop = kv_cache_bytes(model, 1, width + args.max_new_tokens)
-        if arch in SHARED:
-            prefix = kv_cache_bytes(model, 1, width - OWN)
-            start = prefix + kv_cache_bytes(model, args.rows, OWN + initial_room(args.max_new_tokens, width))
-            grown = prefix + kv_cache_bytes(model, args.rows, OWN + args.max_new_tokens)
-            shared = f"{start / GB:.2f} | {grown / GB:.2f}"
-        else:
-            start, shared = now, "- | -"
+        prefixes = n_images * kv_cache_bytes(model, 1, width - OWN)
+        start = prefixes + kv_cache_bytes(model, rows, OWN + initial_room(args.max_new_tokens, width))
+        grown = prefixes + kv_cache_bytes(model, rows, OWN + args.max_new_tokens)
         weights = weight_bytes(known_params(WEIGHTS[arch]), "bfloat16")
         fits = (weights + start) / GB <= args.gpu_gb
+        # The backend's check (_check_kv_room): the cache at the limit within 90% of what the weights leave.
+        whole = n_images == 1 or grown <= 0.9 * (args.gpu_gb * GB - weights)
         print(
-            f"| {arch} | {weights / GB:.1f} | {old / GB:.2f} | {now / GB:.2f} | {full / GB:.2f} | {shared} | "
-            f"{loop / GB:.2f} | {'yes' if fits else 'no'} ({(weights + start) / GB:.1f} GB) |"
+            f"| {arch} | {weights / GB:.1f} | {rows} ({n_images} x {args.rows}) | {old / GB:.2f} | {now / GB:.2f} | "
+            f"{full / GB:.2f} | {start / GB:.2f} | {grown / GB:.2f} | {loop / GB:.2f} | "
+            f"{'yes' if fits else 'no'} ({(weights + start) / GB:.1f} GB) | "
+            f"{'yes' if whole else 'no: halved before prefill'} |"
         )
     print(
         "\nKV at start grows by an eighth at a time only while some row is still generating; answers that stop "
-        "early never reach the 2,048-token columns. Gemma 3's sliding-window layers are counted as full (an upper bound); "
-        "they keep a copy per row (shared-prefix decoding is for full-attention models)."
+        "early never reach the 2,048-token columns. Gemma 3's sliding-window layers are counted as full (an "
+        "upper bound: the per-call loop's keep at most the window, 1,024 positions)."
     )
     return 0
 
