@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -188,6 +191,31 @@ def test_sweep_metrics_export_import_round_trip(sample_tree, tmp_path, capsys):
     original = Store(store_path).answers_frame()[key].sort_values(key[:4]).reset_index(drop=True)
     imported = Store(other).answers_frame()[key].sort_values(key[:4]).reset_index(drop=True)
     pd.testing.assert_frame_equal(original, imported)
+
+
+def test_a_cached_sweep_imports_neither_torch_nor_transformers(sample_tree, tmp_path, capsys):
+    """A sweep whose answers are all stored, run as a user runs it (a fresh process): served from the
+    store with the summary line only (--quiet), and torch and transformers never imported."""
+    store_path = tmp_path / "sweep.sqlite"
+    args = ["sweep", "--preset", "demo", "--samples", str(sample_tree), "--tasks", "pneumonia"]
+    args += ["--models", "demo-llava-med,demo-gemma", "--prompts", "abnormal,normal", "--per-class", "2"]
+    args += ["--max-new-tokens", "3", "--store", str(store_path)]
+    assert main(args) == 0
+    assert "16 planned, 0 from the store, 16 generated, 0 errors" in capsys.readouterr().out
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "explorer", *args, "--quiet"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "16 planned, 16 from the store, 0 generated" in done.stdout
+    assert "Per model and task" not in done.stdout  # --quiet: no tables
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "explorer.runs.sweep" in imported  # the timing lines were read
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "transformers")}
 
 
 def test_models_lists_reasons(capsys, monkeypatch):
