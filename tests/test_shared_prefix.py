@@ -192,7 +192,8 @@ def test_several_images_batch_is_halved_before_prefill_when_its_worst_case_kv_wo
     catalog, backends, monkeypatch
 ):
     """On a GPU with room for one image's rows at max_new_tokens but not two images', a batch of two
-    images is split before anything is prefilled; the answers are those of the whole batch."""
+    images is split before anything is prefilled, keeping remembered prefixes; the answers are those
+    of the whole batch."""
     shared = backends.shared
     variants = closed_variants(catalog, "pneumonia")[:3]
     gen = GenerationSettings(max_new_tokens=8, min_new_tokens=1)
@@ -214,8 +215,9 @@ def test_several_images_batch_is_halved_before_prefill_when_its_worst_case_kv_wo
         "_prepare_prefix",
         lambda self, lm, keys, rows, n: (prefilled.append(len(set(keys))), prepare(self, lm, keys, rows, n))[1],
     )
-    shared.forget_reused()
     tight = shared.generate(requests)
     assert [r.text for r in tight] == roomy and not any(r.error for r in tight)
+    # Split before building anything: the prefixes the roomy run remembered are still there.
+    assert [r.extra["images_encoded"] for r in tight] == [0] * len(tight)
     assert prefilled[0] == 2 and prefilled[1:] and all(n == 1 for n in prefilled[1:])
     assert {r.extra["kv_layout"] for r in tight} == {"shared prefix"}

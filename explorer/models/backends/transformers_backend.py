@@ -163,6 +163,11 @@ Quantization = Union[None, str, Mapping[str, Optional[str]]]
 SHARED_PREFIX_IMAGES = {"llava": 3, "llava_next": 3, "gemma3": 3}
 
 
+class BatchTooBig(MemoryError):
+    """A batch's KV cache estimate exceeds free GPU memory: found before it is built, so halving the
+    batch is enough (the prefixes remembered for other batches stay)."""
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -599,7 +604,8 @@ class TransformersBackend:
                 responses[i] = resp
             return
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            self.memo.drop_model(lm.alias)
+            if not isinstance(exc, BatchTooBig):  # a real shortage: remembered prefixes go too
+                self.memo.drop_model(lm.alias)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(items) == 1:
@@ -785,11 +791,11 @@ class TransformersBackend:
         return {"inputs": gen_inputs, "info": info, "shared_cache": batch.cache if shared else None}
 
     def _check_kv_room(self, lm: LoadedModel, need: int, what: str = "") -> None:
-        """MemoryError (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
+        """BatchTooBig (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
         memory."""
         free = self._kv_free_bytes(lm)
         if free is not None and need > 0.9 * free:
-            raise MemoryError(
+            raise BatchTooBig(
                 f"the batch's KV cache{f' ({what})' if what else ''} needs about {human_bytes(need)}, "
                 f"{human_bytes(free)} free"
             )
