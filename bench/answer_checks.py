@@ -71,7 +71,7 @@ def first_token_logit_gap(backend, lm, requests) -> float:
     batch = next(x for x in seen if x.shape[0] == len(first))
     gap = 0.0
     for row, req in enumerate(first):
-        text = backend._prompt_text(lm, req)
+        text = backend.prompt_text(lm, req)
         inputs = lm.processor(text=[text], images=[[req.images()[0]]], return_tensors="pt")
         inputs = inputs.to(lm.model.device, dtype=lm.model.dtype)
         with torch.inference_mode():

@@ -326,7 +326,7 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
 
     # Image tokens per image, as the processor counts them for this architecture.
     for case in cases:
-        text = backend._prompt_text(lm, build_request(spec, variants[0], case, "paper", settings))
+        text = backend.prompt_text(lm, build_request(spec, variants[0], case, "paper", settings))
         ids = lm.processor(text=[text], images=[[case.image]], return_tensors="pt")["input_ids"][0]
         result.image_tokens.append(int((ids == lm.model.config.image_token_id).sum()))
 

@@ -223,7 +223,7 @@ def test_prefix_cache_is_laid_out_like_a_left_padded_batch(backends, catalog, va
     b = backends["prefix"]
     lm = b.load("demo-gemma")
     requests = _requests("demo-gemma", variants[:5], "chat_template", images=IMAGES[:1])
-    texts = [b._prompt_text(lm, r) for r in requests]
+    texts = [b.prompt_text(lm, r) for r in requests]
     with torch.inference_mode():
         inputs = reuse_lib.encode_once_per_image(lm.processor, texts, [IMAGES[0]] * len(texts))
         rows = reuse_lib.split_rows(inputs, [lm.model.config.image_token_id])
@@ -254,7 +254,7 @@ def test_packed_and_side_by_side_extensions_build_the_same_cache(backends, varia
     b = backends["prefix"]
     lm = b.load("demo-llava")
     requests = _requests("demo-llava", variants[:3], "chat_template", images=IMAGES)
-    texts = [b._prompt_text(lm, r) for r in requests]
+    texts = [b.prompt_text(lm, r) for r in requests]
     images = [IMAGES[0]] * 3 + [IMAGES[1]] * 3
     with torch.inference_mode():
         inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images)
@@ -347,7 +347,7 @@ def test_sliding_window_answers_match_when_generation_runs_past_the_window(catal
 
 def test_image_processor_runs_once_and_gives_the_plain_output(backends, catalog, variants):
     lm = backends["prefix"].load("demo-llava")
-    texts = [backends["prefix"]._prompt_text(lm, r) for r in _requests("demo-llava", variants[:3], "chat_template")]
+    texts = [backends["prefix"].prompt_text(lm, r) for r in _requests("demo-llava", variants[:3], "chat_template")]
     images = [IMAGES[0]] * 3 + [IMAGES[1]] * 3
     seen = []
     inner = lm.processor.image_processor
@@ -369,7 +369,7 @@ def test_rows_of_several_images_match_the_plain_processor_and_share_pixels(backe
     processor's, each row's image inputs are its image's own (Gemma 3: equal to the plain batch row),
     and the rows of one image hold views of one tensor rather than copies."""
     lm = backends["prefix"].load(alias)
-    texts = [backends["prefix"]._prompt_text(lm, r) for r in _requests(alias, variants[:3], "chat_template")]
+    texts = [backends["prefix"].prompt_text(lm, r) for r in _requests(alias, variants[:3], "chat_template")]
     images = [IMAGES[0]] * 3 + [IMAGES[1]] * 3
     order = [0, 3, 1, 4, 2, 5]  # images interleaved: rows must come back in the order asked
     texts, images = [texts[i] for i in order], [images[i] for i in order]
@@ -397,7 +397,7 @@ def test_prompts_are_tokenized_once_per_image_size(backends, variants):
     equal to the plain processor's, and changing what the caller got back changes nothing kept."""
     lm = backends["prefix"].load("demo-llava")
     texts = [
-        backends["prefix"]._prompt_text(lm, r)
+        backends["prefix"].prompt_text(lm, r)
         for r in _requests("demo-llava", variants[:4], "chat_template", images=IMAGES[:1])
     ]
     same_size = _image(*IMAGES[0].size, seed=99)  # AnyRes: the same size gives the same image tokens

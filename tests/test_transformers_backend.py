@@ -99,9 +99,9 @@ def test_llava_med_patch_size_is_fixed_from_the_model_config(backend):
 def test_raw_template_maps_image_marker_and_strips_double_bos(backend):
     lm = backend.load("demo-gemma")
     req = _request("demo-gemma", "Is <image> here?", IMAGES[0], "USER: <image>\n{prompt}\nASSISTANT:")
-    text = backend._prompt_text(lm, req)
+    text = backend.prompt_text(lm, req)
     assert text == "USER: <start_of_image>\nIs <image> here?\nASSISTANT:"
-    chat = backend._prompt_text(lm, _request("demo-gemma", "Hi", IMAGES[0], "chat_template"))
+    chat = backend.prompt_text(lm, _request("demo-gemma", "Hi", IMAGES[0], "chat_template"))
     assert chat.startswith("<start_of_turn>user")  # the tokenizer adds <bos> itself
 
 

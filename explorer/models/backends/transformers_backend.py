@@ -625,7 +625,7 @@ class TransformersBackend:
         """One generation over requests of one model and one generation setting, by the configured
         reuse mode when the batch allows it (one image per request), else the plain way."""
         torch = _torch()
-        texts = [self._prompt_text(lm, req) for _, req in items]
+        texts = [self.prompt_text(lm, req) for _, req in items]
         images = [req.images() for _, req in items]
         if not lm.multimodal and any(images):
             raise RequestError(f"{lm.alias} is a text-only model and cannot take images")
@@ -917,7 +917,9 @@ class TransformersBackend:
         return kwargs
 
     # ------------------------------------------------------------ prompts
-    def _prompt_text(self, lm: LoadedModel, req: Request) -> str:
+    def prompt_text(self, lm: LoadedModel, req: Request) -> str:
+        """The text the processor is given for a request: the model's chat template or the study's
+        raw format, without a BOS the tokenizer adds again (benchmarks and tests compare on it)."""
         n_images = len(req.images())
         if n_images and not lm.multimodal:
             raise RequestError(f"{lm.alias} is a text-only model and cannot take images")
