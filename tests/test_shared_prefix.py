@@ -188,36 +188,41 @@ def test_short_shared_prefixes_batch_several_images(catalog, backends):
     assert exact.scheduling("demo-llava-med", 12)["batch"] == 1
 
 
-def test_several_images_batch_is_halved_before_prefill_when_its_worst_case_kv_would_not_fit(
+def test_several_images_batch_is_split_before_prefill_when_its_worst_case_kv_would_not_fit(
     catalog, backends, monkeypatch
 ):
-    """On a GPU with room for one image's rows at max_new_tokens but not two images', a batch of two
-    images is split before anything is prefilled, keeping remembered prefixes; the answers are those
-    of the whole batch."""
+    """On a GPU with room for one image's rows at max_new_tokens but not two images', a batch of three
+    images is split at image boundaries before anything is prefilled, keeping remembered prefixes;
+    the answers are those of the whole batch."""
     shared = backends.shared
     variants = closed_variants(catalog, "pneumonia")[:3]
     gen = GenerationSettings(max_new_tokens=8, min_new_tokens=1)
-    requests = _requests(catalog, "demo-llava-med", variants, IMAGES, gen)
+    images = IMAGES + (_image(70, 70, 22),)
+    requests = _requests(catalog, "demo-llava-med", variants, images, gen)
     needs = []
     check = shared._check_kv_room
     monkeypatch.setattr(
         shared, "_check_kv_room", lambda lm, need, what="": (needs.append((need, what)), check(lm, need, what))[1]
     )
+    monkeypatch.setattr(shared.memo, "max_entries", 3)  # all three prefixes remembered
     shared.forget_reused()
     roomy = [r.text for r in shared.generate(requests)]
-    [(two_images, what)] = [(need, what) for need, what in needs if what]
-    assert what == "2 images' prompts at 8 new tokens"
-    monkeypatch.setattr(shared, "_kv_free_bytes", lambda lm: int(0.75 * two_images / 0.9))
-    prefilled = []
+    [(three_images, what)] = [(need, what) for need, what in needs if what]
+    assert what == "3 images' prompts at 8 new tokens"
+    monkeypatch.setattr(shared, "_kv_free_bytes", lambda lm: int(0.5 * three_images / 0.9))
+    calls = []  # per _prepare_prefix call: rows per image
     prepare = type(shared)._prepare_prefix
-    monkeypatch.setattr(
-        type(shared),
-        "_prepare_prefix",
-        lambda self, lm, keys, rows, n: (prefilled.append(len(set(keys))), prepare(self, lm, keys, rows, n))[1],
-    )
+
+    def counting(self, lm, keys, rows, n):
+        calls.append(sorted(keys.count(k) for k in set(keys)))
+        return prepare(self, lm, keys, rows, n)
+
+    monkeypatch.setattr(type(shared), "_prepare_prefix", counting)
     tight = shared.generate(requests)
     assert [r.text for r in tight] == roomy and not any(r.error for r in tight)
+    # Three images refused, then split where the image changes: every batch holds whole images.
+    assert calls[0] == [3, 3, 3] and all(rows == [3] or len(rows) > 1 for rows in calls[1:])
+    assert sum(1 for rows in calls if rows == [3]) == 3
     # Split before building anything: the prefixes the roomy run remembered are still there.
     assert [r.extra["images_encoded"] for r in tight] == [0] * len(tight)
-    assert prefilled[0] == 2 and prefilled[1:] and all(n == 1 for n in prefilled[1:])
     assert {r.extra["kv_layout"] for r in tight} == {"shared prefix"}

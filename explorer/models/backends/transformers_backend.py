@@ -611,7 +611,7 @@ class TransformersBackend:
             if len(items) == 1:
                 responses[items[0][0]] = Response(error=f"out of memory: {exc}".strip())
                 return
-            half = len(items) // 2
+            half = _halfway(items)
             self._run_with_fallback(lm, items[:half], responses, on_text)
             self._run_with_fallback(lm, items[half:], responses, on_text)
         except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others
@@ -995,6 +995,14 @@ def _image_key(request: Request) -> tuple:
     of the image itself when a hash is missing (shared within one call only, see _memo_ok)."""
     parts = [p for m in request.messages for p in m["content"] if isinstance(p, ImagePart)]
     return tuple(p.image_hash or ("object", id(p.image)) for p in parts)
+
+
+def _halfway(items: Sequence[tuple[int, Request]]) -> int:
+    """Where to split a batch that does not fit: at the change of image nearest its middle, so each
+    image's prompts stay together (its prefix made once), else at the middle."""
+    keys = [_image_key(req) for _, req in items]
+    changes = [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
+    return min(changes, key=lambda i: (abs(2 * i - len(keys)), i)) if changes else len(keys) // 2
 
 
 def _memo_ok(key: tuple) -> bool:
