@@ -4,7 +4,7 @@ small, else an eighth of the prompt, grown as decoding goes on), what a 2,048-to
 the study's per-call loop (one row), and with shared-prefix decoding (shared_prefix.py: each image's
 prefix once, only each row's own tokens per row). A batch holds the prompts of --images images (the
 engine's batches: transformers_backend.SHARED_PREFIX_IMAGES); on a GPU a batch of several images is
-halved before its prefill when its cache at the limit would not fit. Weights from
+split (where the image changes) before its prefill when its cache at the limit would not fit. Weights from
 model_manager.KNOWN_PARAMS. Computed from the real models' configs (layers, KV heads, head size) with
 prefix_reuse.kv_cache_bytes; nothing is loaded.
 
@@ -85,7 +85,7 @@ def main() -> int:
             f"| {arch} | {weights / GB:.1f} | {rows} ({n_images} x {args.rows}) | {old / GB:.2f} | {now / GB:.2f} | "
             f"{full / GB:.2f} | {start / GB:.2f} | {grown / GB:.2f} | {loop / GB:.2f} | "
             f"{'yes' if fits else 'no'} ({(weights + start) / GB:.1f} GB) | "
-            f"{'yes' if whole else 'no: halved before prefill'} |"
+            f"{'yes' if whole else 'no: split before prefill'} |"
         )
     print(
         "\nKV at start grows by an eighth at a time only while some row is still generating; answers that stop "
