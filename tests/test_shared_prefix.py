@@ -204,7 +204,6 @@ def test_several_images_batch_is_split_before_prefill_when_its_worst_case_kv_wou
     monkeypatch.setattr(
         shared, "_check_kv_room", lambda lm, need, what="": (needs.append((need, what)), check(lm, need, what))[1]
     )
-    monkeypatch.setattr(shared.memo, "max_entries", 3)  # all three prefixes remembered
     shared.forget_reused()
     roomy = [r.text for r in shared.generate(requests)]
     [(three_images, what)] = [(need, what) for need, what in needs if what]

@@ -190,6 +190,21 @@ def test_each_image_is_encoded_once_and_remembered(backends, catalog, variants):
         handle.remove()
 
 
+def test_an_edited_wording_reuses_every_models_prefix(backends, catalog, variants):
+    """Compare asks each model about one image in turn; the next wording on that image finds every
+    model's prefix remembered (one model's entries never push out another's)."""
+    b = backends["prefix"]
+    b.memo.clear()
+    fmt = {alias: catalog.model(alias).prompt_format("paper") for alias in DEMOS}
+    for alias in DEMOS:  # a sweep batch of 3 images before, as a model's recent work
+        b.generate(_requests(alias, variants[:1], fmt[alias], images=IMAGES + (_image(40, 40, 12),)))
+    for alias in DEMOS:
+        b.generate(_requests(alias, variants[:1], fmt[alias], images=IMAGES[:1]))
+    edited = [b.generate(_requests(alias, variants[1:2], fmt[alias], images=IMAGES[:1]))[0] for alias in DEMOS]
+    assert not any(r.error for r in edited)
+    assert [r.extra["images_encoded"] for r in edited] == [0] * len(DEMOS)
+
+
 def test_unhashed_images_are_shared_within_a_call_but_not_remembered(backends, catalog, variants):
     b = backends["prefix"]
     lm = b.load("demo-gemma")

@@ -183,7 +183,7 @@ class TransformersBackend:
         reuse: str = "prefix",
         memory_budget: Optional[int] = None,
         quantization: Quantization = None,
-        image_memo: int = 2,
+        image_memo: int = 3,
         exact: bool = False,
         shared_prefix: bool = True,
     ):
@@ -194,7 +194,7 @@ class TransformersBackend:
         memory_budget: bytes the loaded models may take together (default: 90% of free memory).
         quantization: "8bit" | "4bit" for every non-demo model, or {alias: "8bit"|"4bit"|None};
         bitsandbytes on CUDA only.
-        image_memo: how many images' prefix caches / features are kept between calls.
+        image_memo: how many images' prefix caches / features each model keeps between calls.
         exact: the study's execution (one request per call, no reuse, the authors' dtype).
         shared_prefix: with reuse="prefix", decode against one copy of each image's prefix where the
         model allows it (see shared_prefix.py); False keeps a copy per row."""
