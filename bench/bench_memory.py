@@ -79,8 +79,11 @@ def main() -> int:
         grown = prefixes + kv_cache_bytes(model, rows, OWN + args.max_new_tokens)
         weights = weight_bytes(known_params(WEIGHTS[arch]), "bfloat16")
         fits = (weights + start) / GB <= args.gpu_gb
-        # The backend's check (_check_kv_room): the cache at the limit within 90% of what the weights leave.
-        whole = n_images == 1 or grown <= 0.9 * (args.gpu_gb * GB - weights)
+        # The backend's check for a batch of several images (_prepare_prefix): every prefix and the rows'
+        # storage grown by eighths to max_new_tokens, within 90% of what the weights leave.
+        room = initial_room(args.max_new_tokens, width)
+        worst = prefixes + kv_cache_bytes(model, rows, (OWN + args.max_new_tokens) * 9 // 8 + room)
+        whole = n_images == 1 or worst <= 0.9 * (args.gpu_gb * GB - weights)
         print(
             f"| {arch} | {weights / GB:.1f} | {rows} ({n_images} x {args.rows}) | {old / GB:.2f} | {now / GB:.2f} | "
             f"{full / GB:.2f} | {start / GB:.2f} | {grown / GB:.2f} | {loop / GB:.2f} | "

@@ -199,15 +199,16 @@ def test_several_images_batch_is_split_before_prefill_when_its_worst_case_kv_wou
     gen = GenerationSettings(max_new_tokens=8, min_new_tokens=1)
     images = IMAGES + (_image(70, 70, 22),)
     requests = _requests(catalog, "demo-llava-med", variants, images, gen)
+    monkeypatch.setattr(shared, "batch_size", 3)  # 3 images' prompts make a batch of 9 rows
     needs = []
-    check = shared._check_kv_room
+    short = shared._kv_short
     monkeypatch.setattr(
-        shared, "_check_kv_room", lambda lm, need, what="": (needs.append((need, what)), check(lm, need, what))[1]
+        shared, "_kv_short", lambda lm, need, what="": (needs.append((need, what)), short(lm, need, what))[1]
     )
     shared.forget_reused()
     roomy = [r.text for r in shared.generate(requests)]
     [(three_images, what)] = [(need, what) for need, what in needs if what]
-    assert what == "3 images' prompts at 8 new tokens"
+    assert what == "9 prompts of 3 images at 8 new tokens"
     monkeypatch.setattr(shared, "_kv_free_bytes", lambda lm: int(0.5 * three_images / 0.9))
     calls = []  # per _prepare_prefix call: rows per image
     prepare = type(shared)._prepare_prefix
@@ -225,3 +226,41 @@ def test_several_images_batch_is_split_before_prefill_when_its_worst_case_kv_wou
     # Split before building anything: the prefixes the roomy run remembered are still there.
     assert [r.extra["images_encoded"] for r in tight] == [0] * len(tight)
     assert {r.extra["kv_layout"] for r in tight} == {"shared prefix"}
+
+
+def test_an_enlarged_batch_that_cannot_share_its_prefixes_is_split_per_image(catalog, backends, monkeypatch):
+    """Where shared-prefix decoding does not apply (say another attention implementation), a batch
+    enlarged for it would hold 3x the rows with a copy of the prefix each: it is split per image
+    before anything is built, and answers as before."""
+    shared = backends.shared
+    variants = closed_variants(catalog, "pneumonia")[:3]
+    gen = GenerationSettings(max_new_tokens=6, min_new_tokens=1)
+    requests = _requests(catalog, "demo-llava-med", variants, IMAGES + (_image(70, 70, 23),), gen)
+    expected = [r.text for r in backends.copies.generate(requests)]
+    monkeypatch.setattr(shared, "batch_size", 3)
+    monkeypatch.setattr(shared_prefix, "enable", lambda model: False)
+    answers = shared.generate(requests)
+    assert [r.text for r in answers] == expected and not any(r.error for r in answers)
+    assert {r.extra["batch_size"] for r in answers} == {3}  # one image's prompts a batch
+    assert {r.extra["kv_layout"] for r in answers} == {"copy per row"}
+
+
+def test_a_model_unloaded_while_it_prefills_keeps_no_prefix(catalog, backends, monkeypatch):
+    """Unloading frees a model's remembered prefixes; a batch still running on it must not put new
+    ones back (each model keeps its own entries, so nothing else would push them out)."""
+    shared = backends.shared
+    variants = closed_variants(catalog, "pneumonia")[:2]
+    requests = _requests(catalog, "demo-gemma", variants, IMAGES[:1], GenerationSettings(max_new_tokens=3))
+    from explorer.models.backends import prefix_reuse
+
+    prefill = prefix_reuse.prefill_prefix
+
+    def unloading(model, *args):
+        shared.unload("demo-gemma")
+        return prefill(model, *args)
+
+    shared.forget_reused()
+    monkeypatch.setattr(prefix_reuse, "prefill_prefix", unloading)
+    answers = shared.generate(requests)
+    assert not any(r.error for r in answers)
+    assert len(shared.memo) == 0

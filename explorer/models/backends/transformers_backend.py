@@ -156,16 +156,19 @@ def _installed_version(package: str) -> str:
 Quantization = Union[None, str, Mapping[str, Optional[str]]]
 
 # Architectures whose batches (and a sweep's units) take the prompts of several images when decoding
-# shares each image's prefix: 36 rows decode in little more time than 12 on a CPU and at less cost per
-# row on a GPU. 3 images against 1 (bench_speed --threads 1, CPU, demo shapes, times the study loop):
-# LLaVA-1.6 9.0x against 7.9x, Gemma 3 11.1x against 8.7x. On a GPU a batch of several images is
-# halved before its prefill when its worst-case KV cache would not fit (_check_kv_room).
+# shares each image's prefix: 36 rows decode in little more time than 12 on a CPU (on a GPU, where a
+# decoding step is bound by reading weights, more rows should cost less per row; not yet measured).
+# 3 images against 1 (bench_speed --threads 1, CPU, demo shapes, times the study loop): LLaVA-1.6
+# 9.0x against 7.9x, Gemma 3 11.1x against 8.7x. A batch of several images is split per image where
+# the prefix cannot be shared, and on a GPU where its KV cache at max_new_tokens would not fit.
 SHARED_PREFIX_IMAGES = {"llava": 3, "llava_next": 3, "gemma3": 3}
 
 
-class BatchTooBig(MemoryError):
-    """A batch's KV cache estimate exceeds free GPU memory: found before it is built, so halving the
-    batch is enough (the prefixes remembered for other batches stay)."""
+class SplitBatch(MemoryError):
+    """A batch made larger than batch_size for shared-prefix decoding that must be split (where the
+    image changes) before anything is built: its KV cache at max_new_tokens would not fit the GPU, or
+    its prefixes cannot be shared (a copy per row for 36 rows takes 3x the memory of 12). The
+    prefixes remembered for other batches stay."""
 
 
 class TransformersBackend:
@@ -604,7 +607,7 @@ class TransformersBackend:
                 responses[i] = resp
             return
         except (torch.OutOfMemoryError, MemoryError) as exc:
-            if not isinstance(exc, BatchTooBig):  # a real shortage: remembered prefixes go too
+            if not isinstance(exc, SplitBatch):  # a real shortage: remembered prefixes go too
                 self.memo.drop_model(lm.alias)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -639,6 +642,7 @@ class TransformersBackend:
                 except (reuse_lib.ReuseNotApplicable, RuntimeError, ValueError, TypeError, IndexError) as exc:
                     # The plain path answers the same, slower: say why the shared one was skipped, in the
                     # answer's record and once in the log (a transformers upgrade can cause this).
+                    self._split_unless_shared([_image_key(req) for _, req in items], f"the plain path ({exc})")
                     prepared = self._prepare_plain(lm, texts, images)
                     prepared["info"]["reuse_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
                     _warn_once(
@@ -646,6 +650,7 @@ class TransformersBackend:
                         f"({prepared['info']['reuse_skipped']}). {reuse_lib.version_note() or ''}"
                     )
             else:
+                self._split_unless_shared([_image_key(req) for _, req in items], "the plain path")
                 prepared = self._prepare_plain(lm, texts, images)
             return self._generate(lm, items, prepared, on_text, started)
 
@@ -674,6 +679,7 @@ class TransformersBackend:
                 skipped = str(exc)[:300]
         else:
             skipped = None
+        self._split_unless_shared(keys, f"the features path ({skipped or 'reuse=features'})")
         # The features path hands generate one padded batch, so it takes one processor call.
         inputs = reuse_lib.encode_once_per_image(lm.processor, texts, images, memo)
         prepared = self._prepare_features(lm, keys, reuse_lib.split_rows(inputs, image_ids), inputs)
@@ -705,8 +711,7 @@ class TransformersBackend:
                 found = self.memo.get(memo_key) if _memo_ok(key) else None
                 if found is None:
                     found = reuse_lib.image_features(lm.model, reuse_lib.image_inputs_of_row(rows, row))
-                    if _memo_ok(key):
-                        self.memo.put(memo_key, found)
+                    self._remember(lm, key, memo_key, found)
                 else:
                     hits += 1
                 computed[key] = found
@@ -740,20 +745,27 @@ class TransformersBackend:
         if any(len(s) > 1 for s in starts.values()):  # e.g. a template that puts the image after the question
             raise reuse_lib.ReuseNotApplicable("the prompts of one image differ before its image tokens")
         # KV room: what the batch can reach when that is small, else grown as decoding goes on. The
-        # estimate is checked before anything is prefilled (too big: the batch is halved); a batch of
-        # several images must fit even if every row runs to max_new_tokens.
+        # estimate is checked before anything is prefilled (too big: the batch is halved); a batch
+        # enlarged past batch_size must share its prefixes and fit even if every row runs to
+        # max_new_tokens, else it is split.
         width = max(len(ids) for ids in rows.ids)
         room = reuse_lib.initial_room(max_new_tokens, width)
         # One copy of a prefix pays off when rows share it; a lone row decodes faster with plain sdpa.
         shared = self.shared_prefix and len(rows.ids) > len(starts) and shared_lib.enable(model)
+        if not shared:
+            self._split_unless_shared(keys, "a copy of the prefix per row")
         # A shared-prefix cache allocates the rows' own tokens only (each prefix is kept once, apart).
         per_row = max(len(ids) - end for ids, end in zip(rows.ids, ends)) if shared else width
         estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + room)
-        if len(starts) > 1:
-            prefix_lengths = [len(next(iter(s))) for s in starts.values()]
-            prefixes_bytes = sum(reuse_lib.kv_cache_bytes(model, 1, n) for n in prefix_lengths) if shared else 0
-            worst = prefixes_bytes + reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + max_new_tokens)
-            self._check_kv_room(lm, worst, f"{len(starts)} images' prompts at {max_new_tokens} new tokens")
+        if len(keys) > self.batch_size:  # enlarged for shared-prefix decoding: must fit at max_new_tokens
+            # Every prefix (remembered or not), and the rows' storage as it grows: by an eighth at a time.
+            prefixes_bytes = sum(reuse_lib.kv_cache_bytes(model, 1, len(next(iter(s)))) for s in starts.values())
+            grown = (per_row + max_new_tokens) * 9 // 8 + room
+            worst = prefixes_bytes + reuse_lib.kv_cache_bytes(model, len(rows.ids), grown)
+            what = f"{len(keys)} prompts of {len(starts)} images at {max_new_tokens} new tokens"
+            short = self._kv_short(lm, worst, what)
+            if short:
+                raise SplitBatch(short)
         self._check_kv_room(lm, estimate)
         prefixes: list[Optional[reuse_lib.Prefix]] = [None] * len(keys)
         computed: dict[Any, reuse_lib.Prefix] = {}
@@ -768,8 +780,7 @@ class TransformersBackend:
                     types = rows.token_types[row][:end] if rows.token_types is not None else None
                     found = reuse_lib.prefill_prefix(model, ids, types, reuse_lib.image_inputs_of_row(rows, row))
                     prefilled += 1
-                    if _memo_ok(key):
-                        self.memo.put(memo_key, found)
+                    self._remember(lm, key, memo_key, found)
                 computed[group] = found
             prefixes[row] = computed[group]
         batch = reuse_lib.continue_from_prefixes(
@@ -790,19 +801,40 @@ class TransformersBackend:
         }
         return {"inputs": gen_inputs, "info": info, "shared_cache": batch.cache if shared else None}
 
-    def _check_kv_room(self, lm: LoadedModel, need: int, what: str = "") -> None:
-        """BatchTooBig (the caller halves the batch) when a batch's KV cache would not fit the GPU's free
-        memory."""
+    def _remember(self, lm: LoadedModel, key: tuple, memo_key: tuple, value: Any) -> None:
+        """Keep an image's features or prefix for later calls: only for content-hashed images, and
+        not for a model unloaded meanwhile (unloading dropped its entries; nothing would evict these)."""
+        if _memo_ok(key) and lm.alias in self.models:
+            self.memo.put(memo_key, value)
+
+    def _split_unless_shared(self, keys: Sequence[Any], path: str) -> None:
+        """SplitBatch when a batch made larger than batch_size for shared-prefix decoding (keys: each
+        row's image key) is about to take a path that copies each row's prefix."""
+        if len(keys) > self.batch_size:
+            raise SplitBatch(f"{len(keys)} prompts of {len(set(keys))} images would go to {path}"[:300])
+
+    def _check_kv_room(self, lm: LoadedModel, need: int) -> None:
+        """MemoryError (the caller halves the batch, dropping remembered prefixes) when a batch's KV
+        cache would not fit the GPU's free memory."""
+        short = self._kv_short(lm, need)
+        if short:
+            raise MemoryError(short)
+
+    def _kv_short(self, lm: LoadedModel, need: int, what: str = "") -> str:
+        """Why `need` bytes of KV cache would not fit the GPU's free memory ("" when they would)."""
         free = self._kv_free_bytes(lm)
-        if free is not None and need > 0.9 * free:
-            raise BatchTooBig(
-                f"the batch's KV cache{f' ({what})' if what else ''} needs about {human_bytes(need)}, "
-                f"{human_bytes(free)} free"
-            )
+        if free is None or need <= 0.9 * free:
+            return ""
+        return f"the batch's KV cache{f' ({what})' if what else ''} needs about {human_bytes(need)}, {human_bytes(free)} free"
 
     def _kv_free_bytes(self, lm: LoadedModel) -> Optional[int]:
-        """Free memory on the model's GPU; None on CPU, where the operating system has the last word."""
-        return free_bytes(str(lm.device)) if str(lm.device).startswith("cuda") else None
+        """Free memory on the model's GPU, counting what torch holds reserved but unused; None on CPU,
+        where the operating system has the last word."""
+        device = str(lm.device)
+        if not device.startswith("cuda"):
+            return None
+        torch = _torch()
+        return free_bytes(device) + max(0, torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
 
     # ------------------------------------------------------------ generating
     def _generate(
