@@ -272,10 +272,10 @@ def bench_architecture(architecture, alias, size, args, catalog, cases, variants
         print(f"  length mix: tokens {added} end answers too (greedy picks of the model itself)")
 
     # Warm both paths up on images outside the benchmark (lazy imports, first-call allocations; for
-    # the sweep also the answer reader's per-question work, which a long sweep pays once). The sweep
-    # warms on as many images as it is timed on, so its batches have been of the timed shape before.
+    # the sweep also the answer reader's per-question work, which a long sweep pays once). Both warm on
+    # as many images as they are timed on, so the sweep's batches have been of the timed shape before.
     warm = synthetic_cases(cases[0].task, len(cases), seed=99)
-    study_loop(pipe, architecture, fmt, warm[:1], variants[:1], settings)
+    study_loop(pipe, architecture, fmt, warm, variants[:1], settings)
     warm_plan = plan_sweep(
         catalog,
         [alias],
