@@ -40,7 +40,7 @@ def main() -> int:
 
     import torch
 
-    from explorer.models.backends.prefix_reuse import initial_room, kv_cache_bytes
+    from explorer.models.backends.prefix_reuse import initial_room, kv_cache_bytes, positions_at_limit
     from explorer.models.backends.transformers_backend import SHARED_PREFIX_IMAGES
     from explorer.models.manager import GB, known_params, weight_bytes
 
@@ -82,7 +82,7 @@ def main() -> int:
         # The backend's check for a batch of several images (_prepare_prefix): every prefix and the rows'
         # storage grown by eighths to max_new_tokens, within 90% of what the weights leave.
         room = initial_room(args.max_new_tokens, width)
-        worst = prefixes + kv_cache_bytes(model, rows, (OWN + args.max_new_tokens) * 9 // 8 + room)
+        worst = prefixes + kv_cache_bytes(model, rows, positions_at_limit(OWN, args.max_new_tokens, room))
         whole = n_images == 1 or worst <= 0.9 * (args.gpu_gb * GB - weights)
         print(
             f"| {arch} | {weights / GB:.1f} | {rows} ({n_images} x {args.rows}) | {old / GB:.2f} | {now / GB:.2f} | "

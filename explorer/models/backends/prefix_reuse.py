@@ -188,23 +188,20 @@ def encode_rows(
     groups: dict[int, list[int]] = {}
     for index, image in enumerate(images):
         groups.setdefault(id(image), []).append(index)
-    if len(groups) == 1:
-        return split_rows(encode_once_per_image(processor, texts, images, token_memo), image_token_ids)
-    ids: list[Any] = [None] * len(texts)
-    types: list[Any] = [None] * len(texts)
-    image_inputs: list[Any] = [None] * len(texts)
-    typed = False
+    placed: list[Any] = [None] * len(texts)  # row -> (the Rows of its image, its row there)
     for indexes in groups.values():
         part = split_rows(
             encode_once_per_image(processor, [texts[i] for i in indexes], [images[i] for i in indexes], token_memo),
             image_token_ids,
         )
-        typed = part.token_types is not None
         for local, index in enumerate(indexes):
-            ids[index], image_inputs[index] = part.ids[local], part.image_inputs[local]
-            types[index] = part.token_types[local] if typed else None
+            placed[index] = (part, local)
+    first = placed[0][0]
     return Rows(
-        ids, types if typed else None, image_inputs, frozenset(int(t) for t in image_token_ids if t is not None)
+        [part.ids[local] for part, local in placed],
+        None if first.token_types is None else [part.token_types[local] for part, local in placed],
+        [part.image_inputs[local] for part, local in placed],
+        first.image_mask_ids,
     )
 
 
@@ -337,6 +334,12 @@ def initial_room(max_new_tokens: int, width: int) -> int:
     cache then grows by an eighth at a time (RoomyLayer), a handful of copies for a 2,048-token answer,
     instead of reserving 2,049 positions in every row up front (7.6 GB for 12 rows of LLaVA-1.6 7B)."""
     return min(int(max_new_tokens) + 1, max(64, int(width) // 8))
+
+
+def positions_at_limit(own: int, max_new_tokens: int, room: int) -> int:
+    """The positions a row's storage may hold once its answer reaches max_new_tokens: its own tokens
+    and answer, grown an eighth at a time past what was needed (RoomyLayer), plus the first room."""
+    return (int(own) + int(max_new_tokens)) * 9 // 8 + int(room)
 
 
 @functools.lru_cache(maxsize=None)

@@ -632,17 +632,18 @@ class TransformersBackend:
         images = [req.images() for _, req in items]
         if not lm.multimodal and any(images):
             raise RequestError(f"{lm.alias} is a text-only model and cannot take images")
+        keys = [_image_key(req) for _, req in items]
         started = time.perf_counter()
         with torch.inference_mode():
             if lm.multimodal and self.reuse != "none" and all(len(ims) == 1 for ims in images):
                 try:
-                    prepared = self._prepare_shared(lm, items, texts)
+                    prepared = self._prepare_shared(lm, items, texts, keys)
                 except torch.OutOfMemoryError:
                     raise
                 except (reuse_lib.ReuseNotApplicable, RuntimeError, ValueError, TypeError, IndexError) as exc:
                     # The plain path answers the same, slower: say why the shared one was skipped, in the
                     # answer's record and once in the log (a transformers upgrade can cause this).
-                    self._split_unless_shared([_image_key(req) for _, req in items], f"the plain path ({exc})")
+                    self._split_unless_shared(keys, f"the plain path ({exc})")
                     prepared = self._prepare_plain(lm, texts, images)
                     prepared["info"]["reuse_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
                     _warn_once(
@@ -650,7 +651,7 @@ class TransformersBackend:
                         f"({prepared['info']['reuse_skipped']}). {reuse_lib.version_note() or ''}"
                     )
             else:
-                self._split_unless_shared([_image_key(req) for _, req in items], "the plain path")
+                self._split_unless_shared(keys, "the plain path")
                 prepared = self._prepare_plain(lm, texts, images)
             return self._generate(lm, items, prepared, on_text, started)
 
@@ -664,9 +665,9 @@ class TransformersBackend:
             inputs = lm.tokenizer(texts, padding=True, return_tensors="pt").to(lm.model.device)
         return {"inputs": dict(inputs), "info": {"reuse": "none"}}
 
-    def _prepare_shared(self, lm: LoadedModel, items, texts: list[str]) -> dict[str, Any]:
-        """Each distinct image is resized/tiled, encoded (and, for "prefix", prefilled) once."""
-        keys = [_image_key(req) for _, req in items]
+    def _prepare_shared(self, lm: LoadedModel, items, texts: list[str], keys: list[Any]) -> dict[str, Any]:
+        """Each distinct image (keys: each row's image key) is resized/tiled, encoded (and, for
+        "prefix", prefilled) once."""
         canonical: dict[Any, Any] = {}
         images = [canonical.setdefault(key, req.images()[0]) for key, (_, req) in zip(keys, items)]
         image_ids = [getattr(lm.model.config, "image_token_id", None)]
@@ -759,8 +760,9 @@ class TransformersBackend:
         estimate = reuse_lib.kv_cache_bytes(model, len(rows.ids), per_row + room)
         if len(keys) > self.batch_size:  # enlarged for shared-prefix decoding: must fit at max_new_tokens
             # Every prefix (remembered or not), and the rows' storage as it grows: by an eighth at a time.
-            prefixes_bytes = sum(reuse_lib.kv_cache_bytes(model, 1, len(next(iter(s)))) for s in starts.values())
-            grown = (per_row + max_new_tokens) * 9 // 8 + room
+            prefix_length = dict(zip(keys, ends))
+            prefixes_bytes = sum(reuse_lib.kv_cache_bytes(model, 1, n) for n in prefix_length.values())
+            grown = reuse_lib.positions_at_limit(per_row, max_new_tokens, room)
             worst = prefixes_bytes + reuse_lib.kv_cache_bytes(model, len(rows.ids), grown)
             what = f"{len(keys)} prompts of {len(starts)} images at {max_new_tokens} new tokens"
             short = self._kv_short(lm, worst, what)
