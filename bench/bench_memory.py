@@ -18,7 +18,7 @@ import argparse
 from types import SimpleNamespace
 
 import bench_cases  # noqa: F401  (makes the repo importable)
-from bench_speed import full_sizes
+from study_models import full_sizes
 
 # Prompt widths in tokens: image tokens plus template and question (LLaVA-1.6's AnyRes tops out near 2,900).
 WIDTHS = {"llava_next": 2950, "llava": 620, "gemma3": 300}

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench_cases import DEFAULT_SAMPLES, load_cases
-from bench_speed import ARCHITECTURES, full_sizes
+from study_models import ARCHITECTURES, full_sizes
 
 
 def peak_memory(device: str) -> str:
