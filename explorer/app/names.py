@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from explorer.analysis.plots import prompt_label
+from explorer.analysis.naming import prompt_label
 
 # What each verdict class means, in one line (the legend under the answer cards and the badges' tooltips).
 VERDICT_HELP = {
