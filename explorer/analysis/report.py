@@ -28,9 +28,9 @@ import pandas as pd
 
 from explorer.analysis import metrics
 from explorer.analysis.exports import metric_tables
+from explorer.analysis.naming import TASK_ORDER
 
 NOT_GIVEN = "not given"
-TASK_ORDER = ("brain_tumor", "pneumonia", "skin_cancer", "histo_idc")  # the paper's order: easiest first
 SWING_THRESHOLD = 0.10  # accuracy points between a (model, task)'s best and worst prompt that count as a swing
 
 # The study as ../shared/PROTOCOL.md describes it.
